@@ -1,0 +1,1 @@
+"""Sources and sinks: the only code that knows paths, buckets, Parquet and Lance."""

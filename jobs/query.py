@@ -1,0 +1,84 @@
+"""Query job: embed text with the table's own model and print the nearest documents.
+
+    python -m jobs.query --uri out/lancedb --table documents -k 5 "how do vaccines work"
+    python -m jobs.query --uri out/lancedb --table documents --queries queries.jsonl --json
+
+With --json: one object per hit per line,
+{"query_id": ..., "query": ..., "rank": 1, "id": ..., "score": ...}; rank counts from 1 and
+query_id comes from the queries file (null for a query given on the command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs._cli import fail
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.query", description=__doc__.split("\n")[0])
+    p.add_argument("text", nargs="*", help="query text (several words are joined)")
+    p.add_argument("--uri", default="out/lancedb", help="LanceDB database (directory or s3://)")
+    p.add_argument("--table", default="documents")
+    p.add_argument("-k", type=int, default=10, help="hits per query")
+    p.add_argument("--queries", help="JSON lines file with 'id' and 'text' per line")
+    p.add_argument("--where", help="SQL filter on metadata columns, e.g. \"length_chars > 500\"")
+    p.add_argument("--nprobes", type=int, help="IVF lists to probe (default: stored with the table)")
+    p.add_argument("--refine-factor", type=int, help="re-rank k*R candidates exactly (default: stored)")
+    p.add_argument("--model", help="local path of the table's model, when not at the recorded path")
+    p.add_argument("--json", action="store_true", help="one JSON object per hit per line")
+    args = p.parse_args(argv)
+    if bool(args.text) == bool(args.queries):
+        p.error("give either a query text or --queries FILE")
+    if args.k < 1:
+        p.error("-k must be >= 1")
+    return args
+
+
+def _load_queries(args) -> list[tuple[object, str]]:
+    if not args.queries:
+        return [(None, " ".join(args.text))]
+    queries = []
+    with open(args.queries) as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                queries.append((row["id"], str(row["text"])))
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{args.queries}:{n}: expected a JSON object with 'id' and 'text'") from None
+    return queries
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from pipelines.search import Searcher
+
+        queries = _load_queries(args)
+        searcher = Searcher.open(args.uri, args.table, model_path=args.model)
+        id_column = searcher.lineage["source"]["id_column"]
+        text_column = searcher.lineage["source"]["text_column"]
+        vectors = searcher.embed_queries([text for _, text in queries])
+        for (query_id, text), vector in zip(queries, vectors):
+            hits = searcher.search(vector, k=args.k, where=args.where, nprobes=args.nprobes,
+                                   refine_factor=args.refine_factor).to_pylist()
+            if args.json:
+                for rank, hit in enumerate(hits, 1):
+                    print(json.dumps({"query_id": query_id, "query": text, "rank": rank,
+                                      "id": hit[id_column], "score": round(float(hit["score"]), 6)}))
+                continue
+            print(f"\nquery: {text}")
+            for rank, hit in enumerate(hits, 1):
+                snippet = " ".join(str(hit[text_column]).split())[:100]
+                print(f"{rank:3d}. {hit['score']:.4f}  {hit[id_column]}  {snippet}")
+    except Exception as exc:  # noqa: BLE001
+        return fail(exc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The embedding plan, its stages and the runs built from them."""

@@ -1,0 +1,8 @@
+"""Names of the internal columns that travel between stages (never written to the table)."""
+
+FILE = "_file"  # source file of the row, for reject reports
+REJECT = "_reject"  # null when the row is fine, else the reason it cannot be embedded
+INPUT_IDS = "_input_ids"  # token ids, from the tokenize stage to the encode stage
+TRUNCATED = "_truncated"  # the text was cut at the model's token limit
+N_TOKENS = "_n_tokens"  # tokens the encoder processed for the row
+VECTOR = "vector"

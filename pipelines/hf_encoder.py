@@ -1,0 +1,93 @@
+"""A Hugging Face ``transformers`` encoder: token ids in, pooled float32 vectors out.
+
+Used by the encode stage (one instance per Ray actor) and by the query path, so documents and
+queries go through exactly the same code.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from connectors.model_store import resolve_model_dir
+from pipelines.batching import token_budget_batches
+from pipelines.config import ModelConfig
+from pipelines.pooling import pool
+
+__all__ = ["HFEncoder", "padding_side_for", "pick_device"]
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def padding_side_for(model: ModelConfig) -> str:
+    """Left padding for last-token pooling (the last real token sits at the end), right otherwise."""
+    if model.padding_side != "auto":
+        return model.padding_side
+    return "left" if model.pooling == "last" else "right"
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device={requested} but no CUDA device is visible to this worker "
+                           "(set compute.gpus_per_actor >= 1 on a GPU node)")
+    return requested
+
+
+class HFEncoder:
+    """Loads the model once; :meth:`embed` runs length-sorted, token-budgeted forward passes."""
+
+    def __init__(self, model: ModelConfig, threads: Optional[int] = None):
+        import torch
+        from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # one bar per actor start is noise in a job log
+        if threads:
+            torch.set_num_threads(threads)
+        self.config = model
+        self.device = pick_device(model.device)
+        dtype = getattr(torch, _DTYPES[model.dtype])
+        model_dir = resolve_model_dir(model.path, model.revision)
+        self.model = AutoModel.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
+        self.model.to(self.device).eval()
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.left_pad = padding_side_for(model) == "left"
+        from pipelines.tokenize import load_tokenizer
+
+        tokenizer = load_tokenizer(model.path, model.revision, padding_side_for(model))
+        self.pad_id = int(tokenizer.pad_token_id)
+
+    def _pad(self, rows: Sequence[Sequence[int]]):
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row)
+            if self.left_pad:
+                ids[i, width - n:] = torch.as_tensor(row)
+                mask[i, width - n:] = 1
+            else:
+                ids[i, :n] = torch.as_tensor(row)
+                mask[i, :n] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens: int) -> np.ndarray:
+        """Pooled (not yet normalised) float32 vectors, one per input row, in input order."""
+        import torch
+
+        out = np.zeros((len(token_ids), self.hidden_size), dtype=np.float32)
+        lengths = [len(r) for r in token_ids]
+        with torch.inference_mode():
+            for batch in token_budget_batches(lengths, batch_tokens):
+                ids, mask = self._pad([token_ids[i] for i in batch])
+                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                pooled = pool(self.config.pooling, hidden, mask)
+                out[batch] = pooled.float().cpu().numpy()
+        return out

@@ -1,0 +1,84 @@
+"""Lineage: the plain, versioned record of what made a table's vectors.
+
+It is stored in the table's schema metadata. The query path embeds with exactly what is recorded,
+and appending to a table with a different model, pooling, prompt, dimension or metric is refused:
+vectors from two embedding spaces must never share a table.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Optional
+
+from pipelines.config import PipelineConfig
+
+__all__ = ["IDENTITY_FIELDS", "LineageMismatchError", "check_compatible", "make_lineage"]
+
+FORMAT_VERSION = 1
+
+# Fields that define the embedding space. Not among them: the model's path (the same weights may
+# live elsewhere; the fingerprint identifies them), dtype and device (numerics, not the space).
+IDENTITY_FIELDS = (
+    "model.fingerprint",
+    "model.pooling",
+    "model.max_tokens",
+    "model.query_prompt",
+    "model.document_prompt",
+    "dimension",
+    "normalize",
+    "metric",
+)
+
+
+class LineageMismatchError(ValueError):
+    """A table and a model/config describe different embedding spaces."""
+
+
+def make_lineage(
+    config: PipelineConfig, *, fingerprint: str, hidden_size: int, max_tokens: int, dimension: int
+) -> dict[str, Any]:
+    m = config.model
+    return {
+        "format": FORMAT_VERSION,
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": {
+            "path": m.path,
+            "revision": m.revision,
+            "fingerprint": fingerprint,
+            "backend": m.backend,
+            "pooling": m.pooling,
+            "max_tokens": max_tokens,
+            "query_prompt": m.query_prompt,
+            "document_prompt": m.document_prompt,
+            "dtype": m.dtype,
+            "padding_side": m.padding_side,
+            "hidden_size": hidden_size,
+        },
+        "dimension": dimension,
+        "normalize": config.embed.normalize,
+        "vector_dtype": config.embed.vector_dtype,
+        "metric": config.index.metric,
+        "source": {
+            "id_column": config.source.id_column,
+            "text_column": config.source.text_column,
+            "metadata_columns": list(config.source.metadata_columns),
+        },
+    }
+
+
+def _get(lineage: dict, dotted: str) -> Any:
+    node: Any = lineage
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tuple] = None) -> None:
+    """Raise naming every identity field where ``other`` differs from the table's ``stored`` lineage."""
+    diffs = [
+        f"{f}: table has {_get(stored, f)!r}, {what} has {_get(other, f)!r}"
+        for f in (fields or IDENTITY_FIELDS)
+        if _get(stored, f) != _get(other, f)
+    ]
+    if diffs:
+        raise LineageMismatchError(f"{what} does not match the table's embedding lineage: " + "; ".join(diffs))

@@ -1,0 +1,70 @@
+"""Encode stage: a Ray Data actor that loads the model once and embeds whole blocks.
+
+Per call: forward passes over length-sorted, token-budgeted batches (:mod:`pipelines.hf_encoder`),
+then pooling output -> normalise -> Matryoshka truncation -> normalise (:mod:`pipelines.postprocess`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines import columns as C
+from pipelines.config import ModelConfig
+from pipelines.hf_encoder import HFEncoder
+from pipelines.postprocess import postprocess
+
+__all__ = ["EncodeStage", "vectors_to_arrow"]
+
+
+def vectors_to_arrow(vectors: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """A fixed-size-list column from an (n, dim) array; rows where ``valid`` is False are null."""
+    dim = vectors.shape[1]
+    values = pa.array(vectors.astype(value_type.to_pandas_dtype(), copy=False).ravel())
+    arr = pa.FixedSizeListArray.from_arrays(values, dim)
+    if valid.all():
+        return arr
+    return pc.if_else(pa.array(valid), arr, pa.nulls(len(arr), arr.type))
+
+
+class EncodeStage:
+    """Adds ``vector`` (null for rejected rows) and ``_n_tokens``; drops the token ids."""
+
+    def __init__(
+        self,
+        model: ModelConfig,
+        dimension: int,
+        normalize: bool,
+        batch_tokens: int,
+        vector_dtype: str = "float32",
+        threads: Optional[int] = None,
+    ):
+        self.encoder = HFEncoder(model, threads=threads)
+        self.dimension = dimension
+        self.normalize = normalize
+        self.batch_tokens = batch_tokens
+        self.value_type = pa.float16() if vector_dtype == "float16" else pa.float32()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = batch.column(C.INPUT_IDS).to_pylist()
+        reject = batch.column(C.REJECT).to_pylist()
+        rows = [i for i, r in enumerate(reject) if r is None and ids[i]]
+        vectors = np.zeros((batch.num_rows, self.dimension), dtype=np.float32)
+        if rows:
+            pooled = self.encoder.embed([ids[i] for i in rows], self.batch_tokens)
+            vectors[rows] = postprocess(pooled, self.dimension, self.normalize)
+        finite = np.isfinite(vectors).all(axis=1)
+        valid = np.zeros(batch.num_rows, dtype=bool)
+        valid[rows] = True
+        bad = valid & ~finite
+        if bad.any():  # a NaN/inf vector is a failed embedding, not a document to index
+            reject = ["non_finite_vector" if b else r for b, r in zip(bad, reject)]
+            batch = batch.set_column(batch.schema.get_field_index(C.REJECT), C.REJECT, pa.array(reject, pa.string()))
+            valid &= finite
+        n_tokens = pa.array([len(x) if v else 0 for x, v in zip(ids, valid)], pa.int32())
+        batch = batch.drop_columns([C.INPUT_IDS])
+        batch = batch.append_column(C.VECTOR, vectors_to_arrow(vectors, valid, self.value_type))
+        return batch.append_column(C.N_TOKENS, n_tokens)

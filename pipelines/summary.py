@@ -1,0 +1,73 @@
+"""Run summary: counts merged from every sink batch, printed as one screen at the end of a job."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+__all__ = ["RunSummary"]
+
+
+@dataclass
+class RunSummary:
+    table_uri: str = ""
+    table: str = ""
+    rows_read: int = 0
+    rows_written: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    table_rows: int = 0
+    version: Optional[int] = None
+    index: dict = field(default_factory=dict)
+    rejects_table: str = ""
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    def add_batch(self, rows: int, written: int, rejected: dict, tokens: int, truncated: int) -> None:
+        self.rows_read += rows
+        self.rows_written += written
+        self.rejected.update(rejected)
+        self.tokens += tokens
+        self.truncated += truncated
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["rejected"] = dict(self.rejected)
+        out["rows_rejected"] = self.rows_rejected
+        return out
+
+    def format(self) -> str:
+        secs = max(self.embed_seconds, 1e-9)
+        rejected = ", ".join(f"{k}={v}" for k, v in sorted(self.rejected.items())) or "none"
+        idx = self.index or {}
+        if idx.get("type", "none") == "none":
+            index_line = f"none ({idx.get('reason', '')}); queries use exact search"
+        else:
+            index_line = (
+                f"{idx['type']} metric={idx['metric']} partitions={idx['num_partitions']} "
+                f"sub_vectors={idx.get('num_sub_vectors')} built in {idx.get('build_seconds')}s; "
+                f"query defaults nprobes={idx.get('nprobes')} refine_factor={idx.get('refine_factor')}"
+            )
+        lines = [
+            "=" * 72,
+            f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.table_rows} rows)",
+            f"rows read    {self.rows_read}",
+            f"embedded     {self.rows_written}",
+            f"rejected     {self.rows_rejected} ({rejected}) -> {self.rejects_table}",
+            f"truncated    {self.truncated} texts cut at the model's token limit",
+            f"throughput   {self.rows_written / secs:.1f} docs/s, {self.tokens / secs:.0f} tokens/s "
+            f"({self.tokens} tokens in {self.embed_seconds:.1f}s; job {self.seconds:.1f}s)",
+            f"index        {index_line}",
+            "=" * 72,
+        ]
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)

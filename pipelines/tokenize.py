@@ -1,0 +1,70 @@
+"""Tokenization: texts to token-id lists, truncated at the model's limit (truncations counted).
+
+Runs as its own Ray Data stage on CPU, so the encoder actors spend their time in the forward pass.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional, Sequence
+
+from connectors.model_store import resolve_model_dir
+
+__all__ = ["effective_max_tokens", "load_tokenizer", "tokenize_texts"]
+
+
+@lru_cache(maxsize=4)
+def load_tokenizer(model_path: str, revision: Optional[str], padding_side: str):
+    """The model's fast tokenizer, once per worker process."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_dir(model_path, revision)))
+    tokenizer.padding_side = padding_side
+    if tokenizer.pad_token_id is None:  # decoder tokenizers often have none
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def effective_max_tokens(model_dir: Path, tokenizer, configured: Optional[int]) -> int:
+    """The token limit: configured, else sentence-transformers' ``max_seq_length``, else the model's."""
+    import json
+
+    if configured:
+        return configured
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        limit = json.loads(st_config.read_text()).get("max_seq_length")
+        if limit:
+            return int(limit)
+    limits = [tokenizer.model_max_length]
+    config = json.loads((model_dir / "config.json").read_text())
+    if config.get("max_position_embeddings"):
+        limits.append(int(config["max_position_embeddings"]))
+    return int(min(x for x in limits if x and x < 10**8))
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
+    """Token ids of each text (special tokens included) cut at ``max_tokens``, and which were cut.
+
+    The tokenizer reports overflow windows; a text with more than one window was truncated, and
+    only its first window is kept.
+    """
+    if not texts:
+        return [], []
+    encoded = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_tokens,
+        return_overflowing_tokens=True,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+    ids: list[Optional[list[int]]] = [None] * len(texts)
+    truncated = [False] * len(texts)
+    for window, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
+        if ids[sample] is None:
+            ids[sample] = window
+        else:
+            truncated[sample] = True
+    return [x if x is not None else [] for x in ids], truncated

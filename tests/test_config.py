@@ -1,0 +1,74 @@
+import pytest
+
+from pipelines.config import ConfigError, PipelineConfig, load_config, parse_overrides
+
+
+def test_defaults_are_valid_and_point_at_packaged_model_and_sample():
+    config = load_config()
+    assert config.model.path == "packaged:all-MiniLM-L6-v2"
+    assert config.source.path.endswith("data/sample/wiki_vital.parquet")
+    assert config.sink.uri == "out/lancedb"
+    assert config.index.type == "ivf_pq"
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("compute:\n  actors: 3\nsink:\n  table: docs\n")
+    config = load_config(path, ["compute.actors=2", "embed.dimension=128", "model.query_prompt=query: "])
+    assert config.compute.actors == 2
+    assert config.sink.table == "docs"
+    assert config.embed.dimension == 128
+    assert config.model.query_prompt == "query: "
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        (["compute.actorz=2"], "compute.actorz"),
+        (["sourc.path=x"], "sourc"),
+        (["compute.actors=0"], "compute.actors"),
+        (["model.pooling=max"], "model.pooling"),
+        (["model.device=tpu"], "model.device"),
+        (["sink.mode=upsert"], "sink.mode"),
+        (["index.num_partitions=-3"], "index.num_partitions"),
+        (["sink.table=a/b"], "sink.table"),
+    ],
+)
+def test_bad_keys_and_values_are_named(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=override)
+    assert key in str(err.value)
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  pooling: mean\n  poolling: cls\n")
+    with pytest.raises(ConfigError, match=r"model\.poolling: unknown key"):
+        load_config(path)
+
+
+def test_sub_vectors_must_divide_dimension():
+    with pytest.raises(ConfigError, match="num_sub_vectors"):
+        load_config(overrides=["embed.dimension=100", "index.num_sub_vectors=16"])
+
+
+def test_max_actors_not_below_actors():
+    with pytest.raises(ConfigError, match="max_actors"):
+        load_config(overrides=["compute.actors=4", "compute.max_actors=2"])
+
+
+def test_parse_overrides_nesting_and_types():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=true", "e=[1, 2]"]) == {
+        "a": {"b": 1, "c": "x"}, "d": True, "e": [1, 2]}
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["novalue"])
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_config_round_trips_through_dump():
+    config = load_config(overrides=["compute.actors=2"])
+    assert PipelineConfig.model_validate(config.model_dump()) == config

@@ -1,0 +1,213 @@
+"""Parquet -> Ray Data -> packaged MiniLM -> LanceDB with IVF-PQ, then queries: all real parts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from connectors import lance_sink
+from pipelines.config import load_config
+from pipelines.indexing import run_index
+from pipelines.lineage import LineageMismatchError
+from pipelines.search import Searcher
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(corpus_dir, db, **extra):
+    overrides = [
+        f"source.path={corpus_dir}",
+        "source.metadata_columns=[title, length_chars]",
+        f"sink.uri={db}",
+        "sink.table=docs",
+        "compute.block_rows=64",
+        "sink.rows_per_fragment=100",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def indexed(ray_cluster, corpus_dir, tmp_path_factory):
+    db = str(tmp_path_factory.mktemp("db"))
+    summary = run_index(_config(corpus_dir, db))
+    import lancedb
+
+    return summary, db, lancedb.connect(db).open_table("docs")
+
+
+def _input_ids(corpus_dir):
+    return pq.read_table(corpus_dir).column("id").to_pylist()
+
+
+def test_every_valid_id_exactly_once(indexed, corpus_dir):
+    summary, _, table = indexed
+    ids = table.to_arrow().column("id").to_pylist()
+    expected = [i for i in _input_ids(corpus_dir) if not i.startswith("bad-")]
+    assert len(ids) == len(set(ids)) == 300
+    assert set(ids) == set(expected)
+    assert summary.rows_read == 303 and summary.rows_written == 300 and summary.table_rows == 300
+
+
+def test_rejects_are_counted_and_kept_with_reason(indexed):
+    summary, db, _ = indexed
+    assert dict(summary.rejected) == {"null_text": 1, "empty_text": 2}
+    assert summary.rows_read == summary.rows_written + summary.rows_rejected
+    import lancedb
+
+    rejects = lancedb.connect(db).open_table("docs_rejects").to_arrow().to_pylist()
+    by_id = {r["id"]: r for r in rejects}
+    assert set(by_id) == {"bad-null", "bad-empty", "bad-space"}
+    assert by_id["bad-null"]["reason"] == "null_text"
+    assert by_id["bad-space"]["reason"] == "empty_text"
+    assert by_id["bad-space"]["file"].endswith("part-1.parquet")
+
+
+def test_vectors_have_dimension_and_unit_norm(indexed):
+    _, _, table = indexed
+    data = table.to_arrow()
+    assert str(data.schema.field("vector").type) == "fixed_size_list<item: float>[384]"
+    vectors = np.stack(data.column("vector").to_numpy(zero_copy_only=False))
+    assert vectors.shape == (300, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert set(data.column_names) == {"id", "text", "title", "length_chars", "vector"}
+
+
+def test_vectors_match_sentence_transformers(indexed, minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    _, _, table = indexed
+    rows = table.to_arrow().slice(0, 16)
+    model = SentenceTransformer(str(minilm_dir), device="cpu")
+    expected = model.encode(rows.column("text").to_pylist(), normalize_embeddings=True)
+    got = np.stack(rows.column("vector").to_numpy(zero_copy_only=False))
+    cosine = (expected * got).sum(axis=1)
+    assert cosine.min() >= 0.9999
+
+
+def test_ivf_pq_index_with_derived_parameters(indexed):
+    summary, _, table = indexed
+    assert summary.index["type"] == "ivf_pq"
+    indices = table.list_indices()
+    assert [i.columns for i in indices] == [["vector"]]
+    assert summary.index["num_partitions"] == 1 and summary.index["num_sub_vectors"] == 48
+
+
+def test_lineage_is_stored_with_the_table(indexed):
+    summary, db, _ = indexed
+    lineage = lance_sink.read_lineage(db, "docs")
+    assert lineage["model"]["path"] == "packaged:all-MiniLM-L6-v2"
+    assert lineage["model"]["pooling"] == "mean" and lineage["model"]["max_tokens"] == 256
+    assert len(lineage["model"]["fingerprint"]) == 16
+    assert (lineage["dimension"], lineage["metric"], lineage["normalize"]) == (384, "cosine", True)
+    assert lineage["counts"]["written"] == 300 and lineage["counts"]["rejected"] == {"null_text": 1, "empty_text": 2}
+    assert lineage["index"]["num_partitions"] == 1
+    assert lineage["query_defaults"] == {"nprobes": 1, "refine_factor": 5}
+
+
+def test_query_with_a_documents_own_text_returns_it_first(indexed, sample_table):
+    _, db, _ = indexed
+    searcher = Searcher.open(db, "docs")
+    for row in sample_table.slice(0, 300).to_pylist()[::37]:
+        hits = searcher.search(row["text"], k=3)
+        assert hits.column("id")[0].as_py() == row["id"]
+        assert hits.column("score")[0].as_py() > 0.99
+
+
+def test_filters_apply_to_metadata(indexed):
+    _, db, _ = indexed
+    hits = Searcher.open(db, "docs").search("a famous scientist", k=5, where="length_chars > 600")
+    assert hits.num_rows == 5
+    assert all(n > 600 for n in hits.column("length_chars").to_pylist())
+    scores = hits.column("score").to_pylist()
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_query_with_another_model_fails(indexed, tiny_bert_dir):
+    _, db, _ = indexed
+    with pytest.raises(LineageMismatchError, match="not the model that made this table"):
+        Searcher.open(db, "docs", model_path=str(tiny_bert_dir))
+
+
+def test_query_with_another_dimension_fails(indexed):
+    _, db, _ = indexed
+    with pytest.raises(LineageMismatchError, match="dimension 128"):
+        Searcher.open(db, "docs", dimension=128)
+    with pytest.raises(LineageMismatchError, match="384-dimensional"):
+        Searcher.open(db, "docs").search(np.ones(128, dtype=np.float32) / np.sqrt(128))
+
+
+def test_append_with_another_dimension_is_refused_before_work(indexed, corpus_dir):
+    _, db, _ = indexed
+    with pytest.raises(LineageMismatchError, match="dimension: table has 384, this run's config has 128"):
+        run_index(_config(corpus_dir, db, **{"sink.mode": "append", "embed.dimension": 128}))
+
+
+def test_create_mode_refuses_existing_table(indexed, corpus_dir):
+    _, db, _ = indexed
+    with pytest.raises(lance_sink.SinkError, match="already exists"):
+        run_index(_config(corpus_dir, db, **{"sink.mode": "create"}))
+
+
+def test_matryoshka_table_equals_truncated_full_vectors(indexed, corpus_dir, tmp_path):
+    _, _, full_table = indexed
+    db = str(tmp_path / "db128")
+    summary = run_index(_config(corpus_dir, db, **{"embed.dimension": 128, "index.type": "none"}))
+    assert summary.index["type"] == "none"
+    import lancedb
+
+    small = lancedb.connect(db).open_table("docs").to_arrow()
+    full = full_table.to_arrow()
+    full_by_id = dict(zip(full.column("id").to_pylist(), full.column("vector").to_pylist()))
+    got = np.array(small.column("vector").to_pylist(), dtype=np.float32)
+    base = np.array([full_by_id[i] for i in small.column("id").to_pylist()], dtype=np.float32)[:, :128]
+    expected = base / np.linalg.norm(base, axis=1, keepdims=True)
+    assert got.shape == (300, 128)
+    assert np.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="larger than the model's 384"):
+        run_index(_config(corpus_dir, db, **{"embed.dimension": 512}))
+
+
+def _run(args, **env):
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          env=full_env, timeout=600)
+
+
+def test_cli_config_error_names_key_and_exits_nonzero():
+    result = _run(["jobs.index", "--set", "compute.actorz=2"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == ["error: invalid config: compute.actorz: unknown key"]
+
+
+def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
+    corpus = tmp_path / "small.parquet"
+    pq.write_table(sample_table.slice(300, 40), corpus)
+    db = tmp_path / "db"
+    result = _run(["jobs.index", "--set", f"source.path={corpus}", "--set", f"sink.uri={db}",
+                   "--summary-json", str(tmp_path / "summary.json")],
+                  RAY_ADDRESS=ray_cluster.address_info["address"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "embedded     40" in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["rows_written"] == 40 and summary["index"]["type"] == "none"
+
+    queries = tmp_path / "q.jsonl"
+    target = sample_table.slice(305, 1).to_pylist()[0]
+    queries.write_text(json.dumps({"id": "q1", "text": target["text"]}) + "\n"
+                       + json.dumps({"id": 7, "text": "rivers and mountains"}) + "\n")
+    result = _run(["jobs.query", "--uri", str(db), "--table", "documents", "-k", "3", "--json",
+                   "--queries", str(queries)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(h["query_id"], h["rank"]) for h in lines] == [("q1", 1), ("q1", 2), ("q1", 3), (7, 1), (7, 2), (7, 3)]
+    assert lines[0]["id"] == target["id"] and lines[0]["query"] == target["text"]
+    assert set(lines[0]) == {"query_id", "query", "rank", "id", "score"}
+
+    missing = _run(["jobs.query", "--uri", str(db), "--table", "nope", "hello"])
+    assert missing.returncode == 2 and "no table 'nope'" in missing.stderr
