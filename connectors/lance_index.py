@@ -16,7 +16,7 @@ from typing import Optional
 
 from pipelines.config import IndexConfig
 
-__all__ = ["IndexParams", "build_index", "derive_index_params"]
+__all__ = ["IndexParams", "build_index", "derive_index_params", "maintain_index"]
 
 
 @dataclass
@@ -88,4 +88,29 @@ def build_index(table, params: IndexParams, column: str = "vector") -> IndexPara
         config = IvfHnswSq(distance_type=params.metric, num_partitions=params.num_partitions)
     table.create_index(column, config=config, replace=True)
     params.build_seconds = round(time.perf_counter() - start, 2)
+    return params
+
+
+def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column: str = "vector") -> IndexParams:
+    """After an append or upsert: keep the vector index useful without always retraining it.
+
+    New rows are searchable at once either way (LanceDB scans unindexed rows exactly and merges them
+    into the results). While unindexed rows are at most ``index.reindex_fraction`` of the indexed ones,
+    ``optimize()`` adds them to the existing lists (cheap, no retraining); past that, the lists were
+    trained on a distribution that no longer describes the table, so the index is rebuilt with
+    parameters derived from the new size.
+    """
+    existing = [i for i in table.list_indices() if i.columns == [column]]
+    if not existing:
+        return build_index(table, derive_index_params(rows, dimension, config), column)
+    stats = table.index_stats(existing[0].name)
+    indexed = max(int(getattr(stats, "num_indexed_rows", 0) or 0), 1)
+    unindexed = int(getattr(stats, "num_unindexed_rows", 0) or 0)
+    params = derive_index_params(rows, dimension, config)
+    if params.type == "none" or unindexed / indexed > config.reindex_fraction:
+        return build_index(table, params, column)
+    start = time.perf_counter()
+    table.optimize()
+    params.build_seconds = round(time.perf_counter() - start, 2)
+    params.reason = f"optimized in place ({unindexed} new rows <= {config.reindex_fraction:.0%} of {indexed})"
     return params

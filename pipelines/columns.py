@@ -6,3 +6,7 @@ INPUT_IDS = "_input_ids"  # token ids, from the tokenize stage to the encode sta
 TRUNCATED = "_truncated"  # the text was cut at the model's token limit
 N_TOKENS = "_n_tokens"  # tokens the encoder processed for the row
 VECTOR = "vector"
+HASH = "content_hash"  # hash of text + lineage, stored in the table for incremental runs
+SOURCE_FILE = "source_file"  # table column: the file a row came from (resume deletes by it)
+OLD_ROWID = "_old_rowid"  # upsert: address of the row a changed document replaces
+SKIP_UNCHANGED = "unchanged"  # _reject value for rows an upsert leaves alone (skipped, not rejected)

@@ -23,6 +23,7 @@ __all__ = [
     "IndexConfig",
     "ModelConfig",
     "PipelineConfig",
+    "RunConfig",
     "SinkConfig",
     "SourceConfig",
     "load_config",
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+RESERVED_COLUMNS = ("path", "vector", "source_file", "content_hash", "doc_id", "chunk")
 DEFAULT_SAMPLE = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "wiki_vital.parquet")
 
 
@@ -48,6 +50,9 @@ class SourceConfig(_Section):
     metadata_columns: list[str] = Field(
         default_factory=list, description="Extra columns carried unchanged into the table."
     )
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error", description="A file that is not readable Parquet: fail before work, or skip it and report it."
+    )
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> "SourceConfig":
@@ -57,8 +62,8 @@ class SourceConfig(_Section):
             if name in (self.id_column, self.text_column, "vector"):
                 raise ValueError(f"metadata column {name!r} clashes with id, text or vector")
         for name in (self.id_column, self.text_column, *self.metadata_columns):
-            if name == "path" or name.startswith("_"):
-                # Ray Data's include_paths adds "path"; "_" columns are the pipeline's own.
+            if name in RESERVED_COLUMNS or name.startswith("_"):
+                # Ray Data's include_paths adds "path"; the others are the pipeline's own columns.
                 raise ValueError(f"column {name!r} is reserved; rename it in the source")
         return self
 
@@ -99,6 +104,12 @@ class EmbedConfig(_Section):
     )
     normalize: bool = Field(True, description="L2-normalise after pooling and again after truncation.")
     vector_dtype: Literal["float32", "float16"] = Field("float32", description="Stored vector type.")
+    long_text: Literal["truncate", "chunk"] = Field(
+        "truncate",
+        description="Text over the token limit: truncate (counted), or split into token windows, each "
+        "its own row with id '<doc_id>#<chunk>' and columns doc_id, chunk.",
+    )
+    chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks (long_text=chunk).")
 
 
 class ComputeConfig(_Section):
@@ -124,8 +135,19 @@ class ComputeConfig(_Section):
 class SinkConfig(_Section):
     uri: str = Field("out/lancedb", description="LanceDB database: a local directory or s3:// prefix.")
     table: str = Field("documents", pattern=r"^[A-Za-z0-9_\-.]+$", description="Table name.")
-    mode: Literal["create", "overwrite", "append"] = Field(
-        "overwrite", description="create fails if the table exists; append checks the lineage matches."
+    mode: Literal["create", "overwrite", "append", "upsert"] = Field(
+        "overwrite",
+        description="create fails if the table exists; append adds rows; upsert embeds only new and "
+        "changed documents (content hash) and replaces them by id. append/upsert check the lineage.",
+    )
+    delete_missing: bool = Field(
+        False, description="upsert only: delete table rows whose id is not in this run's source (full snapshots)."
+    )
+    duplicate_ids: Literal["reject", "keep"] = Field(
+        "reject", description="Ids seen twice in the input: keep the first written, reject the rest; or keep all."
+    )
+    checkpoint_rows: int = Field(
+        50_000, ge=1, description="Commit written fragments (a resumable checkpoint) about every this many rows."
     )
     rows_per_fragment: int = Field(
         8192, ge=1, description="Rows per Lance fragment written by one write task."
@@ -144,6 +166,10 @@ class IndexConfig(_Section):
     )
     nprobes: Union[int, Literal["auto"]] = Field("auto", description="Default query nprobes stored with the table.")
     refine_factor: Optional[int] = Field(5, ge=1, description="Default query refine factor stored with the table.")
+    reindex_fraction: float = Field(
+        0.25, ge=0, description="append/upsert: rebuild the index when unindexed rows exceed this fraction "
+        "of indexed rows; below it, optimize() adds them to the existing lists.",
+    )
 
     @field_validator("num_partitions", "num_sub_vectors", "nprobes")
     @classmethod
@@ -153,13 +179,28 @@ class IndexConfig(_Section):
         return value
 
 
+class RunConfig(_Section):
+    id: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z0-9_.:\-]+$",
+        description="Run id. Starting a run again with the same id resumes it: files it finished are "
+        "skipped. Default: a new id per run.",
+    )
+
+
 class PipelineConfig(_Section):
+    run: RunConfig = Field(default_factory=RunConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     embed: EmbedConfig = Field(default_factory=EmbedConfig)
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+
+    @model_validator(mode="after")
+    def _upsert_only_options(self) -> "PipelineConfig":
+        if self.sink.delete_missing and self.sink.mode != "upsert":
+            raise ValueError("sink.delete_missing needs sink.mode=upsert")
+        return self
 
     @model_validator(mode="after")
     def _dimension_vs_sub_vectors(self) -> "PipelineConfig":

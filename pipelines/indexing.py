@@ -1,7 +1,14 @@
-"""The bulk indexing run: source -> embedding stages -> Lance fragments -> commit -> index.
+"""The bulk indexing run: source -> embedding stages -> Lance fragments -> checkpoints -> index.
 
 Everything that can be checked before the cluster does work is checked in :func:`preflight`:
 the config, the source files and their columns, the model and its dimension, and the sink mode.
+
+Exactly once, across failures:
+- a dead encoder actor or writer task: Ray Data retries the block; only fragments of blocks whose
+  output reached the driver are ever committed, so a retried block is never counted twice.
+- a dead driver: every ``sink.checkpoint_rows`` rows the driver commits the fragments it holds and
+  records the input files that are now complete in ``<table>_runs``. Started again with the same
+  ``run.id``, the run deletes what it had committed from unfinished files and redoes only those.
 """
 
 from __future__ import annotations
@@ -10,18 +17,22 @@ import json
 import logging
 import pickle
 import time
+import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import pyarrow as pa
 
 from connectors import lance_sink
-from connectors.lance_index import build_index, derive_index_params
+from connectors.lance_index import build_index, derive_index_params, maintain_index
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
+from pipelines import columns as C
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.hf_encoder import padding_side_for
-from pipelines.lineage import check_compatible, make_lineage
+from pipelines.lineage import check_compatible, identity_key, make_lineage
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
 from pipelines.tokenize import effective_max_tokens, load_tokenizer
@@ -34,22 +45,30 @@ log = logging.getLogger(__name__)
 @dataclass
 class RunPlan:
     config: PipelineConfig
+    run_id: str
+    resuming: bool  # this run id committed before: continue, never overwrite again
     source: ParquetSource
     lineage: dict
     max_tokens: int
     dimension: int
     table_schema: pa.Schema
-    read_version: Optional[int]  # the table version an append builds on
+    start_version: Optional[int]  # the table's version when the run began (None: no table)
 
 
 def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
     src = config.source
     value = pa.float16() if config.embed.vector_dtype == "float16" else pa.float32()
+    id_field = source.schema.field(src.id_column)
+    chunked = config.embed.long_text == "chunk"
     fields = [
-        source.schema.field(src.id_column),
+        id_field.with_type(pa.string()) if chunked else id_field,
         pa.field(src.text_column, pa.string()),
         *(source.schema.field(c) for c in src.metadata_columns),
-        pa.field("vector", pa.list_(value, dimension)),
+        *([pa.field("doc_id", id_field.type), pa.field("chunk", pa.int32())] if chunked else []),
+        pa.field(C.VECTOR, pa.list_(value, dimension)),
+        pa.field(C.HASH, pa.string()),
+        pa.field(C.SOURCE_FILE, pa.string()),
+        pa.field("run_id", pa.string()),
     ]
     return pa.schema(fields, metadata={lance_sink.LINEAGE_KEY: json.dumps(lineage, sort_keys=True)})
 
@@ -58,7 +77,7 @@ def preflight(config: PipelineConfig) -> RunPlan:
     """Check the run can work, before any embedding starts; raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
-    source = open_source(src.path, columns)
+    source = open_source(src.path, columns, src.text_column, src.on_bad_file)
 
     model_dir = resolve_model_dir(config.model.path, config.model.revision)
     tokenizer = load_tokenizer(config.model.path, config.model.revision, padding_side_for(config.model))
@@ -74,28 +93,70 @@ def preflight(config: PipelineConfig) -> RunPlan:
         max_tokens=max_tokens, dimension=dimension,
     )
 
-    read_version = None
-    existing = lance_sink.read_lineage(sink.uri, sink.table) if sink.mode != "overwrite" else None
-    if sink.mode == "create" and lance_sink.table_version(sink.uri, sink.table) is not None:
+    run_id = config.run.id or uuid.uuid4().hex[:12]
+    resuming = config.run.id is not None and lance_sink.RunLog(sink.uri, sink.table).started(run_id)
+    version = lance_sink.table_version(sink.uri, sink.table)
+    if sink.mode == "create" and version is not None and not resuming:
         raise lance_sink.SinkError(f"sink.table={sink.table} already exists in {sink.uri} "
-                                   "(sink.mode=create); use sink.mode=overwrite or append")
-    if sink.mode == "append" and existing is not None:
+                                   "(sink.mode=create); use sink.mode=overwrite, append or upsert")
+    if version is not None and (sink.mode in ("append", "upsert") or resuming):
+        existing = lance_sink.read_lineage(sink.uri, sink.table)
         check_compatible(existing, lineage, "this run's config")
-        read_version = lance_sink.table_version(sink.uri, sink.table)
     schema = _table_schema(config, source, dimension, lineage)
-    return RunPlan(config, source, lineage, max_tokens, dimension, schema, read_version)
+    return RunPlan(config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version)
 
 
-def sink_stage(plan: RunPlan) -> Stage:
-    c = plan.config
-    writer = lance_sink.FragmentWriter(
-        table_uri=lance_sink.dataset_uri(c.sink.uri, c.sink.table),
-        rejects_uri=lance_sink.dataset_uri(c.sink.uri, c.sink.table + "_rejects"),
-        schema=plan.table_schema,
-        id_column=c.source.id_column,
-        text_column=c.source.text_column,
-    )
-    return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment))
+class _Checkpointer:
+    """Holds written-but-uncommitted fragments; commits them and records the files they complete."""
+
+    def __init__(self, plan: RunPlan, summary: RunSummary, done: dict[str, int]):
+        c = plan.config
+        self.plan, self.summary = plan, summary
+        self.table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
+        self.rejects_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table + "_rejects")
+        self.runlog = lance_sink.RunLog(c.sink.uri, c.sink.table)
+        self.overwrite_first = c.sink.mode in ("create", "overwrite") and not plan.resuming
+        self.fragments: list = []
+        self.reject_fragments: list = []
+        self.replaced: list[np.ndarray] = []
+        self.seen: Counter = Counter()
+        self.recorded = set(done)
+        self.rows_since = 0
+
+    def add(self, row: dict) -> None:
+        self.summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"],
+                               row["truncated"], row["skipped"])
+        self.fragments.extend(pickle.loads(row["fragments"]))
+        self.reject_fragments.extend(pickle.loads(row["reject_fragments"]))
+        self.replaced.append(np.frombuffer(row["replaced_rowids"], dtype=np.uint64))
+        self.seen.update(json.loads(row["files"]))
+        self.rows_since += row["rows"]
+        if self.rows_since >= self.plan.config.sink.checkpoint_rows:
+            self.commit()
+
+    def commit(self) -> None:
+        """One checkpoint: rows, then superseded rows deleted, then the finished files recorded.
+
+        Each step is safe to lose: the files are recorded last, so a crash anywhere before leaves
+        them unfinished and a resumed run redoes them after deleting this run's rows from them.
+        """
+        if self.fragments or self.overwrite_first:
+            lance_sink.commit_fragments(self.table_uri, self.plan.table_schema, self.fragments, self.overwrite_first)
+        if self.reject_fragments or self.overwrite_first:
+            lance_sink.commit_fragments(self.rejects_uri, lance_sink.REJECT_SCHEMA, self.reject_fragments,
+                                        self.overwrite_first)
+        replaced = np.concatenate(self.replaced) if self.replaced else np.zeros(0, np.uint64)
+        if len(replaced):
+            lance_sink.delete_rows(self.table_uri, replaced)
+        if self.overwrite_first:
+            self.runlog.mark_started(self.plan.run_id)
+            self.overwrite_first = False
+        finished = {f: n for f, n in self.seen.items()
+                    if n >= self.plan.source.rows.get(f, 0) and f not in self.recorded}
+        self.runlog.record(self.plan.run_id, finished)
+        self.recorded.update(finished)
+        self.summary.checkpoints += 1
+        self.fragments, self.reject_fragments, self.replaced, self.rows_since = [], [], [], 0
 
 
 def run_index(config: PipelineConfig) -> RunSummary:
@@ -109,47 +170,104 @@ def run_index(config: PipelineConfig) -> RunSummary:
     import lancedb  # after ray.init(): importing it first makes Ray warn about forking
 
     c = config
-    summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=c.sink.table + "_rejects")
-    columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
-    dataset = plan.source.read(columns)
-    stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension) + [sink_stage(plan)]
-    stats = apply_stages(dataset, stages)
+    summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=c.sink.table + "_rejects",
+                         run_id=plan.run_id, skipped_files=dict(plan.source.skipped))
+    runlog = lance_sink.RunLog(c.sink.uri, c.sink.table)
+    done = runlog.done_files(plan.run_id)
+    todo = [f for f in plan.source.files if f not in done]
+    summary.resumed_files = len(plan.source.files) - len(todo)
+    if c.sink.mode in ("append", "upsert"):
+        # Before anything is committed: a crash from here on leaves rows a resumed run must find.
+        # (create/overwrite mark the run after their first commit: before it, a retry overwrites.)
+        runlog.mark_started(plan.run_id)
+    if plan.resuming:
+        # Whatever an earlier attempt of this run committed from files it did not finish.
+        table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
+        lance_sink.delete_run_leftovers(table_uri, plan.run_id, todo, C.SOURCE_FILE)
+        lance_sink.delete_run_leftovers(lance_sink.dataset_uri(c.sink.uri, summary.rejects_table),
+                                        plan.run_id, todo, "file")
 
-    fragments, reject_fragments = [], []
+    checkpointer = _Checkpointer(plan, summary, done)
     embed_started = time.perf_counter()
-    # Only per-batch counts and fragment descriptions reach the driver, never rows or vectors.
-    for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
-        for row in batch.to_pylist():
-            summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"])
-            fragments.extend(pickle.loads(row["fragments"]))
-            reject_fragments.extend(pickle.loads(row["reject_fragments"]))
+    if todo:
+        existing = None
+        version = lance_sink.table_version(c.sink.uri, c.sink.table)
+        if c.sink.mode == "upsert" and version is not None:
+            existing = lance_sink.ExistingRows(lance_sink.dataset_uri(c.sink.uri, c.sink.table), version,
+                                               c.source.id_column)
+        lineage_key = identity_key(plan.lineage, f"|{c.embed.long_text}|{c.embed.chunk_overlap}")
+        stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension,
+                                  lineage_key=lineage_key, existing=existing)
+        stages.append(_sink_stage(plan))
+        columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
+        stats = apply_stages(plan.source.read(columns, todo), stages)
+        # Only per-batch counts and fragment descriptions reach the driver, never rows or vectors.
+        for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                checkpointer.add(row)
+    checkpointer.commit()
     summary.embed_seconds = time.perf_counter() - embed_started
 
-    table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
-    summary.version = lance_sink.commit_fragments(
-        table_uri, plan.table_schema, fragments, c.sink.mode, read_version=plan.read_version
-    )
-    rejects_uri = lance_sink.dataset_uri(c.sink.uri, summary.rejects_table)
-    rejects_version = lance_sink.table_version(c.sink.uri, summary.rejects_table)
-    lance_sink.commit_fragments(
-        rejects_uri, lance_sink.REJECT_SCHEMA, reject_fragments,
-        "append" if c.sink.mode == "append" and rejects_version is not None else "overwrite",
-        read_version=rejects_version if c.sink.mode == "append" else None,
-    )
-
-    table = lancedb.connect(c.sink.uri).open_table(c.sink.table)
+    db = lancedb.connect(c.sink.uri)
+    table = db.open_table(c.sink.table)
+    if c.sink.duplicate_ids == "reject":
+        dups = lance_sink.drop_duplicate_ids(checkpointer.table_uri, checkpointer.rejects_uri,
+                                             c.source.id_column, c.source.text_column, plan.run_id)
+        summary.rows_written -= dups
+        if dups:
+            summary.rejected["duplicate_id"] += dups
+    if c.sink.delete_missing:
+        summary.deleted_missing = _delete_missing(table, plan)
     summary.table_rows = table.count_rows()
-    params = derive_index_params(summary.table_rows, plan.dimension, c.index)
-    summary.index = build_index(table, params).to_dict()
+    if c.sink.mode in ("append", "upsert") or plan.resuming:
+        params = maintain_index(table, summary.table_rows, plan.dimension, c.index)
+    else:
+        params = build_index(table, derive_index_params(summary.table_rows, plan.dimension, c.index))
+    summary.index = params.to_dict()
+    from lancedb.index import BTree
+
+    table.create_index(c.source.id_column, config=BTree(), replace=True)  # fast id lookups (upserts, users)
 
     lineage = dict(plan.lineage)
     lineage["index"] = summary.index
     lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
     lineage["counts"] = {
-        "read": summary.rows_read, "written": summary.rows_written,
+        "read": summary.rows_read, "written": summary.rows_written, "skipped_unchanged": summary.skipped,
         "rejected": dict(summary.rejected), "truncated": summary.truncated, "table_rows": summary.table_rows,
+        "run_id": plan.run_id,
     }
     lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage)
     summary.version = lance_sink.table_version(c.sink.uri, c.sink.table)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _sink_stage(plan: RunPlan) -> Stage:
+    c = plan.config
+    writer = lance_sink.FragmentWriter(
+        table_uri=lance_sink.dataset_uri(c.sink.uri, c.sink.table),
+        rejects_uri=lance_sink.dataset_uri(c.sink.uri, c.sink.table + "_rejects"),
+        schema=plan.table_schema,
+        id_column=c.source.id_column,
+        text_column=c.source.text_column,
+        run_id=plan.run_id,
+    )
+    return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment))
+
+
+def _delete_missing(table, plan: RunPlan) -> int:
+    """Delete rows whose id is absent from the source (a full snapshot); ids stream, never all held."""
+    c = plan.config
+    ids = plan.source.read([c.source.id_column]).select_columns([c.source.id_column])
+    id_type = plan.table_schema.field(c.source.id_column).type
+    schema = pa.schema([pa.field(c.source.id_column, id_type)])
+    batches = (b.select([c.source.id_column]).cast(schema).to_batches()
+               for b in ids.iter_batches(batch_format="pyarrow", batch_size=65536))
+    reader = pa.RecordBatchReader.from_batches(schema, (rb for group in batches for rb in group))
+    key = c.source.id_column if c.embed.long_text != "chunk" else "doc_id"
+    if key != c.source.id_column:
+        reader = pa.RecordBatchReader.from_batches(
+            pa.schema([pa.field("doc_id", id_type)]),
+            (pa.record_batch([rb.column(0)], names=["doc_id"]) for rb in reader))
+    result = table.merge_insert(key).when_not_matched_by_source_delete().execute(reader)
+    return int(result.num_deleted_rows)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from pipelines.config import PipelineConfig
 
-__all__ = ["IDENTITY_FIELDS", "LineageMismatchError", "check_compatible", "make_lineage"]
+__all__ = ["IDENTITY_FIELDS", "LineageMismatchError", "check_compatible", "identity_key", "make_lineage"]
 
 FORMAT_VERSION = 1
 
@@ -82,3 +82,10 @@ def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tupl
     ]
     if diffs:
         raise LineageMismatchError(f"{what} does not match the table's embedding lineage: " + "; ".join(diffs))
+
+
+def identity_key(lineage: dict, extra: str = "") -> str:
+    """A string that changes whenever the embedding space does: part of each row's content hash."""
+    import json
+
+    return json.dumps({f: _get(lineage, f) for f in IDENTITY_FIELDS}, sort_keys=True) + extra

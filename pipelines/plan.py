@@ -12,6 +12,7 @@ from typing import Any, Callable, Union
 
 from pipelines.config import PipelineConfig
 from pipelines.stages.encode import EncodeStage
+from pipelines.stages.skip_unchanged import SkipUnchangedStage
 from pipelines.stages.tokenize import TokenizeStage
 from pipelines.stages.validate import ValidateStage
 
@@ -37,14 +38,23 @@ def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
     return max(1, (os.cpu_count() or 1) // (c.max_actors or c.actors))
 
 
-def embedding_stages(config: PipelineConfig, *, max_tokens: int, dimension: int) -> list[Stage]:
-    """Validate, tokenize and encode stages for ``config`` (the sink is added by the job)."""
+def embedding_stages(
+    config: PipelineConfig, *, max_tokens: int, dimension: int, lineage_key: str = "", existing=None
+) -> list[Stage]:
+    """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
+
+    ``existing`` (upsert runs) answers which ids the table already holds, with which content hash.
+    """
     import ray
 
     src, model, compute = config.source, config.model, config.compute
-    return [
-        Stage("validate", ValidateStage(src.id_column, src.text_column)),
-        Stage("tokenize", TokenizeStage(model, src.text_column, max_tokens, model.document_prompt)),
+    chunk = config.embed.long_text == "chunk"
+    stages = [Stage("validate", ValidateStage(src.id_column, src.text_column, lineage_key))]
+    if existing is not None:
+        stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column)))
+    return stages + [
+        Stage("tokenize", TokenizeStage(model, src.id_column, src.text_column, max_tokens, model.document_prompt,
+                                        chunk=chunk, overlap=config.embed.chunk_overlap)),
         Stage(
             "encode",
             EncodeStage,

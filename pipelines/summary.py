@@ -25,13 +25,20 @@ class RunSummary:
     version: Optional[int] = None
     index: dict = field(default_factory=dict)
     rejects_table: str = ""
+    run_id: str = ""
+    skipped: int = 0  # unchanged documents an upsert did not embed again
+    skipped_files: dict = field(default_factory=dict)  # unreadable files skipped (source.on_bad_file=skip)
+    resumed_files: int = 0  # files an earlier attempt of this run id had finished
+    deleted_missing: int = 0
+    checkpoints: int = 0
 
     @property
     def rows_rejected(self) -> int:
         return sum(self.rejected.values())
 
-    def add_batch(self, rows: int, written: int, rejected: dict, tokens: int, truncated: int) -> None:
+    def add_batch(self, rows: int, written: int, rejected: dict, tokens: int, truncated: int, skipped: int = 0) -> None:
         self.rows_read += rows
+        self.skipped += skipped
         self.rows_written += written
         self.rejected.update(rejected)
         self.tokens += tokens
@@ -58,13 +65,18 @@ class RunSummary:
         lines = [
             "=" * 72,
             f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.table_rows} rows)",
-            f"rows read    {self.rows_read}",
+            f"run          {self.run_id} ({self.checkpoints} checkpoints"
+            + (f", resumed: {self.resumed_files} files already done" if self.resumed_files else "") + ")",
+            f"rows read    {self.rows_read}"
+            + (f" ({len(self.skipped_files)} unreadable files skipped)" if self.skipped_files else ""),
             f"embedded     {self.rows_written}",
+            f"unchanged    {self.skipped} (skipped, already in the table)",
             f"rejected     {self.rows_rejected} ({rejected}) -> {self.rejects_table}",
             f"truncated    {self.truncated} texts cut at the model's token limit",
             f"throughput   {self.rows_written / secs:.1f} docs/s, {self.tokens / secs:.0f} tokens/s "
             f"({self.tokens} tokens in {self.embed_seconds:.1f}s; job {self.seconds:.1f}s)",
             f"index        {index_line}",
+            *([f"deleted      {self.deleted_missing} rows whose id left the source"] if self.deleted_missing else []),
             "=" * 72,
         ]
         return "\n".join(lines)

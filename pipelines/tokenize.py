@@ -1,4 +1,4 @@
-"""Tokenization: texts to token-id lists, truncated at the model's limit (truncations counted).
+"""Tokenization: texts to token-id lists, truncated at the model's limit or split into windows.
 
 Runs as its own Ray Data stage on CPU, so the encoder actors spend their time in the forward pass.
 """
@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 
 from connectors.model_store import resolve_model_dir
 
-__all__ = ["effective_max_tokens", "load_tokenizer", "tokenize_texts"]
+__all__ = ["chunk_texts", "effective_max_tokens", "load_tokenizer", "tokenize_texts"]
 
 
 @lru_cache(maxsize=4)
@@ -44,6 +44,19 @@ def effective_max_tokens(model_dir: Path, tokenizer, configured: Optional[int]) 
     return int(min(x for x in limits if x and x < 10**8))
 
 
+def _windows(tokenizer, texts: Sequence[str], max_tokens: int, stride: int, offsets: bool):
+    return tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=max_tokens,
+        stride=stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=offsets,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )
+
+
 def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text (special tokens included) cut at ``max_tokens``, and which were cut.
 
@@ -52,14 +65,7 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[li
     """
     if not texts:
         return [], []
-    encoded = tokenizer(
-        list(texts),
-        truncation=True,
-        max_length=max_tokens,
-        return_overflowing_tokens=True,
-        return_attention_mask=False,
-        return_token_type_ids=False,
-    )
+    encoded = _windows(tokenizer, texts, max_tokens, 0, offsets=False)
     ids: list[Optional[list[int]]] = [None] * len(texts)
     truncated = [False] * len(texts)
     for window, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
@@ -68,3 +74,24 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[li
         else:
             truncated[sample] = True
     return [x if x is not None else [] for x in ids], truncated
+
+
+def chunk_texts(
+    tokenizer, texts: Sequence[str], max_tokens: int, overlap: int
+) -> list[tuple[int, list[int], int, int]]:
+    """Token windows of ``max_tokens`` (special tokens included) overlapping by ``overlap`` tokens.
+
+    Returns ``(text_index, token_ids, char_start, char_end)`` per window, in order; the character
+    span locates the window's text in the original string.
+    """
+    if not texts:
+        return []
+    encoded = _windows(tokenizer, texts, max_tokens, overlap, offsets=True)
+    out = []
+    for window, sample, spans in zip(
+        encoded["input_ids"], encoded["overflow_to_sample_mapping"], encoded["offset_mapping"]
+    ):
+        real = [s for s in spans if s[1] > s[0]]  # special tokens have empty spans
+        start, end = (real[0][0], real[-1][1]) if real else (0, 0)
+        out.append((sample, window, start, end))
+    return out

@@ -14,6 +14,10 @@ SAMPLE = ROOT / "data" / "sample" / "wiki_vital.parquet"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+# Ray packs small Parquet files into read units of up to 128 MiB; the test corpora are kilobytes, so
+# without this every test would read one block and resume checkpoints would never be partial.
+# Workers inherit it from the raylet that ray.init() starts below.
+os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", "1")
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ def test_yaml_then_overrides(tmp_path):
         (["compute.actors=0"], "compute.actors"),
         (["model.pooling=max"], "model.pooling"),
         (["model.device=tpu"], "model.device"),
-        (["sink.mode=upsert"], "sink.mode"),
+        (["sink.mode=merge"], "sink.mode"),
         (["index.num_partitions=-3"], "index.num_partitions"),
         (["sink.table=a/b"], "sink.table"),
     ],

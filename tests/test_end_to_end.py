@@ -63,6 +63,7 @@ def test_rejects_are_counted_and_kept_with_reason(indexed):
     rejects = lancedb.connect(db).open_table("docs_rejects").to_arrow().to_pylist()
     by_id = {r["id"]: r for r in rejects}
     assert set(by_id) == {"bad-null", "bad-empty", "bad-space"}
+    assert {r["run_id"] for r in rejects} == {summary.run_id}
     assert by_id["bad-null"]["reason"] == "null_text"
     assert by_id["bad-space"]["reason"] == "empty_text"
     assert by_id["bad-space"]["file"].endswith("part-1.parquet")
@@ -75,7 +76,8 @@ def test_vectors_have_dimension_and_unit_norm(indexed):
     vectors = np.stack(data.column("vector").to_numpy(zero_copy_only=False))
     assert vectors.shape == (300, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert set(data.column_names) == {"id", "text", "title", "length_chars", "vector"}
+    assert set(data.column_names) == {"id", "text", "title", "length_chars", "vector", "content_hash",
+                                      "source_file", "run_id"}
 
 
 def test_vectors_match_sentence_transformers(indexed, minilm_dir):
@@ -93,8 +95,8 @@ def test_vectors_match_sentence_transformers(indexed, minilm_dir):
 def test_ivf_pq_index_with_derived_parameters(indexed):
     summary, _, table = indexed
     assert summary.index["type"] == "ivf_pq"
-    indices = table.list_indices()
-    assert [i.columns for i in indices] == [["vector"]]
+    indices = {i.columns[0]: i.index_type for i in table.list_indices()}
+    assert indices == {"vector": "IvfPq", "id": "BTree"}
     assert summary.index["num_partitions"] == 1 and summary.index["num_sub_vectors"] == 48
 
 

@@ -1,4 +1,9 @@
-"""Tokenize stage: prompt + text to token ids on CPU workers, so encoders only run forward passes."""
+"""Tokenize stage: prompt + text to token ids on CPU workers, so encoders only run forward passes.
+
+With ``embed.long_text=chunk`` a document over the token limit becomes several rows, one per token
+window: ``id`` = ``"<doc_id>#<chunk>"``, plus ``doc_id`` and ``chunk`` columns, and ``text`` is the
+window's span of the original text.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import pyarrow.compute as pc
 from pipelines import columns as C
 from pipelines.config import ModelConfig
 from pipelines.hf_encoder import padding_side_for
-from pipelines.tokenize import load_tokenizer, tokenize_texts
+from pipelines.tokenize import chunk_texts, load_tokenizer, tokenize_texts
 
 __all__ = ["TokenizeStage"]
 
@@ -16,17 +21,31 @@ __all__ = ["TokenizeStage"]
 class TokenizeStage:
     """Adds ``_input_ids`` (list<int32>, empty for rejected rows) and ``_truncated`` (bool)."""
 
-    def __init__(self, model: ModelConfig, text_column: str, max_tokens: int, prompt: str):
+    def __init__(
+        self,
+        model: ModelConfig,
+        id_column: str,
+        text_column: str,
+        max_tokens: int,
+        prompt: str,
+        chunk: bool = False,
+        overlap: int = 0,
+    ):
         self.model = model
+        self.id_column = id_column
         self.text_column = text_column
         self.max_tokens = max_tokens
         self.prompt = prompt
+        self.chunk = chunk
+        self.overlap = overlap
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tokenizer = load_tokenizer(self.model.path, self.model.revision, padding_side_for(self.model))
         ok = pc.is_null(batch.column(C.REJECT)).to_pylist()
         texts = batch.column(self.text_column).to_pylist()
         rows = [i for i, good in enumerate(ok) if good]
+        if self.chunk:
+            return self._chunked(batch, tokenizer, texts, rows)
         ids, truncated = tokenize_texts(tokenizer, [self.prompt + texts[i] for i in rows], self.max_tokens)
         all_ids: list[list[int]] = [[] for _ in texts]
         all_truncated = [False] * len(texts)
@@ -35,3 +54,37 @@ class TokenizeStage:
             all_truncated[i] = truncated[k]
         batch = batch.append_column(C.INPUT_IDS, pa.array(all_ids, pa.list_(pa.int32())))
         return batch.append_column(C.TRUNCATED, pa.array(all_truncated, pa.bool_()))
+
+    def _chunked(self, batch: pa.Table, tokenizer, texts: list, rows: list[int]) -> pa.Table:
+        # Chunk the bare text (spans must index the original), then prefix each window with the
+        # prompt's tokens inside the same budget.
+        prompt_ids = tokenizer(self.prompt, add_special_tokens=False)["input_ids"] if self.prompt else []
+        budget = self.max_tokens - len(prompt_ids)
+        windows = chunk_texts(tokenizer, [texts[i] for i in rows], budget, self.overlap)
+        take, ids, chunk_no, spans = [], [], [], []
+        counter: dict[int, int] = {}
+        for sample, window, start, end in windows:
+            row = rows[sample]
+            k = counter.get(row, 0)
+            counter[row] = k + 1
+            if prompt_ids:  # after the leading special token, if any
+                head = 1 if window and window[0] in tokenizer.all_special_ids else 0
+                window = window[:head] + prompt_ids + window[head:]
+            take.append(row)
+            ids.append(window)
+            chunk_no.append(k)
+            spans.append(texts[row][start:end])
+        rejected = [i for i in range(batch.num_rows) if i not in counter]  # pass through unchanged
+        order = take + rejected
+        out = batch.take(pa.array(order, pa.int64()))
+        doc_ids = out.column(self.id_column)
+        new_ids = [f"{d}#{k}" if k is not None else (str(d) if d is not None else None)
+                   for d, k in zip(doc_ids.to_pylist(), chunk_no + [None] * len(rejected))]
+        out = out.set_column(out.schema.get_field_index(self.id_column), self.id_column, pa.array(new_ids, pa.string()))
+        text_col = spans + [texts[i] for i in rejected]
+        out = out.set_column(out.schema.get_field_index(self.text_column), self.text_column,
+                             pa.array(text_col, pa.string()))
+        out = out.append_column("doc_id", doc_ids)
+        out = out.append_column("chunk", pa.array(chunk_no + [None] * len(rejected), pa.int32()))
+        out = out.append_column(C.INPUT_IDS, pa.array(ids + [[]] * len(rejected), pa.list_(pa.int32())))
+        return out.append_column(C.TRUNCATED, pa.array([False] * out.num_rows, pa.bool_()))

@@ -1,49 +1,83 @@
 """Validate stage: mark rows that cannot be embedded, with a reason; keep every row.
 
 Rejected rows keep flowing (the encoder skips them) so the sink can store them in the rejects table:
-nothing read is ever dropped silently.
+nothing read is ever dropped silently. Valid rows get a ``content_hash`` of their text and the
+embedding lineage, which incremental runs compare to skip unchanged documents.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines import columns as C
 
-__all__ = ["REASONS", "ValidateStage"]
+__all__ = ["REASONS", "ValidateStage", "content_hash"]
 
 REASONS = {
     "null_id": "id is null",
     "null_text": "text is null",
     "empty_text": "text is empty or only whitespace",
-    "not_a_string": "text column is not a string type",
+    "not_a_string": "text column is not a string type in this file",
+    "invalid_utf8": "text bytes are not valid UTF-8",
     "non_finite_vector": "the model produced NaN or infinite values",
+    "duplicate_id": "another row with this id was already written (sink.duplicate_ids=reject)",
 }
 
 
-class ValidateStage:
-    """Adds ``_reject`` (null or a reason key from :data:`REASONS`) and ``_file``; text becomes string."""
+def content_hash(text: str, lineage_key: str) -> str:
+    """What decides whether a document must be embedded again: its text and the embedding space."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=lineage_key.encode()[:64]).hexdigest()
 
-    def __init__(self, id_column: str, text_column: str, path_column: str = "path"):
+
+def _decode_binary(values: pa.Array) -> tuple[pa.Array, list]:
+    texts, bad = [], []
+    for value in values.to_pylist():
+        if value is None:
+            texts.append(None)
+            bad.append(False)
+            continue
+        try:
+            texts.append(value.decode("utf-8"))
+            bad.append(False)
+        except UnicodeDecodeError:
+            texts.append(value.decode("utf-8", errors="replace"))  # kept for the rejects table
+            bad.append(True)
+    return pa.array(texts, pa.string()), bad
+
+
+class ValidateStage:
+    """Adds ``_reject`` (null or a key of :data:`REASONS`), ``_file`` and ``content_hash``."""
+
+    def __init__(self, id_column: str, text_column: str, lineage_key: str = "", path_column: str = "path"):
         self.id_column = id_column
         self.text_column = text_column
+        self.lineage_key = lineage_key
         self.path_column = path_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        text = batch.column(self.text_column)
+        text = batch.column(self.text_column).combine_chunks()
         reason = pa.nulls(n, pa.string())
+        if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+            text, bad = _decode_binary(text)
+            reason = pc.if_else(pa.array(bad, pa.bool_()), "invalid_utf8", reason)
         if pa.types.is_string(text.type) or pa.types.is_large_string(text.type):
             text = text.cast(pa.string())
-            blank = pc.equal(pc.utf8_trim_whitespace(text), "")
-            reason = pc.if_else(pc.fill_null(blank, False), "empty_text", reason)
+            blank = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(text), ""), False)
+            reason = pc.if_else(blank, "empty_text", reason)
             reason = pc.if_else(pc.is_null(text), "null_text", reason)
         else:
             reason = pa.array(["not_a_string"] * n, pa.string())
             text = pa.nulls(n, pa.string())
         reason = pc.if_else(pc.is_null(batch.column(self.id_column)), "null_id", reason)
 
+        hashes = [
+            content_hash(t, self.lineage_key) if r is None else None
+            for t, r in zip(text.to_pylist(), reason.to_pylist())
+        ]
         out = batch.set_column(batch.schema.get_field_index(self.text_column), self.text_column, text)
         if self.path_column in out.column_names:
             files = out.column(self.path_column)
@@ -51,4 +85,5 @@ class ValidateStage:
         else:
             files = pa.nulls(n, pa.string())
         out = out.append_column(C.FILE, files.cast(pa.string()))
+        out = out.append_column(C.HASH, pa.array(hashes, pa.string()))
         return out.append_column(C.REJECT, reason)
