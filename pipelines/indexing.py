@@ -1,7 +1,8 @@
 """The bulk indexing run: source -> embedding stages -> Lance fragments -> commit -> index.
 
 Everything that can be checked before the cluster does work is checked in :func:`preflight`:
-the config, the source files and their columns, the model and its dimension, and the sink mode.
+the config, the source files and their columns, the model and its dimension, and the sink mode
+(and, for ``s3://``, that buckets exist and the credentials are accepted).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from connectors import lance_sink
 from connectors.lance_index import build_index, derive_index_params
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
+from connectors.storage import Storage, is_s3
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, make_lineage
@@ -40,6 +42,12 @@ class RunPlan:
     dimension: int
     table_schema: pa.Schema
     read_version: Optional[int]  # the table version an append builds on
+    storage: Optional[Storage] = None  # endpoint/credentials for s3:// paths, resolved once here
+
+    @property
+    def sink_options(self) -> Optional[dict]:
+        """Lance ``storage_options`` for the sink (None for a local one)."""
+        return self.storage.lance_options(self.config.sink.uri) if self.storage else None
 
 
 def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
@@ -58,10 +66,13 @@ def preflight(config: PipelineConfig) -> RunPlan:
     """Check the run can work, before any embedding starts; raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
-    source = open_source(src.path, columns)
+    storage = Storage.resolve(config.storage)
+    source = open_source(src.path, columns, storage)
+    if is_s3(sink.uri):
+        storage.probe(sink.uri, "sink.uri")  # a missing bucket or refused credentials, before any work
 
-    model_dir = resolve_model_dir(config.model.path, config.model.revision)
-    tokenizer = load_tokenizer(config.model.path, config.model.revision, padding_side_for(config.model))
+    model_dir = resolve_model_dir(config.model.path, config.model.revision, storage)
+    tokenizer = load_tokenizer(config.model.path, config.model.revision, padding_side_for(config.model), storage)
     from transformers import AutoConfig
 
     hidden = int(AutoConfig.from_pretrained(str(model_dir)).hidden_size)
@@ -75,15 +86,16 @@ def preflight(config: PipelineConfig) -> RunPlan:
     )
 
     read_version = None
-    existing = lance_sink.read_lineage(sink.uri, sink.table) if sink.mode != "overwrite" else None
-    if sink.mode == "create" and lance_sink.table_version(sink.uri, sink.table) is not None:
+    options = storage.lance_options(sink.uri)
+    existing = lance_sink.read_lineage(sink.uri, sink.table, options) if sink.mode != "overwrite" else None
+    if sink.mode == "create" and lance_sink.table_version(sink.uri, sink.table, options) is not None:
         raise lance_sink.SinkError(f"sink.table={sink.table} already exists in {sink.uri} "
                                    "(sink.mode=create); use sink.mode=overwrite or append")
     if sink.mode == "append" and existing is not None:
         check_compatible(existing, lineage, "this run's config")
-        read_version = lance_sink.table_version(sink.uri, sink.table)
+        read_version = lance_sink.table_version(sink.uri, sink.table, options)
     schema = _table_schema(config, source, dimension, lineage)
-    return RunPlan(config, source, lineage, max_tokens, dimension, schema, read_version)
+    return RunPlan(config, source, lineage, max_tokens, dimension, schema, read_version, storage)
 
 
 def sink_stage(plan: RunPlan) -> Stage:
@@ -94,6 +106,7 @@ def sink_stage(plan: RunPlan) -> Stage:
         schema=plan.table_schema,
         id_column=c.source.id_column,
         text_column=c.source.text_column,
+        storage_options=plan.sink_options,
     )
     return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment))
 
@@ -112,7 +125,8 @@ def run_index(config: PipelineConfig) -> RunSummary:
     summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=c.sink.table + "_rejects")
     columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
     dataset = plan.source.read(columns)
-    stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension) + [sink_stage(plan)]
+    stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension,
+                              storage=plan.storage) + [sink_stage(plan)]
     stats = apply_stages(dataset, stages)
 
     fragments, reject_fragments = [], []
@@ -125,19 +139,22 @@ def run_index(config: PipelineConfig) -> RunSummary:
             reject_fragments.extend(pickle.loads(row["reject_fragments"]))
     summary.embed_seconds = time.perf_counter() - embed_started
 
+    options = plan.sink_options
     table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
     summary.version = lance_sink.commit_fragments(
-        table_uri, plan.table_schema, fragments, c.sink.mode, read_version=plan.read_version
+        table_uri, plan.table_schema, fragments, c.sink.mode, read_version=plan.read_version,
+        storage_options=options,
     )
     rejects_uri = lance_sink.dataset_uri(c.sink.uri, summary.rejects_table)
-    rejects_version = lance_sink.table_version(c.sink.uri, summary.rejects_table)
+    rejects_version = lance_sink.table_version(c.sink.uri, summary.rejects_table, options)
     lance_sink.commit_fragments(
         rejects_uri, lance_sink.REJECT_SCHEMA, reject_fragments,
         "append" if c.sink.mode == "append" and rejects_version is not None else "overwrite",
         read_version=rejects_version if c.sink.mode == "append" else None,
+        storage_options=options,
     )
 
-    table = lancedb.connect(c.sink.uri).open_table(c.sink.table)
+    table = lancedb.connect(c.sink.uri, storage_options=options).open_table(c.sink.table)
     summary.table_rows = table.count_rows()
     params = derive_index_params(summary.table_rows, plan.dimension, c.index)
     summary.index = build_index(table, params).to_dict()
@@ -149,7 +166,7 @@ def run_index(config: PipelineConfig) -> RunSummary:
         "read": summary.rows_read, "written": summary.rows_written,
         "rejected": dict(summary.rejected), "truncated": summary.truncated, "table_rows": summary.table_rows,
     }
-    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage)
-    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table)
+    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage, options)
+    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -37,14 +37,18 @@ def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
     return max(1, (os.cpu_count() or 1) // (c.max_actors or c.actors))
 
 
-def embedding_stages(config: PipelineConfig, *, max_tokens: int, dimension: int) -> list[Stage]:
-    """Validate, tokenize and encode stages for ``config`` (the sink is added by the job)."""
+def embedding_stages(config: PipelineConfig, *, max_tokens: int, dimension: int, storage=None) -> list[Stage]:
+    """Validate, tokenize and encode stages for ``config`` (the sink is added by the job).
+
+    ``storage`` (a :class:`connectors.storage.Storage`) travels with the stages so that workers can
+    fetch an ``s3://`` model without any environment of their own.
+    """
     import ray
 
     src, model, compute = config.source, config.model, config.compute
     return [
         Stage("validate", ValidateStage(src.id_column, src.text_column)),
-        Stage("tokenize", TokenizeStage(model, src.text_column, max_tokens, model.document_prompt)),
+        Stage("tokenize", TokenizeStage(model, src.text_column, max_tokens, model.document_prompt, storage)),
         Stage(
             "encode",
             EncodeStage,
@@ -55,6 +59,7 @@ def embedding_stages(config: PipelineConfig, *, max_tokens: int, dimension: int)
                 batch_tokens=compute.batch_tokens,
                 vector_dtype=config.embed.vector_dtype,
                 threads=_encoder_threads(config),
+                storage=storage,
             ),
             map_kwargs=dict(
                 batch_size=compute.block_rows,

@@ -16,14 +16,15 @@ __all__ = ["TokenizeStage"]
 class TokenizeStage:
     """Adds ``_input_ids`` (list<int32>, empty for rejected rows) and ``_truncated`` (bool)."""
 
-    def __init__(self, model: ModelConfig, text_column: str, max_tokens: int, prompt: str):
+    def __init__(self, model: ModelConfig, text_column: str, max_tokens: int, prompt: str, storage=None):
         self.model = model
+        self.storage = storage  # where an s3:// model comes from (connectors.storage.Storage)
         self.text_column = text_column
         self.max_tokens = max_tokens
         self.prompt = prompt
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        tokenizer = load_tokenizer(self.model.path, self.model.revision, padding_side_for(self.model))
+        tokenizer = load_tokenizer(self.model.path, self.model.revision, padding_side_for(self.model), self.storage)
         ok = pc.is_null(batch.column(C.REJECT)).to_pylist()
         texts = batch.column(self.text_column).to_pylist()
         rows = [i for i, good in enumerate(ok) if good]
