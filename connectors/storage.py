@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 __all__ = ["Storage", "StorageError", "is_s3", "redact_environment", "split_s3"]
 
@@ -65,15 +65,13 @@ def _env_flag(env: Mapping[str, str], name: str) -> Optional[bool]:
     return None if value is None or value == "" else value.strip().lower() in _TRUE
 
 
-def _static_credentials(env: Mapping[str, str]) -> Optional[tuple[str, str, Optional[str]]]:
+def _static_credentials() -> Optional[tuple[str, str, Optional[str]]]:
     """Keys from the environment or the profile files, or None (then each node resolves its own)."""
     import botocore.exceptions
     import botocore.session
 
-    session = botocore.session.Session()
-    profile = env.get("AWS_PROFILE")
-    if profile:
-        session.set_config_variable("profile", profile)
+    session = botocore.session.Session()  # reads AWS_PROFILE, AWS_CONFIG_FILE, ... itself
+    profile = os.environ.get("AWS_PROFILE")
     try:
         resolver = session.get_component("credential_provider")
         for provider in list(resolver.providers):
@@ -90,12 +88,10 @@ def _static_credentials(env: Mapping[str, str]) -> Optional[tuple[str, str, Opti
     return frozen.access_key, frozen.secret_key, frozen.token
 
 
-def _profile_region(env: Mapping[str, str]) -> Optional[str]:
+def _profile_region() -> Optional[str]:
     import botocore.session
 
     session = botocore.session.Session()
-    if env.get("AWS_PROFILE"):
-        session.set_config_variable("profile", env["AWS_PROFILE"])
     try:
         return session.get_config_variable("region")
     except Exception:  # a broken profile is reported by the credential lookup  # noqa: BLE001
@@ -133,13 +129,18 @@ class Storage:
     problem: Optional[str] = None
 
     @classmethod
-    def resolve(cls, config: Any = None, env: Optional[Mapping[str, str]] = None) -> "Storage":
+    def resolve(cls, config: Any = None, paths: Optional[Sequence[Optional[str]]] = None) -> "Storage":
         """Settings from a ``storage`` config section (or None) and the environment.
+
+        With ``paths`` of which none is ``s3://`` nothing is looked up: a local job carries no
+        credentials it does not need.
 
         A plain-HTTP endpoint without allow_http, a malformed endpoint or an unknown AWS_PROFILE is
         recorded in ``problem`` and raised as :class:`StorageError` when an ``s3://`` path is used.
         """
-        env = os.environ if env is None else env
+        if paths is not None and not any(is_s3(p) for p in paths):
+            return cls(max_attempts=getattr(config, "max_attempts", None) or cls.max_attempts)
+        env = os.environ
         endpoint = getattr(config, "endpoint_url", None)
         endpoint_key = "storage.endpoint_url"
         if not endpoint:
@@ -157,9 +158,9 @@ class Storage:
             problem = (f"{endpoint_key}={endpoint} is plain HTTP: set storage.allow_http=true "
                        "or AWS_ALLOW_HTTP=true to allow it")
         region = (getattr(config, "region", None) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-                  or _profile_region(env))
+                  or _profile_region())
         try:
-            creds = _static_credentials(env)
+            creds = _static_credentials()
         except StorageError as exc:
             creds, problem = None, problem or str(exc)
         key, secret, token = creds if creds else (None, None, None)

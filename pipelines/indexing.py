@@ -66,7 +66,7 @@ def preflight(config: PipelineConfig) -> RunPlan:
     """Check the run can work, before any embedding starts; raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
-    storage = Storage.resolve(config.storage)
+    storage = Storage.resolve(config.storage, paths=[src.path, sink.uri, config.model.path])
     source = open_source(src.path, columns, storage)
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")  # a missing bucket or refused credentials, before any work

@@ -223,6 +223,23 @@ def test_model_from_s3_is_downloaded_once_per_node(corpus, aws, tiny_bert_dir, t
     assert weights and all(proxy.requests[k] == 1 for k in weights)
 
 
+def test_profile_credentials_reach_workers_that_have_none(corpus, aws, monkeypatch, tmp_path):
+    """AWS_PROFILE + a shared credentials file on the driver only; Ray's read tasks still get in."""
+    from connectors.parquet_source import open_source
+
+    credentials = tmp_path / "credentials"
+    credentials.write_text(f"[embedpipe]\naws_access_key_id = {aws.key}\naws_secret_access_key = {aws.secret}\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    monkeypatch.setenv("AWS_PROFILE", "embedpipe")
+    source = open_source(CORPUS, ["id", "text", "date"])
+    assert len(source.files) == 3 and source.schema.field("date").type == pa.string()
+    rows = source.read(["id", "date"]).take_all()
+    assert sorted(r["id"] for r in rows if r["id"] != "bad-null") == sorted(corpus)
+    assert all(r["path"].startswith(f"{BUCKET}/wiki/date=") for r in rows)
+
+
 # --- errors, all before any embedding work -------------------------------------------------------
 
 
@@ -298,6 +315,10 @@ def test_config_keys_win_over_the_environment(monkeypatch):
     assert options["aws_endpoint"] == "https://s3.example.com" and options["aws_region"] == "us-west-2"
     assert options["client_max_retries"] == "4"
     assert storage.lance_options("/local/db") is None
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIALOCALONLY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "local-secret")
+    assert Storage.resolve(config.storage).access_key == "AKIALOCALONLY"
+    assert Storage.resolve(config.storage, paths=["/data/corpus", "out/lancedb"]).access_key is None  # not carried
 
 
 # --- a store that fails a share of requests ------------------------------------------------------
