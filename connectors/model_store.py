@@ -1,17 +1,28 @@
-"""Where model weights come from: a local directory, the packaged MiniLM, or a hub id.
+"""Where model weights come from: a local directory, the packaged MiniLM, a hub id or ``s3://``.
 
 Only this module knows those locations; stages ask it for a local directory. Each worker resolves
 the path itself (site-packages and caches differ between machines), so a config written on a laptop
 runs unchanged on a cluster.
+
+An ``s3://`` prefix is downloaded once per node into a local cache
+(``storage.model_cache``, ``$EMBEDPIPE_MODEL_CACHE`` or ``~/.cache/embedpipe/models``). The cache entry
+is named after the prefix's listing (keys, sizes, ETags), so a changed model is fetched again; a file
+lock makes concurrent actors on one node wait for one download instead of racing, and the entry
+appears by an atomic rename only when complete.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
+
+from connectors.storage import Storage, StorageError
 
 __all__ = ["ModelNotFoundError", "model_fingerprint", "resolve_model_dir"]
 
@@ -26,8 +37,12 @@ class ModelNotFoundError(FileNotFoundError):
 
 
 @lru_cache(maxsize=8)
-def resolve_model_dir(path: str, revision: Optional[str] = None) -> Path:
-    """Return a local directory holding ``config.json`` and the weights for ``path``."""
+def resolve_model_dir(path: str, revision: Optional[str] = None, storage: Optional[Storage] = None) -> Path:
+    """Return a local directory holding ``config.json`` and the weights for ``path``.
+
+    ``storage`` (endpoint, credentials) is used for ``s3://`` paths; by default it is resolved from
+    the environment.
+    """
     if path in _PACKAGED:
         module, dist = _PACKAGED[path]
         try:
@@ -38,7 +53,7 @@ def resolve_model_dir(path: str, revision: Optional[str] = None) -> Path:
     if path.startswith("packaged:"):
         raise ModelNotFoundError(f"model.path={path}: known packaged models are {sorted(_PACKAGED)}")
     if path.startswith("s3://"):
-        raise ModelNotFoundError(f"model.path={path}: models on s3:// are not supported yet")
+        return _download_s3(path, storage or Storage.resolve())
     local = Path(path).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
@@ -55,6 +70,58 @@ def resolve_model_dir(path: str, revision: Optional[str] = None) -> Path:
     except Exception as exc:  # the hub raises many types; all mean "cannot get it"
         raise ModelNotFoundError(f"model.path={path}: not a local directory and not fetchable from the hub "
                                  f"({type(exc).__name__})") from None
+
+
+_COMPLETE = ".embedpipe-complete"
+
+
+def _download_s3(path: str, storage: Storage) -> Path:
+    """The local copy of the model under ``path``, downloading it first when this node has none."""
+    try:
+        found = storage.probe(path, "model.path")
+    except StorageError as exc:
+        raise ModelNotFoundError(str(exc)) from None
+    if not found:
+        raise ModelNotFoundError(f"model.path={path}: no objects under this prefix")
+    fs, root = storage.fsspec(path)
+    root = root.rstrip("/")
+    try:
+        listing = fs.find(root, detail=True)
+    except OSError as exc:
+        raise ModelNotFoundError(f"model.path={path}: cannot list it ({storage.explain(exc)})") from None
+    files = {key[len(root) + 1:]: info for key, info in listing.items() if key.startswith(root + "/")}
+    if "config.json" not in files:
+        raise ModelNotFoundError(f"model.path={path}: no config.json under this prefix")
+
+    digest = hashlib.sha256(path.rstrip("/").encode())
+    for rel in sorted(files):
+        info = files[rel]
+        digest.update(f"\0{rel}\0{info.get('size')}\0{info.get('ETag', '')}".encode())
+    cache = storage.model_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{root.rsplit('/', 1)[-1] or 'model'}-{digest.hexdigest()[:16]}"
+    if (target / _COMPLETE).exists():
+        return target
+
+    from filelock import FileLock
+
+    with FileLock(str(target) + ".lock"):
+        if (target / _COMPLETE).exists():  # another process on this node finished it meanwhile
+            return target
+        staging = Path(tempfile.mkdtemp(dir=cache, prefix=".download-"))
+        try:
+            for rel in sorted(files):
+                local = staging / rel
+                local.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(f"{root}/{rel}", str(local))
+            (staging / _COMPLETE).write_text(path + "\n")
+            if target.exists():  # left by an interrupted download of an older layout
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise ModelNotFoundError(f"model.path={path}: download failed ({storage.explain(exc)})") from None
+    return target
 
 
 def model_fingerprint(model_dir: Path) -> str:

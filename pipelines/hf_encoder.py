@@ -41,7 +41,7 @@ def pick_device(requested: str) -> str:
 class HFEncoder:
     """Loads the model once; :meth:`embed` runs length-sorted, token-budgeted forward passes."""
 
-    def __init__(self, model: ModelConfig, threads: Optional[int] = None):
+    def __init__(self, model: ModelConfig, threads: Optional[int] = None, storage=None):
         import torch
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
@@ -52,14 +52,14 @@ class HFEncoder:
         self.config = model
         self.device = pick_device(model.device)
         dtype = getattr(torch, _DTYPES[model.dtype])
-        model_dir = resolve_model_dir(model.path, model.revision)
+        model_dir = resolve_model_dir(model.path, model.revision, storage)
         self.model = AutoModel.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")
         self.model.to(self.device).eval()
         self.hidden_size = int(self.model.config.hidden_size)
         self.left_pad = padding_side_for(model) == "left"
         from pipelines.tokenize import load_tokenizer
 
-        tokenizer = load_tokenizer(model.path, model.revision, padding_side_for(model))
+        tokenizer = load_tokenizer(model.path, model.revision, padding_side_for(model), storage)
         self.pad_id = int(tokenizer.pad_token_id)
 
     def _pad(self, rows: Sequence[Sequence[int]]):

@@ -1,7 +1,8 @@
 """The bulk indexing run: source -> embedding stages -> Lance fragments -> checkpoints -> index.
 
 Everything that can be checked before the cluster does work is checked in :func:`preflight`:
-the config, the source files and their columns, the model and its dimension, and the sink mode.
+the config, the source files and their columns, the model and its dimension, and the sink mode
+(and, for ``s3://``, that buckets exist and the credentials are accepted).
 
 Exactly once, across failures:
 - a dead encoder actor or writer task: Ray Data retries the block; only fragments of blocks whose
@@ -29,6 +30,7 @@ from connectors import lance_sink
 from connectors.lance_index import build_index, derive_index_params, maintain_index
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
+from connectors.storage import Storage, is_s3
 from pipelines import columns as C
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.hf_encoder import padding_side_for
@@ -53,6 +55,12 @@ class RunPlan:
     dimension: int
     table_schema: pa.Schema
     start_version: Optional[int]  # the table's version when the run began (None: no table)
+    storage: Optional[Storage] = None  # endpoint/credentials for s3:// paths, resolved once here
+
+    @property
+    def sink_options(self) -> Optional[dict]:
+        """Lance ``storage_options`` for the sink (None for a local one)."""
+        return self.storage.lance_options(self.config.sink.uri) if self.storage else None
 
 
 def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
@@ -77,10 +85,13 @@ def preflight(config: PipelineConfig) -> RunPlan:
     """Check the run can work, before any embedding starts; raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
-    source = open_source(src.path, columns, src.text_column, src.on_bad_file)
+    storage = Storage.resolve(config.storage, paths=[src.path, sink.uri, config.model.path])
+    source = open_source(src.path, columns, src.text_column, src.on_bad_file, storage)
+    if is_s3(sink.uri):
+        storage.probe(sink.uri, "sink.uri")  # a missing bucket or refused credentials, before any work
 
-    model_dir = resolve_model_dir(config.model.path, config.model.revision)
-    tokenizer = load_tokenizer(config.model.path, config.model.revision, padding_side_for(config.model))
+    model_dir = resolve_model_dir(config.model.path, config.model.revision, storage)
+    tokenizer = load_tokenizer(config.model.path, config.model.revision, padding_side_for(config.model), storage)
     from transformers import AutoConfig
 
     hidden = int(AutoConfig.from_pretrained(str(model_dir)).hidden_size)
@@ -94,16 +105,17 @@ def preflight(config: PipelineConfig) -> RunPlan:
     )
 
     run_id = config.run.id or uuid.uuid4().hex[:12]
-    resuming = config.run.id is not None and lance_sink.RunLog(sink.uri, sink.table).started(run_id)
-    version = lance_sink.table_version(sink.uri, sink.table)
+    options = storage.lance_options(sink.uri)
+    resuming = config.run.id is not None and lance_sink.RunLog(sink.uri, sink.table, options).started(run_id)
+    version = lance_sink.table_version(sink.uri, sink.table, options)
     if sink.mode == "create" and version is not None and not resuming:
         raise lance_sink.SinkError(f"sink.table={sink.table} already exists in {sink.uri} "
                                    "(sink.mode=create); use sink.mode=overwrite, append or upsert")
     if version is not None and (sink.mode in ("append", "upsert") or resuming):
-        existing = lance_sink.read_lineage(sink.uri, sink.table)
+        existing = lance_sink.read_lineage(sink.uri, sink.table, options)
         check_compatible(existing, lineage, "this run's config")
     schema = _table_schema(config, source, dimension, lineage)
-    return RunPlan(config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version)
+    return RunPlan(config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version, storage)
 
 
 class _Checkpointer:
@@ -114,7 +126,8 @@ class _Checkpointer:
         self.plan, self.summary = plan, summary
         self.table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
         self.rejects_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table + "_rejects")
-        self.runlog = lance_sink.RunLog(c.sink.uri, c.sink.table)
+        self.options = plan.sink_options
+        self.runlog = lance_sink.RunLog(c.sink.uri, c.sink.table, self.options)
         self.overwrite_first = c.sink.mode in ("create", "overwrite") and not plan.resuming
         self.fragments: list = []
         self.reject_fragments: list = []
@@ -141,13 +154,14 @@ class _Checkpointer:
         them unfinished and a resumed run redoes them after deleting this run's rows from them.
         """
         if self.fragments or self.overwrite_first:
-            lance_sink.commit_fragments(self.table_uri, self.plan.table_schema, self.fragments, self.overwrite_first)
+            lance_sink.commit_fragments(self.table_uri, self.plan.table_schema, self.fragments, self.overwrite_first,
+                                        self.options)
         if self.reject_fragments or self.overwrite_first:
             lance_sink.commit_fragments(self.rejects_uri, lance_sink.REJECT_SCHEMA, self.reject_fragments,
-                                        self.overwrite_first)
+                                        self.overwrite_first, self.options)
         replaced = np.concatenate(self.replaced) if self.replaced else np.zeros(0, np.uint64)
         if len(replaced):
-            lance_sink.delete_rows(self.table_uri, replaced)
+            lance_sink.delete_rows(self.table_uri, replaced, self.options)
         if self.overwrite_first:
             self.runlog.mark_started(self.plan.run_id)
             self.overwrite_first = False
@@ -172,7 +186,8 @@ def run_index(config: PipelineConfig) -> RunSummary:
     c = config
     summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=c.sink.table + "_rejects",
                          run_id=plan.run_id, skipped_files=dict(plan.source.skipped))
-    runlog = lance_sink.RunLog(c.sink.uri, c.sink.table)
+    options = plan.sink_options
+    runlog = lance_sink.RunLog(c.sink.uri, c.sink.table, options)
     done = runlog.done_files(plan.run_id)
     todo = [f for f in plan.source.files if f not in done]
     summary.resumed_files = len(plan.source.files) - len(todo)
@@ -183,21 +198,21 @@ def run_index(config: PipelineConfig) -> RunSummary:
     if plan.resuming:
         # Whatever an earlier attempt of this run committed from files it did not finish.
         table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
-        lance_sink.delete_run_leftovers(table_uri, plan.run_id, todo, C.SOURCE_FILE)
+        lance_sink.delete_run_leftovers(table_uri, plan.run_id, todo, C.SOURCE_FILE, options)
         lance_sink.delete_run_leftovers(lance_sink.dataset_uri(c.sink.uri, summary.rejects_table),
-                                        plan.run_id, todo, "file")
+                                        plan.run_id, todo, "file", options)
 
     checkpointer = _Checkpointer(plan, summary, done)
     embed_started = time.perf_counter()
     if todo:
         existing = None
-        version = lance_sink.table_version(c.sink.uri, c.sink.table)
+        version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
         if c.sink.mode == "upsert" and version is not None:
             existing = lance_sink.ExistingRows(lance_sink.dataset_uri(c.sink.uri, c.sink.table), version,
-                                               c.source.id_column)
+                                               c.source.id_column, options)
         lineage_key = identity_key(plan.lineage, f"|{c.embed.long_text}|{c.embed.chunk_overlap}")
         stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension,
-                                  lineage_key=lineage_key, existing=existing)
+                                  lineage_key=lineage_key, existing=existing, storage=plan.storage)
         stages.append(_sink_stage(plan))
         columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
         stats = apply_stages(plan.source.read(columns, todo), stages)
@@ -208,11 +223,11 @@ def run_index(config: PipelineConfig) -> RunSummary:
     checkpointer.commit()
     summary.embed_seconds = time.perf_counter() - embed_started
 
-    db = lancedb.connect(c.sink.uri)
+    db = lancedb.connect(c.sink.uri, storage_options=options)
     table = db.open_table(c.sink.table)
     if c.sink.duplicate_ids == "reject":
         dups = lance_sink.drop_duplicate_ids(checkpointer.table_uri, checkpointer.rejects_uri,
-                                             c.source.id_column, c.source.text_column, plan.run_id)
+                                             c.source.id_column, c.source.text_column, plan.run_id, options)
         summary.rows_written -= dups
         if dups:
             summary.rejected["duplicate_id"] += dups
@@ -236,8 +251,8 @@ def run_index(config: PipelineConfig) -> RunSummary:
         "rejected": dict(summary.rejected), "truncated": summary.truncated, "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
-    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage)
-    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table)
+    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage, options)
+    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -251,6 +266,7 @@ def _sink_stage(plan: RunPlan) -> Stage:
         id_column=c.source.id_column,
         text_column=c.source.text_column,
         run_id=plan.run_id,
+        storage_options=plan.sink_options,
     )
     return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment))
 

@@ -39,11 +39,14 @@ def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
 
 
 def embedding_stages(
-    config: PipelineConfig, *, max_tokens: int, dimension: int, lineage_key: str = "", existing=None
+    config: PipelineConfig, *, max_tokens: int, dimension: int, lineage_key: str = "", existing=None,
+    storage=None,
 ) -> list[Stage]:
     """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
 
     ``existing`` (upsert runs) answers which ids the table already holds, with which content hash.
+    ``storage`` (a :class:`connectors.storage.Storage`) travels with the stages so that workers can
+    fetch an ``s3://`` model without any environment of their own.
     """
     import ray
 
@@ -54,7 +57,7 @@ def embedding_stages(
         stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column)))
     return stages + [
         Stage("tokenize", TokenizeStage(model, src.id_column, src.text_column, max_tokens, model.document_prompt,
-                                        chunk=chunk, overlap=config.embed.chunk_overlap)),
+                                        chunk=chunk, overlap=config.embed.chunk_overlap, storage=storage)),
         Stage(
             "encode",
             EncodeStage,
@@ -65,6 +68,7 @@ def embedding_stages(
                 batch_tokens=compute.batch_tokens,
                 vector_dtype=config.embed.vector_dtype,
                 threads=_encoder_threads(config),
+                storage=storage,
             ),
             map_kwargs=dict(
                 batch_size=compute.block_rows,

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from connectors import lance_sink
 from connectors.model_store import model_fingerprint, resolve_model_dir
+from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
 from pipelines.lineage import LineageMismatchError
 from pipelines.postprocess import postprocess
@@ -29,8 +30,10 @@ __all__ = ["LineageMismatchError", "Searcher"]
 class Searcher:
     """An open table plus the encoder that made it; search by text or by vector."""
 
-    def __init__(self, table, lineage: dict, model_path: Optional[str] = None, device: str = "auto"):
+    def __init__(self, table, lineage: dict, model_path: Optional[str] = None, device: str = "auto",
+                 storage: Optional[Storage] = None):
         self.table = table
+        self.storage = storage
         self.lineage = lineage
         self.dimension = int(lineage["dimension"])
         self.metric = lineage["metric"]
@@ -38,7 +41,7 @@ class Searcher:
         self.has_index = (lineage.get("index") or {}).get("type", "none") != "none"
         m = lineage["model"]
         path = model_path or m["path"]
-        fingerprint = model_fingerprint(resolve_model_dir(path, m.get("revision")))
+        fingerprint = model_fingerprint(resolve_model_dir(path, m.get("revision"), storage))
         if fingerprint != m["fingerprint"]:
             raise LineageMismatchError(
                 f"model {path} (fingerprint {fingerprint}) is not the model that made this table "
@@ -60,31 +63,40 @@ class Searcher:
         model_path: Optional[str] = None,
         dimension: Optional[int] = None,
         device: str = "auto",
+        storage: Optional[Storage] = None,
     ) -> "Searcher":
-        """Open ``table`` in the LanceDB database ``uri``.
+        """Open ``table`` in the LanceDB database ``uri`` (a directory or ``s3://`` prefix).
 
         Args:
             model_path: where the table's model lives on this machine, when not at the recorded path;
                 its weights must be the recorded ones.
             dimension: the dimension the caller expects; checked against the table.
+            storage: endpoint and credentials for ``s3://``; default: from the environment
+                (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
         """
         import lancedb
 
-        lineage = lance_sink.read_lineage(uri, table)
+        storage = storage or Storage.resolve()
+        if is_s3(uri):
+            storage.probe(uri, "uri")  # a missing bucket or refused credentials, not "no table"
+        options = storage.lance_options(uri)
+        lineage = lance_sink.read_lineage(uri, table, options)
         if lineage is None:
             raise lance_sink.SinkError(f"no table {table!r} in {uri}")
         if dimension is not None and dimension != lineage["dimension"]:
             raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage['dimension']}")
-        return cls(lancedb.connect(uri).open_table(table), lineage, model_path=model_path, device=device)
+        return cls(lancedb.connect(uri, storage_options=options).open_table(table), lineage,
+                   model_path=model_path, device=device, storage=storage)
 
     def _encode(self):
         if self._encoder is None:
             from pipelines.hf_encoder import HFEncoder, padding_side_for
             from pipelines.tokenize import load_tokenizer
 
-            self._encoder = HFEncoder(self.model_config)
+            self._encoder = HFEncoder(self.model_config, storage=self.storage)
             self._tokenizer = load_tokenizer(
-                self.model_config.path, self.model_config.revision, padding_side_for(self.model_config)
+                self.model_config.path, self.model_config.revision, padding_side_for(self.model_config),
+                self.storage,
             )
         return self._encoder
 

@@ -15,11 +15,11 @@ __all__ = ["chunk_texts", "effective_max_tokens", "load_tokenizer", "tokenize_te
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(model_path: str, revision: Optional[str], padding_side: str):
-    """The model's fast tokenizer, once per worker process."""
+def load_tokenizer(model_path: str, revision: Optional[str], padding_side: str, storage=None):
+    """The model's fast tokenizer, once per worker process (``storage``: for an s3:// model)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_dir(model_path, revision)))
+    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_dir(model_path, revision, storage)))
     tokenizer.padding_side = padding_side
     if tokenizer.pad_token_id is None:  # decoder tokenizers often have none
         tokenizer.pad_token = tokenizer.eos_token

@@ -80,3 +80,13 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
         if (minilm_dir / name).exists():
             shutil.copy(minilm_dir / name, out / name)
     return out
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on 127.0.0.1 over real HTTP, IAM checking on (see tests/s3_server.py)."""
+    from s3_server import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()

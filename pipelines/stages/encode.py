@@ -41,8 +41,9 @@ class EncodeStage:
         batch_tokens: int,
         vector_dtype: str = "float32",
         threads: Optional[int] = None,
+        storage=None,
     ):
-        self.encoder = HFEncoder(model, threads=threads)
+        self.encoder = HFEncoder(model, threads=threads, storage=storage)
         self.dimension = dimension
         self.normalize = normalize
         self.batch_tokens = batch_tokens

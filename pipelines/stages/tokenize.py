@@ -30,8 +30,10 @@ class TokenizeStage:
         prompt: str,
         chunk: bool = False,
         overlap: int = 0,
+        storage=None,
     ):
         self.model = model
+        self.storage = storage  # where an s3:// model comes from (connectors.storage.Storage)
         self.id_column = id_column
         self.text_column = text_column
         self.max_tokens = max_tokens
@@ -40,7 +42,7 @@ class TokenizeStage:
         self.overlap = overlap
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        tokenizer = load_tokenizer(self.model.path, self.model.revision, padding_side_for(self.model))
+        tokenizer = load_tokenizer(self.model.path, self.model.revision, padding_side_for(self.model), self.storage)
         ok = pc.is_null(batch.column(C.REJECT)).to_pylist()
         texts = batch.column(self.text_column).to_pylist()
         rows = [i for i, good in enumerate(ok) if good]

@@ -1,0 +1,338 @@
+"""Object storage settings: config + AWS conventions -> clients for fsspec, pyarrow and Lance.
+
+Only this module knows endpoints, regions, credentials and retry policies. It resolves them once, in
+the driver, into a small picklable :class:`Storage` that travels with the work (inside the source's
+filesystem, the Lance writer's ``storage_options`` and the encoder's model location), so Ray worker
+processes need no environment of their own: the same job runs from ``python -m jobs.index`` on a
+laptop, from ``ray job submit`` on a cluster, and from a test whose Ray started before the test set
+any ``AWS_*`` variable.
+
+Resolution follows the AWS conventions, config keys winning over the environment:
+
+- endpoint: ``storage.endpoint_url``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, else AWS.
+- region: ``storage.region``, else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's region; on
+  AWS itself without any of these, the bucket's own region is looked up.
+- plain HTTP: only when ``storage.allow_http`` or ``AWS_ALLOW_HTTP=true`` says so.
+- credentials: botocore's chain. *Static* keys found on the driver (``AWS_ACCESS_KEY_ID`` /
+  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, or the ``[profile]`` keys of the shared credentials
+  and config files, ``AWS_PROFILE`` choosing the profile) travel with the job. Refreshable ones
+  (instance or container roles, SSO, assume-role) are not frozen into it: each node's clients resolve
+  them through their own default chain, so they keep refreshing on long jobs.
+
+Credentials are held in fields excluded from ``repr`` and :meth:`Storage.redact` masks them in any text
+that leaves the program (error lines); nothing here logs them.
+
+Transient errors (HTTP 5xx including 503 SlowDown, timeouts, connection resets) are retried with
+exponential backoff by every client, up to ``storage.max_attempts`` attempts per request: botocore's
+``standard`` retry mode for s3fs, the AWS SDK's standard strategy for pyarrow, object_store's
+``client_max_retries`` / ``client_retry_timeout`` for Lance.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+__all__ = ["Storage", "StorageError", "is_s3", "redact_environment", "split_s3"]
+
+_STATIC_CREDENTIAL_PROVIDERS = ("env", "shared-credentials-file", "config-file", "boto-config")
+_TRUE = ("1", "true", "yes", "on")
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
+RETRY_TIMEOUT_S = 300  # object_store: give up retrying one request after this long
+
+
+class StorageError(ValueError):
+    """Object storage that cannot be used as configured; the message names the key, bucket or path."""
+
+
+def is_s3(path: Optional[str]) -> bool:
+    return bool(path) and str(path).startswith("s3://")
+
+
+def split_s3(path: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    bucket, _, key = path[len("s3://"):].partition("/")
+    return bucket, key
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> Optional[bool]:
+    value = env.get(name)
+    return None if value is None or value == "" else value.strip().lower() in _TRUE
+
+
+def _static_credentials() -> Optional[tuple[str, str, Optional[str]]]:
+    """Keys from the environment or the profile files, or None (then each node resolves its own)."""
+    import botocore.exceptions
+    import botocore.session
+
+    session = botocore.session.Session()  # reads AWS_PROFILE, AWS_CONFIG_FILE, ... itself
+    profile = os.environ.get("AWS_PROFILE")
+    try:
+        resolver = session.get_component("credential_provider")
+        for provider in list(resolver.providers):
+            if provider.METHOD not in _STATIC_CREDENTIAL_PROVIDERS:
+                resolver.remove(provider.METHOD)
+        creds = resolver.load_credentials()
+    except botocore.exceptions.ProfileNotFound:
+        raise StorageError(f"AWS_PROFILE={profile}: no such profile in the AWS config files") from None
+    except botocore.exceptions.BotoCoreError as exc:
+        raise StorageError(f"AWS credentials cannot be read: {exc}") from None
+    if creds is None:
+        return None
+    frozen = creds.get_frozen_credentials()
+    return frozen.access_key, frozen.secret_key, frozen.token
+
+
+def _profile_region() -> Optional[str]:
+    import botocore.session
+
+    session = botocore.session.Session()
+    try:
+        return session.get_config_variable("region")
+    except Exception:  # a broken profile is reported by the credential lookup  # noqa: BLE001
+        return None
+
+
+@lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str:
+    from pyarrow.fs import resolve_s3_region
+
+    try:
+        return resolve_s3_region(bucket)
+    except OSError:
+        return "us-east-1"  # the clients then report the real problem (no bucket, no access)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """Resolved object-storage settings; hashable and picklable, credentials hidden from ``repr``.
+
+    Build it with :meth:`resolve`; ask it for an fsspec filesystem (:meth:`fsspec`), a pyarrow one
+    (:meth:`arrow`) or Lance ``storage_options`` (:meth:`lance_options`) for a path. A problem with
+    the settings (``problem``) is raised only when an ``s3://`` path is used, so a stray variable
+    never breaks a job that reads and writes local files.
+    """
+
+    endpoint_url: Optional[str] = None
+    region: Optional[str] = None
+    allow_http: bool = False
+    max_attempts: int = 10
+    model_cache: Optional[str] = None
+    access_key: Optional[str] = field(default=None, repr=False)
+    secret_key: Optional[str] = field(default=None, repr=False)
+    session_token: Optional[str] = field(default=None, repr=False)
+    problem: Optional[str] = None
+
+    @classmethod
+    def resolve(cls, config: Any = None, paths: Optional[Sequence[Optional[str]]] = None) -> "Storage":
+        """Settings from a ``storage`` config section (or None) and the environment.
+
+        With ``paths`` of which none is ``s3://`` nothing is looked up: a local job carries no
+        credentials it does not need.
+
+        A plain-HTTP endpoint without allow_http, a malformed endpoint or an unknown AWS_PROFILE is
+        recorded in ``problem`` and raised as :class:`StorageError` when an ``s3://`` path is used.
+        """
+        if paths is not None and not any(is_s3(p) for p in paths):
+            return cls(max_attempts=getattr(config, "max_attempts", None) or cls.max_attempts)
+        env = os.environ
+        endpoint = getattr(config, "endpoint_url", None)
+        endpoint_key = "storage.endpoint_url"
+        if not endpoint:
+            for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+                if env.get(name):
+                    endpoint, endpoint_key = env[name].rstrip("/"), name
+                    break
+        allow_http = getattr(config, "allow_http", None)
+        if allow_http is None:
+            allow_http = bool(_env_flag(env, "AWS_ALLOW_HTTP"))
+        problem = None
+        if endpoint and not re.match(r"^https?://[^/\s]+/?$", endpoint):
+            problem = f"{endpoint_key}={endpoint}: expected http(s)://host[:port]"
+        elif endpoint and endpoint.startswith("http://") and not allow_http:
+            problem = (f"{endpoint_key}={endpoint} is plain HTTP: set storage.allow_http=true "
+                       "or AWS_ALLOW_HTTP=true to allow it")
+        region = (getattr(config, "region", None) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+                  or _profile_region())
+        try:
+            creds = _static_credentials()
+        except StorageError as exc:
+            creds, problem = None, problem or str(exc)
+        key, secret, token = creds if creds else (None, None, None)
+        return cls(
+            endpoint_url=endpoint,
+            region=region,
+            allow_http=allow_http,
+            max_attempts=getattr(config, "max_attempts", None) or cls.max_attempts,
+            model_cache=getattr(config, "model_cache", None) or env.get("EMBEDPIPE_MODEL_CACHE"),
+            access_key=key,
+            secret_key=secret,
+            session_token=token,
+            problem=problem,
+        )
+
+    # --- per-client views -------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`StorageError` when the settings cannot work (see :meth:`resolve`)."""
+        if self.problem:
+            raise StorageError(self.problem)
+
+    def _region_for(self, bucket: str) -> Optional[str]:
+        if self.region or self.endpoint_url:
+            return self.region or "us-east-1"
+        return _bucket_region(bucket)
+
+    def fsspec(self, path: str):
+        """``(filesystem, path_without_protocol)`` for a local path, glob or ``s3://`` URL."""
+        import fsspec
+
+        if not is_s3(path):
+            return fsspec.core.url_to_fs(path)
+        self.check()
+        import s3fs
+
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint_url:
+            client_kwargs["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        fs = s3fs.S3FileSystem(
+            key=self.access_key,
+            secret=self.secret_key,
+            token=self.session_token,
+            client_kwargs=client_kwargs,
+            config_kwargs={
+                "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                "connect_timeout": CONNECT_TIMEOUT_S,
+                "read_timeout": READ_TIMEOUT_S,
+            },
+            skip_instance_cache=True,  # listings must see objects written since the last run
+        )
+        fs.retries = 3  # s3fs's own loop around botocore's, which already backs off on 5xx
+        return fs, fs._strip_protocol(path)
+
+    def arrow(self, path: str):
+        """A pyarrow ``S3FileSystem`` for an ``s3://`` path (paths are then ``bucket/key``)."""
+        from pyarrow.fs import AwsStandardS3RetryStrategy, S3FileSystem
+
+        self.check()
+        bucket, _ = split_s3(path)
+        kwargs: dict[str, Any] = dict(
+            region=self._region_for(bucket),
+            retry_strategy=AwsStandardS3RetryStrategy(max_attempts=self.max_attempts),
+            connect_timeout=CONNECT_TIMEOUT_S,
+            request_timeout=READ_TIMEOUT_S,
+        )
+        if self.access_key:
+            kwargs.update(access_key=self.access_key, secret_key=self.secret_key,
+                          session_token=self.session_token)
+        if self.endpoint_url:
+            scheme, _, host = self.endpoint_url.partition("://")
+            kwargs.update(endpoint_override=host, scheme=scheme)
+        return S3FileSystem(**kwargs)
+
+    def lance_options(self, uri: str) -> Optional[dict[str, str]]:
+        """LanceDB/Lance ``storage_options`` for ``uri``; None for a local path."""
+        if not is_s3(uri):
+            return None
+        self.check()
+        bucket, _ = split_s3(uri)
+        opts = {
+            "aws_region": self._region_for(bucket),
+            "client_max_retries": str(self.max_attempts),
+            "client_retry_timeout": str(RETRY_TIMEOUT_S),
+            "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+            "timeout": f"{READ_TIMEOUT_S}s",
+        }
+        if self.endpoint_url:
+            opts["aws_endpoint"] = self.endpoint_url
+        if self.allow_http:
+            opts["allow_http"] = "true"
+        if self.access_key:
+            opts["aws_access_key_id"] = self.access_key
+            opts["aws_secret_access_key"] = self.secret_key
+            if self.session_token:
+                opts["aws_session_token"] = self.session_token
+        return opts
+
+    def model_cache_dir(self) -> Path:
+        """Local directory (on each node) for models downloaded from ``s3://``."""
+        return Path(self.model_cache or Path.home() / ".cache" / "embedpipe" / "models").expanduser()
+
+    # --- checks and messages ----------------------------------------------------------------
+
+    def redact(self, text: str) -> str:
+        """``text`` with this storage's credentials masked."""
+        for secret in (self.secret_key, self.session_token, self.access_key):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
+
+    def explain(self, exc: BaseException) -> str:
+        """A one-line reason for a storage exception: the S3 error code and message, no credentials."""
+        code = message = None
+        seen = exc
+        while seen is not None:
+            response = getattr(seen, "response", None)
+            if isinstance(response, dict) and "Error" in response:
+                code = response["Error"].get("Code")
+                message = response["Error"].get("Message")
+                break
+            seen = seen.__cause__ or seen.__context__
+        if code is None:
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return self.redact(text)
+        hint = ""
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"):
+            hint = ("; the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                    "AWS_PROFILE or the instance role")
+        return self.redact(f"{code}: {message or ''}".rstrip(": ") + hint)
+
+    def probe(self, path: str, what: str) -> bool:
+        """Check an ``s3://`` prefix is reachable; True when at least one object lies under it.
+
+        One ``ListObjectsV2`` call (MaxKeys=1) tells a missing bucket, refused credentials and an
+        empty prefix apart, before any work starts.
+
+        Raises:
+            StorageError: naming ``what`` (the config key), the bucket and the reason.
+        """
+        fs, _ = self.fsspec(path)
+        bucket, key = split_s3(path)
+        prefix = re.split(r"[*?\[]", key, maxsplit=1)[0]
+        if not bucket:
+            raise StorageError(f"{what}={path}: no bucket in the URL")
+        try:
+            listing = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        except FileNotFoundError as exc:
+            if "NoSuchBucket" in self.explain(exc) or "bucket" in str(exc).lower():
+                raise StorageError(f"{what}={path}: bucket {bucket!r} does not exist "
+                                   f"({self._where()})") from None
+            raise StorageError(f"{what}={path}: {self.explain(exc)}") from None
+        except PermissionError as exc:
+            raise StorageError(f"{what}={path}: access to bucket {bucket!r} denied "
+                               f"({self.explain(exc)})") from None
+        except OSError as exc:
+            raise StorageError(f"{what}={path}: cannot reach the store at {self._where()} "
+                               f"({self.explain(exc)})") from None
+        return bool(listing.get("KeyCount") or listing.get("Contents"))
+
+    def _where(self) -> str:
+        return self.endpoint_url or "AWS S3"
+
+
+
+def redact_environment(text: str, env: Optional[Mapping[str, str]] = None) -> str:
+    """``text`` with the values of the AWS credential variables masked (for error lines)."""
+    env = os.environ if env is None else env
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+        value = env.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
