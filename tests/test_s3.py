@@ -136,7 +136,8 @@ def test_partitioned_corpus_is_indexed_into_the_bucket_every_row_once(indexed, c
     assert indexed.rows_read == 49 and indexed.rows_written == 48 and dict(indexed.rejected) == {"null_text": 1}
     # The partition folder became a column, per document.
     assert dict(zip(ids, data.column("date").to_pylist())) == corpus
-    assert set(data.column_names) == {"id", "title", "text", "date", "vector"}
+    assert set(data.column_names) == {"id", "title", "text", "date", "vector", "content_hash", "source_file", "run_id"}
+    assert all(f.startswith("s3://") or "wiki/date=" in f for f in data.column("source_file").to_pylist())
     rejects = _table("wiki_rejects").to_arrow().to_pylist()
     assert [(r["id"], r["reason"]) for r in rejects] == [("bad-null", "null_text")]
     assert rejects[0]["file"].endswith("wiki/date=2026-11-28/part-1.parquet")
@@ -147,8 +148,8 @@ def test_table_and_index_live_in_the_bucket(indexed, aws):
     assert any("/_versions/" in k for k in keys) and any("/data/" in k for k in keys)
     assert any("/_indices/" in k for k in keys)
     table = _table("wiki")
-    [index] = table.list_indices()
-    assert index.columns == ["vector"] and index.index_type == "IvfHnswSq"
+    [index] = [i for i in table.list_indices() if i.columns == ["vector"]]
+    assert index.index_type == "IvfHnswSq"
     assert table.index_stats(index.name).num_indexed_rows == 48
     assert indexed.index["type"] == "ivf_hnsw_sq"
 
@@ -250,7 +251,7 @@ def test_profile_credentials_reach_workers_that_have_none(corpus, aws, monkeypat
         ([f"source.path=s3://{BUCKET}/nothing-here/"], SourceError, ["no such prefix", BUCKET]),
         ([f"source.path=s3://{BUCKET}/csv-only/"], SourceError, ["no Parquet files found", "csv-only/a.csv"]),
         ([f"source.path=s3://{BUCKET}/not-parquet/"], SourceError,
-         [f"s3://{BUCKET}/not-parquet/part-0.parquet: not a Parquet file"]),
+         [f"s3://{BUCKET}/not-parquet/part-0.parquet: not a readable Parquet file"]),
         ([f"source.path=s3://{BUCKET}/no-text/", "source.metadata_columns=[]"], SourceError,
          [f"s3://{BUCKET}/no-text/part-0.parquet: missing column(s) text", "has id, body"]),
         (["source.metadata_columns=[title, month]"], SourceError,
