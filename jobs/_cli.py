@@ -7,7 +7,8 @@ import sys
 import traceback
 
 # Errors a user fixes by changing the config or the input: exit 2, nothing ran.
-_USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError", "ModelNotFoundError")
+_USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError", "ModelNotFoundError",
+                "DatasetError")
 
 
 def fail(exc: BaseException) -> int:

@@ -16,7 +16,6 @@ from typing import Optional
 import pyarrow as pa
 
 from connectors import lance_sink
-from connectors.lance_index import build_index, derive_index_params
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
 from pipelines.config import ConfigError, PipelineConfig
@@ -25,6 +24,7 @@ from pipelines.lineage import check_compatible, make_lineage
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
 from pipelines.tokenize import effective_max_tokens, load_tokenizer
+from pipelines.tuning import build_tuned_index, index_lineage
 
 __all__ = ["RunPlan", "preflight", "run_index"]
 
@@ -139,12 +139,13 @@ def run_index(config: PipelineConfig) -> RunSummary:
 
     table = lancedb.connect(c.sink.uri).open_table(c.sink.table)
     summary.table_rows = table.count_rows()
-    params = derive_index_params(summary.table_rows, plan.dimension, c.index)
-    summary.index = build_index(table, params).to_dict()
+    params, tuning = build_tuned_index(table, summary.table_rows, plan.dimension, c.index,
+                                       id_column=c.source.id_column)
+    summary.index = params.to_dict()
+    summary.tuning = tuning.to_dict() if tuning else {}
 
     lineage = dict(plan.lineage)
-    lineage["index"] = summary.index
-    lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
+    lineage.update(index_lineage(params, tuning))
     lineage["counts"] = {
         "read": summary.rows_read, "written": summary.rows_written,
         "rejected": dict(summary.rejected), "truncated": summary.truncated, "table_rows": summary.table_rows,
