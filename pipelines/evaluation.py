@@ -178,5 +178,5 @@ def evaluate_dataset(
         "k": K,
         "results": [r.to_dict() for r in results],
         "runs": runs,
-        "config": config.model_dump(),
+        "config": config.model_dump(exclude={"source", "sink"}),  # both are set by the job
     }
