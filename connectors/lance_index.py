@@ -5,6 +5,10 @@ when they would get under 256 vectors each); ``num_sub_vectors`` = dimension / 8
 code byte, which keeps recall high for sentence embeddings, falling back to dimension / 16 or the
 largest divisor of the dimension. PQ trains 256 centroids per sub-vector, so fewer than
 ``index.min_rows`` rows get no index: exact search over so few vectors is fast and exact.
+
+IVF-SQ and IVF-RQ are the quantised-storage choices: the index holds int8 codes (one byte per
+dimension) or binary RaBitQ codes (one bit per dimension); the float vectors stay in the table and a
+query's ``refine_factor`` re-scores its candidates against them.
 """
 
 from __future__ import annotations
@@ -14,14 +18,19 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Optional
 
+import numpy as np
+
 from pipelines.config import IndexConfig
 
-__all__ = ["IndexParams", "build_index", "derive_index_params", "maintain_index"]
+__all__ = ["IndexParams", "build_index", "code_bytes", "derive_index_params", "index_size_bytes",
+           "maintain_index", "sample_vectors", "search_batch"]
+
+DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
 
 
 @dataclass
 class IndexParams:
-    type: str  # ivf_pq | ivf_hnsw_sq | none
+    type: str  # ivf_pq | ivf_sq | ivf_rq | ivf_hnsw_sq | none
     metric: str
     num_partitions: Optional[int] = None
     num_sub_vectors: Optional[int] = None
@@ -67,13 +76,13 @@ def derive_index_params(rows: int, dimension: int, config: IndexConfig) -> Index
         num_partitions=partitions,
         num_sub_vectors=sub_vectors if config.type == "ivf_pq" else None,
         nprobes=nprobes,
-        refine_factor=config.refine_factor,
+        refine_factor=DEFAULT_REFINE_FACTOR if config.refine_factor == "auto" else config.refine_factor,
     )
 
 
 def build_index(table, params: IndexParams, column: str = "vector") -> IndexParams:
     """Build (replace) the vector index on an open LanceDB table; returns params with the build time."""
-    from lancedb.index import IvfHnswSq, IvfPq
+    from lancedb.index import IvfHnswSq, IvfPq, IvfRq, IvfSq
 
     if params.type == "none":
         return params
@@ -84,6 +93,10 @@ def build_index(table, params: IndexParams, column: str = "vector") -> IndexPara
             num_partitions=params.num_partitions,
             num_sub_vectors=params.num_sub_vectors,
         )
+    elif params.type == "ivf_sq":
+        config = IvfSq(distance_type=params.metric, num_partitions=params.num_partitions)
+    elif params.type == "ivf_rq":
+        config = IvfRq(distance_type=params.metric, num_partitions=params.num_partitions, num_bits=1)
     else:
         config = IvfHnswSq(distance_type=params.metric, num_partitions=params.num_partitions)
     table.create_index(column, config=config, replace=True)
@@ -114,3 +127,75 @@ def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column
     params.build_seconds = round(time.perf_counter() - start, 2)
     params.reason = f"optimized in place ({unindexed} new rows <= {config.reindex_fraction:.0%} of {indexed})"
     return params
+def code_bytes(index_type: str, dimension: int, num_sub_vectors: Optional[int] = None,
+               vector_bytes: int = 4) -> float:
+    """Bytes per vector that a search scans: the index's codes, or the stored vector without an index.
+
+    PQ: one byte per sub-vector (8-bit codes); SQ and HNSW-SQ: one byte per dimension; RQ: one bit per
+    dimension. Row ids, codebooks and RaBitQ's per-vector factors come on top (see
+    :func:`index_size_bytes` for what is actually on disk).
+    """
+    if index_type == "ivf_pq":
+        return float(num_sub_vectors)
+    if index_type in ("ivf_sq", "ivf_hnsw_sq"):
+        return float(dimension)
+    if index_type == "ivf_rq":
+        return dimension / 8
+    return float(dimension * vector_bytes)
+
+
+def index_size_bytes(table, column: str = "vector") -> Optional[int]:
+    """On-disk size of the vector index on ``column`` (codes, row ids, centroids, codebooks)."""
+    for index in table.list_indices():
+        if list(index.columns) == [column]:
+            return getattr(index, "size_bytes", None)
+    return None
+
+
+def sample_vectors(table, n: int, id_column: str, seed: int = 0, column: str = "vector"):
+    """``n`` rows drawn uniformly without replacement (seeded): (ids, float32 vectors)."""
+    dataset = table.to_lance()
+    rows = dataset.count_rows()
+    picks = np.sort(np.random.default_rng(seed).choice(rows, size=min(n, rows), replace=False))
+    taken = dataset.take(picks.tolist(), columns=[id_column, column])
+    vectors = np.asarray(taken.column(column).to_pylist(), dtype=np.float32)
+    return taken.column(id_column).to_pylist(), vectors
+
+
+def search_batch(
+    table,
+    vectors: np.ndarray,
+    k: int,
+    *,
+    metric: str,
+    id_column: str,
+    exact: bool = False,
+    nprobes: Optional[int] = None,
+    refine_factor: Optional[int] = None,
+    column: str = "vector",
+) -> list[list]:
+    """Top-``k`` ids for each query vector, best first, in one LanceDB call.
+
+    ``exact`` scans every stored vector (flat search, the ground truth); otherwise the index is
+    searched with ``nprobes`` lists and ``refine_factor`` re-scoring against the float vectors.
+    """
+    query = table.search(list(np.asarray(vectors, dtype=np.float32)), vector_column_name=column)
+    query = query.distance_type(metric).limit(k).select([id_column, "_distance"])
+    if exact:
+        query = query.bypass_vector_index()
+    else:
+        if nprobes:
+            query = query.nprobes(nprobes)
+        if refine_factor:
+            query = query.refine_factor(refine_factor)
+    hits = query.to_arrow()
+    out: list[list] = [[] for _ in range(len(vectors))]
+    # One query vector comes back without a query_index column.
+    qidx = (hits.column("query_index").to_numpy() if "query_index" in hits.column_names
+            else np.zeros(hits.num_rows, dtype=np.int64))
+    order = np.lexsort((hits.column("_distance").to_numpy(), qidx))
+    ids = hits.column(id_column).to_pylist()
+    for i in order:
+        out[int(qidx[i])].append(ids[i])
+    return out
+

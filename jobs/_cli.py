@@ -8,7 +8,7 @@ import traceback
 
 # Errors a user fixes by changing the config or the input: exit 2, nothing ran.
 _USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError", "ModelNotFoundError",
-                "StorageError")
+                "StorageError", "DatasetError")
 
 
 def fail(exc: BaseException) -> int:

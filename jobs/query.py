@@ -27,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--where", help="SQL filter on metadata columns, e.g. \"length_chars > 500\"")
     p.add_argument("--nprobes", type=int, help="IVF lists to probe (default: stored with the table)")
     p.add_argument("--refine-factor", type=int, help="re-rank k*R candidates exactly (default: stored)")
+    p.add_argument("--exact", action="store_true", help="scan every vector instead of the index")
     p.add_argument("--model", help="local path of the table's model, when not at the recorded path")
     p.add_argument("--json", action="store_true", help="one JSON object per hit per line")
     args = p.parse_args(argv)
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
         vectors = searcher.embed_queries([text for _, text in queries])
         for (query_id, text), vector in zip(queries, vectors):
             hits = searcher.search(vector, k=args.k, where=args.where, nprobes=args.nprobes,
-                                   refine_factor=args.refine_factor).to_pylist()
+                                   refine_factor=args.refine_factor, exact=args.exact).to_pylist()
             if args.json:
                 for rank, hit in enumerate(hits, 1):
                     print(json.dumps({"query_id": query_id, "query": text, "rank": rank,

@@ -156,7 +156,12 @@ class SinkConfig(_Section):
 
 
 class IndexConfig(_Section):
-    type: Literal["ivf_pq", "ivf_hnsw_sq", "none"] = Field("ivf_pq", description="Vector index.")
+    type: Literal["ivf_pq", "ivf_sq", "ivf_rq", "ivf_hnsw_sq", "none"] = Field(
+        "ivf_pq",
+        description="Vector index: ivf_pq (product-quantised codes), ivf_sq (int8 codes, 1 byte per "
+        "dimension), ivf_rq (binary RaBitQ codes, 1 bit per dimension), ivf_hnsw_sq, or none; "
+        "the float vectors stay in the table and refine_factor re-scores candidates against them.",
+    )
     metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Distance for index and search.")
     num_partitions: Union[int, Literal["auto"]] = Field("auto", description="IVF lists; auto ~ sqrt(rows).")
     num_sub_vectors: Union[int, Literal["auto"]] = Field(
@@ -166,13 +171,25 @@ class IndexConfig(_Section):
         256, ge=1, description="Below this many rows no index is built (exact search is used)."
     )
     nprobes: Union[int, Literal["auto"]] = Field("auto", description="Default query nprobes stored with the table.")
-    refine_factor: Optional[int] = Field(5, ge=1, description="Default query refine factor stored with the table.")
+    refine_factor: Union[int, Literal["auto"], None] = Field(
+        "auto",
+        description="Default query refine factor stored with the table (re-score k*R candidates "
+        "against the float vectors); auto: tuned to target_recall, else 5; null: no re-scoring.",
+    )
+    target_recall: Optional[float] = Field(
+        0.95, gt=0, le=1,
+        description="After building the index, pick the cheapest 'auto' nprobes/refine_factor whose "
+        "recall@10 against exact search reaches this; null: no tuning.",
+    )
+    tuning_queries: int = Field(
+        100, ge=1, description="Documents sampled from the table as tuning queries (each left out of its own results)."
+    )
     reindex_fraction: float = Field(
         0.25, ge=0, description="append/upsert: rebuild the index when unindexed rows exceed this fraction "
         "of indexed rows; below it, optimize() adds them to the existing lists.",
     )
 
-    @field_validator("num_partitions", "num_sub_vectors", "nprobes")
+    @field_validator("num_partitions", "num_sub_vectors", "nprobes", "refine_factor")
     @classmethod
     def _positive(cls, value):
         if isinstance(value, int) and value < 1:

@@ -38,6 +38,7 @@ from pipelines.lineage import check_compatible, identity_key, make_lineage
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
 from pipelines.tokenize import effective_max_tokens, load_tokenizer
+from pipelines.tuning import index_lineage, tune_query_defaults
 
 __all__ = ["RunPlan", "preflight", "run_index"]
 
@@ -238,14 +239,19 @@ def run_index(config: PipelineConfig) -> RunSummary:
         params = maintain_index(table, summary.table_rows, plan.dimension, c.index)
     else:
         params = build_index(table, derive_index_params(summary.table_rows, plan.dimension, c.index))
+    tuning = None
+    if params.type != "none" and c.index.target_recall is not None:
+        tuning = tune_query_defaults(table, params, c.index, id_column=c.source.id_column,
+                                     rows=summary.table_rows, dimension=plan.dimension)
+        params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
     summary.index = params.to_dict()
+    summary.tuning = tuning.to_dict() if tuning else {}
     from lancedb.index import BTree
 
     table.create_index(c.source.id_column, config=BTree(), replace=True)  # fast id lookups (upserts, users)
 
     lineage = dict(plan.lineage)
-    lineage["index"] = summary.index
-    lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
+    lineage.update(index_lineage(params, tuning))
     lineage["counts"] = {
         "read": summary.rows_read, "written": summary.rows_written, "skipped_unchanged": summary.skipped,
         "rejected": dict(summary.rejected), "truncated": summary.truncated, "table_rows": summary.table_rows,

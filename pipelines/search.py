@@ -119,12 +119,14 @@ class Searcher:
         nprobes: Optional[int] = None,
         refine_factor: Optional[int] = None,
         columns: Optional[Sequence[str]] = None,
+        exact: bool = False,
     ) -> pa.Table:
         """Top-``k`` rows for a text or a vector, best first, with a ``score`` column.
 
         ``score`` is the cosine similarity (or dot product) for cosine/dot tables, the negated L2
         distance for l2 tables: higher is always better. ``where`` is a LanceDB SQL filter on
-        metadata columns, applied before the vector search.
+        metadata columns, applied before the vector search. ``exact`` scans every vector instead of
+        the index (the ground truth the index is measured against).
         """
         if isinstance(query, str):
             vector = self.embed_queries([query])[0]
@@ -134,7 +136,9 @@ class Searcher:
                 raise LineageMismatchError(f"query vector has shape {vector.shape}, the table holds "
                                            f"{self.dimension}-dimensional vectors")
         q = self.table.search(vector, vector_column_name="vector").distance_type(self.metric).limit(k)
-        if self.has_index:
+        if exact:
+            q = q.bypass_vector_index()
+        elif self.has_index:
             q = q.nprobes(nprobes or self.defaults.get("nprobes") or 20)
             refine = refine_factor or self.defaults.get("refine_factor")
             if refine:

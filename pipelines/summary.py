@@ -24,6 +24,7 @@ class RunSummary:
     table_rows: int = 0
     version: Optional[int] = None
     index: dict = field(default_factory=dict)
+    tuning: dict = field(default_factory=dict)  # pipelines.tuning.TuningResult, when the index was tuned
     rejects_table: str = ""
     run_id: str = ""
     skipped: int = 0  # unchanged documents an upsert did not embed again
@@ -77,9 +78,17 @@ class RunSummary:
             f"({self.tokens} tokens in {self.embed_seconds:.1f}s; job {self.seconds:.1f}s)",
             f"index        {index_line}",
             *([f"deleted      {self.deleted_missing} rows whose id left the source"] if self.deleted_missing else []),
+            *([f"tuning       {_tuning_line(self.tuning)}"] if self.tuning else []),
             "=" * 72,
         ]
         return "\n".join(lines)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _tuning_line(t: dict) -> str:
+    verdict = "reached" if t["reached"] else "NOT reached, highest setting tried"
+    what = "documents, each left out of its own results" if t["query_source"] == "documents" else "given queries"
+    return (f"recall@{t['k']} {t['recall']:.3f} vs exact search (target {t['target_recall']:g}, {verdict}) "
+            f"on {t['queries']} sampled {what}; {len(t['tried'])} settings tried in {t['seconds']}s")

@@ -109,7 +109,11 @@ def test_lineage_is_stored_with_the_table(indexed):
     assert (lineage["dimension"], lineage["metric"], lineage["normalize"]) == (384, "cosine", True)
     assert lineage["counts"]["written"] == 300 and lineage["counts"]["rejected"] == {"null_text": 1, "empty_text": 2}
     assert lineage["index"]["num_partitions"] == 1
-    assert lineage["query_defaults"] == {"nprobes": 1, "refine_factor": 5}
+    tuning = lineage["tuning"]  # recall-targeted defaults, measured on sampled documents
+    assert lineage["query_defaults"] == {"nprobes": 1, "refine_factor": tuning["refine_factor"]}
+    assert tuning["reached"] and tuning["recall"] >= tuning["target_recall"] == 0.95
+    assert summary.tuning["recall"] == tuning["recall"]
+    assert f"tuning       recall@10 {tuning['recall']:.3f} vs exact search (target 0.95, reached)" in summary.format()
 
 
 def test_query_with_a_documents_own_text_returns_it_first(indexed, sample_table):

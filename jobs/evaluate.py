@@ -1,0 +1,65 @@
+"""Evaluation job: retrieval quality of a config on a BEIR-layout test set, per Matryoshka dimension.
+
+    python -m jobs.evaluate --dataset data/eval/wiki_desc --dimensions 384,256,128,64
+    python -m jobs.evaluate --dataset DIR --config jobs/configs/demo.yaml --set model.dtype=bfloat16 \\
+        --index-types ivf_pq,ivf_sq,ivf_rq --out out/eval/mine
+
+The corpus is indexed with the config (source and sink are set by the job: one table per dimension in
+OUT/lancedb); prints a Markdown table and writes OUT/results.md, OUT/results.json and
+OUT/quality_vs_bytes.png. Exit codes as jobs.index: 2 for a config or dataset error found before work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jobs._cli import fail
+
+INDEX_TYPES = ("ivf_pq", "ivf_sq", "ivf_rq", "ivf_hnsw_sq")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
+    p.add_argument("--split", default="test", help="qrels file to use (default: test)")
+    p.add_argument("--config", help="YAML config file (model, embed, compute and index sections apply)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config key (repeatable)")
+    p.add_argument("--dimensions", help="comma-separated Matryoshka dimensions, e.g. 384,256,128,64 "
+                   "(default: the config's embed.dimension)")
+    p.add_argument("--index-types", default="",
+                   help=f"index types to evaluate besides the config's index.type, from {','.join(INDEX_TYPES)}")
+    p.add_argument("--out", help="output directory (default: out/eval/<dataset directory name>)")
+    args = p.parse_args(argv)
+    args.index_types = [t.strip() for t in args.index_types.split(",") if t.strip()]
+    bad = [t for t in args.index_types if t not in INDEX_TYPES]
+    if bad:
+        p.error(f"--index-types: unknown {', '.join(bad)}; choose from {', '.join(INDEX_TYPES)}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        from pipelines.config import load_config
+        from pipelines.eval_report import format_markdown, write_report
+        from pipelines.evaluation import evaluate_dataset, parse_dimensions
+
+        config = load_config(args.config, args.overrides)
+        dimensions = parse_dimensions(args.dimensions)
+        out = Path(args.out or Path("out/eval") / Path(args.dataset).resolve().name)
+        report = evaluate_dataset(args.dataset, config, dimensions, out, args.index_types, args.split,
+                                  on_run=lambda summary: print(summary.format(), file=sys.stderr, flush=True))
+        paths = write_report(report, out)
+    except Exception as exc:  # noqa: BLE001 - one clear line and an exit code
+        return fail(exc)
+    print(format_markdown(report))
+    for what, path in paths.items():
+        print(f"{what:9s} {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

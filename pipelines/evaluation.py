@@ -1,0 +1,182 @@
+"""Retrieval quality on a BEIR-layout test set: per Matryoshka dimension, exact search against the index.
+
+For each dimension the corpus goes through the ordinary indexing run (:func:`pipelines.indexing.run_index`:
+same stages, same model, same index build and recall tuning), into its own table. The queries are then
+embedded with the table's model (:class:`pipelines.search.Searcher`) and searched twice, exactly (every
+vector scanned) and through the index at the query defaults stored with the table, which is what a user
+of ``jobs.query`` gets. Further index types (``ivf_sq``: int8 codes, ``ivf_rq``: 1-bit codes) are built in
+turn on the same table, tuned and evaluated the same way; the table ends up with the last one.
+
+Each result row carries nDCG@10, Recall@10/100 and MRR@10 (:mod:`pipelines.metrics`), the bytes per
+vector the search scans, and the overlap of the index's top 10 with the exact top 10 on these queries.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from connectors import lance_sink
+from connectors.beir import BeirDataset, load_beir, write_corpus_parquet
+from connectors.lance_index import code_bytes, index_size_bytes
+from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.metrics import evaluate_run
+from pipelines.tuning import build_tuned_index, index_lineage, recall_at_k
+
+__all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
+
+log = logging.getLogger(__name__)
+
+K = 100  # Recall@100 needs the top 100
+STORAGE = {"exact": "float", "ivf_pq": "PQ codes", "ivf_sq": "int8", "ivf_rq": "1-bit", "ivf_hnsw_sq": "int8 (HNSW)"}
+
+
+@dataclass
+class EvalRow:
+    dimension: int
+    search: str  # "exact" or the index type
+    storage: str
+    bytes_per_vector: float  # what a search scans per vector: the float vector, or the index's codes
+    metrics: dict  # ndcg@10, recall@10, recall@100, mrr@10
+    index_bytes_per_row: Optional[float] = None  # the index on disk / rows (codes, row ids, codebooks)
+    nprobes: Optional[int] = None
+    refine_factor: Optional[int] = None
+    tuned_recall_at_10: Optional[float] = None  # measured by the tuning, on sampled documents
+    recall_at_10_vs_exact: Optional[float] = None  # the index's top 10 against the exact top 10, these queries
+    index_seconds: Optional[float] = None
+    search_ms_per_query: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_dimensions(text: Optional[str]) -> list[Optional[int]]:
+    """``"384,256,128"`` -> ``[384, 256, 128]``; None -> ``[None]`` (the config's dimension)."""
+    if not text:
+        return [None]
+    try:
+        dims = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--dimensions {text!r}: expected comma-separated integers, e.g. 384,256,128") from None
+    if not dims or min(dims) < 1 or len(set(dims)) != len(dims):
+        raise ConfigError(f"--dimensions {text!r}: expected distinct positive integers")
+    return dims
+
+
+def _run_config(base: PipelineConfig, corpus: Path, db: str, table: str, dimension: Optional[int]) -> PipelineConfig:
+    """The base config with source and sink pointed at the evaluation's corpus and table, validated again."""
+    tree = base.model_dump()
+    tree["source"] = {"path": str(corpus), "id_column": "id", "text_column": "text", "metadata_columns": []}
+    tree["sink"] = {**tree["sink"], "uri": db, "table": table, "mode": "overwrite"}
+    if dimension is not None:
+        tree["embed"]["dimension"] = dimension
+    try:
+        return load_config(data=tree)
+    except ConfigError as exc:  # e.g. index.num_sub_vectors that does not divide this dimension
+        raise ConfigError(f"--dimensions {dimension}: {exc}") from None
+
+
+def _search_all(searcher, vectors: np.ndarray, exact: bool) -> tuple[list[list[str]], float]:
+    started = time.perf_counter()
+    ranked = [searcher.search(v, k=K, exact=exact, columns=["id", "_distance"]).column("id").to_pylist() for v in vectors]
+    return ranked, (time.perf_counter() - started) * 1000 / max(len(vectors), 1)
+
+
+def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, rows: int) -> EvalRow:
+    lineage = searcher.lineage
+    index, tuning = lineage.get("index") or {}, lineage.get("tuning") or {}
+    ranked, ms = _search_all(searcher, vectors, exact=False)
+    size = index_size_bytes(searcher.table)
+    return EvalRow(
+        dimension=dimension, search=index["type"], storage=STORAGE.get(index["type"], index["type"]),
+        bytes_per_vector=code_bytes(index["type"], dimension, index.get("num_sub_vectors")),
+        metrics=evaluate_run(dict(zip(qids, ranked)), dataset.qrels),
+        index_bytes_per_row=round(size / rows, 1) if size else None,
+        nprobes=lineage["query_defaults"]["nprobes"], refine_factor=lineage["query_defaults"]["refine_factor"],
+        tuned_recall_at_10=tuning.get("recall"),
+        recall_at_10_vs_exact=round(recall_at_k(ranked, exact_ranked, 10), 4),
+        index_seconds=index.get("build_seconds"), search_ms_per_query=round(ms, 2),
+        extra={"num_partitions": index.get("num_partitions"), "num_sub_vectors": index.get("num_sub_vectors"),
+               "tuning_reached": tuning.get("reached")},
+    )
+
+
+def evaluate_dataset(
+    dataset_dir: str | Path,
+    config: PipelineConfig,
+    dimensions: Sequence[Optional[int]] = (None,),
+    out_dir: str | Path = "out/eval",
+    index_types: Optional[Sequence[str]] = None,
+    split: str = "test",
+    on_run: Optional[Callable] = None,
+) -> dict:
+    """Index the set once per dimension and measure exact and indexed search; returns the report dict.
+
+    Args:
+        index_types: index types to evaluate per dimension; the config's ``index.type`` is always first.
+        on_run: called with each dimension's :class:`~pipelines.summary.RunSummary` (progress output).
+    """
+    from pipelines.indexing import run_index
+    from pipelines.search import Searcher
+
+    dataset: BeirDataset = load_beir(dataset_dir, split)
+    out = Path(out_dir)
+    corpus = write_corpus_parquet(dataset, out / "corpus.parquet")
+    db = str(out / "lancedb")
+    qids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in qids]
+    types = [config.index.type] + [t for t in (index_types or []) if t != config.index.type]
+    prefix = re.sub(r"[^A-Za-z0-9_]", "_", dataset.name)
+
+    results: list[EvalRow] = []
+    runs = []
+    for dimension in dimensions:
+        cfg = _run_config(config, corpus, db, f"{prefix}_d{dimension or 'model'}", dimension)
+        summary = run_index(cfg)
+        if on_run is not None:
+            on_run(summary)
+        searcher = Searcher.open(db, cfg.sink.table)
+        dim = searcher.dimension
+        vectors = searcher.embed_queries(texts)
+        exact_ranked, ms = _search_all(searcher, vectors, exact=True)
+        vector_bytes = 2 if searcher.lineage.get("vector_dtype") == "float16" else 4
+        results.append(EvalRow(
+            dimension=dim, search="exact", storage=f"float{vector_bytes * 8}",
+            bytes_per_vector=float(dim * vector_bytes),
+            metrics=evaluate_run(dict(zip(qids, exact_ranked)), dataset.qrels),
+            search_ms_per_query=round(ms, 2),
+        ))
+        runs.append({"dimension": dim, "table": cfg.sink.table, "summary": summary.to_dict()})
+        for n, index_type in enumerate(types):
+            if index_type == "none" or summary.table_rows < cfg.index.min_rows:
+                break
+            if n > 0:  # the configured type was built by run_index; build the others in turn
+                index_config = cfg.index.model_copy(update={"type": index_type})
+                params, tuning = build_tuned_index(searcher.table, summary.table_rows, dim, index_config,
+                                                   id_column="id")
+                lineage = lance_sink.read_lineage(db, cfg.sink.table)
+                lineage.update(index_lineage(params, tuning))
+                lance_sink.write_lineage(db, cfg.sink.table, lineage)
+                searcher = Searcher.open(db, cfg.sink.table)
+            results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, summary.table_rows))
+            log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)
+
+    return {
+        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"path": str(dataset_dir), "name": dataset.name, "split": split,
+                    "documents": len(dataset.corpus), "queries": len(dataset.queries),
+                    "judgments": sum(len(v) for v in dataset.qrels.values())},
+        "model": {"path": config.model.path, "dtype": config.model.dtype},
+        "k": K,
+        "results": [r.to_dict() for r in results],
+        "runs": runs,
+        "config": config.model_dump(exclude={"source", "sink"}),  # both are set by the job
+    }

@@ -1,0 +1,166 @@
+"""Recall-targeted query defaults: measure the index against exact search and keep the cheapest setting.
+
+An IVF index's quality at query time depends on two knobs, ``nprobes`` (lists scanned) and
+``refine_factor`` (candidates re-scored against the float vectors). Rules of thumb set them blind; here
+they are measured on the table itself: sample query vectors, take the exact top-10 (flat scan) as
+ground truth, and walk a grid of settings until the index's top-10 overlaps it by ``target_recall``.
+
+Queries are documents drawn from the table, each removed from its own result lists (a document always
+finds itself, which would flatter the index), or any query vectors a caller passes in. Of the settings
+that reach the target, the one that reads the fewest bytes per query wins:
+
+    cost = rows * nprobes / partitions * code_bytes  +  k * refine_factor * float_vector_bytes
+
+(the lists scanned plus the vectors fetched for re-scoring). Recall grows with ``nprobes``, so for each
+refine factor the grid is walked upwards and stops at the first setting that reaches the target or costs
+more than the best found so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from connectors.lance_index import (
+    IndexParams,
+    build_index,
+    code_bytes,
+    derive_index_params,
+    sample_vectors,
+    search_batch,
+)
+from pipelines.config import IndexConfig
+
+__all__ = ["TuningResult", "build_tuned_index", "index_lineage", "nprobes_grid", "recall_at_k", "tune_query_defaults"]
+
+log = logging.getLogger(__name__)
+
+REFINE_GRID = (1, 2, 3, 5, 10, 20, 50)  # 1 re-scores the top-k only: exact scores, same members
+
+
+@dataclass
+class TuningResult:
+    target_recall: float
+    recall: float  # mean recall@k of the chosen setting against exact search
+    nprobes: Optional[int]
+    refine_factor: Optional[int]
+    reached: bool
+    queries: int
+    query_source: str  # "documents" (left out of their own results) or "given"
+    k: int = 10
+    seconds: float = 0.0
+    tried: list = field(default_factory=list)  # [{"nprobes", "refine_factor", "recall"}, ...]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def nprobes_grid(partitions: int) -> list[int]:
+    """1, 2, 3, 4, 6, 8, 12, 16, 24, ... (powers of two and 1.5 times them) up to and including ``partitions``."""
+    grid = {p for i in range(40) for p in (2**i, 3 * 2**i) if p < partitions}
+    return sorted(grid | {partitions})
+
+
+def recall_at_k(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int) -> float:
+    """Mean over queries of |approx top-k ∩ exact top-k| / k."""
+    return float(np.mean([len(set(a[:k]) & set(e[:k])) / k for a, e in zip(approx, exact)]))
+
+
+def _drop(ids: list, exclude, k: int) -> list:
+    return [i for i in ids if i != exclude][:k]
+
+
+def tune_query_defaults(
+    table,
+    params: IndexParams,
+    config: IndexConfig,
+    *,
+    id_column: str,
+    rows: int,
+    dimension: int,
+    vectors: Optional[np.ndarray] = None,
+    k: int = 10,
+    seed: int = 0,
+) -> TuningResult:
+    """Measure recall@k of the built index and pick ``nprobes``/``refine_factor`` for ``config.target_recall``.
+
+    Only the knobs left at ``auto`` are searched; one given as a number (or ``refine_factor: null``) is
+    kept as it is and only measured.
+
+    Args:
+        vectors: query vectors to tune on; by default ``config.tuning_queries`` documents are sampled
+            from the table and each is dropped from its own results.
+    """
+    started = time.perf_counter()
+    target = float(config.target_recall)
+    if vectors is None:
+        exclude, vectors = sample_vectors(table, config.tuning_queries, id_column, seed=seed)
+        source = "documents"
+    else:
+        exclude, source = [None] * len(vectors), "given"
+    extra = 1 if source == "documents" else 0
+    search = dict(metric=params.metric, id_column=id_column)
+    truth = search_batch(table, vectors, k + extra, exact=True, **search)
+    truth = [_drop(ids, x, k) for ids, x in zip(truth, exclude)]
+
+    partitions = params.num_partitions or 1
+    probes = nprobes_grid(partitions) if config.nprobes == "auto" else [params.nprobes]
+    refines = list(REFINE_GRID) if config.refine_factor == "auto" else [params.refine_factor]
+    scanned = code_bytes(params.type, dimension, params.num_sub_vectors)
+
+    def cost(nprobes: int, refine: Optional[int]) -> float:
+        return rows * nprobes / partitions * scanned + k * (refine or 1) * dimension * 4
+
+    tried: list[dict] = []
+    best: Optional[tuple] = None  # (cost, nprobes, refine, recall)
+    for refine in refines:
+        for nprobes in probes:
+            if best is not None and cost(nprobes, refine) >= best[0]:
+                break
+            found = search_batch(table, vectors, k + extra, nprobes=nprobes, refine_factor=refine, **search)
+            recall = recall_at_k([_drop(ids, x, k) for ids, x in zip(found, exclude)], truth, k)
+            tried.append({"nprobes": nprobes, "refine_factor": refine, "recall": round(recall, 4)})
+            if recall >= target:
+                best = (cost(nprobes, refine), nprobes, refine, recall)
+                break
+    if best is None:  # nothing reaches the target: the most thorough setting measured
+        last = tried[-1] if tried else {"nprobes": probes[-1], "refine_factor": refines[-1], "recall": 0.0}
+        top = max(tried, key=lambda t: (t["recall"], t["nprobes"], t["refine_factor"] or 0), default=last)
+        log.warning("index recall@%d target %.2f not reached; best measured %.3f", k, target, top["recall"])
+        chosen, reached = (top["nprobes"], top["refine_factor"], top["recall"]), False
+    else:
+        chosen, reached = best[1:], True
+    return TuningResult(
+        target_recall=target, recall=round(float(chosen[2]), 4), nprobes=chosen[0], refine_factor=chosen[1],
+        reached=reached, queries=len(vectors), query_source=source, k=k,
+        seconds=round(time.perf_counter() - started, 2), tried=tried,
+    )
+
+
+def build_tuned_index(
+    table, rows: int, dimension: int, config: IndexConfig, *, id_column: str
+) -> tuple[IndexParams, Optional[TuningResult]]:
+    """Derive, build and (when ``config.target_recall`` is set) tune the index; the params carry the defaults."""
+    params = build_index(table, derive_index_params(rows, dimension, config))
+    if params.type == "none" or config.target_recall is None:
+        return params, None
+    tuning = tune_query_defaults(table, params, config, id_column=id_column, rows=rows, dimension=dimension)
+    params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
+    return params, tuning
+
+
+def index_lineage(params: IndexParams, tuning: Optional[TuningResult]) -> dict:
+    """The lineage keys that describe the index: its parameters, the query defaults, how they were chosen."""
+    out = {
+        "index": params.to_dict(),
+        "query_defaults": {"nprobes": params.nprobes, "refine_factor": params.refine_factor},
+    }
+    if tuning is not None:
+        summary = tuning.to_dict()
+        summary.pop("tried")
+        out["tuning"] = summary
+    return out

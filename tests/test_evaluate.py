@@ -1,0 +1,211 @@
+"""jobs.evaluate on the shipped BEIR-layout set, checked against numpy and sentence-transformers.
+
+One run of the command line (two Matryoshka dimensions, IVF-PQ from the config plus the 1-bit IVF-RQ
+index) feeds every test; the checks recompute its numbers independently from the tables it leaves.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from connectors import lance_sink
+from connectors.beir import load_beir
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASET = ROOT / "data" / "eval" / "wiki_desc"
+DIMS = (384, 128)
+
+
+def _run(args, **env):
+    return subprocess.run([sys.executable, "-m", "jobs.evaluate", *args], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def evaluated(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    result = _run(["--dataset", str(DATASET), "--dimensions", ",".join(map(str, DIMS)), "--index-types", "ivf_rq",
+                   "--out", str(out), "--set", "compute.block_rows=128"],
+                  RAY_ADDRESS=ray_cluster.address_info["address"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result, out, json.loads((out / "results.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_beir(DATASET)
+
+
+@pytest.fixture(scope="module")
+def st_model(minilm_dir):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(minilm_dir), device="cpu")
+
+
+def _table(out: Path, dim: int):
+    import lancedb
+
+    return lancedb.connect(str(out / "lancedb")).open_table(f"wiki_desc_d{dim}")
+
+
+def _numpy_metrics(order: np.ndarray, doc_ids: list, qids: list, qrels: dict) -> dict:
+    """nDCG@10, Recall@10/100, MRR@10 from a (queries x docs) ranking, vectorised, straight from the definitions."""
+    column = {d: i for i, d in enumerate(doc_ids)}
+    rel = np.zeros((len(qids), len(doc_ids)))
+    for qi, q in enumerate(qids):
+        for d, r in qrels[q].items():
+            rel[qi, column[d]] = r
+    ranked = np.take_along_axis(rel, order, axis=1)
+    discount = 1 / np.log2(np.arange(2, 12))
+    dcg = (ranked[:, :10] * discount).sum(1)
+    idcg = (-np.sort(-rel, axis=1)[:, :10] * discount).sum(1)
+    hit = ranked > 0
+    first = np.where(hit[:, :10].any(1), 1 / (hit[:, :10].argmax(1) + 1), 0.0)
+    n_rel = (rel > 0).sum(1)
+    return {"ndcg@10": float((dcg / idcg).mean()), "recall@10": float((hit[:, :10].sum(1) / n_rel).mean()),
+            "recall@100": float((hit[:, :100].sum(1) / n_rel).mean()), "mrr@10": float(first.mean())}
+
+
+def _rows(report, dim=None, search=None):
+    return [r for r in report["results"] if (dim is None or r["dimension"] == dim)
+            and (search is None or r["search"] == search)]
+
+
+def test_cli_prints_the_table_and_writes_json_and_plot(evaluated):
+    result, out, report = evaluated
+    assert [(r["dimension"], r["search"]) for r in report["results"]] == [
+        (384, "exact"), (384, "ivf_pq"), (384, "ivf_rq"), (128, "exact"), (128, "ivf_pq"), (128, "ivf_rq")]
+    table = (out / "results.md").read_text()
+    assert table in result.stdout
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + 6 and rows[0].startswith("| dim | search | bytes/vector | nDCG@10")
+    assert "| 128 | IVF-RQ 1-bit | 16 |" in table
+    png = (out / "quality_vs_bytes.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert report["dataset"] == {"path": str(DATASET), "name": "wiki_desc", "split": "test",
+                                 "documents": 400, "queries": 100, "judgments": 100}
+    assert result.stderr.count("tuning       recall@10") == len(DIMS)  # each run's summary
+
+
+def test_bytes_per_vector(evaluated):
+    _, _, report = evaluated
+    for dim in DIMS:
+        assert _rows(report, dim, "exact")[0]["bytes_per_vector"] == 4 * dim
+        assert _rows(report, dim, "ivf_pq")[0]["bytes_per_vector"] == dim / 8  # one byte per 8-dim sub-vector
+        assert _rows(report, dim, "ivf_rq")[0]["bytes_per_vector"] == dim / 8  # one bit per dimension
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_exact_metrics_equal_a_numpy_computation(evaluated, dataset, dim):
+    from pipelines.search import Searcher
+
+    _, out, report = evaluated
+    table = _table(out, dim).to_arrow()
+    doc_ids = table.column("id").to_pylist()
+    docs = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)
+    qids = list(dataset.queries)
+    queries = Searcher.open(str(out / "lancedb"), f"wiki_desc_d{dim}").embed_queries([dataset.queries[q] for q in qids])
+    order = np.argsort(-(queries @ docs.T), axis=1, kind="stable")
+    expected = _numpy_metrics(order, doc_ids, qids, dataset.qrels)
+    got = _rows(report, dim, "exact")[0]["metrics"]
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert 0.5 < got["ndcg@10"] <= 1.0  # real text: the described article is usually near the top
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_index_row_matches_a_direct_search_at_the_stored_defaults(evaluated, dataset, dim):
+    """The table now holds the last index built (IVF-RQ); search it directly with its lineage's defaults."""
+    from pipelines.search import Searcher
+
+    _, out, report = evaluated
+    lineage = lance_sink.read_lineage(str(out / "lancedb"), f"wiki_desc_d{dim}")
+    row = _rows(report, dim, "ivf_rq")[0]
+    assert lineage["index"]["type"] == "ivf_rq"
+    assert (row["nprobes"], row["refine_factor"]) == (lineage["query_defaults"]["nprobes"],
+                                                       lineage["query_defaults"]["refine_factor"])
+    assert lineage["tuning"]["reached"] and lineage["tuning"]["recall"] >= 0.95
+    assert row["tuned_recall_at_10"] == lineage["tuning"]["recall"]
+
+    table = _table(out, dim)
+    data = table.to_arrow()
+    doc_ids = data.column("id").to_pylist()
+    docs = np.asarray(data.column("vector").to_pylist(), dtype=np.float32)
+    qids = list(dataset.queries)
+    queries = Searcher.open(str(out / "lancedb"), f"wiki_desc_d{dim}").embed_queries([dataset.queries[q] for q in qids])
+    exact_top10 = np.argsort(-(queries @ docs.T), axis=1, kind="stable")[:, :10]
+    column = {d: i for i, d in enumerate(doc_ids)}
+    ann = []
+    for q in queries:
+        hits = table.search(q).distance_type("cosine").nprobes(row["nprobes"]) \
+            .refine_factor(row["refine_factor"]).limit(100).to_arrow()
+        ann.append([column[i] for i in hits.column("id").to_pylist()])
+    overlap = np.mean([len(set(a[:10]) & set(e)) / 10 for a, e in zip(ann, exact_top10)])
+    assert row["recall_at_10_vs_exact"] == pytest.approx(overlap, abs=1e-4)
+    # Pad to a full ranking (unreturned documents after the hits) for the numpy metrics.
+    order = np.array([a + [i for i in range(len(doc_ids)) if i not in set(a)] for a in ann])
+    assert row["metrics"] == pytest.approx(_numpy_metrics(order, doc_ids, qids, dataset.qrels), abs=1e-9)
+
+
+def test_configured_index_was_tuned_by_the_indexing_run(evaluated):
+    _, _, report = evaluated
+    for run in report["runs"]:
+        tuning = run["summary"]["tuning"]
+        assert tuning["reached"] and tuning["recall"] >= 0.95 and tuning["query_source"] == "documents"
+        row = _rows(report, run["dimension"], "ivf_pq")[0]
+        assert (row["nprobes"], row["refine_factor"]) == (tuning["nprobes"], tuning["refine_factor"])
+        assert row["tuned_recall_at_10"] == tuning["recall"]
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_vectors_match_sentence_transformers_at_each_dimension(evaluated, dataset, st_model, dim):
+    from pipelines.search import Searcher
+
+    _, out, _ = evaluated
+    data = _table(out, dim).to_arrow().slice(0, 24)
+    texts = data.column("text").to_pylist()
+    expected = st_model.encode(texts, normalize_embeddings=True, truncate_dim=dim)
+    got = np.asarray(data.column("vector").to_pylist(), dtype=np.float32)
+    assert expected.shape == got.shape == (24, dim)
+    assert (expected * got).sum(1).min() >= 0.9999
+
+    queries = [dataset.queries[q] for q in list(dataset.queries)[:24]]
+    expected = st_model.encode(queries, normalize_embeddings=True, truncate_dim=dim)
+    got = Searcher.open(str(out / "lancedb"), f"wiki_desc_d{dim}").embed_queries(queries)
+    assert (expected * got).sum(1).min() >= 0.9999
+
+
+def test_dataset_and_dimension_errors_exit_2_with_one_line(tmp_path):
+    missing = _run(["--dataset", str(tmp_path / "nope")])
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'nope' / 'corpus.jsonl'}: file not found (expected the BEIR layout: corpus.jsonl, "
+        "queries.jsonl, qrels/<split>.tsv)"]
+    bad = _run(["--dataset", str(DATASET), "--dimensions", "384,abc"])
+    assert bad.returncode == 2 and "--dimensions '384,abc'" in bad.stderr
+
+
+def test_query_cli_exact_flag_scans_every_vector(evaluated, dataset):
+    _, out, _ = evaluated
+    data = _table(out, 128).to_arrow()
+    docs = np.asarray(data.column("vector").to_pylist(), dtype=np.float32)
+    text = dataset.queries["q007"]
+    result = subprocess.run([sys.executable, "-m", "jobs.query", "--uri", str(out / "lancedb"), "--table",
+                             "wiki_desc_d128", "-k", "5", "--exact", "--json", text], cwd=ROOT, capture_output=True,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    from pipelines.search import Searcher
+
+    query = Searcher.open(str(out / "lancedb"), "wiki_desc_d128").embed_queries([text])[0]
+    scores = docs @ query
+    top = np.argsort(-scores)[:5]
+    assert [h["id"] for h in hits] == [data.column("id")[int(i)].as_py() for i in top]
+    assert [h["score"] for h in hits] == pytest.approx(scores[top].tolist(), abs=1e-5)

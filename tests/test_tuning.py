@@ -1,0 +1,133 @@
+"""Recall-targeted tuning on a real LanceDB table of clustered unit vectors, checked with numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from connectors.lance_index import code_bytes, index_size_bytes, sample_vectors, search_batch
+from pipelines.config import IndexConfig
+from pipelines.summary import RunSummary
+from pipelines.tuning import build_tuned_index, index_lineage, nprobes_grid
+
+ROWS, DIM = 2048, 32
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    centres = rng.normal(size=(16, DIM))
+    v = centres[rng.integers(0, 16, ROWS)] + rng.normal(size=(ROWS, DIM))  # neighbours span lists
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture()
+def table(tmp_path, vectors):
+    import lancedb
+
+    data = pa.table({"id": [f"v{i}" for i in range(ROWS)],
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)})
+    return lancedb.connect(str(tmp_path)).create_table("t", data)
+
+
+def _numpy_leave_one_out_recall(table, vectors, ids, nprobes, refine) -> float:
+    """recall@10 of the index at (nprobes, refine) against a numpy exact search, each query's own row dropped."""
+    index = {f"v{i}": i for i in range(ROWS)}
+    queries = vectors[[index[i] for i in ids]]
+    order = np.argsort(-(queries @ vectors.T), axis=1)
+    truth = [[f"v{j}" for j in row if f"v{j}" != own][:10] for row, own in zip(order, ids)]
+    found = search_batch(table, queries, 11, metric="cosine", id_column="id", nprobes=nprobes, refine_factor=refine)
+    found = [[h for h in hits if h != own][:10] for hits, own in zip(found, ids)]
+    return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
+
+
+def test_nprobes_grid():
+    assert nprobes_grid(1) == [1]
+    assert nprobes_grid(11) == [1, 2, 3, 4, 6, 8, 11]
+    assert nprobes_grid(100) == [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 100]
+
+
+def test_tuned_defaults_reach_the_target_and_cheaper_settings_do_not(table, vectors):
+    config = IndexConfig(num_partitions=8, tuning_queries=60)
+    params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
+    assert tuning.reached and tuning.recall >= 0.95 and tuning.queries == 60
+    assert (params.nprobes, params.refine_factor) == (tuning.nprobes, tuning.refine_factor)
+
+    ids, _ = sample_vectors(table, 60, "id", seed=0)  # the documents the tuning used
+    measured = _numpy_leave_one_out_recall(table, vectors, ids, tuning.nprobes, tuning.refine_factor)
+    assert measured == pytest.approx(tuning.recall, abs=1e-4)
+
+    # For the chosen refine factor, every smaller nprobes on the grid was measured below the target.
+    grid = nprobes_grid(8)
+    smaller = [n for n in grid if n < tuning.nprobes]
+    tried = {(t["nprobes"], t["refine_factor"]): t["recall"] for t in tuning.tried}
+    for n in smaller:
+        assert tried[(n, tuning.refine_factor)] < 0.95
+
+    lineage = index_lineage(params, tuning)
+    assert lineage["query_defaults"] == {"nprobes": tuning.nprobes, "refine_factor": tuning.refine_factor}
+    assert lineage["tuning"]["recall"] == tuning.recall and "tried" not in lineage["tuning"]
+
+
+def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
+    config = IndexConfig(num_partitions=8, nprobes=1, refine_factor=None, target_recall=1.0, tuning_queries=40)
+    params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
+    assert not tuning.reached and tuning.recall < 1.0
+    assert (params.nprobes, params.refine_factor) == (1, None)
+    assert tuning.tried == [{"nprobes": 1, "refine_factor": None, "recall": tuning.recall}]
+    summary = RunSummary(index=params.to_dict(), tuning=tuning.to_dict())
+    assert "NOT reached" in summary.format() and "on 40 sampled documents" in summary.format()
+
+
+def test_numbers_given_in_the_config_are_kept_and_measured(table):
+    params, tuning = build_tuned_index(table, ROWS, DIM, IndexConfig(num_partitions=8, nprobes=3, refine_factor=2),
+                                       id_column="id")
+    assert (params.nprobes, params.refine_factor) == (3, 2)
+    assert [(t["nprobes"], t["refine_factor"]) for t in tuning.tried] == [(3, 2)]
+
+
+def test_no_target_means_no_tuning_and_the_rule_of_thumb(table):
+    params, tuning = build_tuned_index(table, ROWS, DIM, IndexConfig(num_partitions=8, target_recall=None),
+                                       id_column="id")
+    assert tuning is None and (params.nprobes, params.refine_factor) == (8, 5)
+
+
+@pytest.mark.parametrize("index_type, lance_name, bytes_per_vector", [
+    ("ivf_sq", "IvfSq", 32.0), ("ivf_rq", "IvfRq", 4.0), ("ivf_pq", "IvfPq", 4.0)])
+def test_quantised_index_types(table, vectors, index_type, lance_name, bytes_per_vector):
+    config = IndexConfig(type=index_type, num_partitions=4, tuning_queries=40)
+    params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
+    assert [i.index_type for i in table.list_indices()] == [lance_name]
+    assert code_bytes(index_type, DIM, params.num_sub_vectors) == bytes_per_vector
+    assert tuning.reached and tuning.refine_factor >= 1  # re-scored against the float vectors
+    # With re-scoring, the returned order follows the exact float distances.
+    hits = table.search(vectors[0]).distance_type("cosine").nprobes(params.nprobes) \
+        .refine_factor(params.refine_factor).limit(10).to_arrow()
+    rows = [int(i[1:]) for i in hits.column("id").to_pylist()]
+    exact = 1 - vectors[rows] @ vectors[0]
+    assert np.allclose(hits.column("_distance").to_numpy(), exact, atol=1e-5)
+    assert index_size_bytes(table) > 0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("index.target_recall=1.5", "index.target_recall"),
+    ("index.target_recall=0", "index.target_recall"),
+    ("index.refine_factor=0", "index.refine_factor"),
+    ("index.tuning_queries=0", "index.tuning_queries"),
+    ("index.type=ivf_bq", "index.type"),
+])
+def test_tuning_keys_are_validated(override, key):
+    from pipelines.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_tuning_key_defaults_and_null():
+    from pipelines.config import load_config
+
+    index = load_config().index
+    assert (index.target_recall, index.refine_factor, index.tuning_queries) == (0.95, "auto", 100)
+    index = load_config(overrides=["index.target_recall=null", "index.refine_factor=null", "index.type=ivf_rq"]).index
+    assert (index.target_recall, index.refine_factor, index.type) == (None, None, "ivf_rq")
