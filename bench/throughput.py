@@ -43,7 +43,7 @@ def corpus(n: int) -> pa.Table:
     return pa.table({"id": [f"d{i:07d}" for i in range(n)], "text": texts})
 
 
-def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int) -> dict:
+def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int, device: str = "cpu") -> dict:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -52,7 +52,8 @@ def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int) -> dic
 
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa").eval()
+    model = AutoModel.from_pretrained(model_dir, dtype=getattr(torch, dtype), attn_implementation="sdpa")
+    model = model.to(device).eval()
     enc = tok(texts, truncation=True, max_length=256)["input_ids"]
     order = np.argsort([-len(x) for x in enc])
 
@@ -62,9 +63,9 @@ def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int) -> dic
         with torch.inference_mode():
             for s in range(0, len(subset), batch_size):
                 idx = subset[s:s + batch_size]
-                batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt")
+                batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt").to(device)
                 hidden = model(**batch).last_hidden_state
-                out[idx] = mean_pool(hidden, batch["attention_mask"]).float().numpy()
+                out[idx] = mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
         return time.perf_counter() - start, out
 
     probe = order[:: max(1, len(order) // 512)]
@@ -74,12 +75,12 @@ def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int) -> dic
             "tokens": int(sum(len(x) for x in enc))}
 
 
-def st_encode(model_dir: str, texts: list[str], threads: int) -> dict:
+def st_encode(model_dir: str, texts: list[str], threads: int, device: str = "cpu") -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    model = SentenceTransformer(model_dir, device="cpu")
+    model = SentenceTransformer(model_dir, device=device)
     start = time.perf_counter()
     vectors = model.encode(texts, normalize_embeddings=True)
     return {"seconds": time.perf_counter() - start, "vectors": vectors}
@@ -97,11 +98,13 @@ def vllm_embed(model_dir: str, texts: list[str]) -> dict | None:
     return {"seconds": seconds, "vectors": np.array([o.outputs.embedding for o in outputs], np.float32)}
 
 
-def full_job(parquet: Path, workdir: Path, dtype: str) -> dict:
+def full_job(parquet: Path, workdir: Path, dtype: str, extra: list[str]) -> dict:
     summary = workdir / f"summary-{dtype}.json"
     cmd = [sys.executable, "-m", "jobs.index", "--set", f"source.path={parquet}",
            "--set", f"sink.uri={workdir / 'db'}", "--set", f"sink.table=bench_{dtype}",
            "--set", f"model.dtype={dtype}", "--summary-json", str(summary)]
+    for item in extra:
+        cmd += ["--set", item]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
     start = time.perf_counter()
@@ -123,6 +126,9 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=20000)
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for (a) and (b)")
+    ap.add_argument("--job-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config for the full job, e.g. compute.gpus_per_actor=1")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "throughput.json"))
     args = ap.parse_args()
 
@@ -136,19 +142,19 @@ def main() -> None:
         parquet = Path(tmp) / "corpus.parquet"
         pq.write_table(data, parquet)
         for dtype in args.dtypes.split(","):
-            bare = bare_loop(model_dir, texts, dtype, args.threads)
+            bare = bare_loop(model_dir, texts, dtype, args.threads, args.device)
             tokens = bare["tokens"]
             results[f"bare_{dtype}"] = bare
             rows.append((f"(a) transformers loop, {dtype}, batch {bare['batch_size']}", bare["seconds"]))
             if dtype == "float32":
-                st = st_encode(model_dir, texts, args.threads)
+                st = st_encode(model_dir, texts, args.threads, args.device)
                 results["st_float32"] = st
                 rows.append(("(b) sentence-transformers encode, float32", st["seconds"]))
                 vl = vllm_embed(model_dir, texts)
                 if vl:
                     results["vllm_float32"] = vl
                     rows.append(("(c) vLLM LLM.embed, float32", vl["seconds"]))
-            job = full_job(parquet, Path(tmp), dtype)
+            job = full_job(parquet, Path(tmp), dtype, args.job_set)
             results[f"job_{dtype}"] = job
             rows.append((f"(d) full job (wall, incl. start-up + write + index), {dtype}", job["seconds"]))
             rows.append((f"(d') full job, pipeline only (read..write), {dtype}", job["embed_seconds"]))
