@@ -24,6 +24,7 @@ IDENTITY_FIELDS = (
     "model.max_tokens",
     "model.query_prompt",
     "model.document_prompt",
+    "model.append_eos",
     "dimension",
     "normalize",
     "metric",
@@ -35,8 +36,11 @@ class LineageMismatchError(ValueError):
 
 
 def make_lineage(
-    config: PipelineConfig, *, fingerprint: str, hidden_size: int, max_tokens: int, dimension: int
+    config: PipelineConfig, *, fingerprint: str, hidden_size: int, max_tokens: int, dimension: int,
+    append_eos: bool = False,
 ) -> dict[str, Any]:
+    """``append_eos``: whether the pipeline appends EOS to every text (``model.append_eos`` resolved
+    against the tokenizer), so queries get exactly the same treatment."""
     m = config.model
     return {
         "format": FORMAT_VERSION,
@@ -52,6 +56,7 @@ def make_lineage(
             "document_prompt": m.document_prompt,
             "dtype": m.dtype,
             "padding_side": m.padding_side,
+            "append_eos": bool(append_eos),
             "hidden_size": hidden_size,
         },
         "dimension": dimension,

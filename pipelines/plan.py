@@ -55,6 +55,7 @@ def embedding_stages(config: PipelineConfig, *, max_tokens: int, dimension: int)
                 batch_tokens=compute.batch_tokens,
                 vector_dtype=config.embed.vector_dtype,
                 threads=_encoder_threads(config),
+                max_tokens=max_tokens,
             ),
             map_kwargs=dict(
                 batch_size=compute.block_rows,

@@ -76,3 +76,7 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
         if (minilm_dir / name).exists():
             shutil.copy(minilm_dir / name, out / name)
     return out
+
+
+# Tiny decoder-style models (Llama- and Qwen3-shaped) for last-token pooling, EOS and prompts.
+from tiny_decoders import tiny_llama_dir, tiny_qwen3_dir  # noqa: E402,F401

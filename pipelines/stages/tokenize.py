@@ -1,4 +1,9 @@
-"""Tokenize stage: prompt + text to token ids on CPU workers, so encoders only run forward passes."""
+"""Tokenize stage: prompt + text to token ids on CPU workers, so encoders only run forward passes.
+
+The vLLM backend takes these ids too (as token prompts) rather than tokenizing itself: both
+backends then see identical inputs (prompt, truncation, appended EOS), truncations are counted in
+the run summary, and tokenizing stays on CPU nodes instead of the GPU nodes' few cores.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import pyarrow.compute as pc
 from pipelines import columns as C
 from pipelines.config import ModelConfig
 from pipelines.hf_encoder import padding_side_for
-from pipelines.tokenize import load_tokenizer, tokenize_texts
+from pipelines.tokenize import eos_to_append, load_tokenizer, tokenize_texts
 
 __all__ = ["TokenizeStage"]
 
@@ -24,10 +29,13 @@ class TokenizeStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tokenizer = load_tokenizer(self.model.path, self.model.revision, padding_side_for(self.model))
+        eos_id = eos_to_append(tokenizer, self.model.append_eos, self.model.pooling)
         ok = pc.is_null(batch.column(C.REJECT)).to_pylist()
         texts = batch.column(self.text_column).to_pylist()
         rows = [i for i, good in enumerate(ok) if good]
-        ids, truncated = tokenize_texts(tokenizer, [self.prompt + texts[i] for i in rows], self.max_tokens)
+        ids, truncated = tokenize_texts(
+            tokenizer, [self.prompt + texts[i] for i in rows], self.max_tokens, eos_id
+        )
         all_ids: list[list[int]] = [[] for _ in texts]
         all_truncated = [False] * len(texts)
         for k, i in enumerate(rows):
