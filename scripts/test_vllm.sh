@@ -30,4 +30,4 @@ export HF_HUB_OFFLINE=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # vLLM's CPU backend reserves a fraction of RAM for its KV cache (tests use gpu_memory_utilization
 # 0.05); these keep its worker threads from pinning the cores other processes on the machine use.
 export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-nobind}
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/vllm "$@"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_backend "$@"
