@@ -38,7 +38,13 @@ def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
 
 
 def embedding_stages(config: PipelineConfig, *, max_tokens: int, dimension: int) -> list[Stage]:
-    """Validate, tokenize and encode stages for ``config`` (the sink is added by the job)."""
+    """Validate, tokenize and encode stages for ``config`` (the sink is added by the job).
+
+    Placement comes from resources: validate and tokenize run as tasks that ask for a CPU and no
+    GPU; each encoder actor asks for ``compute.gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs,
+    so with one GPU per actor Ray runs at most one encoder per GPU (see ray_cluster.yaml for keeping
+    the CPU tasks off GPU nodes).
+    """
     import ray
 
     src, model, compute = config.source, config.model, config.compute

@@ -99,6 +99,11 @@ class VLLMEncoder:
             kwargs["max_num_batched_tokens"] = options.max_num_batched_tokens
         if options.in_process:
             kwargs["distributed_executor_backend"] = "uni"
+        elif options.tensor_parallel_size > 1:
+            # Inside a Ray actor vLLM would pick its Ray executor and ask Ray for tensor_parallel_size
+            # more GPUs, which this actor already holds: a pool of such actors would wait forever.
+            # Worker processes on the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES) avoid that.
+            kwargs["distributed_executor_backend"] = "mp"
         self.llm = LLM(**kwargs)
         self.params = PoolingParams(
             dimensions=dimension if self.native_dimensions else None, use_activation=normalize

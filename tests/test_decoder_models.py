@@ -151,3 +151,18 @@ def test_vllm_backend_without_vllm_says_what_to_install():
 
     with pytest.raises(ImportError, match=r"pip install -e '\.\[gpu\]'"):
         VLLMEncoder(_model("packaged:all-MiniLM-L6-v2", **{"model.backend": "vllm"}), dimension=384, normalize=True)
+
+
+def test_append_eos_is_part_of_the_embedding_space():
+    from pipelines.lineage import LineageMismatchError, check_compatible, make_lineage
+
+    config = load_config()
+    kwargs = dict(fingerprint="f" * 16, hidden_size=384, max_tokens=256, dimension=384)
+    with_eos, without = make_lineage(config, append_eos=True, **kwargs), make_lineage(config, **kwargs)
+    with pytest.raises(LineageMismatchError, match="model.append_eos: table has False, this run has True"):
+        check_compatible(without, with_eos, "this run")
+    older = make_lineage(config, **kwargs)
+    del older["model"]["append_eos"]  # a table written before the key existed appended nothing
+    check_compatible(older, without, "this run")
+    with pytest.raises(LineageMismatchError, match="model.append_eos"):
+        check_compatible(older, with_eos, "this run")
