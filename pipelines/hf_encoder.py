@@ -87,7 +87,12 @@ class HFEncoder:
         with torch.inference_mode():
             for batch in token_budget_batches(lengths, batch_tokens):
                 ids, mask = self._pad([token_ids[i] for i in batch])
-                hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                extra = {}
+                if self.left_pad:
+                    # Positions count from each text's first real token, as if it ran alone (and as
+                    # vLLM runs it, unpadded); without this they would start at the pad count.
+                    extra["position_ids"] = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                hidden = self.model(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
                 pooled = pool(self.config.pooling, hidden, mask)
                 out[batch] = pooled.float().cpu().numpy()
         return out

@@ -37,7 +37,7 @@ from pipelines.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, identity_key, make_lineage
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
-from pipelines.tokenize import effective_max_tokens, load_tokenizer
+from pipelines.tokenize import effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.tuning import index_lineage, tune_query_defaults
 
 __all__ = ["RunPlan", "preflight", "run_index"]
@@ -103,6 +103,7 @@ def preflight(config: PipelineConfig) -> RunPlan:
     lineage = make_lineage(
         config, fingerprint=model_fingerprint(model_dir), hidden_size=hidden,
         max_tokens=max_tokens, dimension=dimension,
+        append_eos=eos_to_append(tokenizer, config.model.append_eos, config.model.pooling) is not None,
     )
 
     run_id = config.run.id or uuid.uuid4().hex[:12]

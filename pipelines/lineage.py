@@ -24,6 +24,7 @@ IDENTITY_FIELDS = (
     "model.max_tokens",
     "model.query_prompt",
     "model.document_prompt",
+    "model.append_eos",
     "dimension",
     "normalize",
     "metric",
@@ -35,8 +36,11 @@ class LineageMismatchError(ValueError):
 
 
 def make_lineage(
-    config: PipelineConfig, *, fingerprint: str, hidden_size: int, max_tokens: int, dimension: int
+    config: PipelineConfig, *, fingerprint: str, hidden_size: int, max_tokens: int, dimension: int,
+    append_eos: bool = False,
 ) -> dict[str, Any]:
+    """``append_eos``: whether the pipeline appends EOS to every text (``model.append_eos`` resolved
+    against the tokenizer), so queries get exactly the same treatment."""
     m = config.model
     return {
         "format": FORMAT_VERSION,
@@ -52,6 +56,7 @@ def make_lineage(
             "document_prompt": m.document_prompt,
             "dtype": m.dtype,
             "padding_side": m.padding_side,
+            "append_eos": bool(append_eos),
             "hidden_size": hidden_size,
         },
         "dimension": dimension,
@@ -73,12 +78,21 @@ def _get(lineage: dict, dotted: str) -> Any:
     return node
 
 
+# Identity fields added after format 1 tables were first written, and what their absence meant.
+_ABSENT_MEANS = {"model.append_eos": False}
+
+
+def _identity(lineage: dict, dotted: str) -> Any:
+    value = _get(lineage, dotted)
+    return _ABSENT_MEANS.get(dotted) if value is None else value
+
+
 def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tuple] = None) -> None:
     """Raise naming every identity field where ``other`` differs from the table's ``stored`` lineage."""
     diffs = [
-        f"{f}: table has {_get(stored, f)!r}, {what} has {_get(other, f)!r}"
+        f"{f}: table has {_identity(stored, f)!r}, {what} has {_identity(other, f)!r}"
         for f in (fields or IDENTITY_FIELDS)
-        if _get(stored, f) != _get(other, f)
+        if _identity(stored, f) != _identity(other, f)
     ]
     if diffs:
         raise LineageMismatchError(f"{what} does not match the table's embedding lineage: " + "; ".join(diffs))

@@ -47,6 +47,11 @@ def embedding_stages(
     ``existing`` (upsert runs) answers which ids the table already holds, with which content hash.
     ``storage`` (a :class:`connectors.storage.Storage`) travels with the stages so that workers can
     fetch an ``s3://`` model without any environment of their own.
+
+    Placement comes from resources: validate and tokenize run as tasks that ask for a CPU and no
+    GPU; each encoder actor asks for ``compute.gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs,
+    so with one GPU per actor Ray runs at most one encoder per GPU (see ray_cluster.yaml for keeping
+    the CPU tasks off GPU nodes).
     """
     import ray
 
@@ -69,6 +74,7 @@ def embedding_stages(
                 vector_dtype=config.embed.vector_dtype,
                 threads=_encoder_threads(config),
                 storage=storage,
+                max_tokens=max_tokens,
             ),
             map_kwargs=dict(
                 batch_size=compute.block_rows,

@@ -51,6 +51,7 @@ class Searcher:
             path=path, revision=m.get("revision"), backend=m["backend"], pooling=m["pooling"],
             max_tokens=m["max_tokens"], query_prompt=m["query_prompt"], document_prompt=m["document_prompt"],
             dtype=m.get("dtype", "float32"), padding_side=m.get("padding_side", "auto"), device=device,
+            append_eos=bool(m.get("append_eos", False)),
         )
         self._encoder = None
 
@@ -89,6 +90,9 @@ class Searcher:
                    model_path=model_path, device=device, storage=storage)
 
     def _encode(self):
+        # Queries always go through the hf backend, also for tables a vLLM run made: a vLLM engine
+        # takes tens of seconds to start for a handful of texts, and the backends agree (the vLLM
+        # tests hold them to cosine >= 0.999 on the same inputs).
         if self._encoder is None:
             from pipelines.hf_encoder import HFEncoder, padding_side_for
             from pipelines.tokenize import load_tokenizer
@@ -102,11 +106,12 @@ class Searcher:
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors exactly as the table's documents were made, with the query prompt."""
-        from pipelines.tokenize import tokenize_texts
+        from pipelines.tokenize import eos_to_append, tokenize_texts
 
         encoder = self._encode()
         prompt = self.model_config.query_prompt
-        ids, _ = tokenize_texts(self._tokenizer, [prompt + t for t in texts], self.model_config.max_tokens)
+        eos_id = eos_to_append(self._tokenizer, self.model_config.append_eos, self.model_config.pooling)
+        ids, _ = tokenize_texts(self._tokenizer, [prompt + t for t in texts], self.model_config.max_tokens, eos_id)
         pooled = encoder.embed(ids, batch_tokens=16384)
         return postprocess(pooled, self.dimension, bool(self.lineage.get("normalize", True)))
 

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from connectors.model_store import resolve_model_dir
+from pipelines.config import ConfigError
 
-__all__ = ["chunk_texts", "effective_max_tokens", "load_tokenizer", "tokenize_texts"]
+__all__ = ["chunk_texts", "effective_max_tokens", "eos_to_append", "load_tokenizer", "tokenize_texts"]
 
 
 @lru_cache(maxsize=4)
@@ -57,15 +58,43 @@ def _windows(tokenizer, texts: Sequence[str], max_tokens: int, stride: int, offs
     )
 
 
-def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[list[list[int]], list[bool]]:
+def eos_to_append(tokenizer, append_eos, pooling: str) -> Optional[int]:
+    """The EOS id the pipeline must append to every text, or None when it appends nothing.
+
+    Decoder embedders pool the hidden state of a final EOS token (E5-Mistral appends it by hand;
+    Qwen3-Embedding's tokenizer adds it itself). ``append_eos`` (``model.append_eos``): True ends
+    every text with EOS, False leaves texts as the tokenizer makes them, "auto" is True for
+    last-token pooling. EOS is appended only when the tokenizer does not already end texts with it.
+
+    Raises:
+        ConfigError: ``append_eos`` is True and the tokenizer has no EOS token.
+    """
+    explicit = append_eos is True
+    if append_eos == "auto":
+        append_eos = pooling == "last"
+    if not append_eos:
+        return None
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        if explicit:
+            raise ConfigError("model.append_eos=true but the tokenizer has no EOS token")
+        return None
+    probe = tokenizer("a")["input_ids"]
+    return None if probe and probe[-1] == eos else int(eos)
+
+
+def tokenize_texts(
+    tokenizer, texts: Sequence[str], max_tokens: int, eos_id: Optional[int] = None
+) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text (special tokens included) cut at ``max_tokens``, and which were cut.
 
     The tokenizer reports overflow windows; a text with more than one window was truncated, and
-    only its first window is kept.
+    only its first window is kept. With ``eos_id`` (see :func:`eos_to_append`) each text is cut one
+    token shorter and ends with that id, so the pooled last token is EOS even for a truncated text.
     """
     if not texts:
         return [], []
-    encoded = _windows(tokenizer, texts, max_tokens, 0, offsets=False)
+    encoded = _windows(tokenizer, texts, max(1, max_tokens - (eos_id is not None)), 0, offsets=False)
     ids: list[Optional[list[int]]] = [None] * len(texts)
     truncated = [False] * len(texts)
     for window, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
@@ -73,7 +102,10 @@ def tokenize_texts(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[li
             ids[sample] = window
         else:
             truncated[sample] = True
-    return [x if x is not None else [] for x in ids], truncated
+    out = [x if x is not None else [] for x in ids]
+    if eos_id is not None:
+        out = [x + [eos_id] if x else x for x in out]
+    return out, truncated
 
 
 def chunk_texts(

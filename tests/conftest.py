@@ -90,3 +90,5 @@ def s3_server():
     server = S3Server()
     yield server
     server.stop()
+# Tiny decoder-style models (Llama- and Qwen3-shaped) for last-token pooling, EOS and prompts.
+from tiny_decoders import tiny_llama_dir, tiny_qwen3_dir  # noqa: E402,F401

@@ -1,7 +1,9 @@
 """Encode stage: a Ray Data actor that loads the model once and embeds whole blocks.
 
 Per call: forward passes over length-sorted, token-budgeted batches (:mod:`pipelines.hf_encoder`),
-then pooling output -> normalise -> Matryoshka truncation -> normalise (:mod:`pipelines.postprocess`).
+or one ``LLM.embed`` call over the whole block (:mod:`pipelines.vllm_encoder`, ``model.backend:
+vllm``), then pooling output -> normalise -> Matryoshka truncation -> normalise
+(:mod:`pipelines.postprocess`). Both backends give the same columns, rows and order.
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from pipelines.config import ModelConfig
 from pipelines.hf_encoder import HFEncoder
 from pipelines.postprocess import postprocess
 
-__all__ = ["EncodeStage", "vectors_to_arrow"]
+__all__ = ["EncodeStage", "load_encoder", "vectors_to_arrow"]
+
+
+def load_encoder(model: ModelConfig, *, dimension: int, normalize: bool, threads: Optional[int] = None,
+                 max_tokens: Optional[int] = None, storage=None):
+    """The encoder ``model.backend`` names; both have ``embed(token_ids, batch_tokens)``."""
+    if model.backend == "vllm":
+        from pipelines.vllm_encoder import VLLMEncoder
+
+        return VLLMEncoder(model, dimension=dimension, normalize=normalize, max_tokens=max_tokens, storage=storage)
+    return HFEncoder(model, threads=threads, storage=storage)
 
 
 def vectors_to_arrow(vectors: np.ndarray, valid: np.ndarray, value_type: pa.DataType) -> pa.Array:
@@ -42,8 +54,10 @@ class EncodeStage:
         vector_dtype: str = "float32",
         threads: Optional[int] = None,
         storage=None,
+        max_tokens: Optional[int] = None,
     ):
-        self.encoder = HFEncoder(model, threads=threads, storage=storage)
+        self.encoder = load_encoder(model, dimension=dimension, normalize=normalize, threads=threads,
+                                    max_tokens=max_tokens, storage=storage)
         self.dimension = dimension
         self.normalize = normalize
         self.batch_tokens = batch_tokens

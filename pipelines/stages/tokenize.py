@@ -3,6 +3,10 @@
 With ``embed.long_text=chunk`` a document over the token limit becomes several rows, one per token
 window: ``id`` = ``"<doc_id>#<chunk>"``, plus ``doc_id`` and ``chunk`` columns, and ``text`` is the
 window's span of the original text.
+
+The vLLM backend takes these ids too (as token prompts) rather than tokenizing itself: both
+backends then see identical inputs (prompt, truncation, appended EOS), truncations are counted in
+the run summary, and tokenizing stays on CPU nodes instead of the GPU nodes' few cores.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import pyarrow.compute as pc
 from pipelines import columns as C
 from pipelines.config import ModelConfig
 from pipelines.hf_encoder import padding_side_for
-from pipelines.tokenize import chunk_texts, load_tokenizer, tokenize_texts
+from pipelines.tokenize import chunk_texts, eos_to_append, load_tokenizer, tokenize_texts
 
 __all__ = ["TokenizeStage"]
 
@@ -43,12 +47,13 @@ class TokenizeStage:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tokenizer = load_tokenizer(self.model.path, self.model.revision, padding_side_for(self.model), self.storage)
+        eos_id = eos_to_append(tokenizer, self.model.append_eos, self.model.pooling)
         ok = pc.is_null(batch.column(C.REJECT)).to_pylist()
         texts = batch.column(self.text_column).to_pylist()
         rows = [i for i, good in enumerate(ok) if good]
         if self.chunk:
-            return self._chunked(batch, tokenizer, texts, rows)
-        ids, truncated = tokenize_texts(tokenizer, [self.prompt + texts[i] for i in rows], self.max_tokens)
+            return self._chunked(batch, tokenizer, texts, rows, eos_id)
+        ids, truncated = tokenize_texts(tokenizer, [self.prompt + texts[i] for i in rows], self.max_tokens, eos_id)
         all_ids: list[list[int]] = [[] for _ in texts]
         all_truncated = [False] * len(texts)
         for k, i in enumerate(rows):
@@ -57,11 +62,11 @@ class TokenizeStage:
         batch = batch.append_column(C.INPUT_IDS, pa.array(all_ids, pa.list_(pa.int32())))
         return batch.append_column(C.TRUNCATED, pa.array(all_truncated, pa.bool_()))
 
-    def _chunked(self, batch: pa.Table, tokenizer, texts: list, rows: list[int]) -> pa.Table:
+    def _chunked(self, batch: pa.Table, tokenizer, texts: list, rows: list[int], eos_id=None) -> pa.Table:
         # Chunk the bare text (spans must index the original), then prefix each window with the
         # prompt's tokens inside the same budget.
         prompt_ids = tokenizer(self.prompt, add_special_tokens=False)["input_ids"] if self.prompt else []
-        budget = self.max_tokens - len(prompt_ids)
+        budget = self.max_tokens - len(prompt_ids) - (eos_id is not None)
         windows = chunk_texts(tokenizer, [texts[i] for i in rows], budget, self.overlap)
         take, ids, chunk_no, spans = [], [], [], []
         counter: dict[int, int] = {}
@@ -72,6 +77,8 @@ class TokenizeStage:
             if prompt_ids:  # after the leading special token, if any
                 head = 1 if window and window[0] in tokenizer.all_special_ids else 0
                 window = window[:head] + prompt_ids + window[head:]
+            if eos_id is not None:
+                window = window + [eos_id]
             take.append(row)
             ids.append(window)
             chunk_no.append(k)
