@@ -30,4 +30,8 @@ export HF_HUB_OFFLINE=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # vLLM's CPU backend reserves a fraction of RAM for its KV cache (tests use gpu_memory_utilization
 # 0.05); these keep its worker threads from pinning the cores other processes on the machine use.
 export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-nobind}
+# vLLM's CPU build sizes its KV cache from the memory the OS reports free, counting the page cache
+# as used; after pip installs and the main suite that cache fills most of a small machine. Drop it
+# when allowed (root on a VM), harmless otherwise.
+sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
 exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_backend "$@"

@@ -26,7 +26,7 @@ from pipelines.stages.validate import ValidateStage  # noqa: E402
 from pipelines.vllm_encoder import VLLMEncoder, matryoshka_dimensions  # noqa: E402
 
 # What a CPU test machine can give an engine: ~5% of RAM for its KV cache, no compile step.
-VLLM_CPU = ["model.vllm.in_process=true", "model.vllm.enforce_eager=true", "model.vllm.gpu_memory_utilization=0.05"]
+VLLM_CPU = ["model.vllm.in_process=true", "model.vllm.enforce_eager=true", "model.vllm.gpu_memory_utilization=0.1"]
 QUERY_PROMPT = "Instruct: Given a question, retrieve the Wikipedia article that answers it\nQuery: "
 MIN_COSINE = 0.999
 
