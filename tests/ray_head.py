@@ -43,12 +43,25 @@ class LocalRayHead:
     """``ray start --head --block`` with its own temp dir and ports; ``address`` is the dashboard URL."""
 
     def __init__(self, num_cpus: int = 2, python: Optional[str] = None, env: Optional[dict] = None,
-                 timeout: float = 180):
-        # Short path: Ray puts Unix sockets under it, and those are limited to 107 bytes.
-        self.temp_dir = tempfile.mkdtemp(prefix="ep-ray-", dir="/tmp")
+                 timeout: float = 180, attempts: int = 3):
         self.python = python or sys.executable
         self.env = {**os.environ, **LOOPBACK_ENV, **(env or {})}
         self.env.pop("RAY_ADDRESS", None)  # the pytest session's own cluster is not this one
+        self.num_cpus = num_cpus
+        failures = []
+        for _ in range(attempts):
+            # A port picked free can be taken by someone else before Ray binds it (other clusters run
+            # here too): then this attempt's processes are stopped and another set of ports is tried.
+            try:
+                self._start(timeout)
+                return
+            except (RuntimeError, TimeoutError) as exc:
+                failures.append(str(exc))
+        raise RuntimeError(f"Ray head did not start in {attempts} attempts:\n" + "\n---\n".join(failures))
+
+    def _start(self, timeout: float) -> None:
+        # Short path: Ray puts Unix sockets under it, and those are limited to 107 bytes.
+        self.temp_dir = tempfile.mkdtemp(prefix="ep-ray-", dir="/tmp")
         self.dashboard_port = free_port()
         ports = {
             "--port": free_port(), "--dashboard-port": self.dashboard_port,
@@ -58,7 +71,7 @@ class LocalRayHead:
             "--object-manager-port": free_port(),
         }
         ray_cli = str(Path(self.python).parent / "ray")
-        cmd = [ray_cli, "start", "--head", "--block", f"--num-cpus={num_cpus}", "--num-gpus=0",
+        cmd = [ray_cli, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
                "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
@@ -72,7 +85,7 @@ class LocalRayHead:
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         try:
             self._wait_ready(timeout)
-        except BaseException:
+        except BaseException:  # _wait_ready's errors carry ray start's output
             self.stop()
             raise
 
@@ -100,7 +113,10 @@ class LocalRayHead:
         raise TimeoutError(f"Ray head not ready after {timeout:.0f}s:\n{self.log()}")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
 
     def client_env(self, **extra: str) -> dict:
         """Environment for a ``ray job submit`` client (or anything else) talking to this head."""
@@ -141,7 +157,7 @@ class LocalRayHead:
                 continue
         return alive
 
-    def stop(self, grace: float = 10) -> None:
+    def stop(self, grace: float = 5) -> None:
         """Stop this head's processes and only those; then remove its temp dir."""
         import psutil
 
