@@ -63,6 +63,9 @@ class EmbedpipeRayJobOperator(BaseOperator):
         self.poll_seconds, self.job_timeout = poll_seconds, job_timeout
         self._client, self._job_id = None, None
 
+    def _log_line(self, line: str) -> None:
+        self.log.info("%s", line)  # a job's line is data, never a format string
+
     def _connect(self):
         conn = BaseHook.get_connection(self.ray_conn_id)
         extra = conn.extra_dejson or {}
@@ -81,10 +84,10 @@ class EmbedpipeRayJobOperator(BaseOperator):
         overrides = [x for o in context["params"].get("overrides") or [] for x in ("--set", str(o))]
         entrypoint = ["python", "-m", f"jobs.{self.job}", *overrides, *self.job_args, "--summary-json", "-"]
         self._job_id, attached = embedpipe_ray.submit_or_attach(self._client, self.run_key, entrypoint, env,
-                                                                log=self.log.info)
+                                                                log=self._log_line)
         timeout = self.job_timeout.total_seconds() if self.job_timeout else None
         try:
-            result = embedpipe_ray.wait(self._client, self._job_id, attached=attached, log=self.log.info,
+            result = embedpipe_ray.wait(self._client, self._job_id, attached=attached, log=self._log_line,
                                         poll_seconds=self.poll_seconds, timeout_seconds=timeout)
         except embedpipe_ray.JobFailed as exc:
             self.log.error("%s", exc)

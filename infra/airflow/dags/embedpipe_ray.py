@@ -132,9 +132,11 @@ def wait(client, job_id: str, *, attached: bool = False, log: Callable[[str], No
     while True:
         status = str(client.get_job_status(job_id).value)
         logs = client.get_job_logs(job_id)
-        for line in logs[printed:].splitlines():
+        # Whole lines only while the job runs (the rest of a half-written line comes next time).
+        upto = len(logs) if status in TERMINAL else logs.rfind("\n", printed) + 1
+        for line in logs[printed:max(upto, printed)].splitlines():
             log(line)
-        printed = len(logs)
+        printed = max(upto, printed)
         if status in TERMINAL:
             break
         if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
