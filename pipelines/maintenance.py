@@ -1,0 +1,159 @@
+"""Index upkeep and a health check for a table that scheduled runs keep adding to.
+
+Each append/upsert run already keeps the index in shape (:func:`connectors.lance_index.maintain_index`);
+this is the same policy as a step of its own, for a scheduler to run after the indexing job (and for
+tables that other writers touch): report the index's indexed/unindexed rows, ``optimize()`` or rebuild
+by ``index.reindex_fraction``, report again, and check that no id is in the table twice (the promise
+of idempotent, resumable runs). A duplicate id fails the step instead of being repaired silently.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from connectors import lance_sink
+from connectors.lance_index import maintain_index
+from connectors.storage import Storage, is_s3
+from pipelines.config import PipelineConfig
+
+__all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "index_stats", "run_maintenance"]
+
+
+class DuplicateIdsError(RuntimeError):
+    """The table holds some id more than once."""
+
+
+@dataclass
+class MaintenanceReport:
+    table_uri: str = ""
+    table: str = ""
+    rows: int = 0
+    version: Optional[int] = None
+    before: dict = field(default_factory=dict)  # index_stats() before upkeep
+    after: dict = field(default_factory=dict)
+    action: str = ""  # optimized | rebuilt | built | none
+    reason: str = ""
+    duplicate_ids: Optional[int] = None  # rows beyond the first of each id; None: not checked
+    duplicate_examples: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def raise_for_duplicates(self) -> None:
+        if self.duplicate_ids:
+            raise DuplicateIdsError(f"table {self.table!r} in {self.table_uri} holds {self.duplicate_ids} rows "
+                                    f"whose id is already in the table, e.g. {self.duplicate_examples}")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def format(self) -> str:
+        def idx(s: dict) -> str:
+            if s.get("type", "none") == "none":
+                return "no vector index (exact search)"
+            return f"{s['type']} {s['indexed_rows']} indexed, {s['unindexed_rows']} unindexed"
+
+        dups = ("not checked" if self.duplicate_ids is None
+                else "none" if not self.duplicate_ids else f"{self.duplicate_ids} {self.duplicate_examples}")
+        return "\n".join([
+            "=" * 72,
+            f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.rows} rows)",
+            f"index before {idx(self.before)}",
+            f"upkeep       {self.action}" + (f" ({self.reason})" if self.reason else ""),
+            f"index after  {idx(self.after)}",
+            f"duplicate ids {dups}",
+            f"took         {self.seconds:.1f}s",
+            "=" * 72,
+        ])
+
+
+def index_stats(table, column: str = "vector") -> dict:
+    """``{"type", "name", "indexed_rows", "unindexed_rows"}`` of the vector index, ``{"type": "none"}``."""
+    existing = [i for i in table.list_indices() if i.columns == [column]]
+    if not existing:
+        return {"type": "none", "unindexed_rows": table.count_rows()}
+    stats = table.index_stats(existing[0].name)
+    return {
+        "type": str(getattr(stats, "index_type", existing[0].index_type)),
+        "name": existing[0].name,
+        "indexed_rows": int(getattr(stats, "num_indexed_rows", 0) or 0),
+        "unindexed_rows": int(getattr(stats, "num_unindexed_rows", 0) or 0),
+    }
+
+
+def duplicate_ids(uri: str, id_column: str, storage_options: Optional[dict] = None,
+                  examples: int = 5) -> tuple[int, list]:
+    """Rows beyond the first of each id, and a few such ids.
+
+    Two passes over the id column: 8 bytes per row (a 64-bit hash) find candidate ids, then their
+    real values are compared, so a hash collision is never reported as a duplicate.
+    """
+    import lance
+
+    ds = lance.dataset(uri, storage_options=storage_options)
+    hashes = [lance_sink._id_hashes(b.column(id_column)) for b in ds.to_batches(columns=[id_column])]
+    if not hashes:
+        return 0, []
+    h = np.sort(np.concatenate(hashes))
+    suspects = np.unique(h[1:][h[1:] == h[:-1]])
+    if len(suspects) == 0:
+        return 0, []
+    counts: Counter = Counter()
+    for batch in ds.to_batches(columns=[id_column]):
+        ids = batch.column(id_column)
+        hit = np.isin(lance_sink._id_hashes(ids), suspects)
+        counts.update(v for v, m in zip(ids.to_pylist(), hit) if m)
+    dups = {k: n for k, n in counts.items() if n > 1}
+    return sum(n - 1 for n in dups.values()), sorted(dups, key=str)[:examples]
+
+
+def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> MaintenanceReport:
+    """Index upkeep for ``config.sink`` by ``config.index``'s policy, then the duplicate-id count.
+
+    The caller decides what a duplicate means (:meth:`MaintenanceReport.raise_for_duplicates`).
+
+    Raises:
+        SinkError: no such table, or not one of this pipeline's.
+    """
+    import lancedb
+
+    started = time.perf_counter()
+    sink = config.sink
+    storage = Storage.resolve(config.storage, paths=[sink.uri])
+    if is_s3(sink.uri):
+        storage.probe(sink.uri, "sink.uri")
+    options = storage.lance_options(sink.uri)
+    lineage = lance_sink.read_lineage(sink.uri, sink.table, options)
+    if lineage is None:
+        raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri}")
+    table = lancedb.connect(sink.uri, storage_options=options).open_table(sink.table)
+    report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=table.count_rows())
+    report.before = index_stats(table)
+    params = maintain_index(table, report.rows, int(lineage["dimension"]), config.index)
+    if params.type == "none":
+        report.action, report.reason = "none", params.reason
+    elif params.reason.startswith("optimized"):
+        report.action, report.reason = "optimized", params.reason
+    else:
+        report.action = "rebuilt" if report.before["type"] != "none" else "built"
+        report.reason = (f"{params.num_partitions} partitions" if report.before["type"] == "none"
+                         else f"unindexed rows over {config.index.reindex_fraction:.0%} of indexed")
+        # Queries take their defaults from the lineage: keep it in step with the new index.
+        lineage["index"] = params.to_dict()
+        lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
+        lance_sink.write_lineage(sink.uri, sink.table, lineage, options)
+    report.after = index_stats(table)
+    report.version = lance_sink.table_version(sink.uri, sink.table, options)
+    if check_ids:
+        id_column = lineage["source"]["id_column"]
+        report.duplicate_ids, report.duplicate_examples = duplicate_ids(
+            lance_sink.dataset_uri(sink.uri, sink.table), id_column, options)
+    report.seconds = time.perf_counter() - started
+    return report
