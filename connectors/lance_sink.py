@@ -313,22 +313,37 @@ def _id_hashes(ids: pa.Array) -> np.ndarray:
 
 def drop_duplicate_ids(
     uri: str, rejects_uri: str, id_column: str, text_column: str, run_id: str,
-    storage_options: Optional[dict] = None,
+    storage_options: Optional[dict] = None, lookup_rows: int = 4096,
 ) -> int:
     """Keep the first-written row of each id (lowest row address); move the others to the rejects.
 
-    Holds 16 bytes per table row in memory (a 64-bit hash of the id and the row address); rows are
-    compared by their real id, so a hash collision never drops a document.
+    Only ids this run wrote can be duplicated now (earlier runs were checked when they ran), so the
+    work is bounded by the run, not the table: this run's rows are scanned (``run_id`` filter),
+    and older rows sharing their ids are found by ``id IN (...)`` lookups, which the BTREE index on
+    the id column answers. Memory: 16 bytes per row of this run (a 64-bit hash of the id and the
+    row address); rows are compared by their real id, so a hash collision never drops a document.
     """
     import lance
 
     ds = _open(uri, storage_options)
-    hashes, rowids = [], []
-    for batch in ds.to_batches(columns=[id_column], with_row_id=True):
+    if ds is None:
+        return 0
+    this_run = f"run_id = {sql_list([run_id])[1:-1]}"
+    hashes, rowids, ids = [], [], []
+    for batch in ds.to_batches(columns=[id_column], filter=this_run, with_row_id=True):
         hashes.append(_id_hashes(batch.column(id_column)))
         rowids.append(batch.column("_rowid").to_numpy())
+        ids.append(batch.column(id_column))
     if not hashes:
         return 0
+    run_ids = pa.chunked_array(ids).unique()
+    for start in range(0, len(run_ids), lookup_rows):  # older rows with one of this run's ids
+        part = run_ids.slice(start, lookup_rows).to_pylist()
+        older = ds.to_table(columns=[id_column], filter=f"{id_column} IN {sql_list(part)} AND NOT ({this_run})",
+                            with_row_id=True)
+        if older.num_rows:
+            hashes.append(_id_hashes(older.column(id_column)))
+            rowids.append(older.column("_rowid").to_numpy())
     h, r = np.concatenate(hashes), np.concatenate(rowids).astype(np.uint64)
     order = np.lexsort((r, h))
     h, r = h[order], r[order]

@@ -213,6 +213,20 @@ def test_bad_rows_are_rejected_with_id_file_and_reason(ray_cluster, sample_table
     kept = [r for r in lancedb.connect(str(db)).open_table("docs").to_arrow().to_pylist() if r["id"] == docs[0]["id"]]
     assert kept[0]["text"] == docs[0]["text"]  # the first row written is kept
 
+    # An append run that repeats an id an earlier run wrote: the earlier row stays, the new one is
+    # rejected (the check looks up this run's ids among the older rows, not the whole table).
+    more = tmp_path / "more"
+    more.mkdir()
+    pq.write_table(pa.table({"id": [docs[1]["id"], "fresh-1"], "text": ["again, with a known id", "a new document"]}),
+                   more / "f.parquet")
+    third = run_index(_config(more, db, "sink.mode=append"))
+    assert dict(third.rejected) == {"duplicate_id": 1} and third.rows_written == 1
+    rows = lancedb.connect(str(db)).open_table("docs").to_arrow().to_pylist()
+    assert [r["text"] for r in rows if r["id"] == docs[1]["id"]] == [docs[1]["text"]]
+    assert len(rows) == len({r["id"] for r in rows}) == 24
+    rejects = lancedb.connect(str(db)).open_table("docs_rejects").to_arrow().to_pylist()
+    assert {(r["id"], r["run_id"]) for r in rejects if r["reason"] == "duplicate_id"} >= {(docs[1]["id"], third.run_id)}
+
 
 def test_source_errors_name_file_and_column_before_any_work(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
