@@ -49,7 +49,7 @@ def real_vectors(limit: int) -> np.ndarray:
     model = ModelConfig()
     tok = load_tokenizer(model.path, None, "right")
     ids, _ = tokenize_texts(tok, sentences, 256)
-    pooled = HFEncoder(model).embed(ids, batch_tokens=16384)
+    pooled = HFEncoder(model).embed(ids)
     return postprocess(pooled, DIM)
 
 

@@ -162,8 +162,19 @@ class ComputeConfig(_Section):
     torch_threads: Optional[int] = Field(
         None, ge=1, description="Intra-op threads per CPU actor; default: node cores / actors."
     )
-    batch_tokens: int = Field(16384, ge=64, description="Token budget of one forward pass (padded).")
+    batch_tokens: Union[int, Literal["auto"]] = Field(
+        "auto",
+        description="Token budget of one forward pass (padded); auto = 4096 on CPU (cache-sized batches "
+        "are fastest there), 65536 on GPU.",
+    )
     block_rows: int = Field(1024, ge=1, description="Rows handed to an encoder actor per call.")
+
+    @field_validator("batch_tokens")
+    @classmethod
+    def _batch_tokens(cls, value):
+        if isinstance(value, int) and value < 64:
+            raise ValueError("must be >= 64 or 'auto'")
+        return value
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> "ComputeConfig":

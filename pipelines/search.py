@@ -242,7 +242,7 @@ class Searcher:
         prompt = self.model_config.query_prompt
         eos_id = eos_to_append(self._tokenizer, self.model_config.append_eos, self.model_config.pooling)
         ids, _ = tokenize_texts(self._tokenizer, [prompt + t for t in texts], self.model_config.max_tokens, eos_id)
-        pooled = encoder.embed(ids, batch_tokens=16384)
+        pooled = encoder.embed(ids)
         return postprocess(pooled, self.dimension, bool(self.lineage.get("normalize", True)))
 
     def search(

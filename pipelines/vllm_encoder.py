@@ -110,7 +110,7 @@ class VLLMEncoder:
             dimensions=dimension if self.native_dimensions else None, use_activation=normalize
         )
 
-    def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens: Optional[int] = None) -> np.ndarray:
+    def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens=None) -> np.ndarray:
         """Vectors in input order: (n, dimension) when vLLM truncated them, else (n, hidden size).
 
         ``batch_tokens`` is accepted for the encoder interface and unused: vLLM's scheduler batches

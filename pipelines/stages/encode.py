@@ -8,7 +8,7 @@ vllm``), then pooling output -> normalise -> Matryoshka truncation -> normalise
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +50,7 @@ class EncodeStage:
         model: ModelConfig,
         dimension: int,
         normalize: bool,
-        batch_tokens: int,
+        batch_tokens: Union[int, str],
         vector_dtype: str = "float32",
         threads: Optional[int] = None,
         storage=None,
