@@ -64,7 +64,8 @@ def measure(n: int, workdir: Path) -> dict:
            "--summary-json", str(workdir / f"summary-{n}.json")]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = open(workdir / f"job-{n}.log", "w")  # a file, not a pipe: a full pipe would block the job
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     driver = psutil.Process(proc.pid)
     peaks: dict[str, int] = defaultdict(int)
     per_pid: dict[int, int] = defaultdict(int)
@@ -83,9 +84,9 @@ def measure(n: int, workdir: Path) -> dict:
         except psutil.NoSuchProcess:
             pass
         time.sleep(0.2)
-    stderr = proc.stderr.read().decode()
+    log.close()
     if proc.returncode:
-        raise SystemExit(f"job failed for n={n}: {stderr[-2000:]}")
+        raise SystemExit(f"job failed for n={n}: {(workdir / f'job-{n}.log').read_text()[-2000:]}")
     summary = json.loads((workdir / f"summary-{n}.json").read_text())
     return {"n": n, "seconds": time.time() - start, "peaks_mib": {k: v / 2**20 for k, v in peaks.items()},
             "rows_written": summary["rows_written"]}

@@ -63,6 +63,14 @@ class RunPlan:
         """Lance ``storage_options`` for the sink (None for a local one)."""
         return self.storage.lance_options(self.config.sink.uri) if self.storage else None
 
+    @property
+    def table_uri(self) -> str:
+        return lance_sink.dataset_uri(self.config.sink.uri, self.config.sink.table)
+
+    @property
+    def rejects_uri(self) -> str:
+        return lance_sink.dataset_uri(self.config.sink.uri, self.config.sink.table + "_rejects")
+
 
 def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
     src = config.source
@@ -126,8 +134,7 @@ class _Checkpointer:
     def __init__(self, plan: RunPlan, summary: RunSummary, done: dict[str, int]):
         c = plan.config
         self.plan, self.summary = plan, summary
-        self.table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
-        self.rejects_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table + "_rejects")
+        self.table_uri, self.rejects_uri = plan.table_uri, plan.rejects_uri
         self.options = plan.sink_options
         self.runlog = lance_sink.RunLog(c.sink.uri, c.sink.table, self.options)
         self.overwrite_first = c.sink.mode in ("create", "overwrite") and not plan.resuming
@@ -199,10 +206,8 @@ def run_index(config: PipelineConfig) -> RunSummary:
         runlog.mark_started(plan.run_id)
     if plan.resuming:
         # Whatever an earlier attempt of this run committed from files it did not finish.
-        table_uri = lance_sink.dataset_uri(c.sink.uri, c.sink.table)
-        lance_sink.delete_run_leftovers(table_uri, plan.run_id, todo, C.SOURCE_FILE, options)
-        lance_sink.delete_run_leftovers(lance_sink.dataset_uri(c.sink.uri, summary.rejects_table),
-                                        plan.run_id, todo, "file", options)
+        lance_sink.delete_run_leftovers(plan.table_uri, plan.run_id, todo, C.SOURCE_FILE, options)
+        lance_sink.delete_run_leftovers(plan.rejects_uri, plan.run_id, todo, "file", options)
 
     checkpointer = _Checkpointer(plan, summary, done)
     embed_started = time.perf_counter()
@@ -210,8 +215,7 @@ def run_index(config: PipelineConfig) -> RunSummary:
         existing = None
         version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
         if c.sink.mode == "upsert" and version is not None:
-            existing = lance_sink.ExistingRows(lance_sink.dataset_uri(c.sink.uri, c.sink.table), version,
-                                               c.source.id_column, options)
+            existing = lance_sink.ExistingRows(plan.table_uri, version, c.source.id_column, options)
         lineage_key = identity_key(plan.lineage, f"|{c.embed.long_text}|{c.embed.chunk_overlap}")
         stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension,
                                   lineage_key=lineage_key, existing=existing, storage=plan.storage)
@@ -228,7 +232,7 @@ def run_index(config: PipelineConfig) -> RunSummary:
     db = lancedb.connect(c.sink.uri, storage_options=options)
     table = db.open_table(c.sink.table)
     if c.sink.duplicate_ids == "reject":
-        dups = lance_sink.drop_duplicate_ids(checkpointer.table_uri, checkpointer.rejects_uri,
+        dups = lance_sink.drop_duplicate_ids(plan.table_uri, plan.rejects_uri,
                                              c.source.id_column, c.source.text_column, plan.run_id, options)
         summary.rows_written -= dups
         if dups:
@@ -267,8 +271,8 @@ def run_index(config: PipelineConfig) -> RunSummary:
 def _sink_stage(plan: RunPlan) -> Stage:
     c = plan.config
     writer = lance_sink.FragmentWriter(
-        table_uri=lance_sink.dataset_uri(c.sink.uri, c.sink.table),
-        rejects_uri=lance_sink.dataset_uri(c.sink.uri, c.sink.table + "_rejects"),
+        table_uri=plan.table_uri,
+        rejects_uri=plan.rejects_uri,
         schema=plan.table_schema,
         id_column=c.source.id_column,
         text_column=c.source.text_column,
