@@ -168,6 +168,10 @@ class ComputeConfig(_Section):
         "are fastest there), 65536 on GPU.",
     )
     block_rows: int = Field(1024, ge=1, description="Rows handed to an encoder actor per call.")
+    max_block_mb: int = Field(
+        16, ge=1, description="Upper bound of one Ray Data block (read output, encoder output) in MiB: "
+        "what a worker holds at once, so memory stays flat however large a file or the corpus is.",
+    )
 
     @field_validator("batch_tokens")
     @classmethod

@@ -190,6 +190,9 @@ def run_index(config: PipelineConfig) -> RunSummary:
     plan = preflight(config)
     if not ray.is_initialized():
         ray.init()
+    # Blocks are bounded in bytes (Ray's default is 128 MiB): a file's rows and the encoder's vectors
+    # then stream through in pieces of this size instead of one block per file.
+    ray.data.DataContext.get_current().target_max_block_size = config.compute.max_block_mb * 2**20
     import lancedb  # after ray.init(): importing it first makes Ray warn about forking
 
     c = config
