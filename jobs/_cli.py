@@ -11,6 +11,24 @@ _USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError
                 "StorageError", "DatasetError")
 
 
+def add_config_arguments(parser, config_help: str, set_example: str, summary_help: str) -> None:
+    """The options every config-driven job has: --config, --set KEY=VALUE, --summary-json."""
+    parser.add_argument("--config", help=config_help)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override one config key, e.g. --set {set_example} (repeatable)")
+    parser.add_argument("--summary-json", metavar="FILE", help=summary_help)
+
+
+def report(result, summary_json) -> None:
+    """Print a job's result (its ``format()``), and its JSON to stdout (``-``) or a file when asked."""
+    print(result.format())
+    if summary_json == "-":
+        print(result.to_json(), flush=True)
+    elif summary_json:
+        with open(summary_json, "w") as fh:
+            fh.write(result.to_json() + "\n")
+
+
 def fail(exc: BaseException) -> int:
     if os.environ.get("EMBEDPIPE_DEBUG"):
         traceback.print_exception(exc)

@@ -12,17 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import fail
+from jobs._cli import add_config_arguments, fail, report
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.index", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config file (sections: source, model, embed, compute, sink, index)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set compute.actors=2 (repeatable)")
-    parser.add_argument("--summary-json", metavar="FILE",
-                        help="also write the run summary as JSON to FILE ('-': one line on stdout, for "
-                             "schedulers that read the job's output)")
+    add_config_arguments(parser, "YAML config file (sections: source, model, embed, compute, sink, index)",
+                         "compute.actors=2", "also write the run summary as JSON to FILE ('-': one line on "
+                         "stdout, for schedulers that read the job's output)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser.parse_args(argv)
 
@@ -43,12 +40,7 @@ def main(argv=None) -> int:
         summary = run_index(config)
     except Exception as exc:  # noqa: BLE001 - the job's contract is one clear line and an exit code
         return fail(exc)
-    print(summary.format())
-    if args.summary_json == "-":
-        print(summary.to_json(), flush=True)
-    elif args.summary_json:
-        with open(args.summary_json, "w") as fh:
-            fh.write(summary.to_json() + "\n")
+    report(summary, args.summary_json)
     return 0
 
 

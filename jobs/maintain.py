@@ -13,16 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import fail
+from jobs._cli import add_config_arguments, fail
+from jobs._cli import report as show
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.maintain", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", help="YAML config file; sink.*, index.* and storage.* are used")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config key, e.g. --set sink.table=wiki (repeatable)")
-    parser.add_argument("--summary-json", metavar="FILE",
-                        help="also write the report as JSON to FILE ('-': one line on stdout)")
+    add_config_arguments(parser, "YAML config file; sink.*, index.* and storage.* are used", "sink.table=wiki",
+                         "also write the report as JSON to FILE ('-': one line on stdout)")
     parser.add_argument("--skip-id-check", action="store_true",
                         help="do not scan the id column for duplicates (8 bytes of memory per row)")
     return parser.parse_args(argv)
@@ -39,12 +37,7 @@ def main(argv=None) -> int:
         report = run_maintenance(config, check_ids=not args.skip_id_check)
     except Exception as exc:  # noqa: BLE001 - one clear line and an exit code
         return fail(exc)
-    print(report.format())
-    if args.summary_json == "-":
-        print(report.to_json(), flush=True)
-    elif args.summary_json:
-        with open(args.summary_json, "w") as fh:
-            fh.write(report.to_json() + "\n")
+    show(report, args.summary_json)
     try:
         report.raise_for_duplicates()
     except Exception as exc:  # noqa: BLE001
