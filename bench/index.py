@@ -10,13 +10,15 @@ each derived vector is ``normalize(a*x_i + (1-a)*x_j + s*e)`` for two random rea
 anisotropy) instead of uniform noise. Queries are real sentence vectors held out of the base set.
 
 Contenders (recall@10 against exact search, build time, single-query p50/p99 latency, QPS):
-  ours          IVF-PQ built as the job builds it (derived lists and sub-vectors), queried with the
-                nprobes/refine_factor the job's recall tuning stores with the table (tuned on
-                documents sampled from the table, measured here on held-out queries)
+  ours, docs    IVF-PQ built as the job builds it (derived lists and sub-vectors), queried with the
+                nprobes/refine_factor the job's recall tuning picks from documents of the table
+  ours, queries the same index, tuned as the job does with index.tuning_queries_path: on real
+                queries (a tuning split of held-out sentences, apart from the measured ones)
   lancedb-def   IvfPq() with LanceDB's defaults, queried with LanceDB's defaults
-  ivf-hnsw-sq   IvfHnswSq with our list count
-  ivf-rq        IvfRq (RaBitQ) with our list count
-  faiss-ivfpq   FAISS IndexIVFPQ, same list count and code size, same nprobes (needs faiss-cpu)
+  ivf-hnsw-sq   IvfHnswSq with our list count, queried with the query-tuned nprobes
+  ivf-rq        IvfRq (RaBitQ) with our list count, the query-tuned nprobes and refine_factor
+  faiss-ivfpq   FAISS IndexIVFPQ, same list count and code size, the query-tuned nprobes, and
+                IndexRefineFlat with the same refine factor (needs faiss-cpu)
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=500)
+    ap.add_argument("--tuning-queries", type=int, default=200)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "index.json"))
     args = ap.parse_args()
 
@@ -108,7 +111,8 @@ def main() -> None:
 
     t0 = time.perf_counter()
     real = real_vectors(20_000 + args.queries)
-    queries, real = real[-args.queries:], real[: -args.queries]
+    held = args.queries + args.tuning_queries
+    queries, tuning_queries, real = real[-args.queries:], real[-held:-args.queries], real[:-held]
     base = derive(real, args.rows)
     truth = exact_topk(base, queries)
     print(f"{len(real)} real vectors embedded, {args.rows} derived, ground truth in {time.perf_counter() - t0:.0f}s")
@@ -120,28 +124,40 @@ def main() -> None:
         db = lancedb.connect(tmp)
         data = pa.table({"id": np.arange(args.rows), "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM)})
         setups = [
-            ("ours (IVF-PQ derived)", IvfPq(distance_type="cosine", num_partitions=lists, num_sub_vectors=subv),
+            ("ours, tuned on documents", IvfPq(distance_type="cosine", num_partitions=lists, num_sub_vectors=subv),
              dict(nprobes=ours.nprobes, refine=ours.refine_factor)),
+            ("ours, tuned on real queries", None, dict(nprobes=None, refine=None)),
             ("lancedb defaults IvfPq()", IvfPq(distance_type="cosine"), dict(nprobes=None, refine=None)),
-            ("IVF-HNSW-SQ", IvfHnswSq(distance_type="cosine", num_partitions=lists), dict(nprobes=ours.nprobes, refine=None)),
-            ("IVF-RQ", IvfRq(distance_type="cosine", num_partitions=lists), dict(nprobes=ours.nprobes, refine=ours.refine_factor)),
+            ("IVF-HNSW-SQ", IvfHnswSq(distance_type="cosine", num_partitions=lists), dict(nprobes=1, refine=None)),
+            ("IVF-RQ", IvfRq(distance_type="cosine", num_partitions=lists), dict(nprobes=1, refine=1)),
         ]
+        tuned = {}
         for name, config, query in setups:
-            table = db.create_table(f"t{len(rows)}", data, mode="overwrite")
             t = time.perf_counter()
-            if name.startswith("ours"):  # exactly what the indexing job does after its write
+            if name.startswith("ours, tuned on real"):  # the same table and index, other query defaults
+                build = rows[-1][1]
+                tuned["queries"] = tune_query_defaults(table, ours, IndexConfig(), id_column="id", rows=args.rows,
+                                                       dimension=DIM, vectors=tuning_queries, source="held-out")
+                query.update(nprobes=tuned["queries"].nprobes, refine=tuned["queries"].refine_factor)
+            elif name.startswith("ours"):  # exactly what the indexing job does after its write
+                table = db.create_table("t", data, mode="overwrite")
                 build_index(table, ours)
                 build = time.perf_counter() - t
-                tuned = tune_query_defaults(table, ours, IndexConfig(), id_column="id", rows=args.rows, dimension=DIM)
-                query.update(nprobes=tuned.nprobes, refine=tuned.refine_factor)
-                print(f"ours: built in {build:.0f}s; recall tuning in {tuned.seconds:.0f}s picked "
-                      f"nprobes={tuned.nprobes}, refine_factor={tuned.refine_factor}")
+                tuned["docs"] = tune_query_defaults(table, ours, IndexConfig(), id_column="id", rows=args.rows,
+                                                    dimension=DIM)
+                query.update(nprobes=tuned["docs"].nprobes, refine=tuned["docs"].refine_factor)
             else:
+                table = db.create_table("t", data, mode="overwrite")
                 table.create_index("vector", config=config)
                 build = time.perf_counter() - t
-                if query["nprobes"]:  # HNSW-SQ and RQ: the same query settings as ours
-                    query["nprobes"] = setups[0][2]["nprobes"]
-                    query["refine"] = query["refine"] and setups[0][2]["refine"]
+                if query["nprobes"]:  # HNSW-SQ and RQ: the query-tuned settings of ours
+                    query["nprobes"] = tuned["queries"].nprobes
+                    query["refine"] = query["refine"] and tuned["queries"].refine_factor
+            if name.startswith("ours"):
+                which = tuned["queries" if "queries" in name else "docs"]
+                print(f"{name}: built in {build:.0f}s; recall tuning in {which.seconds:.0f}s picked nprobes="
+                      f"{which.nprobes}, refine_factor={which.refine_factor} (recall {which.recall:.3f} on the "
+                      f"tuning queries)", flush=True)
 
             def search(q, table=table, query=query):
                 s = table.search(q).distance_type("cosine").limit(10).select(["id"])
@@ -155,31 +171,35 @@ def main() -> None:
             found, lat = time_queries(search, queries)
             rows.append((name, build, recall(found, truth), lat, f"nprobes={query['nprobes'] or 'default'}, "
                          f"refine={query['refine'] or 'none'}"))
-            db.drop_table(f"t{len(rows) - 1}")
     try:
         import faiss
 
         faiss.omp_set_num_threads(2)
         quant = faiss.IndexFlatIP(DIM)
-        index = faiss.IndexIVFPQ(quant, DIM, lists, subv, 8, faiss.METRIC_INNER_PRODUCT)
+        ivfpq = faiss.IndexIVFPQ(quant, DIM, lists, subv, 8, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexRefineFlat(ivfpq)  # re-scores k * k_factor candidates on the float vectors
         t = time.perf_counter()
         index.train(base[np.random.default_rng(1).choice(len(base), min(len(base), 256 * lists), replace=False)])
         index.add(base)
         build = time.perf_counter() - t
-        index.nprobe = setups[0][2]["nprobes"]  # the tuned nprobes of ours
-        found, lat = time_queries(lambda q: index.search(q[None, :], 10)[1][0].tolist(), queries)
-        rows.append(("FAISS IVF-PQ (same lists, code size)", build, recall(found, truth), lat,
-                     f"nprobe={index.nprobe}, no refine"))
+        params = faiss.SearchParametersIVF(nprobe=tuned["queries"].nprobes)
+        refine = tuned["queries"].refine_factor or 1
+        found, lat = time_queries(lambda q: index.search(
+            q[None, :], 10, params=faiss.IndexRefineSearchParameters(k_factor=refine, base_index_params=params)
+        )[1][0].tolist(), queries)
+        rows.append(("FAISS IVF-PQ + refine (same lists, codes)", build, recall(found, truth), lat,
+                     f"nprobe={params.nprobe}, k_factor={refine}"))
     except ImportError:
         print("faiss-cpu not installed: pip install faiss-cpu to add FAISS IVF-PQ")
 
-    print(f"\n{args.rows} x {DIM} vectors, {args.queries} queries, k=10; ours: {lists} lists, {subv} sub-vectors\n")
-    print(f"{'index':<38}{'build s':>9}{'recall@10':>11}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}  query settings")
+    print(f"\n{args.rows} x {DIM} vectors, {args.queries} measured queries ({args.tuning_queries} more to tune "
+          f"on), k=10; ours: {lists} lists, {subv} sub-vectors\n")
+    print(f"{'index':<44}{'build s':>9}{'recall@10':>11}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}  query settings")
     out = []
     for name, build, rec, lat, settings in rows:
         p50, p99 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
         qps = len(lat) / lat.sum()
-        print(f"{name:<38}{build:9.1f}{rec:11.3f}{p50:9.2f}{p99:9.2f}{qps:8.0f}  {settings}")
+        print(f"{name:<44}{build:9.1f}{rec:11.3f}{p50:9.2f}{p99:9.2f}{qps:8.0f}  {settings}")
         out.append(dict(index=name, build_s=build, recall_at_10=rec, p50_ms=p50, p99_ms=p99, qps=qps, settings=settings))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -47,6 +47,8 @@ def role(proc: psutil.Process) -> str:
         return "encoder actor"
     if "FragmentWriter" in cmd:
         return "write tasks"
+    if "index_table" in cmd:
+        return "index task"
     if "ray::" in cmd and ("Read" in cmd or "ListFiles" in cmd):
         return "read tasks"
     if "ray::IDLE" in cmd or "default_worker" in cmd or "ray::" in cmd:

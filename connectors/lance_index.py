@@ -23,9 +23,14 @@ import numpy as np
 from pipelines.config import IndexConfig
 
 __all__ = ["IndexParams", "build_index", "code_bytes", "derive_index_params", "index_size_bytes",
-           "maintain_index", "sample_vectors", "search_batch"]
+           "ivf_sample_rate", "maintain_index", "sample_vectors", "search_batch"]
 
 DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
+# IVF k-means trains on num_partitions * sample_rate vectors (Lance's default rate: 256). The rate
+# shrinks for many lists so the sample, and the build's memory, stay near this many vectors; it never
+# goes under MIN_SAMPLE_RATE vectors per list, below which centroids get noisy (FAISS warns under 39).
+IVF_TRAINING_ROWS = 2**18
+MIN_SAMPLE_RATE = 40
 
 
 @dataclass
@@ -38,6 +43,7 @@ class IndexParams:
     refine_factor: Optional[int] = None
     reason: str = ""  # why no index, when type == none
     build_seconds: float = 0.0
+    sample_rate: Optional[int] = None  # IVF training vectors per list
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +55,11 @@ def _sub_vectors(dimension: int) -> int:
             return dimension // per_code
     divisors = [d for d in range(1, dimension + 1) if dimension % d == 0 and dimension // d >= 8]
     return max(divisors) if divisors else 1
+
+
+def ivf_sample_rate(partitions: int) -> int:
+    """Training vectors per IVF list: 256 up to 1024 lists, then fewer so the sample stays ~256k."""
+    return max(MIN_SAMPLE_RATE, min(256, IVF_TRAINING_ROWS // max(1, partitions)))
 
 
 def derive_index_params(rows: int, dimension: int, config: IndexConfig) -> IndexParams:
@@ -77,6 +88,7 @@ def derive_index_params(rows: int, dimension: int, config: IndexConfig) -> Index
         num_sub_vectors=sub_vectors if config.type == "ivf_pq" else None,
         nprobes=nprobes,
         refine_factor=DEFAULT_REFINE_FACTOR if config.refine_factor == "auto" else config.refine_factor,
+        sample_rate=ivf_sample_rate(partitions),
     )
 
 
@@ -87,18 +99,16 @@ def build_index(table, params: IndexParams, column: str = "vector") -> IndexPara
     if params.type == "none":
         return params
     start = time.perf_counter()
+    ivf = dict(distance_type=params.metric, num_partitions=params.num_partitions,
+               sample_rate=params.sample_rate or ivf_sample_rate(params.num_partitions or 1))
     if params.type == "ivf_pq":
-        config = IvfPq(
-            distance_type=params.metric,
-            num_partitions=params.num_partitions,
-            num_sub_vectors=params.num_sub_vectors,
-        )
+        config = IvfPq(num_sub_vectors=params.num_sub_vectors, **ivf)
     elif params.type == "ivf_sq":
-        config = IvfSq(distance_type=params.metric, num_partitions=params.num_partitions)
+        config = IvfSq(**ivf)
     elif params.type == "ivf_rq":
-        config = IvfRq(distance_type=params.metric, num_partitions=params.num_partitions, num_bits=1)
+        config = IvfRq(num_bits=1, **ivf)
     else:
-        config = IvfHnswSq(distance_type=params.metric, num_partitions=params.num_partitions)
+        config = IvfHnswSq(**ivf)
     table.create_index(column, config=config, replace=True)
     params.build_seconds = round(time.perf_counter() - start, 2)
     return params

@@ -236,7 +236,13 @@ class IndexConfig(_Section):
         "recall@10 against exact search reaches this; null: no tuning.",
     )
     tuning_queries: int = Field(
-        100, ge=1, description="Documents sampled from the table as tuning queries (each left out of its own results)."
+        100, ge=1, description="Tuning queries: this many are sampled from tuning_queries_path, else "
+        "documents are sampled from the table (each left out of its own results).",
+    )
+    tuning_queries_path: Optional[str] = Field(
+        None, description="Parquet file (local or s3://) of real queries in a 'text' column, embedded "
+        "with the table's model and query prompt to tune on. Without it documents stand in for queries; "
+        "they find their near-copies easily and overstate the recall real queries get.",
     )
     reindex_fraction: float = Field(
         0.25, ge=0, description="append/upsert: rebuild the index when unindexed rows exceed this fraction "

@@ -27,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 
 from connectors import lance_sink
-from connectors.lance_index import build_index, derive_index_params, maintain_index
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
 from connectors.storage import Storage, is_s3
@@ -38,7 +37,8 @@ from pipelines.lineage import check_compatible, identity_key, make_lineage
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
 from pipelines.tokenize import effective_max_tokens, eos_to_append, load_tokenizer
-from pipelines.tuning import index_lineage, tune_query_defaults
+from pipelines.index_step import check_tuning_queries, index_table
+from pipelines.tuning import index_lineage
 
 __all__ = ["RunPlan", "preflight", "run_index"]
 
@@ -94,10 +94,13 @@ def preflight(config: PipelineConfig) -> RunPlan:
     """Check the run can work, before any embedding starts; raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
-    storage = Storage.resolve(config.storage, paths=[src.path, sink.uri, config.model.path])
+    storage = Storage.resolve(config.storage, paths=[src.path, sink.uri, config.model.path,
+                                                     config.index.tuning_queries_path])
     source = open_source(src.path, columns, src.text_column, src.on_bad_file, storage)
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")  # a missing bucket or refused credentials, before any work
+    if config.index.tuning_queries_path:
+        check_tuning_queries(config.index.tuning_queries_path, storage)
 
     model_dir = resolve_model_dir(config.model.path, config.model.revision, storage)
     tokenizer = load_tokenizer(config.model.path, config.model.revision, padding_side_for(config.model), storage)
@@ -243,20 +246,18 @@ def run_index(config: PipelineConfig) -> RunSummary:
     if c.sink.delete_missing:
         summary.deleted_missing = _delete_missing(table, plan)
     summary.table_rows = table.count_rows()
-    if c.sink.mode in ("append", "upsert") or plan.resuming:
-        params = maintain_index(table, summary.table_rows, plan.dimension, c.index)
-    else:
-        params = build_index(table, derive_index_params(summary.table_rows, plan.dimension, c.index))
-    tuning = None
-    if params.type != "none" and c.index.target_recall is not None:
-        tuning = tune_query_defaults(table, params, c.index, id_column=c.source.id_column,
-                                     rows=summary.table_rows, dimension=plan.dimension)
-        params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
+    # Off the driver: index training and the tuning's exact searches grow with the table.
+    task = ray.remote(num_cpus=1, max_retries=0)(index_table)
+    try:
+        params, tuning = ray.get(task.remote(
+            c.sink.uri, c.sink.table, c.index, id_column=c.source.id_column, dimension=plan.dimension,
+            incremental=c.sink.mode in ("append", "upsert") or plan.resuming, lineage=plan.lineage,
+            storage=plan.storage,
+        ))
+    except ray.exceptions.RayTaskError as exc:  # the task's own error, not Ray's wrapper and traceback
+        raise exc.cause if isinstance(exc.cause, Exception) else exc
     summary.index = params.to_dict()
     summary.tuning = tuning.to_dict() if tuning else {}
-    from lancedb.index import BTree
-
-    table.create_index(c.source.id_column, config=BTree(), replace=True)  # fast id lookups (upserts, users)
 
     lineage = dict(plan.lineage)
     lineage.update(index_lineage(params, tuning))

@@ -89,6 +89,7 @@ class RunSummary:
 
 def _tuning_line(t: dict) -> str:
     verdict = "reached" if t["reached"] else "NOT reached, highest setting tried"
-    what = "documents, each left out of its own results" if t["query_source"] == "documents" else "given queries"
+    what = ("sampled documents, each left out of its own results (index.tuning_queries_path: real queries "
+            "are a truer measure)" if t["query_source"] == "documents" else t["query_source"])
     return (f"recall@{t['k']} {t['recall']:.3f} vs exact search (target {t['target_recall']:g}, {verdict}) "
-            f"on {t['queries']} sampled {what}; {len(t['tried'])} settings tried in {t['seconds']}s")
+            f"on {t['queries']} {what}; {len(t['tried'])} settings tried in {t['seconds']}s")

@@ -5,8 +5,11 @@ An IVF index's quality at query time depends on two knobs, ``nprobes`` (lists sc
 they are measured on the table itself: sample query vectors, take the exact top-10 (flat scan) as
 ground truth, and walk a grid of settings until the index's top-10 overlaps it by ``target_recall``.
 
-Queries are documents drawn from the table, each removed from its own result lists (a document always
-finds itself, which would flatter the index), or any query vectors a caller passes in. Of the settings
+Queries are real query vectors when the caller has them (``index.tuning_queries_path``: see
+:mod:`pipelines.index_step`), else documents drawn from the table, each removed from its own result
+lists (a document always finds itself). Documents are the optimistic choice: a document's near-copies
+share its list, while a real query lands between documents (on the 1M-vector benchmark the setting
+tuned on documents gave held-out queries recall 0.46; see bench/index.py). Of the settings
 that reach the target, the one that reads the fewest bytes per query wins:
 
     cost = rows * nprobes / partitions * code_bytes  +  k * refine_factor * float_vector_bytes
@@ -50,7 +53,7 @@ class TuningResult:
     refine_factor: Optional[int]
     reached: bool
     queries: int
-    query_source: str  # "documents" (left out of their own results) or "given"
+    query_source: str  # "documents" (left out of their own results) or where the given queries came from
     k: int = 10
     seconds: float = 0.0
     tried: list = field(default_factory=list)  # [{"nprobes", "refine_factor", "recall"}, ...]
@@ -85,6 +88,7 @@ def tune_query_defaults(
     vectors: Optional[np.ndarray] = None,
     k: int = 10,
     seed: int = 0,
+    source: str = "given",
 ) -> TuningResult:
     """Measure recall@k of the built index and pick ``nprobes``/``refine_factor`` for ``config.target_recall``.
 
@@ -94,15 +98,15 @@ def tune_query_defaults(
     Args:
         vectors: query vectors to tune on; by default ``config.tuning_queries`` documents are sampled
             from the table and each is dropped from its own results.
+        source: what ``vectors`` are, for the result's ``query_source``.
     """
     started = time.perf_counter()
     target = float(config.target_recall)
     if vectors is None:
         exclude, vectors = sample_vectors(table, config.tuning_queries, id_column, seed=seed)
-        source = "documents"
+        source, extra = "documents", 1  # one more hit: the document itself, dropped
     else:
-        exclude, source = [None] * len(vectors), "given"
-    extra = 1 if source == "documents" else 0
+        exclude, extra = [None] * len(vectors), 0
     search = dict(metric=params.metric, id_column=id_column)
     truth = search_batch(table, vectors, k + extra, exact=True, **search)
     truth = [_drop(ids, x, k) for ids, x in zip(truth, exclude)]

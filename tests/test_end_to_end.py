@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -177,6 +178,45 @@ def test_matryoshka_table_equals_truncated_full_vectors(indexed, corpus_dir, tmp
     assert np.allclose(got, expected, atol=1e-5)
     with pytest.raises(ValueError, match="larger than the model's 384"):
         run_index(_config(corpus_dir, db, **{"embed.dimension": 512}))
+
+
+def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_table, tmp_path):
+    from connectors.lance_index import search_batch
+    from pipelines.tuning import recall_at_k
+
+    texts = [f"what is {t}" for t in sample_table.slice(0, 300).column("title").to_pylist()[:40]]
+    queries = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"text": texts + ["", None, "   "]}), queries)  # blanks are skipped
+    db = str(tmp_path / "db")
+    summary = run_index(_config(corpus_dir, db, **{"index.tuning_queries_path": str(queries),
+                                                    "index.tuning_queries": 30}))
+    tuning = summary.tuning
+    assert tuning["query_source"] == f"queries from {queries}" and tuning["queries"] == 30
+    assert tuning["reached"] and tuning["recall"] >= 0.95
+    assert lance_sink.read_lineage(db, "docs")["tuning"]["query_source"] == tuning["query_source"]
+
+    # The recorded recall is what these queries get at the stored defaults, measured here apart.
+    from pipelines.index_step import read_tuning_queries
+    from connectors.storage import Storage
+
+    searcher = Searcher.open(db, "docs")
+    vectors = searcher.embed_queries(read_tuning_queries(str(queries), 30, Storage.resolve()))
+    exact = search_batch(searcher.table, vectors, 10, metric="cosine", id_column="id", exact=True)
+    found = search_batch(searcher.table, vectors, 10, metric="cosine", id_column="id",
+                         nprobes=tuning["nprobes"], refine_factor=tuning["refine_factor"])
+    assert recall_at_k(found, exact, 10) == pytest.approx(tuning["recall"], abs=1e-4)
+
+
+def test_tuning_query_file_without_text_column_fails_before_work(ray_cluster, corpus_dir, tmp_path):
+    queries = tmp_path / "queries.parquet"
+    pq.write_table(pa.table({"query": ["a", "b"]}), queries)
+    db = tmp_path / "db"
+    with pytest.raises(ValueError, match=r"index.tuning_queries_path=.*queries.parquet has no 'text' column "
+                                         r"\(columns: query\)"):
+        run_index(_config(corpus_dir, str(db), **{"index.tuning_queries_path": str(queries)}))
+    assert not db.exists()  # nothing was written
+    with pytest.raises(ValueError, match="index.tuning_queries_path=.*missing.parquet: cannot read it"):
+        run_index(_config(corpus_dir, str(db), **{"index.tuning_queries_path": str(tmp_path / "missing.parquet")}))
 
 
 def _run(args, **env):

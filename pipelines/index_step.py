@@ -1,0 +1,101 @@
+"""Index step: the vector index, its tuned query defaults and the id index, as one Ray task.
+
+It runs after the write, on a Ray worker rather than in the driver: index training (the IVF sample
+grows with the number of lists, about sqrt(rows)) and the tuning's exact searches take memory that
+grows with the table, and the driver of a 100M-row job must stay small. The task reads the table
+from the sink like any reader; nothing passes through the driver but the parameters it returns.
+
+Tuning queries: real queries, when ``index.tuning_queries_path`` names a Parquet file with a
+``text`` column, are embedded here with the table's model and query prompt (the same code the query
+job uses). Without them, documents from the table stand in for queries; they overstate the recall of
+real queries when documents have near-copies (chunks of one page, boilerplate), because the copies
+share a list with the query.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from connectors.lance_index import IndexParams, build_index, derive_index_params, maintain_index
+from connectors.storage import Storage
+from pipelines.config import ConfigError, IndexConfig
+from pipelines.tuning import TuningResult, tune_query_defaults
+
+__all__ = ["check_tuning_queries", "index_table", "read_tuning_queries"]
+
+QUERY_COLUMN = "text"
+
+
+def _query_table(path: str, storage: Storage, columns: Optional[list] = None):
+    import pyarrow.parquet as pq
+
+    fs, local = storage.fsspec(path)
+    try:
+        if columns is None:
+            return pq.read_schema(local, filesystem=fs)
+        return pq.read_table(local, columns=columns, filesystem=fs)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"index.tuning_queries_path={path}: cannot read it as Parquet: {exc}") from exc
+
+
+def check_tuning_queries(path: str, storage: Storage) -> None:
+    """Before any work: the query file exists, is Parquet and has a ``text`` column."""
+    schema = _query_table(path, storage)
+    if QUERY_COLUMN not in schema.names:
+        raise ConfigError(f"index.tuning_queries_path={path} has no {QUERY_COLUMN!r} column "
+                          f"(columns: {', '.join(schema.names)})")
+
+
+def read_tuning_queries(path: str, limit: int, storage: Storage, seed: int = 0) -> list[str]:
+    """Up to ``limit`` non-empty query texts from ``path``, sampled (seeded) when there are more."""
+    texts = [t for t in _query_table(path, storage, [QUERY_COLUMN]).column(QUERY_COLUMN).to_pylist()
+             if t and t.strip()]
+    if not texts:
+        raise ConfigError(f"index.tuning_queries_path={path}: no non-empty {QUERY_COLUMN!r} values")
+    if len(texts) > limit:
+        picks = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
+        texts = [texts[i] for i in picks]
+    return texts
+
+
+def index_table(
+    uri: str,
+    table_name: str,
+    config: IndexConfig,
+    *,
+    id_column: str,
+    dimension: int,
+    incremental: bool,
+    lineage: dict,
+    storage: Storage,
+) -> tuple[IndexParams, Optional[TuningResult]]:
+    """Build (or, after an append/upsert, maintain) the vector index, tune its query defaults, index ids.
+
+    Returns the index parameters, carrying the chosen ``nprobes``/``refine_factor``, and the tuning
+    result (None when nothing was tuned).
+    """
+    import lancedb
+    from lancedb.index import BTree
+
+    table = lancedb.connect(uri, storage_options=storage.lance_options(uri)).open_table(table_name)
+    rows = table.count_rows()
+    if incremental:
+        params = maintain_index(table, rows, dimension, config)
+    else:
+        params = build_index(table, derive_index_params(rows, dimension, config))
+    tuning = None
+    if params.type != "none" and config.target_recall is not None:
+        vectors, source = None, "given"
+        if config.tuning_queries_path:
+            from pipelines.search import Searcher
+
+            texts = read_tuning_queries(config.tuning_queries_path, config.tuning_queries, storage)
+            vectors = Searcher(table, lineage, storage=storage).embed_queries(texts)
+            source = f"queries from {config.tuning_queries_path}"
+        tuning = tune_query_defaults(table, params, config, id_column=id_column, rows=rows,
+                                     dimension=dimension, vectors=vectors, source=source)
+        params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
+    table.create_index(id_column, config=BTree(), replace=True)  # fast id lookups (upserts, users)
+    return params, tuning
