@@ -131,7 +131,7 @@ def main() -> None:
             ("IVF-HNSW-SQ", IvfHnswSq(distance_type="cosine", num_partitions=lists), dict(nprobes=1, refine=None)),
             ("IVF-RQ", IvfRq(distance_type="cosine", num_partitions=lists), dict(nprobes=1, refine=1)),
         ]
-        tuned = {}
+        tuned, table = {}, None  # the "real queries" row reuses the table and index of the row before it
         for name, config, query in setups:
             t = time.perf_counter()
             if name.startswith("ours, tuned on real"):  # the same table and index, other query defaults

@@ -37,6 +37,7 @@ __all__ = [
     "SinkError",
     "commit_fragments",
     "dataset_uri",
+    "rejects_table",
     "delete_rows",
     "delete_run_leftovers",
     "drop_duplicate_ids",
@@ -73,6 +74,11 @@ _START = "*started*"  # RunLog marker: the run committed (or may have committed)
 
 class SinkError(ValueError):
     """The sink cannot be written as configured (table exists, lineage differs, ...)."""
+
+
+def rejects_table(table: str) -> str:
+    """The name of the table that keeps ``table``'s rejected rows."""
+    return table + "_rejects"
 
 
 def dataset_uri(db_uri: str, table: str) -> str:

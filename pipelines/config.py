@@ -240,7 +240,7 @@ class IndexConfig(_Section):
         "documents are sampled from the table (each left out of its own results).",
     )
     tuning_queries_path: Optional[str] = Field(
-        None, description="Parquet file (local or s3://) of real queries in a 'text' column, embedded "
+        None, description="Parquet or JSON Lines file (local or s3://) of real queries in a 'text' column, embedded "
         "with the table's model and query prompt to tune on. Without it documents stand in for queries; "
         "they find their near-copies easily and overstate the recall real queries get.",
     )

@@ -5,8 +5,8 @@ grows with the number of lists, about sqrt(rows)) and the tuning's exact searche
 grows with the table, and the driver of a 100M-row job must stay small. The task reads the table
 from the sink like any reader; nothing passes through the driver but the parameters it returns.
 
-Tuning queries: real queries, when ``index.tuning_queries_path`` names a Parquet file with a
-``text`` column, are embedded here with the table's model and query prompt (the same code the query
+Tuning queries: real queries, when ``index.tuning_queries_path`` names a Parquet or JSON Lines file
+with a ``text`` column (a BEIR ``queries.jsonl`` works as it is), are embedded here with the table's model and query prompt (the same code the query
 job uses). Without them, documents from the table stand in for queries; they overstate the recall of
 real queries when documents have near-copies (chunks of one page, boilerplate), because the copies
 share a list with the query.
@@ -29,15 +29,22 @@ QUERY_COLUMN = "text"
 
 
 def _query_table(path: str, storage: Storage, columns: Optional[list] = None):
+    """The query file's schema (``columns`` None) or those columns: Parquet, or JSON Lines (.jsonl)."""
+    import pyarrow.json as pj
     import pyarrow.parquet as pq
 
     fs, local = storage.fsspec(path)
     try:
+        if path.endswith((".jsonl", ".json")):  # e.g. a BEIR queries.jsonl: {"_id": ..., "text": ...}
+            with fs.open(local, "rb") as f:
+                table = pj.read_json(f)
+            return table.schema if columns is None else table.select(columns)
         if columns is None:
             return pq.read_schema(local, filesystem=fs)
         return pq.read_table(local, columns=columns, filesystem=fs)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"index.tuning_queries_path={path}: cannot read it as Parquet: {exc}") from exc
+        kind = "JSON Lines" if path.endswith((".jsonl", ".json")) else "Parquet"
+        raise ConfigError(f"index.tuning_queries_path={path}: cannot read it as {kind}: {exc}") from exc
 
 
 def check_tuning_queries(path: str, storage: Storage) -> None:
@@ -70,8 +77,12 @@ def index_table(
     incremental: bool,
     lineage: dict,
     storage: Storage,
+    query_texts: Optional[list[str]] = None,
 ) -> tuple[IndexParams, Optional[TuningResult]]:
     """Build (or, after an append/upsert, maintain) the vector index, tune its query defaults, index ids.
+
+    ``query_texts``: real queries to tune on (the driver reads them with :func:`read_tuning_queries`,
+    so a relative path means the same file wherever the task runs); None: documents stand in.
 
     Returns the index parameters, carrying the chosen ``nprobes``/``refine_factor``, and the tuning
     result (None when nothing was tuned).
@@ -88,11 +99,10 @@ def index_table(
     tuning = None
     if params.type != "none" and config.target_recall is not None:
         vectors, source = None, "given"
-        if config.tuning_queries_path:
+        if query_texts:
             from pipelines.search import Searcher
 
-            texts = read_tuning_queries(config.tuning_queries_path, config.tuning_queries, storage)
-            vectors = Searcher(table, lineage, storage=storage).embed_queries(texts)
+            vectors = Searcher(table, lineage, storage=storage).embed_queries(query_texts)
             source = f"queries from {config.tuning_queries_path}"
         tuning = tune_query_defaults(table, params, config, id_column=id_column, rows=rows,
                                      dimension=dimension, vectors=vectors, source=source)

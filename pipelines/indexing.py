@@ -37,7 +37,7 @@ from pipelines.lineage import check_compatible, identity_key, make_lineage
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
 from pipelines.tokenize import effective_max_tokens, eos_to_append, load_tokenizer
-from pipelines.index_step import check_tuning_queries, index_table
+from pipelines.index_step import check_tuning_queries, index_table, read_tuning_queries
 from pipelines.tuning import index_lineage
 
 __all__ = ["RunPlan", "preflight", "run_index"]
@@ -69,7 +69,7 @@ class RunPlan:
 
     @property
     def rejects_uri(self) -> str:
-        return lance_sink.dataset_uri(self.config.sink.uri, self.config.sink.table + "_rejects")
+        return lance_sink.dataset_uri(self.config.sink.uri, lance_sink.rejects_table(self.config.sink.table))
 
 
 def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
@@ -137,7 +137,6 @@ class _Checkpointer:
     def __init__(self, plan: RunPlan, summary: RunSummary, done: dict[str, int]):
         c = plan.config
         self.plan, self.summary = plan, summary
-        self.table_uri, self.rejects_uri = plan.table_uri, plan.rejects_uri
         self.options = plan.sink_options
         self.runlog = lance_sink.RunLog(c.sink.uri, c.sink.table, self.options)
         self.overwrite_first = c.sink.mode in ("create", "overwrite") and not plan.resuming
@@ -166,14 +165,14 @@ class _Checkpointer:
         them unfinished and a resumed run redoes them after deleting this run's rows from them.
         """
         if self.fragments or self.overwrite_first:
-            lance_sink.commit_fragments(self.table_uri, self.plan.table_schema, self.fragments, self.overwrite_first,
+            lance_sink.commit_fragments(self.plan.table_uri, self.plan.table_schema, self.fragments, self.overwrite_first,
                                         self.options)
         if self.reject_fragments or self.overwrite_first:
-            lance_sink.commit_fragments(self.rejects_uri, lance_sink.REJECT_SCHEMA, self.reject_fragments,
+            lance_sink.commit_fragments(self.plan.rejects_uri, lance_sink.REJECT_SCHEMA, self.reject_fragments,
                                         self.overwrite_first, self.options)
         replaced = np.concatenate(self.replaced) if self.replaced else np.zeros(0, np.uint64)
         if len(replaced):
-            lance_sink.delete_rows(self.table_uri, replaced, self.options)
+            lance_sink.delete_rows(self.plan.table_uri, replaced, self.options)
         if self.overwrite_first:
             self.runlog.mark_started(self.plan.run_id)
             self.overwrite_first = False
@@ -199,7 +198,7 @@ def run_index(config: PipelineConfig) -> RunSummary:
     import lancedb  # after ray.init(): importing it first makes Ray warn about forking
 
     c = config
-    summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=c.sink.table + "_rejects",
+    summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=lance_sink.rejects_table(c.sink.table),
                          run_id=plan.run_id, skipped_files=dict(plan.source.skipped))
     options = plan.sink_options
     runlog = lance_sink.RunLog(c.sink.uri, c.sink.table, options)
@@ -247,12 +246,15 @@ def run_index(config: PipelineConfig) -> RunSummary:
         summary.deleted_missing = _delete_missing(table, plan)
     summary.table_rows = table.count_rows()
     # Off the driver: index training and the tuning's exact searches grow with the table.
+    queries = None
+    if c.index.tuning_queries_path and c.index.target_recall is not None:
+        queries = read_tuning_queries(c.index.tuning_queries_path, c.index.tuning_queries, plan.storage)
     task = ray.remote(num_cpus=1, max_retries=0)(index_table)
     try:
         params, tuning = ray.get(task.remote(
             c.sink.uri, c.sink.table, c.index, id_column=c.source.id_column, dimension=plan.dimension,
             incremental=c.sink.mode in ("append", "upsert") or plan.resuming, lineage=plan.lineage,
-            storage=plan.storage,
+            storage=plan.storage, query_texts=queries,
         ))
     except ray.exceptions.RayTaskError as exc:  # the task's own error, not Ray's wrapper and traceback
         raise exc.cause if isinstance(exc.cause, Exception) else exc

@@ -57,12 +57,18 @@ def embedding_stages(
 
     src, model, compute = config.source, config.model, config.compute
     chunk = config.embed.long_text == "chunk"
+    # Stages after validate take block_rows rows a call: without a batch size Ray hands a stage a
+    # whole block, which can be a whole Parquet file, so the token id lists would grow with the file
+    # instead of staying at one batch. Validate itself takes whole blocks: a batch may not span two
+    # files, whose text columns can have different (bad) types until validate has made them strings.
+    rows = dict(batch_size=compute.block_rows)
     stages = [Stage("validate", ValidateStage(src.id_column, src.text_column, lineage_key))]
     if existing is not None:
-        stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column)))
+        stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column), map_kwargs=rows))
     return stages + [
         Stage("tokenize", TokenizeStage(model, src.id_column, src.text_column, max_tokens, model.document_prompt,
-                                        chunk=chunk, overlap=config.embed.chunk_overlap, storage=storage)),
+                                        chunk=chunk, overlap=config.embed.chunk_overlap, storage=storage),
+              map_kwargs=rows),
         Stage(
             "encode",
             EncodeStage,

@@ -9,7 +9,7 @@ Queries are real query vectors when the caller has them (``index.tuning_queries_
 :mod:`pipelines.index_step`), else documents drawn from the table, each removed from its own result
 lists (a document always finds itself). Documents are the optimistic choice: a document's near-copies
 share its list, while a real query lands between documents (on the 1M-vector benchmark the setting
-tuned on documents gave held-out queries recall 0.46; see bench/index.py). Of the settings
+tuned on documents gave held-out queries recall 0.35; see bench/index.py). Of the settings
 that reach the target, the one that reads the fewest bytes per query wins:
 
     cost = rows * nprobes / partitions * code_bytes  +  k * refine_factor * float_vector_bytes

@@ -131,3 +131,35 @@ def test_tuning_key_defaults_and_null():
     assert (index.target_recall, index.refine_factor, index.tuning_queries) == (0.95, "auto", 100)
     index = load_config(overrides=["index.target_recall=null", "index.refine_factor=null", "index.type=ivf_rq"]).index
     assert (index.target_recall, index.refine_factor, index.type) == (None, None, "ivf_rq")
+
+
+def test_tuning_queries_read_from_parquet_or_jsonl(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from connectors.storage import Storage
+    from pipelines.config import ConfigError
+    from pipelines.index_step import check_tuning_queries, read_tuning_queries
+
+    storage = Storage.resolve()
+    beir = tmp_path / "queries.jsonl"  # BEIR's layout, as data/eval/wiki_desc/queries.jsonl
+    beir.write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n"
+                            for i, t in enumerate(["capital of France", " ", "largest planet", ""])))
+    check_tuning_queries(str(beir), storage)
+    assert read_tuning_queries(str(beir), 10, storage) == ["capital of France", "largest planet"]
+
+    many = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"text": [f"query {i}" for i in range(50)]}), many)
+    picked = read_tuning_queries(str(many), 5, storage, seed=3)
+    assert len(set(picked)) == 5 and set(picked) <= {f"query {i}" for i in range(50)}
+    assert picked == read_tuning_queries(str(many), 5, storage, seed=3)  # seeded
+
+    blank = tmp_path / "blank.parquet"
+    pq.write_table(pa.table({"text": ["", None]}), blank)
+    with pytest.raises(ConfigError, match=r"blank.parquet: no non-empty 'text' values"):
+        read_tuning_queries(str(blank), 5, storage)
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("{not json\n")
+    with pytest.raises(ConfigError, match=r"broken.jsonl: cannot read it as JSON Lines"):
+        check_tuning_queries(str(broken), storage)
