@@ -5,9 +5,9 @@ grows with the number of lists, about sqrt(rows)) and the tuning's exact searche
 grows with the table, and the driver of a 100M-row job must stay small. The task reads the table
 from the sink like any reader; nothing passes through the driver but the parameters it returns.
 
-Tuning queries: real queries, when ``index.tuning_queries_path`` names a Parquet or JSON Lines file
-with a ``text`` column (a BEIR ``queries.jsonl`` works as it is), are embedded here with the table's model and query prompt (the same code the query
-job uses). Without them, documents from the table stand in for queries; they overstate the recall of
+Tuning queries: real queries, when ``index.tuning_queries_path`` names a Parquet or JSON Lines
+file with a ``text`` column (a BEIR ``queries.jsonl`` works as it is), are embedded here with the
+table's model and query prompt (the same code the query job uses). Without them, documents from the table stand in for queries; they overstate the recall of
 real queries when documents have near-copies (chunks of one page, boilerplate), because the copies
 share a list with the query.
 """
@@ -48,7 +48,7 @@ def _query_table(path: str, storage: Storage, columns: Optional[list] = None):
 
 
 def check_tuning_queries(path: str, storage: Storage) -> None:
-    """Before any work: the query file exists, is Parquet and has a ``text`` column."""
+    """Before any work: the query file exists, is Parquet or JSON Lines and has a ``text`` column."""
     schema = _query_table(path, storage)
     if QUERY_COLUMN not in schema.names:
         raise ConfigError(f"index.tuning_queries_path={path} has no {QUERY_COLUMN!r} column "
