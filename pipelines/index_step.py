@@ -7,9 +7,9 @@ from the sink like any reader; nothing passes through the driver but the paramet
 
 Tuning queries: real queries, when ``index.tuning_queries_path`` names a Parquet or JSON Lines
 file with a ``text`` column (a BEIR ``queries.jsonl`` works as it is), are embedded here with the
-table's model and query prompt (the same code the query job uses). Without them, documents from the table stand in for queries; they overstate the recall of
-real queries when documents have near-copies (chunks of one page, boilerplate), because the copies
-share a list with the query.
+table's model and query prompt (the same code the query job uses). Without them, documents from
+the table stand in for queries; they overstate the recall of real queries when documents have
+near-copies (chunks of one page, boilerplate), because the copies share a list with the query.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 from connectors.lance_index import IndexParams, build_index, derive_index_params, maintain_index
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig
-from pipelines.tuning import TuningResult, tune_query_defaults
+from pipelines.tuning import TuningResult, tune_index
 
 __all__ = ["check_tuning_queries", "index_table", "read_tuning_queries"]
 
@@ -96,16 +96,12 @@ def index_table(
         params = maintain_index(table, rows, dimension, config)
     else:
         params = build_index(table, derive_index_params(rows, dimension, config))
-    tuning = None
-    if params.type != "none" and config.target_recall is not None:
-        vectors, source = None, "given"
-        if query_texts:
-            from pipelines.search import Searcher
+    vectors = None
+    if query_texts and params.type != "none" and config.target_recall is not None:
+        from pipelines.search import Searcher
 
-            vectors = Searcher(table, lineage, storage=storage).embed_queries(query_texts)
-            source = f"queries from {config.tuning_queries_path}"
-        tuning = tune_query_defaults(table, params, config, id_column=id_column, rows=rows,
-                                     dimension=dimension, vectors=vectors, source=source)
-        params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
+        vectors = Searcher(table, lineage, storage=storage).embed_queries(query_texts)
+    tuning = tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension,
+                        vectors=vectors, source=f"queries from {config.tuning_queries_path}")
     table.create_index(id_column, config=BTree(), replace=True)  # fast id lookups (upserts, users)
     return params, tuning

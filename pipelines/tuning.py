@@ -38,7 +38,8 @@ from connectors.lance_index import (
 )
 from pipelines.config import IndexConfig
 
-__all__ = ["TuningResult", "build_tuned_index", "index_lineage", "nprobes_grid", "recall_at_k", "tune_query_defaults"]
+__all__ = ["TuningResult", "build_tuned_index", "index_lineage", "nprobes_grid", "recall_at_k", "tune_index",
+           "tune_query_defaults"]
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,25 @@ def tune_query_defaults(
     )
 
 
+def tune_index(
+    table, params: IndexParams, config: IndexConfig, *, id_column: str, rows: int, dimension: int,
+    vectors: Optional[np.ndarray] = None, source: str = "given",
+) -> Optional[TuningResult]:
+    """Tune a built index when ``config.target_recall`` asks for it; the chosen defaults go into ``params``."""
+    if params.type == "none" or config.target_recall is None:
+        return None
+    tuning = tune_query_defaults(table, params, config, id_column=id_column, rows=rows, dimension=dimension,
+                                 vectors=vectors, source=source)
+    params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
+    return tuning
+
+
 def build_tuned_index(
     table, rows: int, dimension: int, config: IndexConfig, *, id_column: str
 ) -> tuple[IndexParams, Optional[TuningResult]]:
     """Derive, build and (when ``config.target_recall`` is set) tune the index; the params carry the defaults."""
     params = build_index(table, derive_index_params(rows, dimension, config))
-    if params.type == "none" or config.target_recall is None:
-        return params, None
-    tuning = tune_query_defaults(table, params, config, id_column=id_column, rows=rows, dimension=dimension)
-    params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
-    return params, tuning
+    return params, tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension)
 
 
 def index_lineage(params: IndexParams, tuning: Optional[TuningResult]) -> dict:
