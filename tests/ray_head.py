@@ -103,6 +103,7 @@ class LocalRayHead:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
             time.sleep(1)
+        raise TimeoutError(f"Ray head not ready after {timeout:.0f}s:\n{self.log()}")
 
     @staticmethod
     def auth_headers() -> dict:
@@ -110,7 +111,6 @@ class LocalRayHead:
         path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
         token = os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.exists() else "")
         return {"Authorization": f"Bearer {token}"} if token else {}
-        raise TimeoutError(f"Ray head not ready after {timeout:.0f}s:\n{self.log()}")
 
     def log(self) -> str:
         try:
