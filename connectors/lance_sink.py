@@ -15,8 +15,6 @@ resumed run deletes the partial rows of unfinished files and redoes only those f
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import json
 import pickle
 from collections import Counter
@@ -31,18 +29,20 @@ from pipelines import columns as C
 __all__ = [
     "LINEAGE_KEY",
     "REJECT_SCHEMA",
+    "ConcurrentWriteError",
     "ExistingRows",
     "FragmentWriter",
-    "RunLog",
     "SinkError",
-    "commit_fragments",
+    "check_version",
+    "commit_checkpoint",
+    "commit_overwrite",
     "dataset_uri",
     "rejects_table",
     "delete_rows",
     "delete_run_leftovers",
-    "drop_duplicate_ids",
     "read_lineage",
     "sql_list",
+    "sql_value",
     "table_version",
     "write_lineage",
 ]
@@ -51,9 +51,6 @@ LINEAGE_KEY = "embedpipe.lineage"
 REJECT_SCHEMA = pa.schema(
     [("id", pa.string()), ("file", pa.string()), ("reason", pa.string()), ("text", pa.string()),
      ("run_id", pa.string())]
-)
-RUNS_SCHEMA = pa.schema(
-    [("run_id", pa.string()), ("file", pa.string()), ("rows", pa.int64()), ("at", pa.string())]
 )
 STATS_SCHEMA = pa.schema(
     [
@@ -64,16 +61,21 @@ STATS_SCHEMA = pa.schema(
         ("files", pa.string()),  # JSON {source file: source rows in this batch}
         ("tokens", pa.int64()),
         ("truncated", pa.int64()),
-        ("fragments", pa.binary()),  # pickled list[FragmentMetadata]
+        # Pickled {source file: ...}: a fragment never mixes files, so a file's rows can be committed
+        # (or staged) when, and only when, the whole file is done.
+        ("fragments", pa.binary()),  # list[FragmentMetadata]
         ("reject_fragments", pa.binary()),
-        ("replaced_rowids", pa.binary()),  # upsert: uint64 addresses of superseded rows
+        ("replaced_rowids", pa.binary()),  # upsert: uint64 addresses of the rows this file's rows replace
     ]
 )
-_START = "*started*"  # RunLog marker: the run committed (or may have committed) something
 
 
 class SinkError(ValueError):
     """The sink cannot be written as configured (table exists, lineage differs, ...)."""
+
+
+class ConcurrentWriteError(RuntimeError):
+    """The table changed under a running job (another writer): the job stops before committing."""
 
 
 def rejects_table(table: str) -> str:
@@ -86,17 +88,18 @@ def dataset_uri(db_uri: str, table: str) -> str:
     return f"{db_uri.rstrip('/')}/{table}.lance"
 
 
+def sql_value(v: Any) -> str:
+    """A SQL literal for a string or integer; strings are quoted with embedded quotes doubled (no injection)."""
+    if isinstance(v, str):
+        return "'" + v.replace("'", "''") + "'"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return str(int(v))
+    raise TypeError(f"cannot use {type(v).__name__} value {v!r} in a filter")
+
+
 def sql_list(values: Iterable[Any]) -> str:
-    """A SQL ``IN`` list; strings are quoted with embedded quotes doubled (no injection)."""
-    out = []
-    for v in values:
-        if isinstance(v, str):
-            out.append("'" + v.replace("'", "''") + "'")
-        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-            out.append(str(int(v)))
-        else:
-            raise TypeError(f"cannot use {type(v).__name__} value {v!r} in a filter")
-    return "(" + ", ".join(out) + ")"
+    """A SQL ``IN`` list of :func:`sql_value` literals."""
+    return "(" + ", ".join(sql_value(v) for v in values) + ")"
 
 
 def _open(uri: str, storage_options: Optional[dict] = None, version: Optional[int] = None):
@@ -136,10 +139,19 @@ def write_lineage(db_uri: str, table: str, lineage: dict, storage_options: Optio
 
 
 class ExistingRows:
-    """Upsert lookups: ``id -> (content_hash, row address)`` in the table as it was when the run began."""
+    """Upsert lookups in the table as it was when the run began.
 
-    def __init__(self, uri: str, version: int, id_column: str, storage_options: Optional[dict] = None):
-        self.uri, self.version, self.id_column = uri, version, id_column
+    ``key_column`` is the document id: the id column, or ``doc_id`` in a chunked table, where one
+    document is several rows. ``lookup`` answers ``doc id -> (content_hash, [row addresses],
+    revision)``: the hash is the whole document's (every chunk carries it), the addresses are all
+    its rows, which a changed document's new rows replace together, and the revision is the value
+    of ``revision_column`` (see ``sink.revision_by``).
+    """
+
+    def __init__(self, uri: str, version: int, key_column: str, storage_options: Optional[dict] = None,
+                 revision_column: str = C.SOURCE_FILE):
+        self.uri, self.version, self.key_column = uri, version, key_column
+        self.revision_column = revision_column
         self.storage_options = storage_options
         self._ds = None
 
@@ -148,23 +160,32 @@ class ExistingRows:
             return {}
         if self._ds is None:
             self._ds = _open(self.uri, self.storage_options, self.version)
-        found = self._ds.to_table(
-            columns=[self.id_column, C.HASH],
-            filter=f"{self.id_column} IN {sql_list(ids)}",
-            with_row_id=True,
-        )
-        return {
-            i: (h, r)
-            for i, h, r in zip(
-                found.column(self.id_column).to_pylist(),
-                found.column(C.HASH).to_pylist(),
-                found.column("_rowid").to_pylist(),
-            )
-        }
+        columns = list(dict.fromkeys([self.key_column, C.HASH, self.revision_column]))
+        found = self._ds.to_table(columns=columns, filter=f"{self.key_column} IN {sql_list(ids)}", with_row_id=True)
+        out: dict = {}
+        for row in found.to_pylist():
+            i, h = row[self.key_column], row[C.HASH]
+            old_hash, rows, revision = out.get(i, (h, [], row[self.revision_column]))
+            rows.append(row["_rowid"])
+            # Chunks with different hashes (a half-replaced document) never count as unchanged.
+            out[i] = (old_hash if old_hash == h else None, rows, revision)
+        return out
+
+
+def _by_file(table: pa.Table, files: pa.ChunkedArray) -> dict[str, pa.Table]:
+    """``table`` split by the values of ``files`` (its source file column), in order of appearance."""
+    names = list(dict.fromkeys(files.to_pylist()))
+    if len(names) == 1:
+        return {names[0]: table}
+    return {f: table.filter(pc.equal(files, f)) for f in names}
 
 
 class FragmentWriter:
-    """Final stage: writes accepted rows and rejects as uncommitted Lance fragments; returns counts."""
+    """Final stage: writes accepted rows and rejects as uncommitted Lance fragments; returns counts.
+
+    Fragments are written per source file, so that the driver can make a file's rows visible (or
+    stage them) exactly when the whole file is done, never a part of it.
+    """
 
     def __init__(
         self,
@@ -184,12 +205,13 @@ class FragmentWriter:
         self.run_id = run_id
         self.storage_options = storage_options
 
-    def _write(self, table: pa.Table, uri: str) -> list:
+    def _write(self, table: pa.Table, uri: str, file_column: str) -> dict[str, list]:
         from lance.fragment import write_fragments
 
         if table.num_rows == 0:
-            return []
-        return write_fragments(table, uri, schema=table.schema, storage_options=self.storage_options)
+            return {}
+        return {f: write_fragments(part, uri, schema=part.schema, storage_options=self.storage_options)
+                for f, part in _by_file(table, table.column(file_column)).items()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
@@ -214,9 +236,12 @@ class FragmentWriter:
         is_doc = (pc.fill_null(pc.equal(batch.column("chunk"), 0), True) if "chunk" in batch.column_names
                   else pa.array(np.ones(n, dtype=bool)))
         files = Counter(f for f, d in zip(batch.column(C.FILE).to_pylist(), is_doc.to_pylist()) if d)
-        replaced = np.zeros(0, dtype=np.uint64)
+        replaced: dict[str, np.ndarray] = {}
         if C.OLD_ROWID in accepted.column_names:
-            replaced = accepted.column(C.OLD_ROWID).drop_null().to_numpy().astype(np.uint64)
+            for f, part in _by_file(accepted, accepted.column(C.FILE)).items():
+                old = pc.list_flatten(part.column(C.OLD_ROWID).drop_null())
+                if len(old):
+                    replaced[f] = np.unique(old.to_numpy(zero_copy_only=False).astype(np.uint64))
         stats = {
             "rows": [int(pc.sum(pc.cast(is_doc, pa.int64())).as_py() or 0)],
             "written": [rows.num_rows],
@@ -225,36 +250,73 @@ class FragmentWriter:
             "files": [json.dumps(files)],
             "tokens": [pc.sum(batch.column(C.N_TOKENS)).as_py() or 0],
             "truncated": [pc.sum(pc.cast(batch.column(C.TRUNCATED), pa.int64())).as_py() or 0],
-            "fragments": [pickle.dumps(self._write(rows, self.table_uri))],
-            "reject_fragments": [pickle.dumps(self._write(rejects, self.rejects_uri))],
-            "replaced_rowids": [replaced.tobytes()],
+            "fragments": [pickle.dumps(self._write(rows, self.table_uri, C.SOURCE_FILE))],
+            "reject_fragments": [pickle.dumps(self._write(rejects, self.rejects_uri, "file"))],
+            "replaced_rowids": [pickle.dumps(replaced)],
         }
         return pa.table(stats, schema=STATS_SCHEMA)
 
 
-def commit_fragments(
-    uri: str,
-    schema: pa.Schema,
-    fragments: Sequence[Any],
-    overwrite: bool,
-    storage_options: Optional[dict] = None,
-) -> int:
-    """Make written fragments visible in one atomic commit; returns the new version.
+def commit_overwrite(uri: str, schema: pa.Schema, fragments: Sequence[Any],
+                     storage_options: Optional[dict] = None) -> int:
+    """Replace the dataset's content with ``fragments`` (or create it) in one commit; the new version."""
+    import lance
 
-    ``overwrite`` replaces the dataset's content (or creates it); otherwise the fragments are
-    appended to the latest version (creating the dataset when there is none).
+    op = lance.LanceOperation.Overwrite(schema, list(fragments))
+    return lance.LanceDataset.commit(uri, op, storage_options=storage_options).version
+
+
+def check_version(uri: str, expected: Optional[int], what: str, storage_options: Optional[dict] = None) -> None:
+    """Raise :class:`ConcurrentWriteError` when the dataset is not at ``expected`` (None: absent)."""
+    ds = _open(uri, storage_options)
+    found = None if ds is None else ds.version
+    if found != expected:
+        raise ConcurrentWriteError(
+            f"{what} changed while this run was writing it: expected version {expected}, found {found} "
+            "(another writer committed meanwhile). Nothing more was committed; resume the run with the "
+            "same run.id once the other writer is done")
+
+
+def commit_checkpoint(
+    uri: str, schema: pa.Schema, fragments: Sequence[Any], replaced_rowids: np.ndarray,
+    expected_version: Optional[int], storage_options: Optional[dict] = None, what: str = "the table",
+) -> Optional[int]:
+    """Add ``fragments`` and delete the rows at ``replaced_rowids`` in ONE commit; the new version.
+
+    The rows an upsert replaces are deleted by address (fragment id << 32 | offset), as found when
+    the run began, in the same transaction that adds their new rows: readers never see a document
+    twice or not at all. The commit is made only if the table is still at ``expected_version`` (the
+    version this run last saw): another writer's commit, e.g. a compaction that moved rows to new
+    addresses, stops the run (:class:`ConcurrentWriteError`) instead of deleting the wrong rows. Lance's
+    own conflict check (``read_version``) covers the moment between that check and the commit.
     """
     import lance
 
-    existing = _open(uri, storage_options)
-    if overwrite or existing is None:
-        op = lance.LanceOperation.Overwrite(schema, list(fragments))
-        read_version = None
-    else:
+    if not len(fragments) and not len(replaced_rowids):
+        return expected_version
+    check_version(uri, expected_version, what, storage_options)
+    if expected_version is None:
+        return commit_overwrite(uri, schema, fragments, storage_options)
+    ds = _open(uri, storage_options)
+    if not len(replaced_rowids):
         op = lance.LanceOperation.Append(list(fragments))
-        read_version = existing.version
-    ds = lance.LanceDataset.commit(uri, op, read_version=read_version, storage_options=storage_options)
-    return ds.version
+    else:
+        removed, updated = [], []
+        by_fragment: dict[int, list[int]] = {}
+        for r in np.unique(replaced_rowids.astype(np.uint64)):
+            by_fragment.setdefault(int(r) >> 32, []).append(int(r))
+        for fid, rows in sorted(by_fragment.items()):
+            fragment = ds.get_fragment(fid)
+            if fragment is None:
+                raise ConcurrentWriteError(
+                    f"{what}: fragment {fid}, which holds rows this upsert replaces, is gone (the table "
+                    "was compacted or rewritten during the run); resume the run with the same run.id")
+            meta = fragment.delete(f"_rowid IN {sql_list(rows)}")
+            (removed.append(fid) if meta is None else updated.append(meta))
+        op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
+                                         new_fragments=list(fragments))
+    return lance.LanceDataset.commit(uri, op, read_version=expected_version, storage_options=storage_options,
+                                     max_retries=0).version
 
 
 def delete_rows(uri: str, rowids: np.ndarray, storage_options: Optional[dict] = None, chunk: int = 10_000) -> None:
@@ -273,102 +335,4 @@ def delete_run_leftovers(
         return
     for start in range(0, len(files), 500):
         part = files[start:start + 500]
-        ds.delete(f"run_id = {sql_list([run_id])[1:-1]} AND {file_column} IN {sql_list(part)}")
-
-
-class RunLog:
-    """``<table>_runs``: one row per input file a run finished (committed), plus a start marker."""
-
-    def __init__(self, db_uri: str, table: str, storage_options: Optional[dict] = None):
-        self.uri = dataset_uri(db_uri, table + "_runs")
-        self.storage_options = storage_options
-
-    def _rows(self, run_id: str) -> pa.Table:
-        ds = _open(self.uri, self.storage_options)
-        if ds is None:
-            return RUNS_SCHEMA.empty_table()
-        return ds.to_table(filter=f"run_id = {sql_list([run_id])[1:-1]}")
-
-    def started(self, run_id: str) -> bool:
-        return _START in self._rows(run_id).column("file").to_pylist()
-
-    def done_files(self, run_id: str) -> dict[str, int]:
-        rows = self._rows(run_id)
-        return {f: n for f, n in zip(rows.column("file").to_pylist(), rows.column("rows").to_pylist()) if f != _START}
-
-    def record(self, run_id: str, files: dict[str, int]) -> None:
-        import lance
-
-        if not files:
-            return
-        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        data = pa.table({"run_id": [run_id] * len(files), "file": list(files), "rows": list(files.values()),
-                         "at": [now] * len(files)}, schema=RUNS_SCHEMA)
-        mode = "append" if _open(self.uri, self.storage_options) is not None else "create"
-        lance.write_dataset(data, self.uri, mode=mode, storage_options=self.storage_options)
-
-    def mark_started(self, run_id: str) -> None:
-        if not self.started(run_id):
-            self.record(run_id, {_START: 0})
-
-
-def _id_hashes(ids: pa.Array) -> np.ndarray:
-    return np.array([int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
-                     for v in ids.to_pylist()], dtype=np.uint64)
-
-
-def drop_duplicate_ids(
-    uri: str, rejects_uri: str, id_column: str, text_column: str, run_id: str,
-    storage_options: Optional[dict] = None, lookup_rows: int = 4096,
-) -> int:
-    """Keep the first-written row of each id (lowest row address); move the others to the rejects.
-
-    Only ids this run wrote can be duplicated now (earlier runs were checked when they ran), so the
-    work is bounded by the run, not the table: this run's rows are scanned (``run_id`` filter),
-    and older rows sharing their ids are found by ``id IN (...)`` lookups, which the BTREE index on
-    the id column answers. Memory: 16 bytes per row of this run (a 64-bit hash of the id and the
-    row address); rows are compared by their real id, so a hash collision never drops a document.
-    """
-    import lance
-
-    ds = _open(uri, storage_options)
-    if ds is None:
-        return 0
-    this_run = f"run_id = {sql_list([run_id])[1:-1]}"
-    hashes, rowids, ids = [], [], []
-    for batch in ds.to_batches(columns=[id_column], filter=this_run, with_row_id=True):
-        hashes.append(_id_hashes(batch.column(id_column)))
-        rowids.append(batch.column("_rowid").to_numpy())
-        ids.append(batch.column(id_column))
-    if not hashes:
-        return 0
-    run_ids = pa.chunked_array(ids).unique()
-    for start in range(0, len(run_ids), lookup_rows):  # older rows with one of this run's ids
-        part = run_ids.slice(start, lookup_rows).to_pylist()
-        older = ds.to_table(columns=[id_column], filter=f"{id_column} IN {sql_list(part)} AND NOT ({this_run})",
-                            with_row_id=True)
-        if older.num_rows:
-            hashes.append(_id_hashes(older.column(id_column)))
-            rowids.append(older.column("_rowid").to_numpy())
-    h, r = np.concatenate(hashes), np.concatenate(rowids).astype(np.uint64)
-    order = np.lexsort((r, h))
-    h, r = h[order], r[order]
-    dup_hash = np.unique(h[1:][h[1:] == h[:-1]])
-    if len(dup_hash) == 0:
-        return 0
-    candidates = r[np.isin(h, dup_hash)]
-    rows = ds.to_table(columns=[id_column, text_column, C.SOURCE_FILE],
-                       filter=f"_rowid IN {sql_list(int(x) for x in candidates)}", with_row_id=True)
-    seen, drop, reject_rows = set(), [], []
-    for row in sorted(rows.to_pylist(), key=lambda x: x["_rowid"]):
-        if row[id_column] in seen:
-            drop.append(row["_rowid"])
-            reject_rows.append({"id": str(row[id_column]), "file": row[C.SOURCE_FILE], "reason": "duplicate_id",
-                                "text": row[text_column], "run_id": run_id})
-        seen.add(row[id_column])
-    if drop:
-        rejects = pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA)
-        mode = "append" if _open(rejects_uri, storage_options) is not None else "create"
-        lance.write_dataset(rejects, rejects_uri, mode=mode, storage_options=storage_options)
-        delete_rows(uri, np.array(drop, dtype=np.uint64), storage_options)
-    return len(drop)
+        ds.delete(f"run_id = {sql_value(run_id)} AND {file_column} IN {sql_list(part)}")

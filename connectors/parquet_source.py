@@ -45,6 +45,7 @@ class ParquetSource:
     rows: dict[str, int] = field(default_factory=dict)  # rows per file, from the footers
     shapes: dict[str, str] = field(default_factory=dict)  # file -> its selected columns' types
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable file -> why (on_bad_file=skip)
+    identity: dict[str, str] = field(default_factory=dict)  # file -> size + ETag (S3) or mtime (local)
     storage: Optional[Storage] = None
 
     def read(self, columns: Sequence[str], files: Optional[Sequence[str]] = None):
@@ -103,13 +104,15 @@ def _list_files(path: str, storage: Storage):
     fs, root = storage.fsspec(path)
     try:
         if any(ch in root for ch in "*?["):
-            files = [f for f in fs.glob(root) if not fs.isdir(f)]
-            others = []
+            infos = {f: i for f, i in fs.glob(root, detail=True).items() if i.get("type") != "directory"}
+            files, others = list(infos), []
         elif fs.isdir(root):
-            everything = [f for f in fs.find(root) if not f.rsplit("/", 1)[-1].startswith((".", "_"))]
-            files = [f for f in everything if f.endswith(".parquet")]
-            others = [f for f in everything if not f.endswith(".parquet")]
+            infos = {f: i for f, i in fs.find(root, detail=True).items()
+                     if not f.rsplit("/", 1)[-1].startswith((".", "_"))}
+            files = [f for f in infos if f.endswith(".parquet")]
+            others = [f for f in infos if not f.endswith(".parquet")]
         elif fs.exists(root):
+            infos = {root: fs.info(root)}
             files, others = [root], []
         else:
             raise SourceError(f"source.path={path}: no such file or directory")
@@ -118,7 +121,13 @@ def _list_files(path: str, storage: Storage):
     if not files:
         seen = f" ({len(others)} other files, e.g. {_display(others[0], fs)})" if others else ""
         raise SourceError(f"source.path={path}: no Parquet files found{seen}")
-    return fs, sorted(files)
+    return fs, sorted(files), {f: file_identity(infos[f]) for f in files}
+
+
+def file_identity(info: dict) -> str:
+    """What tells a file's versions apart: its size and ETag (S3) or modification time (local)."""
+    tag = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
+    return f"size={info.get('size')};{str(tag).strip(chr(34))}"
 
 
 def _family(t: pa.DataType) -> str:
@@ -155,7 +164,7 @@ def open_source(
             and column that is missing or of another type.
     """
     storage = storage or Storage.resolve()
-    fs, files = _list_files(path, storage)
+    fs, files, identity = _list_files(path, storage)
 
     def footer(file: str):
         name = _display(file, fs)
@@ -200,4 +209,4 @@ def open_source(
     widest = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64()}
     fields = [pa.field(c, widest.get(_family(t), t)) for c, t in first[1].items()]
     return ParquetSource(path=path, fs=fs, files=good, schema=pa.schema(fields), rows=rows, shapes=shapes,
-                         skipped=skipped, storage=storage)
+                         skipped=skipped, identity={f: identity[f] for f in good}, storage=storage)

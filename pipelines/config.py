@@ -202,10 +202,29 @@ class SinkConfig(_Section):
         "reject", description="Ids seen twice in the input: keep the first written, reject the rest; or keep all."
     )
     checkpoint_rows: int = Field(
-        50_000, ge=1, description="Commit written fragments (a resumable checkpoint) about every this many rows."
+        50_000, ge=1, description="About every this many rows, commit (append/upsert) or stage (overwrite/create) the "
+        "input files that are complete: a resumable checkpoint."
     )
     rows_per_fragment: int = Field(
         8192, ge=1, description="Rows per Lance fragment written by one write task."
+    )
+    max_delete_fraction: float = Field(
+        0.1, ge=0, le=1,
+        description="delete_missing: fail the run, deleting nothing, when more than this share of the table's "
+        "documents would be deleted (a partial listing or a missing prefix looks like mass deletion).",
+    )
+    revision_by: str = Field(
+        "path",
+        description="When one run reads the same id more than once, the latest revision wins: 'path' (the "
+        "file whose path sorts last, e.g. date=YYYY-MM-DD partitions) or the name of a metadata column "
+        "(highest value). Rows of one id and one revision are duplicates (sink.duplicate_ids).",
+    )
+    on_busy: Literal["fail", "wait"] = Field(
+        "fail", description="Another job holds the table's lease: fail at once naming its run, or wait for it."
+    )
+    lease_timeout_s: float = Field(
+        90, gt=0, description="A table lease without a heartbeat for this long belongs to a dead job and is "
+        "taken over (at once when that job ran on this host and its process is gone).",
     )
 
 
@@ -263,6 +282,16 @@ class RunConfig(_Section):
         description="Run id. Starting a run again with the same id resumes it: files it finished are "
         "skipped. Default: a new id per run.",
     )
+    resume: bool = Field(
+        False, description="Resume the table's last unfinished run (its id is looked up in <table>_runs); "
+        "an error when there is none.",
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_name_the_run(self) -> "RunConfig":
+        if self.resume and self.id:
+            raise ValueError("set run.id or run.resume, not both (run.resume looks the id up)")
+        return self
 
 class StorageConfig(_Section):
     """Object storage (s3://) settings; unset keys follow the AWS environment variables and profiles."""
@@ -319,6 +348,17 @@ class PipelineConfig(_Section):
     def _upsert_only_options(self) -> "PipelineConfig":
         if self.sink.delete_missing and self.sink.mode != "upsert":
             raise ValueError("sink.delete_missing needs sink.mode=upsert")
+        if "max_delete_fraction" in self.sink.model_fields_set and not self.sink.delete_missing:
+            raise ValueError("sink.max_delete_fraction applies only with sink.delete_missing=true")
+        return self
+
+    @model_validator(mode="after")
+    def _revision_column(self) -> "PipelineConfig":
+        by = self.sink.revision_by
+        if by != "path" and by not in self.source.metadata_columns:
+            raise ValueError(f"sink.revision_by={by}: must be 'path' or one of source.metadata_columns "
+                             f"({', '.join(self.source.metadata_columns) or 'none configured'}), so that the "
+                             "table keeps the value")
         return self
 
     @model_validator(mode="after")

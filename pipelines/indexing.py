@@ -4,33 +4,39 @@ Everything that can be checked before the cluster does work is checked in :func:
 the config, the source files and their columns, the model and its dimension, and the sink mode
 (and, for ``s3://``, that buckets exist and the credentials are accepted).
 
-Exactly once, across failures:
+Exactly once, across failures (:mod:`pipelines.checkpoints` has the details):
 - a dead encoder actor or writer task: Ray Data retries the block; only fragments of blocks whose
   output reached the driver are ever committed, so a retried block is never counted twice.
-- a dead driver: every ``sink.checkpoint_rows`` rows the driver commits the fragments it holds and
-  records the input files that are now complete in ``<table>_runs``. Started again with the same
-  ``run.id``, the run deletes what it had committed from unfinished files and redoes only those.
+- a dead driver: every ``sink.checkpoint_rows`` rows the driver commits (append/upsert) or stages
+  (overwrite/create) the files that are complete, and records them in ``<table>_runs``. Started
+  again with the same ``run.id`` (or ``run.resume=true``), the run redoes only the other files.
+- another writer: the run holds the table's lease (:mod:`connectors.table_lease`) and commits only
+  onto the version it last saw.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
+import sys
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors import lance_sink
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
+from connectors.lance_dedup import drop_duplicate_ids
+from connectors.run_log import RunLog
 from connectors.storage import Storage, is_s3
+from connectors.table_lease import TableLease
 from pipelines import columns as C
+from pipelines.checkpoints import Checkpointer
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, identity_key, make_lineage
@@ -117,9 +123,19 @@ def preflight(config: PipelineConfig) -> RunPlan:
         append_eos=eos_to_append(tokenizer, config.model.append_eos, config.model.pooling) is not None,
     )
 
-    run_id = config.run.id or uuid.uuid4().hex[:12]
     options = storage.lance_options(sink.uri)
-    resuming = config.run.id is not None and lance_sink.RunLog(sink.uri, sink.table, options).started(run_id)
+    runlog = RunLog(sink.uri, sink.table, options)
+    run_id = config.run.id
+    if config.run.resume:
+        run_id = runlog.last_unfinished()
+        if run_id is None:
+            raise ConfigError(f"run.resume=true: table {sink.table!r} in {sink.uri} has no unfinished run "
+                              "(every run in its log finished)")
+    run_id = run_id or uuid.uuid4().hex[:12]
+    resuming = runlog.started(run_id)
+    if resuming and runlog.mode(run_id) not in (None, sink.mode):
+        raise ConfigError(f"run {run_id} was started with sink.mode={runlog.mode(run_id)}; resume it with "
+                          f"the same mode (this config has sink.mode={sink.mode})")
     version = lance_sink.table_version(sink.uri, sink.table, options)
     if sink.mode == "create" and version is not None and not resuming:
         raise lance_sink.SinkError(f"sink.table={sink.table} already exists in {sink.uri} "
@@ -131,99 +147,87 @@ def preflight(config: PipelineConfig) -> RunPlan:
     return RunPlan(config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version, storage)
 
 
-class _Checkpointer:
-    """Holds written-but-uncommitted fragments; commits them and records the files they complete."""
+def _revision_column(c: PipelineConfig) -> str:
+    """The table column that orders revisions of one id (``sink.revision_by``)."""
+    return C.SOURCE_FILE if c.sink.revision_by == "path" else c.sink.revision_by
 
-    def __init__(self, plan: RunPlan, summary: RunSummary, done: dict[str, int]):
-        c = plan.config
-        self.plan, self.summary = plan, summary
-        self.options = plan.sink_options
-        self.runlog = lance_sink.RunLog(c.sink.uri, c.sink.table, self.options)
-        self.overwrite_first = c.sink.mode in ("create", "overwrite") and not plan.resuming
-        self.fragments: list = []
-        self.reject_fragments: list = []
-        self.replaced: list[np.ndarray] = []
-        self.seen: Counter = Counter()
-        self.recorded = set(done)
-        self.rows_since = 0
 
-    def add(self, row: dict) -> None:
-        self.summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"],
-                               row["truncated"], row["skipped"])
-        self.fragments.extend(pickle.loads(row["fragments"]))
-        self.reject_fragments.extend(pickle.loads(row["reject_fragments"]))
-        self.replaced.append(np.frombuffer(row["replaced_rowids"], dtype=np.uint64))
-        self.seen.update(json.loads(row["files"]))
-        self.rows_since += row["rows"]
-        if self.rows_since >= self.plan.config.sink.checkpoint_rows:
-            self.commit()
-
-    def commit(self) -> None:
-        """One checkpoint: rows, then superseded rows deleted, then the finished files recorded.
-
-        Each step is safe to lose: the files are recorded last, so a crash anywhere before leaves
-        them unfinished and a resumed run redoes them after deleting this run's rows from them.
-        """
-        if self.fragments or self.overwrite_first:
-            lance_sink.commit_fragments(self.plan.table_uri, self.plan.table_schema, self.fragments, self.overwrite_first,
-                                        self.options)
-        if self.reject_fragments or self.overwrite_first:
-            lance_sink.commit_fragments(self.plan.rejects_uri, lance_sink.REJECT_SCHEMA, self.reject_fragments,
-                                        self.overwrite_first, self.options)
-        replaced = np.concatenate(self.replaced) if self.replaced else np.zeros(0, np.uint64)
-        if len(replaced):
-            lance_sink.delete_rows(self.plan.table_uri, replaced, self.options)
-        if self.overwrite_first:
-            self.runlog.mark_started(self.plan.run_id)
-            self.overwrite_first = False
-        finished = {f: n for f, n in self.seen.items()
-                    if n >= self.plan.source.rows.get(f, 0) and f not in self.recorded}
-        self.runlog.record(self.plan.run_id, finished)
-        self.recorded.update(finished)
-        self.summary.checkpoints += 1
-        self.fragments, self.reject_fragments, self.replaced, self.rows_since = [], [], [], 0
+def _say(message: str) -> None:
+    print(f"[embedpipe] {message}", file=sys.stderr, flush=True)
 
 
 def run_index(config: PipelineConfig) -> RunSummary:
-    """Index ``config.source`` into ``config.sink`` and build the vector index; returns the summary."""
+    """Index ``config.source`` into ``config.sink`` and build the vector index; returns the summary.
+
+    The whole run holds the table's lease (:mod:`connectors.table_lease`): a second job on the same
+    table fails at once (or waits, ``sink.on_busy=wait``) instead of interleaving its commits.
+    """
     import ray
 
     started = time.perf_counter()
     plan = preflight(config)
-    if not ray.is_initialized():
-        ray.init()
-    # Blocks are bounded in bytes (Ray's default is 128 MiB): a file's rows and the encoder's vectors
-    # then stream through in pieces of this size instead of one block per file.
-    ray.data.DataContext.get_current().target_max_block_size = config.compute.max_block_mb * 2**20
-    import lancedb  # after ray.init(): importing it first makes Ray warn about forking
-
     c = config
+    _say(f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
+         f"{len(plan.source.files)} files -> table {c.sink.table!r} in {c.sink.uri}; if it stops, "
+         f"resume it with --set run.id={plan.run_id} (or --set run.resume=true)")
+    lease = TableLease(c.sink.uri, c.sink.table, plan.run_id, storage=plan.storage, timeout_s=c.sink.lease_timeout_s,
+                       on_busy=c.sink.on_busy, log=_say)
+    with lease:
+        if not ray.is_initialized():
+            ray.init()
+        # Blocks are bounded in bytes (Ray's default is 128 MiB): a file's rows and the encoder's vectors
+        # then stream through in pieces of this size instead of one block per file.
+        ray.data.DataContext.get_current().target_max_block_size = c.compute.max_block_mb * 2**20
+        summary = _run(plan, lease)
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
+    import lancedb  # after ray.init(): importing it first makes Ray warn about forking
+    import ray
+
+    c = plan.config
     summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=lance_sink.rejects_table(c.sink.table),
                          run_id=plan.run_id, skipped_files=dict(plan.source.skipped))
     options = plan.sink_options
-    runlog = lance_sink.RunLog(c.sink.uri, c.sink.table, options)
+    runlog = RunLog(c.sink.uri, c.sink.table, options)
+    staged = c.sink.mode in ("create", "overwrite")
+    runlog.mark_started(plan.run_id, c.sink.mode)
     done = runlog.done_files(plan.run_id)
+    # A finished file that was rewritten since is done again; one that is gone stays done (it was read whole).
+    changed = [f for f, d in done.items() if f in plan.source.identity and d.identity != plan.source.identity[f]]
+    for f in changed:
+        del done[f]
     todo = [f for f in plan.source.files if f not in done]
     summary.resumed_files = len(plan.source.files) - len(todo)
-    if c.sink.mode in ("append", "upsert"):
-        # Before anything is committed: a crash from here on leaves rows a resumed run must find.
-        # (create/overwrite mark the run after their first commit: before it, a retry overwrites.)
-        runlog.mark_started(plan.run_id)
-    if plan.resuming:
-        # Whatever an earlier attempt of this run committed from files it did not finish.
-        lance_sink.delete_run_leftovers(plan.table_uri, plan.run_id, todo, C.SOURCE_FILE, options)
-        lance_sink.delete_run_leftovers(plan.rejects_uri, plan.run_id, todo, "file", options)
+    if plan.resuming and not staged:
+        # Rows of files whose commit died before its bookkeeping, and of finished files redone now.
+        redo = sorted(runlog.uncertain_files(plan.run_id) | set(changed))
+        lance_sink.delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
+        lance_sink.delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
+    committed = staged and "committed" in runlog.kinds(plan.run_id)
 
-    checkpointer = _Checkpointer(plan, summary, done)
+    checkpointer = Checkpointer(
+        run_id=plan.run_id, runlog=runlog, table_uri=plan.table_uri, rejects_uri=plan.rejects_uri,
+        table_schema=plan.table_schema, expected_rows=plan.source.rows, identity=plan.source.identity,
+        staged=staged, checkpoint_rows=c.sink.checkpoint_rows,
+        table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
+        rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
+        on_batch=lambda row: summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]),
+                                               row["tokens"], row["truncated"], row["skipped"]),
+        before_commit=lease.check, storage_options=options)
     embed_started = time.perf_counter()
-    if todo:
+    if todo and not committed:
         existing = None
-        version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
-        if c.sink.mode == "upsert" and version is not None:
-            existing = lance_sink.ExistingRows(plan.table_uri, version, c.source.id_column, options)
+        if c.sink.mode == "upsert" and checkpointer.table_version is not None:
+            key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
+            existing = lance_sink.ExistingRows(plan.table_uri, checkpointer.table_version, key, options,
+                                               revision_column=_revision_column(c))
         lineage_key = identity_key(plan.lineage, f"|{c.embed.long_text}|{c.embed.chunk_overlap}")
-        stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension,
-                                  lineage_key=lineage_key, existing=existing, storage=plan.storage)
+        stages = embedding_stages(c, max_tokens=plan.max_tokens, dimension=plan.dimension,
+                                  lineage_key=lineage_key, existing=existing, storage=plan.storage,
+                                  source_files=tuple(plan.source.files))
         stages.append(_sink_stage(plan))
         columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
         stats = apply_stages(plan.source.read(columns, todo), stages)
@@ -231,19 +235,25 @@ def run_index(config: PipelineConfig) -> RunSummary:
         for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
                 checkpointer.add(row)
-    checkpointer.commit()
+        checkpointer.finish(todo)
+    if staged and not committed:
+        checkpointer.publish(lance_sink.REJECT_SCHEMA)
+    summary.checkpoints = checkpointer.checkpoints
     summary.embed_seconds = time.perf_counter() - embed_started
 
+    lease.check()
     db = lancedb.connect(c.sink.uri, storage_options=options)
     table = db.open_table(c.sink.table)
     if c.sink.duplicate_ids == "reject":
-        dups = lance_sink.drop_duplicate_ids(plan.table_uri, plan.rejects_uri,
-                                             c.source.id_column, c.source.text_column, plan.run_id, options)
-        summary.rows_written -= dups
-        if dups:
-            summary.rejected["duplicate_id"] += dups
+        removed = drop_duplicate_ids(
+            plan.table_uri, plan.rejects_uri, key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
+            id_column=c.source.id_column, text_column=c.source.text_column, run_id=plan.run_id,
+            revision_column=_revision_column(c),
+            older_rows=not staged and checkpointer.start_version is not None, storage_options=options)
+        summary.rows_written -= sum(removed.values())
+        summary.rejected.update(removed)
     if c.sink.delete_missing:
-        summary.deleted_missing = _delete_missing(table, plan)
+        summary.deleted_missing = _delete_missing(table, plan, summary)
     summary.table_rows = table.count_rows()
     # Off the driver: index training and the tuning's exact searches grow with the table.
     queries = None
@@ -268,9 +278,10 @@ def run_index(config: PipelineConfig) -> RunSummary:
         "rejected": dict(summary.rejected), "truncated": summary.truncated, "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
+    lease.check()
     lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage, options)
+    runlog.mark(plan.run_id, "finished")
     summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
-    summary.seconds = time.perf_counter() - started
     return summary
 
 
@@ -288,19 +299,63 @@ def _sink_stage(plan: RunPlan) -> Stage:
     return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment))
 
 
-def _delete_missing(table, plan: RunPlan) -> int:
-    """Delete rows whose id is absent from the source (a full snapshot); ids stream, never all held."""
+class DeleteGuardError(lance_sink.SinkError):
+    """delete_missing would delete more of the table than ``sink.max_delete_fraction`` allows."""
+
+
+def _source_ids(plan: RunPlan, key: str, key_type: pa.DataType):
+    """The source's ids, streamed (never all held), as batches of one column named ``key``."""
     c = plan.config
     ids = plan.source.read([c.source.id_column]).select_columns([c.source.id_column])
-    id_type = plan.table_schema.field(c.source.id_column).type
-    schema = pa.schema([pa.field(c.source.id_column, id_type)])
-    batches = (b.select([c.source.id_column]).cast(schema).to_batches()
-               for b in ids.iter_batches(batch_format="pyarrow", batch_size=65536))
-    reader = pa.RecordBatchReader.from_batches(schema, (rb for group in batches for rb in group))
-    key = c.source.id_column if c.embed.long_text != "chunk" else "doc_id"
-    if key != c.source.id_column:
-        reader = pa.RecordBatchReader.from_batches(
-            pa.schema([pa.field("doc_id", id_type)]),
-            (pa.record_batch([rb.column(0)], names=["doc_id"]) for rb in reader))
+    for b in ids.iter_batches(batch_format="pyarrow", batch_size=65536):
+        yield pa.record_batch([b.column(c.source.id_column).combine_chunks().cast(key_type)], names=[key])
+
+
+def _missing_share(plan: RunPlan, table, key: str, key_type: pa.DataType, sample_rows: int = 100_000) -> float:
+    """The share of the table's rows whose document id is not in the source.
+
+    Exact up to ``sample_rows`` rows; above, estimated on a uniform random sample of that many rows
+    (standard error under 0.002 for the shares a guard cares about). Memory: the sample only; the
+    source ids stream past it once.
+    """
+    import lance
+
+    ds = lance.dataset(plan.table_uri, storage_options=plan.sink_options)
+    n = ds.count_rows()
+    if n == 0:
+        return 0.0
+    sample = (ds.to_table(columns=[key]) if n <= sample_rows else ds.sample(sample_rows, columns=[key]))
+    keys = sample.column(key).combine_chunks()
+    found = np.zeros(len(keys), dtype=bool)
+    for batch in _source_ids(plan, key, key_type):
+        found |= pc.is_in(keys, value_set=batch.column(0)).to_numpy(zero_copy_only=False)
+    return float(1.0 - found.mean())
+
+
+def _delete_missing(table, plan: RunPlan, summary: RunSummary) -> int:
+    """Delete rows whose document id is absent from the source (a full snapshot).
+
+    Never on a partial view of the source: a run that skipped unreadable files
+    (``source.on_bad_file=skip``) deletes nothing, since every id of those files would look
+    missing; and a run whose source lacks more than ``sink.max_delete_fraction`` of the table's
+    rows (a missing prefix, a half-written export) fails before deleting anything. In a chunked
+    table the document id is ``doc_id``: all chunks of a removed document go.
+    """
+    c = plan.config
+    if plan.source.skipped:
+        summary.delete_missing_skipped = (f"{len(plan.source.skipped)} unreadable source files were skipped, "
+                                          "so the source is not a full snapshot; nothing was deleted")
+        return 0
+    key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
+    key_type = plan.table_schema.field(key).type
+    share = _missing_share(plan, table, key, key_type)
+    if share > c.sink.max_delete_fraction:
+        raise DeleteGuardError(
+            f"sink.delete_missing would delete {share:.1%} of table {c.sink.table!r}, more than "
+            f"sink.max_delete_fraction={c.sink.max_delete_fraction:g}: is the source ({c.source.path}) complete? "
+            f"Nothing was deleted (this run's new and changed rows are committed). If the deletion is "
+            f"intended, resume with --set run.id={plan.run_id} --set sink.max_delete_fraction=<share>")
+    schema = pa.schema([pa.field(key, key_type)])
+    reader = pa.RecordBatchReader.from_batches(schema, _source_ids(plan, key, key_type))
     result = table.merge_insert(key).when_not_matched_by_source_delete().execute(reader)
     return int(result.num_deleted_rows)

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 
 from connectors import lance_sink
+from connectors.lance_dedup import id_hashes
 from connectors.lance_index import maintain_index
 from connectors.storage import Storage, is_s3
 from pipelines.config import PipelineConfig
@@ -98,7 +99,7 @@ def duplicate_ids(uri: str, id_column: str, storage_options: Optional[dict] = No
     import lance
 
     ds = lance.dataset(uri, storage_options=storage_options)
-    hashes = [lance_sink._id_hashes(b.column(id_column)) for b in ds.to_batches(columns=[id_column])]
+    hashes = [id_hashes(b.column(id_column)) for b in ds.to_batches(columns=[id_column])]
     if not hashes:
         return 0, []
     h = np.sort(np.concatenate(hashes))
@@ -108,7 +109,7 @@ def duplicate_ids(uri: str, id_column: str, storage_options: Optional[dict] = No
     counts: Counter = Counter()
     for batch in ds.to_batches(columns=[id_column]):
         ids = batch.column(id_column)
-        hit = np.isin(lance_sink._id_hashes(ids), suspects)
+        hit = np.isin(id_hashes(ids), suspects)
         counts.update(v for v, m in zip(ids.to_pylist(), hit) if m)
     dups = {k: n for k, n in counts.items() if n > 1}
     return sum(n - 1 for n in dups.values()), sorted(dups, key=str)[:examples]

@@ -31,6 +31,7 @@ class RunSummary:
     skipped_files: dict = field(default_factory=dict)  # unreadable files skipped (source.on_bad_file=skip)
     resumed_files: int = 0  # files an earlier attempt of this run id had finished
     deleted_missing: int = 0
+    delete_missing_skipped: str = ""  # why sink.delete_missing deleted nothing this time
     checkpoints: int = 0
 
     @property
@@ -78,6 +79,7 @@ class RunSummary:
             f"({self.tokens} tokens in {self.embed_seconds:.1f}s; job {self.seconds:.1f}s)",
             f"index        {index_line}",
             *([f"deleted      {self.deleted_missing} rows whose id left the source"] if self.deleted_missing else []),
+            *([f"deleted      none: {self.delete_missing_skipped}"] if self.delete_missing_skipped else []),
             *([f"tuning       {_tuning_line(self.tuning)}"] if self.tuning else []),
             "=" * 72,
         ]

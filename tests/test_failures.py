@@ -23,6 +23,7 @@ import pytest
 
 from connectors import lance_sink
 from connectors.parquet_source import SourceError
+from connectors.run_log import RunLog
 from pipelines.config import load_config
 from pipelines.indexing import run_index
 
@@ -99,7 +100,7 @@ def test_killed_driver_resumes_with_same_run_id_without_redoing_finished_files(r
             "--set", "sink.rows_per_fragment=40", "--set", "sink.checkpoint_rows=40"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["address"], "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    runlog = lance_sink.RunLog(str(db), "docs")
+    runlog = RunLog(str(db), "docs")
     deadline = time.time() + 300
     done_before = {}
     while time.time() < deadline and proc.poll() is None:

@@ -24,6 +24,7 @@ REASONS = {
     "invalid_utf8": "text bytes are not valid UTF-8",
     "non_finite_vector": "the model produced NaN or infinite values",
     "duplicate_id": "another row with this id was already written (sink.duplicate_ids=reject)",
+    "superseded": "the run read a later revision of this id (sink.revision_by)",
 }
 
 

@@ -1,0 +1,160 @@
+"""One row per document: after a run's last commit, its duplicate ids are resolved.
+
+Which row of an id stays:
+- a row an *earlier* run wrote stays (``append`` never replaces; ``upsert`` replaced those rows
+  already, in the commit that added the new ones);
+- among this run's rows, the **latest revision** wins: the highest value of the revision column
+  (``source_file`` for ``sink.revision_by=path``, so ``date=2026-11-20/`` beats ``date=2026-11-05/``;
+  else the named metadata column; null is lowest); the others are rejected as ``superseded``;
+- rows of one id with the same revision are true duplicates: the first written (lowest row address)
+  stays, the others are rejected as ``duplicate_id``.
+
+In a chunked table the unit is the document (``doc_id``): the winning revision keeps all of its
+chunks and the losers lose all of theirs, so a document is never a mix of two revisions.
+
+Cost is bounded by the run, not the table, and so is memory: this run's rows are scanned (``run_id``
+filter) in hash partitions of at most ``rows_per_pass`` rows (16 bytes a row: a 64-bit hash of the id
+and the row address), and older rows sharing their ids are looked up (``id IN (...)``, answered by the
+id's BTREE index) only when older rows can exist at all: not on a table's first run, not after an
+overwrite. Rows are compared by their real id, so a hash collision never drops a document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import Counter
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines import columns as C
+
+__all__ = ["drop_duplicate_ids", "id_hashes"]
+
+
+def id_hashes(ids: pa.Array) -> np.ndarray:
+    """A 64-bit hash of each id (its string form)."""
+    return np.array([int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
+                     for v in ids.to_pylist()], dtype=np.uint64)
+
+
+def _sql_list(values: Iterable[Any]) -> str:
+    from connectors.lance_sink import sql_list
+
+    return sql_list(values)
+
+
+def _groups_of_hashes(h: np.ndarray, size: int):
+    """Slices of the sorted hashes ``h`` of about ``size`` items that never split one hash."""
+    start = 0
+    while start < len(h):
+        end = min(start + size, len(h))
+        while end < len(h) and h[end] == h[end - 1]:
+            end += 1
+        yield slice(start, end)
+        start = end
+
+
+def _rank(value: Any) -> tuple:
+    return (value is not None, value if value is not None else 0)
+
+
+def _losers(rows: list[dict], key: str, id_column: str, revision: str, run_id: str) -> list[tuple[dict, str]]:
+    """The rows of one document id that must go, each with its reason."""
+    older = [r for r in rows if r["run_id"] != run_id]
+    mine = sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: r["_rowid"])
+    if older:
+        return [(r, "duplicate_id") for r in mine]
+    best = max(_rank(r[revision]) for r in mine)
+    first = next(r for r in mine if _rank(r[revision]) == best)
+    out, kept = [], set()
+    for r in mine:
+        if _rank(r[revision]) < best:
+            out.append((r, "superseded"))
+        elif (r[C.SOURCE_FILE], r[C.HASH]) != (first[C.SOURCE_FILE], first[C.HASH]) or r[id_column] in kept:
+            out.append((r, "duplicate_id"))
+        else:
+            kept.add(r[id_column])
+    return out
+
+
+def drop_duplicate_ids(
+    uri: str, rejects_uri: str, *, key_column: str, id_column: str, text_column: str, run_id: str,
+    revision_column: str = C.SOURCE_FILE, older_rows: bool = True, storage_options: Optional[dict] = None,
+    rows_per_pass: int = 2_000_000, lookup_rows: int = 4096,
+) -> Counter:
+    """Resolve this run's duplicate ids (see the module docstring); returns rows removed by reason.
+
+    ``key_column`` is the document id (``doc_id`` in a chunked table, else ``id_column``);
+    ``older_rows`` False says no earlier run's rows can be in the table (first run, overwrite).
+    """
+    import lance
+
+    from connectors.lance_sink import REJECT_SCHEMA, delete_rows
+
+    try:
+        ds = lance.dataset(uri, storage_options=storage_options)
+    except (ValueError, OSError):
+        return Counter()
+    from connectors.lance_sink import sql_value
+
+    this_run = f"run_id = {sql_value(run_id)}"
+    n = ds.count_rows(filter=this_run)
+    passes = max(1, math.ceil(n / rows_per_pass))
+    removed: Counter = Counter()
+    for part in range(passes):
+        hashes, rowids = [], []
+        keys: list = []
+        for batch in ds.to_batches(columns=[key_column], filter=this_run, with_row_id=True):
+            h = id_hashes(batch.column(key_column))
+            mine = h % passes == part
+            hashes.append(h[mine])
+            rowids.append(batch.column("_rowid").to_numpy()[mine])
+            if older_rows:
+                keys.extend(v for v, m in zip(batch.column(key_column).to_pylist(), mine) if m)
+        unique_keys = list(dict.fromkeys(keys))
+        for start in range(0, len(unique_keys), lookup_rows):  # older rows with one of this run's ids
+            older = ds.to_table(columns=[key_column],
+                                filter=f"{key_column} IN {_sql_list(unique_keys[start:start + lookup_rows])} "
+                                       f"AND NOT ({this_run})", with_row_id=True)
+            if older.num_rows:
+                hashes.append(id_hashes(older.column(key_column)))
+                rowids.append(older.column("_rowid").to_numpy())
+        if not hashes:
+            continue
+        h, r = np.concatenate(hashes), np.concatenate(rowids).astype(np.uint64)
+        order = np.argsort(h, kind="stable")
+        h, r = h[order], r[order]
+        dup_hash = np.unique(h[1:][h[1:] == h[:-1]])
+        if len(dup_hash) == 0:
+            continue
+        suspect = np.isin(h, dup_hash)
+        candidates, candidate_hashes = r[suspect], h[suspect]
+        columns = list(dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, "run_id",
+                                      revision_column]))
+        drop, reject_rows = [], []
+        for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece
+            rows = ds.to_table(columns=columns, with_row_id=True,
+                               filter=f"_rowid IN {_sql_list(int(x) for x in candidates[piece])}")
+            groups: dict = {}
+            for row in rows.to_pylist():
+                groups.setdefault(row[key_column], []).append(row)
+            for group in groups.values():
+                for row, reason in _losers(group, key_column, id_column, revision_column, run_id):
+                    drop.append(row["_rowid"])
+                    removed[reason] += 1
+                    reject_rows.append({"id": str(row[id_column]), "file": row[C.SOURCE_FILE], "reason": reason,
+                                        "text": row[text_column], "run_id": run_id})
+        if drop:
+            rejects = pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA)
+            try:
+                lance.dataset(rejects_uri, storage_options=storage_options)
+                mode = "append"
+            except (ValueError, OSError):
+                mode = "create"
+            lance.write_dataset(rejects, rejects_uri, mode=mode, storage_options=storage_options)
+            delete_rows(uri, np.array(drop, dtype=np.uint64), storage_options)
+            ds = lance.dataset(uri, storage_options=storage_options)
+    return removed

@@ -1,0 +1,135 @@
+"""Checkpoints: the driver turns the sink's per-file fragments into commits a crash cannot tear.
+
+The sink writes Lance fragments per source file and sends their descriptions (never rows) to the
+driver, which holds them per file until the file is complete (all its rows seen). Every
+``sink.checkpoint_rows`` rows it checkpoints the complete files:
+
+- ``append``/``upsert``: one commit adds their rows and deletes the rows they replace
+  (:func:`connectors.lance_sink.commit_checkpoint`), then ``<table>_runs`` records them as done. A
+  ``committing`` event before the commit names them, so a resumed run knows which files may have
+  rows from a commit whose bookkeeping died, and deletes those rows before redoing the files.
+- ``overwrite``/``create``: nothing is committed to the table; ``<table>_runs`` records the files
+  with their fragments (staged). :meth:`Checkpointer.publish` commits every staged fragment of the
+  run in one Overwrite at the end, so readers see the old table until the run has finished.
+
+Rows of a file that was not complete when the run died are in no commit and no record: a resumed
+run simply redoes the file; its orphaned data files are removed by ``jobs.maintain``'s cleanup.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from connectors import lance_sink
+from connectors.run_log import DoneFile, RunLog
+
+__all__ = ["Checkpointer", "IncompleteRunError"]
+
+
+class IncompleteRunError(RuntimeError):
+    """The stream ended but some input file's rows did not all come back (a lost block)."""
+
+
+@dataclass
+class _Pending:
+    rows: int = 0  # source rows of the file seen so far
+    fragments: list = field(default_factory=list)
+    reject_fragments: list = field(default_factory=list)
+    replaced: list = field(default_factory=list)  # arrays of row addresses
+
+
+class Checkpointer:
+    """Holds written-but-uncommitted fragments per file; checkpoints complete files."""
+
+    def __init__(self, *, run_id: str, runlog: RunLog, table_uri: str, rejects_uri: str, table_schema,
+                 expected_rows: dict[str, int], identity: dict[str, str], staged: bool, checkpoint_rows: int,
+                 table_version: Optional[int], rejects_version: Optional[int], on_batch: Callable[[dict], None],
+                 before_commit: Callable[[], None] = lambda: None, storage_options: Optional[dict] = None):
+        self.run_id, self.runlog = run_id, runlog
+        self.table_uri, self.rejects_uri, self.table_schema = table_uri, rejects_uri, table_schema
+        self.expected_rows, self.identity = expected_rows, identity
+        self.staged = staged
+        self.checkpoint_rows = checkpoint_rows
+        self.table_version, self.rejects_version = table_version, rejects_version
+        self.start_version = table_version  # None: the table did not exist when the run began
+        self.on_batch, self.before_commit = on_batch, before_commit
+        self.options = storage_options
+        self.pending: dict[str, _Pending] = {}
+        self.rows_since = 0
+        self.checkpoints = 0
+
+    def add(self, row: dict) -> None:
+        """One sink batch's stats row."""
+        self.on_batch(row)
+        fragments = pickle.loads(row["fragments"])
+        rejects = pickle.loads(row["reject_fragments"])
+        replaced = pickle.loads(row["replaced_rowids"])
+        for f, n in json.loads(row["files"]).items():
+            self.pending.setdefault(f, _Pending()).rows += n
+        for f in {*fragments, *rejects, *replaced}:
+            p = self.pending.setdefault(f, _Pending())
+            p.fragments.extend(fragments.get(f, []))
+            p.reject_fragments.extend(rejects.get(f, []))
+            if f in replaced:
+                p.replaced.append(replaced[f])
+        self.rows_since += row["rows"]
+        if self.rows_since >= self.checkpoint_rows:
+            self.checkpoint()
+
+    def _complete(self) -> list[str]:
+        return [f for f, p in self.pending.items() if p.rows >= self.expected_rows.get(f, 0)]
+
+    def checkpoint(self) -> None:
+        """Commit (or stage) every complete file; incomplete ones wait for their remaining rows."""
+        files = self._complete()
+        self.rows_since = 0
+        if not files:
+            return
+        self.before_commit()
+        done = [DoneFile(f, self.expected_rows.get(f, self.pending[f].rows), self.identity.get(f, ""),
+                         self.pending[f].fragments, self.pending[f].reject_fragments) for f in files]
+        if self.staged:
+            self.runlog.record(self.run_id, done)
+        else:
+            self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done], kind="committing")
+            fragments = [x for d in done for x in d.fragments]
+            replaced = [a for f in files for a in self.pending[f].replaced]
+            self.table_version = lance_sink.commit_checkpoint(
+                self.table_uri, self.table_schema, fragments,
+                np.concatenate(replaced) if replaced else np.zeros(0, np.uint64),
+                self.table_version, self.options)
+            self.rejects_version = lance_sink.commit_checkpoint(
+                self.rejects_uri, lance_sink.REJECT_SCHEMA, [x for d in done for x in d.reject_fragments],
+                np.zeros(0, np.uint64), self.rejects_version, self.options, what="the rejects table")
+            self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done])
+        for f in files:
+            del self.pending[f]
+        self.checkpoints += 1
+
+    def finish(self, todo: list[str]) -> None:
+        """After the stream: checkpoint the rest; every file of ``todo`` must now be complete."""
+        for f in todo:  # a file without rows produces no batch
+            if self.expected_rows.get(f, 0) == 0:
+                self.pending.setdefault(f, _Pending())
+        self.checkpoint()
+        if self.pending:
+            short = {f: f"{p.rows}/{self.expected_rows.get(f)}" for f, p in list(self.pending.items())[:3]}
+            raise IncompleteRunError(f"rows of {len(self.pending)} input files did not all come back (rows seen/"
+                                     f"expected: {short}); nothing of them was committed; run again with the "
+                                     f"same run.id to redo them")
+
+    def publish(self, schema_of_rejects) -> None:
+        """Staged runs: commit every staged fragment of the run (all its done files) in one Overwrite."""
+        self.before_commit()
+        done = self.runlog.done_files(self.run_id, with_fragments=True).values()
+        lance_sink.check_version(self.table_uri, self.table_version, "the table", self.options)
+        lance_sink.commit_overwrite(self.rejects_uri, schema_of_rejects, [x for d in done for x in d.reject_fragments],
+                                    self.options)
+        self.table_version = lance_sink.commit_overwrite(self.table_uri, self.table_schema,
+                                                         [x for d in done for x in d.fragments], self.options)
+        self.runlog.mark(self.run_id, "committed")

@@ -1,0 +1,327 @@
+"""Production-safe writes (issue 13): chunked upserts, delete_missing on a partial source, concurrent
+writers, crashed overwrites, resume by name and by file identity, and which revision of an id wins.
+
+Real local Ray, real LanceDB/Lance tables, a real (tiny, random) BERT with MiniLM's tokenizer; the
+crash tests kill a real driver process by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lance
+import lancedb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from connectors import lance_sink
+from connectors.run_log import RunLog
+from connectors.table_lease import TableBusyError, TableLease
+from pipelines.config import ConfigError, load_config
+from pipelines.indexing import DeleteGuardError, run_index
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cfg(src, db, model, *extra):
+    return load_config(overrides=[f"source.path={src}", f"sink.uri={db}", "sink.table=docs", f"model.path={model}",
+                                  "compute.block_rows=16", "sink.rows_per_fragment=32", "index.type=none", *extra])
+
+
+def _rows(db, table="docs"):
+    return lancedb.connect(str(db)).open_table(table).to_arrow().to_pylist()
+
+
+def _write(root: Path, name: str, rows: list[dict], schema=None):
+    path = root / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+def _docs(sample_table, start, n):
+    t = sample_table.slice(start, n).select(["id", "text"])
+    return [{"id": r["id"], "text": r["text"][:300]} for r in t.to_pylist()]
+
+
+# -- 1. chunked upserts -------------------------------------------------------------------------------
+
+def test_chunked_upsert_replaces_whole_documents_skips_unchanged_and_deletes_all_chunks(
+        ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    long_a = " ".join(r["text"] for r in _docs(sample_table, 3000 % 3000, 6))
+    docs = _docs(sample_table, 100, 8)
+    day1 = [*docs, {"id": "long", "text": long_a}, {"id": "gone", "text": long_a[::-1]}]
+    _write(tmp_path / "day1", "a.parquet", day1)
+    db = tmp_path / "db"
+    chunk = ["embed.long_text=chunk", "embed.chunk_overlap=4", "model.max_tokens=48"]
+    run_index(_cfg(tmp_path / "day1", db, tiny_bert_dir, *chunk))
+    before = _rows(db)
+    assert len([r for r in before if r["doc_id"] == "long"]) >= 3
+
+    long_b = long_a[: len(long_a) // 3]  # fewer chunks now
+    day2 = [*docs, {"id": "long", "text": long_b}]
+    _write(tmp_path / "day2", "a.parquet", day2)
+    up = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *chunk, "sink.mode=upsert", "sink.delete_missing=true"))
+    assert up.skipped == len(docs)  # unchanged documents were not embedded again
+    assert up.rows_read == len(docs) + 1
+
+    # The upserted table holds exactly what a fresh run over day 2 writes.
+    fresh = tmp_path / "fresh"
+    run_index(_cfg(tmp_path / "day2", fresh, tiny_bert_dir, *chunk))
+    got = sorted((r["id"], r["doc_id"], r["chunk"], r["text"]) for r in _rows(db))
+    want = sorted((r["id"], r["doc_id"], r["chunk"], r["text"]) for r in _rows(fresh))
+    assert got == want
+    assert not [r for r in _rows(db) if r["doc_id"] == "gone"]
+    assert up.deleted_missing == len([r for r in before if r["doc_id"] == "gone"])
+    # Rerun: nothing changes, nothing is rejected as a duplicate.
+    again = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *chunk, "sink.mode=upsert"))
+    assert (again.skipped, again.rows_written, again.rows_rejected) == (len(docs) + 1, 0, 0)
+
+
+# -- 2. delete_missing on a partial view --------------------------------------------------------------
+
+def test_delete_missing_deletes_nothing_when_a_file_was_skipped(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    src = tmp_path / "src"
+    for k in range(3):
+        _write(src, f"p{k}.parquet", _docs(sample_table, 200 + 20 * k, 20))
+    db = tmp_path / "db"
+    run_index(_cfg(src, db, tiny_bert_dir))
+    (src / "p1.parquet").write_bytes(b"PAR1 truncated upload")
+    up = run_index(_cfg(src, db, tiny_bert_dir, "sink.mode=upsert", "sink.delete_missing=true",
+                        "source.on_bad_file=skip"))
+    assert len(_rows(db)) == 60
+    assert up.deleted_missing == 0 and "unreadable" in up.delete_missing_skipped
+    assert "deleted      none" in up.format()
+
+
+def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
+        ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    src = tmp_path / "src"
+    for k in range(4):
+        _write(src, f"p{k}.parquet", _docs(sample_table, 300 + 20 * k, 20))
+    db = tmp_path / "db"
+    run_index(_cfg(src, db, tiny_bert_dir))
+    partial = tmp_path / "partial"
+    _write(partial, "p0.parquet", _docs(sample_table, 300, 20))  # a prefix listed with 1 of 4 files
+    cfg = ["sink.mode=upsert", "sink.delete_missing=true", "run.id=daily-2"]
+    with pytest.raises(DeleteGuardError, match=r"75\.0% of table 'docs'.*sink.max_delete_fraction=0.1"):
+        run_index(_cfg(partial, db, tiny_bert_dir, *cfg))
+    assert len(_rows(db)) == 80
+    done = run_index(_cfg(partial, db, tiny_bert_dir, *cfg, "sink.max_delete_fraction=0.8"))
+    assert done.deleted_missing == 60 and len(_rows(db)) == 20
+    with pytest.raises(ConfigError, match="max_delete_fraction applies only with sink.delete_missing"):
+        _cfg(partial, db, tiny_bert_dir, "sink.max_delete_fraction=0.5")
+
+
+# -- 3. concurrent writers ----------------------------------------------------------------------------
+
+def _job(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "jobs.index", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _job_args(src, db, model, *extra):
+    out = []
+    for item in [f"source.path={src}", f"sink.uri={db}", "sink.table=docs", f"model.path={model}",
+                 "compute.block_rows=8", "sink.rows_per_fragment=16", "sink.checkpoint_rows=16",
+                 "index.type=none", *extra]:
+        out += ["--set", item]
+    return out
+
+
+def _env(ray_cluster):
+    return {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["address"], "HF_HUB_OFFLINE": "1"}
+
+
+def _wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception:  # noqa: BLE001 - a table mid-commit; look again
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    src = tmp_path / "src"
+    for k in range(8):
+        _write(src, f"p{k}.parquet", _docs(sample_table, 400 + 40 * k, 40))
+    db = tmp_path / "db"
+    env = _env(ray_cluster)
+    first = _job(_job_args(src, db, tiny_bert_dir, "run.id=first-run"), env)
+    _wait_for(lambda: (db / "docs.lease").exists(), what="the first job's lease")
+    # An overwrite to another dimension, started while the first runs: refused before any work.
+    second = subprocess.run([sys.executable, "-m", "jobs.index",
+                             *_job_args(src, db, tiny_bert_dir, "embed.dimension=16", "run.id=second-run")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.poll() is None, "the first job ended before the second started"
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert "being written by run first-run" in second.stderr and "sink.on_busy=wait" in second.stderr
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-2000:]
+    rows = _rows(db)
+    assert len(rows) == len({r["id"] for r in rows}) == 320
+    assert {len(r["vector"]) for r in rows} == {32}
+    assert not (db / "docs.lease").exists()  # released
+
+    # sink.on_busy=wait: the second job waits for the first, then runs.
+    first = _job(_job_args(src, db, tiny_bert_dir, "run.id=third-run"), env)
+    _wait_for(lambda: (db / "docs.lease").exists(), what="the third job's lease")
+    waited = subprocess.run([sys.executable, "-m", "jobs.index",
+                             *_job_args(src, db, tiny_bert_dir, "sink.on_busy=wait", "sink.mode=upsert")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    first.communicate(timeout=600)
+    assert first.returncode == 0 and waited.returncode == 0, waited.stderr[-2000:]
+    assert "waiting for run third-run" in waited.stderr
+    assert len(_rows(db)) == 320
+
+
+def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "docs.lease").write_text(
+        f'{{"run_id": "crashed", "token": "t", "host": "{os.uname().nodename}", "pid": {dead.pid}, '
+        f'"started": {time.time()}, "heartbeat": {time.time()}}}')
+    lease = TableLease(str(tmp_path), "docs", "next-run", timeout_s=600)
+    with lease:
+        assert lease.took_over["run_id"] == "crashed"
+        with pytest.raises(TableBusyError, match="being written by run next-run"):
+            TableLease(str(tmp_path), "docs", "other", timeout_s=600).acquire()
+    assert not (tmp_path / "docs.lease").exists()
+
+
+def test_a_commit_onto_a_table_another_writer_changed_is_refused(tmp_path):
+    uri = str(tmp_path / "t.lance")
+    schema = pa.schema([("id", pa.string()), ("x", pa.int64())])
+    ds = lance.write_dataset(pa.table({"id": [f"d{i}" for i in range(10)], "x": list(range(10))}, schema=schema), uri)
+    ds = lance.write_dataset(pa.table({"id": ["e0", "e1"], "x": [10, 11]}, schema=schema), uri, mode="append")
+    started = ds.version
+    replaced = ds.to_table(filter="id IN ('d1', 'e0')", with_row_id=True).column("_rowid").to_numpy()
+    from lance.fragment import write_fragments
+
+    new = write_fragments(pa.table({"id": ["d1", "e0"], "x": [100, 101]}, schema=schema), uri, schema=schema)
+    ds.optimize.compact_files()  # another process compacts: rows move to new addresses
+    with pytest.raises(lance_sink.ConcurrentWriteError, match="expected version 2, found 3"):
+        lance_sink.commit_checkpoint(uri, schema, new, replaced, started)
+    assert lance.dataset(uri).count_rows() == 12  # nothing deleted, nothing added
+    # Without the foreign commit the same checkpoint replaces both rows in one version.
+    v = lance_sink.commit_checkpoint(uri, schema, new, lance.dataset(uri).to_table(
+        filter="id IN ('d1', 'e0')", with_row_id=True).column("_rowid").to_numpy(), lance.dataset(uri).version)
+    got = {r["id"]: r["x"] for r in lance.dataset(uri).to_table().to_pylist()}
+    assert v == lance.dataset(uri).version and len(got) == 12 and (got["d1"], got["e0"]) == (100, 101)
+
+
+# -- 4/5/6. crashed overwrite, resume by name, resume by file identity --------------------------------
+
+def _kill_after_done_files(proc, db, count, run_id=None):
+    runlog = RunLog(str(db), "docs")
+
+    def enough():
+        rid = run_id or runlog.last_unfinished()
+        return rid is not None and len(runlog.done_files(rid)) >= count
+
+    _wait_for(lambda: proc.poll() is not None or enough(), what=f"{count} finished files")
+    assert proc.poll() is None, "the job finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write(old, "a.parquet", _docs(sample_table, 900, 30))
+    for k in range(10):
+        _write(new, f"p{k}.parquet", _docs(sample_table, 1000 + 30 * k, 30))
+    db = tmp_path / "db"
+    run_index(_cfg(old, db, tiny_bert_dir))
+    old_ids = sorted(r["id"] for r in _rows(db))
+    env = _env(ray_cluster)
+    proc = _job(_job_args(new, db, tiny_bert_dir), env)
+    _kill_after_done_files(proc, db, 3)
+    err = proc.stderr.read()
+    run_id = RunLog(str(db), "docs").last_unfinished()
+    assert f"run {run_id} started" in err and f"--set run.id={run_id}" in err  # said at the start
+    # Readers still see the old table, whole and readable.
+    assert sorted(r["id"] for r in _rows(db)) == old_ids
+    resumed = subprocess.run([sys.executable, "-m", "jobs.index", *_job_args(new, db, tiny_bert_dir, "run.resume=true"),
+                              "--summary-json", str(tmp_path / "s.json")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"run {run_id} resumed" in resumed.stderr
+    rows = _rows(db)
+    assert sorted(r["id"] for r in rows) == sorted(pq.read_table(new).column("id").to_pylist())
+    assert {r["run_id"] for r in rows} == {run_id}
+    with pytest.raises(ConfigError, match="has no unfinished run"):
+        run_index(_cfg(new, db, tiny_bert_dir, "run.resume=true"))
+
+
+def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
+        ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    src = tmp_path / "src"
+    for k in range(10):
+        _write(src, f"p{k}.parquet", _docs(sample_table, 1400 + 30 * k, 30))
+    db = tmp_path / "db"
+    env = _env(ray_cluster)
+    proc = _job(_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1"), env)
+    _kill_after_done_files(proc, db, 3, "r1")
+    done = RunLog(str(db), "docs").done_files("r1")
+    finished = sorted(done)[0]
+    unfinished = sorted(str(p) for p in src.glob("*.parquet") if str(p) not in done)
+    # A finished file is rewritten with new texts; an unfinished one is renamed.
+    rewritten = [{"id": r["id"], "text": "rewritten " + r["text"]} for r in pq.read_table(finished).to_pylist()]
+    _write(Path(finished).parent, Path(finished).name, rewritten)
+    renamed = Path(unfinished[-1])
+    renamed.rename(renamed.with_name("renamed-" + renamed.name))
+    resumed = subprocess.run([sys.executable, "-m", "jobs.index",
+                              *_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1")],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows = _rows(db)
+    assert len(rows) == len({r["id"] for r in rows}) == 300
+    assert {r["source_file"] for r in rows} <= {str(p) for p in src.glob("*.parquet")}  # nothing of the old name
+    by_id = {r["id"]: r["text"] for r in rows}
+    assert all(by_id[r["id"]] == r["text"] for r in rewritten)
+
+
+# -- 7. which revision wins ---------------------------------------------------------------------------
+
+def test_latest_partition_wins_in_overwrite_and_upsert_runs(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    docs = _docs(sample_table, 1800, 10)
+    src = tmp_path / "src"
+    _write(src, "date=2026-11-05/a.parquet", [{**d, "text": "old " + d["text"]} for d in docs[:5]] + docs[5:])
+    _write(src, "date=2026-11-20/a.parquet", [{**d, "text": "new " + d["text"]} for d in docs[:5]])
+    db = tmp_path / "db"
+    first = run_index(_cfg(src, db, tiny_bert_dir))
+    texts = {r["id"]: r["text"] for r in _rows(db)}
+    assert len(texts) == 10 == len(_rows(db))
+    assert all(texts[d["id"]].startswith("new ") for d in docs[:5])
+    assert first.rejected == {"superseded": 5}
+    rejects = _rows(db, "docs_rejects")
+    assert {(r["id"], r["reason"]) for r in rejects} == {(d["id"], "superseded") for d in docs[:5]}
+    assert all("2026-11-05" in r["file"] for r in rejects)
+    # Upsert over the same two partitions: the table already holds the 11-20 texts (unchanged);
+    # the 11-05 revisions must not replace them.
+    up = run_index(_cfg(src, db, tiny_bert_dir, "sink.mode=upsert"))
+    assert {r["id"]: r["text"] for r in _rows(db)} == texts, up.format()
+
+
+def test_revision_column_decides_which_row_wins(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    docs = _docs(sample_table, 1900, 4)
+    src = tmp_path / "src"
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("updated_at", pa.int64())])
+    _write(src, "b.parquet", [{**d, "text": "v1 " + d["text"], "updated_at": 1} for d in docs], schema)
+    _write(src, "a.parquet", [{**d, "text": "v2 " + d["text"], "updated_at": 2} for d in docs], schema)
+    db = tmp_path / "db"
+    run_index(_cfg(src, db, tiny_bert_dir, "source.metadata_columns=[updated_at]", "sink.revision_by=updated_at"))
+    rows = _rows(db)
+    assert len(rows) == 4 and all(r["text"].startswith("v2 ") and r["updated_at"] == 2 for r in rows)
+    with pytest.raises(ConfigError, match="sink.revision_by=updated_at: must be 'path' or one of"):
+        _cfg(src, db, tiny_bert_dir, "sink.revision_by=updated_at")
