@@ -121,7 +121,7 @@ def test_killed_driver_resumes_with_same_run_id_without_redoing_finished_files(r
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(summary_file.read_text())
-    done_rows = sum(done_before.values())
+    done_rows = sum(d.rows for d in done_before.values())
     assert summary["resumed_files"] >= len(done_before)
     assert summary["rows_read"] <= 480 - done_rows  # finished files were not embedded again
     ids = _table_ids(db)

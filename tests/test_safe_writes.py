@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors import lance_sink
-from connectors.run_log import RunLog
-from connectors.table_lease import TableBusyError, TableLease
 from pipelines.config import ConfigError, load_config
-from pipelines.indexing import DeleteGuardError, run_index
+from pipelines.indexing import run_index
+
+# Names this change added are imported where they are used, so that this file also runs against
+# the code before it (each test then fails on what it checks, which is how they were validated).
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -110,6 +111,8 @@ def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
     partial = tmp_path / "partial"
     _write(partial, "p0.parquet", _docs(sample_table, 300, 20))  # a prefix listed with 1 of 4 files
     cfg = ["sink.mode=upsert", "sink.delete_missing=true", "run.id=daily-2"]
+    from pipelines.indexing import DeleteGuardError
+
     with pytest.raises(DeleteGuardError, match=r"75\.0% of table 'docs'.*sink.max_delete_fraction=0.1"):
         run_index(_cfg(partial, db, tiny_bert_dir, *cfg))
     assert len(_rows(db)) == 80
@@ -186,6 +189,8 @@ def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sa
 
 
 def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
+    from connectors.table_lease import TableBusyError, TableLease
+
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (tmp_path / "docs.lease").write_text(
@@ -222,8 +227,14 @@ def test_a_commit_onto_a_table_another_writer_changed_is_refused(tmp_path):
 
 # -- 4/5/6. crashed overwrite, resume by name, resume by file identity --------------------------------
 
+def _runlog(db):
+    from connectors.run_log import RunLog
+
+    return RunLog(str(db), "docs")
+
+
 def _kill_after_done_files(proc, db, count, run_id=None):
-    runlog = RunLog(str(db), "docs")
+    runlog = _runlog(db)
 
     def enough():
         rid = run_id or runlog.last_unfinished()
@@ -247,7 +258,7 @@ def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster,
     proc = _job(_job_args(new, db, tiny_bert_dir), env)
     _kill_after_done_files(proc, db, 3)
     err = proc.stderr.read()
-    run_id = RunLog(str(db), "docs").last_unfinished()
+    run_id = _runlog(db).last_unfinished()
     assert f"run {run_id} started" in err and f"--set run.id={run_id}" in err  # said at the start
     # Readers still see the old table, whole and readable.
     assert sorted(r["id"] for r in _rows(db)) == old_ids
@@ -272,7 +283,7 @@ def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
     env = _env(ray_cluster)
     proc = _job(_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1"), env)
     _kill_after_done_files(proc, db, 3, "r1")
-    done = RunLog(str(db), "docs").done_files("r1")
+    done = _runlog(db).done_files("r1")
     finished = sorted(done)[0]
     unfinished = sorted(str(p) for p in src.glob("*.parquet") if str(p) not in done)
     # A finished file is rewritten with new texts; an unfinished one is renamed.
