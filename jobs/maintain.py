@@ -1,11 +1,14 @@
-"""Index upkeep and health check of a table, with the same config as the job that writes it.
+"""Index upkeep, housekeeping and health check of a table, with the same config as the job that writes it.
 
     python -m jobs.maintain --config FILE [--set key=value ...] [--summary-json FILE|-] [--skip-id-check]
 
 Reports the vector index's indexed and unindexed rows, runs ``optimize()`` or rebuilds the index by
-``index.reindex_fraction`` (the policy of append/upsert runs), reports again, and checks that no id
-is in the table twice. Exit 0 when all is well; 1 when an id is duplicated (the report is printed
-first) or the upkeep failed; 2 when the config is invalid or the table does not exist.
+``index.reindex_fraction`` (the policy of append/upsert runs), reports again; compacts the table,
+``<table>_rejects`` and ``<table>_runs`` and prunes their versions older than ``sink.keep_versions``
+(per table: fragments before/after, versions removed, bytes freed); and checks that no id is in the
+table twice. Run it when no indexing job writes the table (compaction moves rows). Exit 0 when all
+is well; 1 when an id is duplicated (the report is printed first) or the upkeep failed; 2 when the
+config is invalid or the table does not exist.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from jobs._cli import report as show
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.maintain", description=__doc__.split("\n")[0])
-    add_config_arguments(parser, "YAML config file; sink.*, index.* and storage.* are used", "sink.table=wiki",
+    add_config_arguments(parser, "YAML config file; sink.* (keep_versions: how far back versions are kept), "
+                         "index.* and storage.* are used", "sink.table=wiki",
                          "also write the report as JSON to FILE ('-': one line on stdout)")
     parser.add_argument("--skip-id-check", action="store_true",
                         help="do not scan the id column for duplicates (8 bytes of memory per row)")

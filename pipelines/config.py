@@ -10,6 +10,8 @@ whose values are parsed as YAML scalars (``--set compute.actors=4 --set model.dt
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -29,6 +31,7 @@ __all__ = [
     "StorageConfig",
     "VLLMConfig",
     "load_config",
+    "parse_duration",
     "parse_overrides",
 ]
 
@@ -39,6 +42,27 @@ DEFAULT_SAMPLE = str(Path(__file__).resolve().parent.parent / "data" / "sample" 
 
 class ConfigError(ValueError):
     """A configuration that cannot run; the message names the offending key."""
+
+
+_DURATION = re.compile(r"^(\d+)([dhms])$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+
+
+def parse_duration(text: Union[str, int]) -> timedelta:
+    """``"7d"``, ``"36h"``, ``"90m"``, ``"30s"`` or ``0`` / ``"0"`` as a :class:`timedelta`.
+
+    A bare number other than 0 is refused: its unit would be a guess.
+
+    Raises:
+        ValueError: not one of those forms.
+    """
+    if text in (0, "0") and not isinstance(text, bool):
+        return timedelta(0)
+    match = _DURATION.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration: use a whole number with a unit, e.g. '7d', '36h', "
+                         "'90m', '30s', or 0")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
 class _Section(BaseModel):
@@ -226,6 +250,21 @@ class SinkConfig(_Section):
         90, gt=0, description="A table lease without a heartbeat for this long belongs to a dead job and is "
         "taken over (at once when that job ran on this host and its process is gone).",
     )
+    keep_versions: Optional[str] = Field(
+        "7d",
+        description="jobs.maintain prunes versions of the table, <table>_rejects and <table>_runs older than "
+        "this ('7d', '36h', '90m', '30s'; 0: all but the latest and the one the vector index was built on), "
+        "deleting the files only they reference: time travel and readers of an older version reach back "
+        "this far. null: never prune (compaction still runs; its old files then stay).",
+    )
+
+    @field_validator("keep_versions", mode="before")
+    @classmethod
+    def _keep_versions(cls, value):
+        if value is None:
+            return value
+        parse_duration(value)
+        return str(value).strip()
 
 
 class IndexConfig(_Section):

@@ -1,10 +1,16 @@
-"""Index upkeep and a health check for a table that scheduled runs keep adding to.
+"""Index upkeep, housekeeping and a health check for a table that scheduled runs keep adding to.
 
 Each append/upsert run already keeps the index in shape (:func:`connectors.lance_index.maintain_index`);
 this is the same policy as a step of its own, for a scheduler to run after the indexing job (and for
 tables that other writers touch): report the index's indexed/unindexed rows, ``optimize()`` or rebuild
 by ``index.reindex_fraction``, report again, and check that no id is in the table twice (the promise
 of idempotent, resumable runs). A duplicate id fails the step instead of being repaired silently.
+
+Housekeeping (:func:`housekeep`): the table, ``<table>_rejects`` and ``<table>_runs`` get a small
+commit at every checkpoint of every run; their fragments are compacted and their versions older than
+``sink.keep_versions`` pruned (:mod:`connectors.lance_housekeeping`, which explains why pruning never
+touches a running job's uncommitted files). Compaction changes row addresses, which a concurrent
+upsert run deletes superseded rows by: :func:`housekeep` is the one call to run under the table's lease.
 """
 
 from __future__ import annotations
@@ -19,11 +25,12 @@ import numpy as np
 
 from connectors import lance_sink
 from connectors.lance_dedup import id_hashes
+from connectors.lance_housekeeping import Housekeeping, compact_and_prune
 from connectors.lance_index import maintain_index
 from connectors.storage import Storage, is_s3
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, parse_duration
 
-__all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "index_stats", "run_maintenance"]
+__all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "housekeep", "index_stats", "run_maintenance"]
 
 
 class DuplicateIdsError(RuntimeError):
@@ -42,6 +49,8 @@ class MaintenanceReport:
     reason: str = ""
     duplicate_ids: Optional[int] = None  # rows beyond the first of each id; None: not checked
     duplicate_examples: list = field(default_factory=list)
+    keep_versions: Optional[str] = None  # sink.keep_versions (None: versions are never pruned)
+    housekeeping: list[Housekeeping] = field(default_factory=list)  # the table, its _rejects, its _runs
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -70,6 +79,9 @@ class MaintenanceReport:
             f"upkeep       {self.action}" + (f" ({self.reason})" if self.reason else ""),
             f"index after  {idx(self.after)}",
             f"duplicate ids {dups}",
+            f"housekeeping compacted; versions older than {self.keep_versions} pruned" if self.keep_versions
+            is not None else "housekeeping compacted; versions never pruned (sink.keep_versions: null)",
+            *(f"  {h.format()}" for h in self.housekeeping),
             f"took         {self.seconds:.1f}s",
             "=" * 72,
         ])
@@ -115,8 +127,22 @@ def duplicate_ids(uri: str, id_column: str, storage_options: Optional[dict] = No
     return sum(n - 1 for n in dups.values()), sorted(dups, key=str)[:examples]
 
 
+def housekeep(config: PipelineConfig, storage_options: Optional[dict] = None) -> list[Housekeeping]:
+    """Compact ``config.sink``'s table, its rejects and its run log; prune versions by ``sink.keep_versions``.
+
+    Compaction gives rows new addresses: run it only while no indexing run commits to the table
+    (the lease); pruning leaves uncommitted files alone either way.
+    """
+    sink = config.sink
+    keep = None if sink.keep_versions is None else parse_duration(sink.keep_versions)
+    uris = [lance_sink.dataset_uri(sink.uri, sink.table),
+            lance_sink.dataset_uri(sink.uri, lance_sink.rejects_table(sink.table)),
+            lance_sink.RunLog(sink.uri, sink.table, storage_options).uri]
+    return [compact_and_prune(uri, keep, storage_options) for uri in uris]
+
+
 def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> MaintenanceReport:
-    """Index upkeep for ``config.sink`` by ``config.index``'s policy, then the duplicate-id count.
+    """Index upkeep for ``config.sink`` by ``config.index``'s policy, housekeeping, the duplicate-id count.
 
     The caller decides what a duplicate means (:meth:`MaintenanceReport.raise_for_duplicates`).
 
@@ -151,6 +177,8 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
         lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
         lance_sink.write_lineage(sink.uri, sink.table, lineage, options)
     report.after = index_stats(table)
+    report.keep_versions = sink.keep_versions
+    report.housekeeping = housekeep(config, options)
     report.version = lance_sink.table_version(sink.uri, sink.table, options)
     if check_ids:
         id_column = lineage["source"]["id_column"]

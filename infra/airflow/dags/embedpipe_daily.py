@@ -3,7 +3,8 @@
     <source_root>/date=<ds>/*.parquet
       -> index     Ray job: python -m jobs.index --config <config> --set source.path=<source_root>/date=<ds>/
                             --set sink.mode=upsert --set run.id=daily-<ds>
-      -> maintain  Ray job: python -m jobs.maintain --config <config>   (index upkeep, duplicate-id check)
+      -> maintain  Ray job: python -m jobs.maintain --config <config>   (index upkeep, compaction and
+                            pruning by sink.keep_versions, duplicate-id check)
       -> record    the run record: XCom, and <records_dir>/<dag_id>/<ds>.json
 
 Safe to retry and to re-run: the run id is the data interval's (``daily-<ds>``), so an attempt after
