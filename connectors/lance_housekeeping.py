@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional
 
 __all__ = [
     "TARGET_ROWS_PER_FRAGMENT", "Housekeeping", "compact_and_prune", "index_built_on", "versions_to_retain",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -28,6 +29,7 @@ from connectors.lance_dedup import id_hashes
 from connectors.lance_housekeeping import Housekeeping, compact_and_prune
 from connectors.lance_index import maintain_index
 from connectors.storage import Storage, is_s3
+from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig, parse_duration
 
 __all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "housekeep", "index_stats", "run_maintenance"]
@@ -145,12 +147,13 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     """Index upkeep for ``config.sink`` by ``config.index``'s policy, housekeeping, the duplicate-id count.
 
     The caller decides what a duplicate means (:meth:`MaintenanceReport.raise_for_duplicates`).
+    Upkeep rewrites fragments (compaction moves rows to new addresses), so it holds the table's
+    lease (:mod:`connectors.table_lease`) like an indexing run: it never runs beside one.
 
     Raises:
         SinkError: no such table, or not one of this pipeline's.
+        TableBusyError: an indexing run holds the table (``sink.on_busy=fail``).
     """
-    import lancedb
-
     started = time.perf_counter()
     sink = config.sink
     storage = Storage.resolve(config.storage, paths=[sink.uri])
@@ -160,6 +163,18 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     lineage = lance_sink.read_lineage(sink.uri, sink.table, options)
     if lineage is None:
         raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri}")
+    holder = f"maintain-{uuid.uuid4().hex[:8]}"
+    with TableLease(sink.uri, sink.table, holder, storage=storage, timeout_s=sink.lease_timeout_s,
+                    on_busy=sink.on_busy):
+        report = _maintain(config, lineage, options, check_ids)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], check_ids: bool) -> MaintenanceReport:
+    import lancedb
+
+    sink = config.sink
     table = lancedb.connect(sink.uri, storage_options=options).open_table(sink.table)
     report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=table.count_rows())
     report.before = index_stats(table)
@@ -184,5 +199,4 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
         id_column = lineage["source"]["id_column"]
         report.duplicate_ids, report.duplicate_examples = duplicate_ids(
             lance_sink.dataset_uri(sink.uri, sink.table), id_column, options)
-    report.seconds = time.perf_counter() - started
     return report

@@ -21,7 +21,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_sink
 from connectors.parquet_source import SourceError
 from connectors.run_log import RunLog
 from pipelines.config import load_config
