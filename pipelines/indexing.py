@@ -33,7 +33,7 @@ from connectors.storage import Storage, is_s3
 from pipelines import columns as C
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.hf_encoder import padding_side_for
-from pipelines.lineage import check_compatible, identity_key, make_lineage
+from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
 from pipelines.tokenize import effective_max_tokens, eos_to_append, load_tokenizer
@@ -221,7 +221,7 @@ def run_index(config: PipelineConfig) -> RunSummary:
         version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
         if c.sink.mode == "upsert" and version is not None:
             existing = lance_sink.ExistingRows(plan.table_uri, version, c.source.id_column, options)
-        lineage_key = identity_key(plan.lineage, f"|{c.embed.long_text}|{c.embed.chunk_overlap}")
+        lineage_key = vector_key(plan.lineage, c)
         stages = embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension,
                                   lineage_key=lineage_key, existing=existing, storage=plan.storage)
         stages.append(_sink_stage(plan))
