@@ -91,6 +91,8 @@ def _download_s3(path: str, storage: Storage) -> Path:
     except OSError as exc:
         raise ModelNotFoundError(f"model.path={path}: cannot list it ({storage.explain(exc)})") from None
     files = {key[len(root) + 1:]: info for key, info in listing.items() if key.startswith(root + "/")}
+    for rel in files:
+        _check_relative_key(path, rel)
     if "config.json" not in files:
         raise ModelNotFoundError(f"model.path={path}: no config.json under this prefix")
 
@@ -113,6 +115,8 @@ def _download_s3(path: str, storage: Storage) -> Path:
         try:
             for rel in sorted(files):
                 local = staging / rel
+                if not local.resolve().is_relative_to(staging.resolve()):
+                    raise ModelNotFoundError(f"model.path={path}: object key {rel!r} leads outside the cache")
                 local.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(f"{root}/{rel}", str(local))
             (staging / _COMPLETE).write_text(path + "\n")
@@ -127,6 +131,18 @@ def _download_s3(path: str, storage: Storage) -> Path:
 
 FINGERPRINT_SCHEME = "sha256-full"
 _READ_BYTES = 8 << 20
+
+
+def _check_relative_key(path: str, rel: str) -> None:
+    """Refuse a key that would be written outside the cache entry (``m/../../x``, ``/etc/x``).
+
+    S3 keys are free text; joined to a local directory, ``..`` parts or a leading ``/`` would let
+    whoever can write to the bucket write anywhere the job can, on every node.
+    """
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith("/") or any(p in ("..", "") for p in parts) or ":" in parts[0]:
+        raise ModelNotFoundError(f"model.path={path}: object key {rel!r} is not a plain relative path "
+                                 "(.. or absolute); refusing to download it")
 
 
 def model_fingerprint(model_dir: Path, cache_file: Optional[Path] = None) -> str:

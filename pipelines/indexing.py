@@ -36,7 +36,7 @@ from pipelines.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
-from pipelines.tokenize import effective_max_tokens, eos_to_append, load_tokenizer
+from pipelines.tokenize import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.index_step import check_tuning_queries, index_table, read_tuning_queries
 from pipelines.tuning import index_lineage
 
@@ -96,7 +96,7 @@ def preflight(config: PipelineConfig) -> RunPlan:
     columns = [src.id_column, src.text_column, *src.metadata_columns]
     storage = Storage.resolve(config.storage, paths=[src.path, sink.uri, config.model.path,
                                                      config.index.tuning_queries_path])
-    source = open_source(src.path, columns, src.text_column, src.on_bad_file, storage)
+    source = open_source(src.path, columns, src.text_column, src.on_bad_file, storage, src.id_column)
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")  # a missing bucket or refused credentials, before any work
     if config.index.tuning_queries_path:
@@ -111,6 +111,9 @@ def preflight(config: PipelineConfig) -> RunPlan:
     if dimension > hidden:
         raise ConfigError(f"embed.dimension={dimension} is larger than the model's {hidden} dimensions")
     max_tokens = effective_max_tokens(model_dir, tokenizer, config.model.max_tokens)
+    if config.embed.long_text == "chunk":  # before any row is committed, not in the first tokenize task
+        eos_id = eos_to_append(tokenizer, config.model.append_eos, config.model.pooling)
+        chunk_window(tokenizer, max_tokens, config.model.document_prompt, eos_id, config.embed.chunk_overlap)
     lineage = make_lineage(
         config, fingerprint=model_fingerprint(model_dir), hidden_size=hidden,
         max_tokens=max_tokens, dimension=dimension,

@@ -212,3 +212,128 @@ def test_legacy_fingerprint_tables_refuse_writes_with_the_way_out():
     with pytest.raises(LineageMismatchError, match="legacy scheme.*rebuild the table with sink.mode=overwrite"):
         check_compatible(old, new, "this run's config")
     check_compatible(new, new, "this run's config")
+
+
+# --- case 11: hostile keys, unreachable stores, odd ids, bad overlaps, verbatim strings -------------
+
+
+def test_s3_model_key_that_climbs_out_of_the_cache_is_refused(s3_server, tiny_bert_dir, tmp_path, monkeypatch):
+    from connectors.model_store import ModelNotFoundError, resolve_model_dir
+    from connectors.storage import Storage
+
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EMBEDPIPE_MODEL_CACHE", str(cache))
+    client = s3_server.client()
+    client.create_bucket(Bucket="hostile")
+    for f in tiny_bert_dir.iterdir():
+        client.put_object(Bucket="hostile", Key=f"m/{f.name}", Body=f.read_bytes())
+    client.put_object(Bucket="hostile", Key="m/../../escaped.txt", Body=b"written outside the cache")
+    assert "m/../../escaped.txt" in [o["Key"] for o in client.list_objects_v2(Bucket="hostile")["Contents"]]
+
+    with pytest.raises(ModelNotFoundError, match=r"model.path=s3://hostile/m: object key '\.\./\.\./escaped.txt'"):
+        resolve_model_dir("s3://hostile/m", None, Storage.resolve())
+    assert not list(tmp_path.rglob("escaped.txt"))
+
+
+def test_unreachable_endpoint_exits_2_with_one_line_in_seconds(tmp_path):
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY0000", "AWS_SECRET_ACCESS_KEY": "secret-0123456789"}
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.index", "--set", "source.path=s3://corpus/docs/",
+         "--set", f"storage.endpoint_url=http://127.0.0.1:{port}", "--set", "storage.allow_http=true",
+         "--set", f"sink.uri={tmp_path / 'db'}"],
+        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    assert result.returncode == 2, result.stderr[-2000:]
+    [line] = result.stderr.strip().splitlines()
+    assert f"cannot reach the store at storage.endpoint_url=http://127.0.0.1:{port}" in line
+    assert elapsed < 30  # a bound on retries, not a benchmark (it took ~45 s and exited 1)
+
+
+def test_credentials_in_an_endpoint_url_are_never_shown(monkeypatch):
+    from connectors.storage import Storage, StorageError, redact_environment
+    from pipelines.config import ConfigError
+
+    url = "http://user:hunter2-secret@127.0.0.1:9000"
+    with pytest.raises(ConfigError, match="storage.endpoint_url: .*must not hold credentials") as err:
+        load_config(overrides=[f"storage.endpoint_url={url}"])
+    assert "hunter2" not in str(err.value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
+    storage = Storage.resolve()
+    with pytest.raises(StorageError, match=r"AWS_ENDPOINT_URL=http://\*\*\*@127.0.0.1:9000: credentials") as err:
+        storage.lance_options("s3://bucket/db")
+    assert "hunter2" not in str(err.value) and "hunter2" not in storage.redact(f"at {url}")
+    assert "hunter2" not in redact_environment(f"Could not connect to {url}/bucket")
+
+
+@pytest.mark.parametrize("name", ["doc-id", "doc id", "1st", "id;drop"])
+def test_id_column_must_be_a_plain_identifier(name):
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="source.id_column: .*not a plain identifier"):
+        load_config(overrides=[f"source.id_column={name}"])
+
+
+@pytest.mark.parametrize("ids", [pa.array([1.5, 2.5]), pa.array([b"a", b"b"]), pa.array([True, False])],
+                         ids=["double", "binary", "bool"])
+def test_id_types_other_than_string_or_integer_fail_in_preflight(ids, tmp_path):
+    from connectors.parquet_source import SourceError
+    from pipelines.indexing import preflight
+
+    pq.write_table(pa.table({"id": ids, "text": ["one", "two"]}), tmp_path / "odd.parquet")
+    with pytest.raises(SourceError, match=rf"odd.parquet: id column id is {ids.type}; source.id_column"):
+        preflight(_config(tmp_path / "odd.parquet", tmp_path / "db"))
+    assert not (tmp_path / "db").exists()
+
+
+def test_integer_ids_still_work_in_preflight(tmp_path):
+    from pipelines.indexing import preflight
+
+    pq.write_table(pa.table({"id": pa.array([1, 2], pa.int32()), "text": ["one", "two"]}), tmp_path / "i.parquet")
+    assert preflight(_config(tmp_path / "i.parquet", tmp_path / "db")).source.schema.field("id").type == pa.int64()
+
+
+def test_chunk_overlap_at_or_over_the_token_budget_fails_before_work(tiny_bert_dir, tmp_path):
+    from pipelines.config import ConfigError
+    from pipelines.indexing import preflight
+
+    with pytest.raises(ConfigError, match="embed.chunk_overlap=64 must be below model.max_tokens=64"):
+        load_config(overrides=["embed.long_text=chunk", "model.max_tokens=64", "embed.chunk_overlap=64"])
+    load_config(overrides=["model.max_tokens=64", "embed.chunk_overlap=64"])  # truncating: not used
+    pq.write_table(pa.table({"id": ["a"], "text": ["one"]}), tmp_path / "a.parquet")
+    # Below max_tokens, but not below the text tokens a window has once [CLS] and [SEP] are in.
+    with pytest.raises(ConfigError, match=r"embed.chunk_overlap=63 must be below the 62 text tokens"):
+        preflight(_config(tmp_path / "a.parquet", tmp_path / "db", f"model.path={tiny_bert_dir}",
+                          "embed.long_text=chunk", "model.max_tokens=64", "embed.chunk_overlap=63"))
+    # The model's own limit (128 positions here) counts when model.max_tokens is not set.
+    with pytest.raises(ConfigError, match=r"embed.chunk_overlap=500 must be below"):
+        preflight(_config(tmp_path / "a.parquet", tmp_path / "db", f"model.path={tiny_bert_dir}",
+                          "embed.long_text=chunk", "embed.chunk_overlap=500"))
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("model.query_prompt=query #1: ", {"model": {"query_prompt": "query #1: "}}),
+    ("model.document_prompt=[passage] ", {"model": {"document_prompt": "[passage] "}}),
+    ("run.id=0123", {"run": {"id": "0123"}}),
+    ("model.revision=null", {"model": {"revision": None}}),
+    ("compute.actors=2", {"compute": {"actors": 2}}),
+])
+def test_set_keeps_string_values_verbatim(item, expected):
+    from pipelines.config import parse_overrides
+
+    assert parse_overrides([item]) == expected
+    config = load_config(overrides=[item])
+    section, key = item.split("=", 1)[0].split(".")
+    assert getattr(getattr(config, section), key) == expected[section][key]
