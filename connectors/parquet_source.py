@@ -189,14 +189,14 @@ def open_source(
             has = [*schema.names, *(f"{k} (partition)" for k in partitions)]
             raise SourceError(f"{name}: missing column(s) {', '.join(missing)} (has {', '.join(has)})")
         types = {c: schema.field(c).type if c in schema.names else pa.string() for c in columns}
-        if id_column is not None and _family(types[id_column]) not in ("string", "integer"):
-            raise SourceError(f"{name}: id column {id_column} is {types[id_column]}; source.id_column must be "
-                              "a string or integer column")
         if first is None:
             first = (name, types)
         for c in columns:
             if c != text_column and _family(first[1][c]) != _family(types[c]):
                 raise SourceError(f"{name}: column {c} is {types[c]}, but {first[0]} has {first[1][c]}")
+        if id_column is not None and _family(types[id_column]) not in ("string", "integer"):
+            raise SourceError(f"{name}: id column {id_column} is {types[id_column]}; source.id_column must be "
+                              "a string or integer column")
         good.append(file)
         rows[file] = meta.num_rows
         shapes[file] = ",".join(str(types[c]) for c in columns)
