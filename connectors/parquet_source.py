@@ -149,6 +149,7 @@ def open_source(
     text_column: Optional[str] = None,
     on_bad_file: str = "error",
     storage: Optional[Storage] = None,
+    id_column: Optional[str] = None,
 ) -> ParquetSource:
     """List the Parquet files under ``path`` and check every file has ``columns`` of compatible types.
 
@@ -156,7 +157,8 @@ def open_source(
     read (in parallel), so this is cheap next to the embedding work it protects. The text column may
     be of any type: a file whose text is not a string has each row rejected (with its id and file)
     by the validate stage, so the run still accounts for them. An id or metadata column whose type
-    differs between files is an error.
+    differs between files is an error, and so is an ``id_column`` that is neither string nor integer
+    (ids are matched in SQL filters and become chunk ids ``<id>#<k>``).
 
     Raises:
         SourceError: naming the bucket or prefix that does not exist, refused credentials, the path
@@ -201,6 +203,9 @@ def open_source(
         for c in columns:
             if c != text_column and _family(first[1][c]) != _family(types[c]):
                 raise SourceError(f"{name}: column {c} is {types[c]}, but {first[0]} has {first[1][c]}")
+        if id_column is not None and _family(types[id_column]) not in ("string", "integer"):
+            raise SourceError(f"{name}: id column {id_column} is {types[id_column]}; source.id_column must be "
+                              "a string or integer column")
         good.append(file)
         rows[file] = meta.num_rows
         shapes[file] = ",".join(str(types[c]) for c in columns)

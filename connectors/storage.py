@@ -37,13 +37,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-__all__ = ["Storage", "StorageError", "is_s3", "redact_environment", "split_s3"]
+__all__ = ["Storage", "StorageError", "is_s3", "redact_environment", "redact_url", "split_s3"]
 
 _STATIC_CREDENTIAL_PROVIDERS = ("env", "shared-credentials-file", "config-file", "boto-config")
 _TRUE = ("1", "true", "yes", "on")
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
 RETRY_TIMEOUT_S = 300  # object_store: give up retrying one request after this long
+PROBE_ATTEMPTS = 2  # the up-front reachability check (see Storage.probe)
 
 
 class StorageError(ValueError):
@@ -127,6 +128,7 @@ class Storage:
     secret_key: Optional[str] = field(default=None, repr=False)
     session_token: Optional[str] = field(default=None, repr=False)
     problem: Optional[str] = None
+    endpoint_key: str = "storage.endpoint_url"  # where the endpoint came from, for messages
 
     @classmethod
     def resolve(cls, config: Any = None, paths: Optional[Sequence[Optional[str]]] = None) -> "Storage":
@@ -152,7 +154,10 @@ class Storage:
         if allow_http is None:
             allow_http = bool(_env_flag(env, "AWS_ALLOW_HTTP"))
         problem = None
-        if endpoint and not re.match(r"^https?://[^/\s]+/?$", endpoint):
+        if endpoint and "@" in endpoint:
+            problem = (f"{endpoint_key}={redact_url(endpoint)}: credentials in the endpoint URL are not supported; "
+                       "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile")
+        elif endpoint and not re.match(r"^https?://[^/\s]+/?$", endpoint):
             problem = f"{endpoint_key}={endpoint}: expected http(s)://host[:port]"
         elif endpoint and endpoint.startswith("http://") and not allow_http:
             problem = (f"{endpoint_key}={endpoint} is plain HTTP: set storage.allow_http=true "
@@ -174,6 +179,7 @@ class Storage:
             secret_key=secret,
             session_token=token,
             problem=problem,
+            endpoint_key=endpoint_key,
         )
 
     # --- per-client views -------------------------------------------------------------------
@@ -188,8 +194,11 @@ class Storage:
             return self.region or "us-east-1"
         return _bucket_region(bucket)
 
-    def fsspec(self, path: str):
-        """``(filesystem, path_without_protocol)`` for a local path, glob or ``s3://`` URL."""
+    def fsspec(self, path: str, attempts: Optional[int] = None):
+        """``(filesystem, path_without_protocol)`` for a local path, glob or ``s3://`` URL.
+
+        ``attempts`` caps the attempts per request below ``max_attempts`` (checks that must fail fast).
+        """
         import fsspec
 
         if not is_s3(path):
@@ -208,13 +217,13 @@ class Storage:
             token=self.session_token,
             client_kwargs=client_kwargs,
             config_kwargs={
-                "retries": {"max_attempts": self.max_attempts, "mode": "standard"},
+                "retries": {"max_attempts": attempts or self.max_attempts, "mode": "standard"},
                 "connect_timeout": CONNECT_TIMEOUT_S,
                 "read_timeout": READ_TIMEOUT_S,
             },
             skip_instance_cache=True,  # listings must see objects written since the last run
         )
-        fs.retries = 3  # s3fs's own loop around botocore's, which already backs off on 5xx
+        fs.retries = 1 if attempts else 3  # s3fs's own loop around botocore's, which already backs off on 5xx
         return fs, fs._strip_protocol(path)
 
     def arrow(self, path: str):
@@ -272,7 +281,7 @@ class Storage:
         for secret in (self.secret_key, self.session_token, self.access_key):
             if secret:
                 text = text.replace(secret, "***")
-        return text
+        return redact_url(text)
 
     def explain(self, exc: BaseException) -> str:
         """A one-line reason for a storage exception: the S3 error code and message, no credentials."""
@@ -303,7 +312,11 @@ class Storage:
         Raises:
             StorageError: naming ``what`` (the config key), the bucket and the reason.
         """
-        fs, _ = self.fsspec(path)
+        import botocore.exceptions
+
+        # Few attempts: a wrong endpoint is a config error to report in seconds, not after the
+        # backoff of every retry (the work's own requests keep max_attempts).
+        fs, _ = self.fsspec(path, attempts=PROBE_ATTEMPTS)
         bucket, key = split_s3(path)
         prefix = re.split(r"[*?\[]", key, maxsplit=1)[0]
         if not bucket:
@@ -318,21 +331,29 @@ class Storage:
         except PermissionError as exc:
             raise StorageError(f"{what}={path}: access to bucket {bucket!r} denied "
                                f"({self.explain(exc)})") from None
-        except OSError as exc:
+        except (OSError, botocore.exceptions.ConnectionError) as exc:
             raise StorageError(f"{what}={path}: cannot reach the store at {self._where()} "
                                f"({self.explain(exc)})") from None
         return bool(listing.get("KeyCount") or listing.get("Contents"))
 
     def _where(self) -> str:
-        return self.endpoint_url or "AWS S3"
+        return f"{self.endpoint_key}={redact_url(self.endpoint_url)}" if self.endpoint_url else "AWS S3"
 
 
 
 def redact_environment(text: str, env: Optional[Mapping[str, str]] = None) -> str:
-    """``text`` with the values of the AWS credential variables masked (for error lines)."""
+    """``text`` with the values of the AWS credential variables and any URL's user info masked."""
     env = os.environ if env is None else env
     for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
         value = env.get(name)
         if value and len(value) >= 4:
             text = text.replace(value, "***")
-    return text
+    return redact_url(text)
+
+
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact_url(text: Optional[str]) -> Optional[str]:
+    """``text`` with the user info of every URL in it (``http://user:secret@host``) masked."""
+    return _USERINFO.sub(r"\1***@", text) if text else text

@@ -5,7 +5,8 @@ fails in :func:`load_config`, before Ray starts or a model loads, with a message
 (``compute.actors: Input should be greater than or equal to 1``).
 
 Sources, later ones winning: the defaults below, a YAML file, then ``--set key=value`` overrides
-whose values are parsed as YAML scalars (``--set compute.actors=4 --set model.dtype=bfloat16``).
+whose values are parsed as YAML scalars (``--set compute.actors=4 --set model.dtype=bfloat16``), except
+for string keys, which take the value verbatim (``--set "model.query_prompt=query #1: "``).
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ class SourceConfig(_Section):
     on_bad_file: Literal["error", "skip"] = Field(
         "error", description="A file that is not readable Parquet: fail before work, or skip it and report it."
     )
+
+    @field_validator("id_column")
+    @classmethod
+    def _plain_identifier(cls, value: str) -> str:
+        # The table's id lookups and deletes are Lance SQL filters that name the column bare.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"{value!r} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*); rename the column")
+        return value
 
     @model_validator(mode="after")
     def _distinct_columns(self) -> "SourceConfig":
@@ -361,6 +370,9 @@ class StorageConfig(_Section):
         if value is None:
             return value
         value = value.rstrip("/")
+        if "@" in value:  # the message must not repeat the value: it would show the secret
+            raise ValueError("must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / "
+                             "AWS_SECRET_ACCESS_KEY or a profile")
         scheme, sep, host = value.partition("://")
         if scheme not in ("http", "https") or not sep or not host or "/" in host or " " in host:
             raise ValueError("must be http(s)://host[:port]")
@@ -409,6 +421,14 @@ class PipelineConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _overlap_below_token_limit(self) -> "PipelineConfig":
+        overlap, limit = self.embed.chunk_overlap, self.model.max_tokens
+        if self.embed.long_text == "chunk" and limit is not None and overlap >= limit:
+            raise ValueError(f"embed.chunk_overlap={overlap} must be below model.max_tokens={limit}: "
+                             "each chunk must move forward")
+        return self
+
+    @model_validator(mode="after")
     def _dimension_vs_sub_vectors(self) -> "PipelineConfig":
         dim, sub = self.embed.dimension, self.index.num_sub_vectors
         if dim is not None and isinstance(sub, int) and dim % sub:
@@ -419,8 +439,9 @@ class PipelineConfig(_Section):
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """Turn ``["a.b=1", "c=x"]`` into a nested dict; values are YAML scalars or lists.
 
-    A value that YAML would read as a mapping (``model.query_prompt=query: ``) is kept as the
-    literal string, trailing space included.
+    A key that names a string field keeps its value verbatim (``model.query_prompt=query #1: ``,
+    ``run.id=0123``; ``null`` or ``~`` unset an optional one). Elsewhere a value that YAML would
+    read as a mapping is kept as the literal string.
     """
     tree: dict[str, Any] = {}
     for item in items:
@@ -428,12 +449,18 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. compute.actors=2")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+        kind = _string_kind(key)
+        if kind == "optional" and raw.strip() in ("null", "~"):
+            value = None
+        elif kind:  # a string field takes the text as written: "query #1: " is not YAML
             value = raw
-        if isinstance(value, dict):  # "query: " is a prompt, not a mapping
-            value = raw
+        else:
+            try:
+                value = yaml.safe_load(raw) if raw.strip() else ""
+            except yaml.YAMLError:
+                value = raw
+            if isinstance(value, dict):  # "query: " is a prompt, not a mapping
+                value = raw
         node = tree
         parts = key.split(".")
         for part in parts[:-1]:
@@ -443,6 +470,23 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             node = child
         node[parts[-1]] = value
     return tree
+
+
+def _string_kind(key: str) -> Optional[str]:
+    """``"str"`` or ``"optional"`` when ``key`` names a string field (``Optional[str]``), else None."""
+    model: Any = PipelineConfig
+    parts = key.split(".")
+    for part in parts[:-1]:
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return None
+        model = field.annotation
+    field = model.model_fields.get(parts[-1]) if isinstance(model, type) and issubclass(model, BaseModel) else None
+    if field is None:
+        return None
+    if field.annotation is str:
+        return "str"
+    return "optional" if field.annotation == Optional[str] else None
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -39,10 +39,10 @@ from pipelines import columns as C
 from pipelines.checkpoints import Checkpointer
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.hf_encoder import padding_side_for
-from pipelines.lineage import check_compatible, identity_key, make_lineage
+from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.plan import Stage, apply_stages, embedding_stages
 from pipelines.summary import RunSummary
-from pipelines.tokenize import effective_max_tokens, eos_to_append, load_tokenizer
+from pipelines.tokenize import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.index_step import check_tuning_queries, index_table, read_tuning_queries
 from pipelines.tuning import index_lineage
 
@@ -102,7 +102,7 @@ def preflight(config: PipelineConfig) -> RunPlan:
     columns = [src.id_column, src.text_column, *src.metadata_columns]
     storage = Storage.resolve(config.storage, paths=[src.path, sink.uri, config.model.path,
                                                      config.index.tuning_queries_path])
-    source = open_source(src.path, columns, src.text_column, src.on_bad_file, storage)
+    source = open_source(src.path, columns, src.text_column, src.on_bad_file, storage, src.id_column)
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")  # a missing bucket or refused credentials, before any work
     if config.index.tuning_queries_path:
@@ -117,6 +117,9 @@ def preflight(config: PipelineConfig) -> RunPlan:
     if dimension > hidden:
         raise ConfigError(f"embed.dimension={dimension} is larger than the model's {hidden} dimensions")
     max_tokens = effective_max_tokens(model_dir, tokenizer, config.model.max_tokens)
+    if config.embed.long_text == "chunk":  # before any row is committed, not in the first tokenize task
+        eos_id = eos_to_append(tokenizer, config.model.append_eos, config.model.pooling)
+        chunk_window(tokenizer, max_tokens, config.model.document_prompt, eos_id, config.embed.chunk_overlap)
     lineage = make_lineage(
         config, fingerprint=model_fingerprint(model_dir), hidden_size=hidden,
         max_tokens=max_tokens, dimension=dimension,
@@ -224,7 +227,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
             key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
             existing = lance_sink.ExistingRows(plan.table_uri, checkpointer.table_version, key, options,
                                                revision_column=_revision_column(c))
-        lineage_key = identity_key(plan.lineage, f"|{c.embed.long_text}|{c.embed.chunk_overlap}")
+        lineage_key = vector_key(plan.lineage, c)
         stages = embedding_stages(c, max_tokens=plan.max_tokens, dimension=plan.dimension,
                                   lineage_key=lineage_key, existing=existing, storage=plan.storage,
                                   source_files=tuple(plan.source.files))

@@ -10,9 +10,10 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Optional
 
+from connectors.model_store import is_legacy_fingerprint
 from pipelines.config import PipelineConfig
 
-__all__ = ["IDENTITY_FIELDS", "LineageMismatchError", "check_compatible", "identity_key", "make_lineage"]
+__all__ = ["IDENTITY_FIELDS", "LineageMismatchError", "VECTOR_FIELDS", "check_compatible", "make_lineage", "vector_key"]
 
 FORMAT_VERSION = 1
 
@@ -88,7 +89,17 @@ def _identity(lineage: dict, dotted: str) -> Any:
 
 
 def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tuple] = None) -> None:
-    """Raise naming every identity field where ``other`` differs from the table's ``stored`` lineage."""
+    """Raise naming every identity field where ``other`` differs from the table's ``stored`` lineage.
+
+    A table fingerprinted by the legacy scheme (see :func:`connectors.model_store.model_fingerprint`)
+    is refused with the reason and the way out: its fingerprint cannot prove the weights are the same.
+    """
+    stored_fp, other_fp = str(_get(stored, "model.fingerprint")), str(_get(other, "model.fingerprint"))
+    if is_legacy_fingerprint(stored_fp) and not is_legacy_fingerprint(other_fp):
+        raise LineageMismatchError(
+            f"the table's model.fingerprint {stored_fp} is of the legacy scheme (config and first MiB of each "
+            f"weight file), which cannot tell a fine-tune from its base, so {what} cannot be proven to use the "
+            "same weights: rebuild the table with sink.mode=overwrite")
     diffs = [
         f"{f}: table has {_identity(stored, f)!r}, {what} has {_identity(other, f)!r}"
         for f in (fields or IDENTITY_FIELDS)
@@ -98,8 +109,25 @@ def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tupl
         raise LineageMismatchError(f"{what} does not match the table's embedding lineage: " + "; ".join(diffs))
 
 
-def identity_key(lineage: dict, extra: str = "") -> str:
-    """A string that changes whenever the embedding space does: part of each row's content hash."""
+# Lineage fields that change a stored vector: the embedding space's identity plus the numerics
+# (compute dtype, backend, padding side) and the stored type. A row embedded under other values of
+# any of them must be embedded again by an upsert, even where the space is still compatible.
+VECTOR_FIELDS = IDENTITY_FIELDS + ("model.dtype", "model.backend", "model.padding_side", "vector_dtype")
+
+
+def vector_key(lineage: dict, config: PipelineConfig) -> str:
+    """A digest that changes whenever a setting that changes a stored vector does.
+
+    Part of each row's content hash, so an upsert re-embeds every document whose stored vector the
+    current settings would not reproduce: the :data:`VECTOR_FIELDS` of ``lineage`` and, from
+    ``config``, how long text is handled (``embed.long_text``; ``embed.chunk_overlap`` only when it
+    chunks, since truncated rows do not depend on it). The digest is short (64 hex characters) so
+    that every part counts where it keys a hash function of bounded key length.
+    """
+    import hashlib
     import json
 
-    return json.dumps({f: _get(lineage, f) for f in IDENTITY_FIELDS}, sort_keys=True) + extra
+    settings = {f: _identity(lineage, f) for f in VECTOR_FIELDS}
+    settings["embed.long_text"] = config.embed.long_text
+    settings["embed.chunk_overlap"] = config.embed.chunk_overlap if config.embed.long_text == "chunk" else None
+    return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=32).hexdigest()

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from connectors import lance_sink
-from connectors.model_store import model_fingerprint, resolve_model_dir
+from connectors.model_store import (is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint,
+                                    resolve_model_dir)
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
 from pipelines.lineage import LineageMismatchError
@@ -171,7 +172,11 @@ class Searcher:
         self.has_index = (lineage.get("index") or {}).get("type", "none") != "none"
         m = lineage["model"]
         path = model_path or m["path"]
-        fingerprint = model_fingerprint(resolve_model_dir(path, m.get("revision"), storage))
+        model_dir = resolve_model_dir(path, m.get("revision"), storage)
+        # A table of the legacy fingerprint scheme stays queryable with the model it was checked
+        # against before (reading cannot mix two models into the table).
+        legacy = is_legacy_fingerprint(m["fingerprint"])
+        fingerprint = legacy_model_fingerprint(model_dir) if legacy else model_fingerprint(model_dir)
         if fingerprint != m["fingerprint"]:
             raise LineageMismatchError(
                 f"model {path} (fingerprint {fingerprint}) is not the model that made this table "

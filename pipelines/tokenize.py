@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from connectors.model_store import resolve_model_dir
 from pipelines.config import ConfigError
 
-__all__ = ["chunk_texts", "effective_max_tokens", "eos_to_append", "load_tokenizer", "tokenize_texts"]
+__all__ = ["chunk_texts", "chunk_window", "effective_max_tokens", "eos_to_append", "load_tokenizer", "tokenize_texts"]
 
 
 @lru_cache(maxsize=4)
@@ -106,6 +106,23 @@ def tokenize_texts(
     if eos_id is not None:
         out = [x + [eos_id] if x else x for x in out]
     return out, truncated
+
+
+def chunk_window(tokenizer, max_tokens: int, prompt: str, eos_id: Optional[int], overlap: int) -> int:
+    """Tokens per chunk window handed to :func:`chunk_texts`: ``max_tokens`` less the prompt's tokens
+    and an appended EOS (both added to every window afterwards).
+
+    Raises:
+        ConfigError: naming ``embed.chunk_overlap`` when the overlap leaves a window no room to move
+            forward (it must be below the window's text tokens, special tokens not counted).
+    """
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    window = max_tokens - len(prompt_ids) - (eos_id is not None)
+    room = window - tokenizer.num_special_tokens_to_add(pair=False)
+    if overlap >= room:
+        raise ConfigError(f"embed.chunk_overlap={overlap} must be below the {room} text tokens of a chunk "
+                          f"(model.max_tokens={max_tokens} less prompt and special tokens)")
+    return window
 
 
 def chunk_texts(

@@ -106,7 +106,7 @@ def test_lineage_is_stored_with_the_table(indexed):
     lineage = lance_sink.read_lineage(db, "docs")
     assert lineage["model"]["path"] == "packaged:all-MiniLM-L6-v2"
     assert lineage["model"]["pooling"] == "mean" and lineage["model"]["max_tokens"] == 256
-    assert len(lineage["model"]["fingerprint"]) == 16
+    assert lineage["model"]["fingerprint"].startswith("sha256-full:")
     assert (lineage["dimension"], lineage["metric"], lineage["normalize"]) == (384, "cosine", True)
     assert lineage["counts"]["written"] == 300 and lineage["counts"]["rejected"] == {"null_text": 1, "empty_text": 2}
     assert lineage["index"]["num_partitions"] == 1

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from pipelines import columns as C
 from pipelines.config import ModelConfig
 from pipelines.hf_encoder import padding_side_for
-from pipelines.tokenize import chunk_texts, eos_to_append, load_tokenizer, tokenize_texts
+from pipelines.tokenize import chunk_texts, chunk_window, eos_to_append, load_tokenizer, tokenize_texts
 
 __all__ = ["TokenizeStage"]
 
@@ -66,7 +66,7 @@ class TokenizeStage:
         # Chunk the bare text (spans must index the original), then prefix each window with the
         # prompt's tokens inside the same budget.
         prompt_ids = tokenizer(self.prompt, add_special_tokens=False)["input_ids"] if self.prompt else []
-        budget = self.max_tokens - len(prompt_ids) - (eos_id is not None)
+        budget = chunk_window(tokenizer, self.max_tokens, self.prompt, eos_id, self.overlap)
         windows = chunk_texts(tokenizer, [texts[i] for i in rows], budget, self.overlap)
         take, ids, chunk_no, spans = [], [], [], []
         counter: dict[int, int] = {}

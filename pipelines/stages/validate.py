@@ -29,8 +29,13 @@ REASONS = {
 
 
 def content_hash(text: str, lineage_key: str) -> str:
-    """What decides whether a document must be embedded again: its text and the embedding space."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=lineage_key.encode()[:64]).hexdigest()
+    """What decides whether a document must be embedded again: its text and the embedding space.
+
+    blake2b takes keys of at most 64 bytes; the whole ``lineage_key`` is digested to 32 first, so no
+    part of a long key is cut off (a cut once left the model and chunking settings out of the hash).
+    """
+    key = hashlib.blake2b(lineage_key.encode(), digest_size=32).digest()
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8, key=key).hexdigest()
 
 
 def _decode_binary(values: pa.Array) -> tuple[pa.Array, list]:
@@ -49,6 +54,23 @@ def _decode_binary(values: pa.Array) -> tuple[pa.Array, list]:
     return pa.array(texts, pa.string()), bad
 
 
+def _binary_if_invalid_utf8(text: pa.Array) -> pa.Array:
+    """A string column holding bytes that are not UTF-8, as binary (decoded row by row below).
+
+    Parquet readers trust a column's declared ``string`` type and never check its bytes, and most
+    compute kernels do not either; the first Python conversion of such a row raises and would
+    fail the whole job. One full validation of the batch is cheap; only a batch that fails it
+    takes the row-by-row path, which rejects just the bad rows.
+    """
+    if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
+        return text
+    try:
+        text.validate(full=True)
+        return text
+    except pa.ArrowInvalid:
+        return text.cast(pa.large_binary() if pa.types.is_large_string(text.type) else pa.binary())
+
+
 class ValidateStage:
     """Adds ``_reject`` (null or a key of :data:`REASONS`), ``_file`` and ``content_hash``."""
 
@@ -62,6 +84,7 @@ class ValidateStage:
         n = batch.num_rows
         text = batch.column(self.text_column).combine_chunks()
         reason = pa.nulls(n, pa.string())
+        text = _binary_if_invalid_utf8(text)
         if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
             text, bad = _decode_binary(text)
             reason = pc.if_else(pa.array(bad, pa.bool_()), "invalid_utf8", reason)
