@@ -150,6 +150,13 @@ def preflight(config: PipelineConfig) -> RunPlan:
     return RunPlan(config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version, storage)
 
 
+def _open_table(plan: RunPlan):
+    """A LanceDB handle on the table's latest version."""
+    import lancedb
+
+    return lancedb.connect(plan.config.sink.uri, storage_options=plan.sink_options).open_table(plan.config.sink.table)
+
+
 def _revision_column(c: PipelineConfig) -> str:
     """The table column that orders revisions of one id (``sink.revision_by``)."""
     return C.SOURCE_FILE if c.sink.revision_by == "path" else c.sink.revision_by
@@ -187,7 +194,6 @@ def run_index(config: PipelineConfig) -> RunSummary:
 
 
 def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
-    import lancedb  # after ray.init(): importing it first makes Ray warn about forking
     import ray
 
     c = plan.config
@@ -245,8 +251,6 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     summary.embed_seconds = time.perf_counter() - embed_started
 
     lease.check()
-    db = lancedb.connect(c.sink.uri, storage_options=options)
-    table = db.open_table(c.sink.table)
     if c.sink.duplicate_ids == "reject":
         removed = drop_duplicate_ids(
             plan.table_uri, plan.rejects_uri, key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
@@ -256,8 +260,9 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         summary.rows_written -= sum(removed.values())
         summary.rejected.update(removed)
     if c.sink.delete_missing:
-        summary.deleted_missing = _delete_missing(table, plan, summary)
-    summary.table_rows = table.count_rows()
+        # Opened after the duplicate check: a handle opened before it would read the older version.
+        summary.deleted_missing = _delete_missing(_open_table(plan), plan, summary)
+    summary.table_rows = _open_table(plan).count_rows()  # what readers see now: after dedup and deletes
     # Off the driver: index training and the tuning's exact searches grow with the table.
     queries = None
     if c.index.tuning_queries_path and c.index.target_recall is not None:

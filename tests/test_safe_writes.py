@@ -68,7 +68,8 @@ def test_chunked_upsert_replaces_whole_documents_skips_unchanged_and_deletes_all
     long_b = long_a[: len(long_a) // 3]  # fewer chunks now
     day2 = [*docs, {"id": "long", "text": long_b}]
     _write(tmp_path / "day2", "a.parquet", day2)
-    up = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *chunk, "sink.mode=upsert", "sink.delete_missing=true"))
+    up = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *chunk, "sink.mode=upsert", "sink.delete_missing=true",
+                        "sink.max_delete_fraction=0.9"))  # "gone" has many chunks
     assert up.skipped == len(docs)  # unchanged documents were not embedded again
     assert up.rows_read == len(docs) + 1
 
@@ -315,6 +316,7 @@ def test_latest_partition_wins_in_overwrite_and_upsert_runs(ray_cluster, sample_
     assert len(texts) == 10 == len(_rows(db))
     assert all(texts[d["id"]].startswith("new ") for d in docs[:5])
     assert first.rejected == {"superseded": 5}
+    assert first.table_rows == 10  # counted after the duplicate check, not before
     rejects = _rows(db, "docs_rejects")
     assert {(r["id"], r["reason"]) for r in rejects} == {(d["id"], "superseded") for d in docs[:5]}
     assert all("2026-11-05" in r["file"] for r in rejects)
