@@ -63,6 +63,7 @@ TARGETS = ("driver", "encoder", "writer")
 MAX_ATTEMPTS = 5
 ATTEMPT_TIMEOUT = 900  # seconds (--attempt-timeout); a run still going then is killed, reported hung
 HUNG = 124
+RAY_CPUS = 6
 TABLE = "docs"
 BAD_ROWS = {"bad-null": (None, "null_text"), "bad-empty": ("", "empty_text")}
 VECTOR_SAMPLE = 50
@@ -518,8 +519,14 @@ def cpu_model() -> str:
 # ---------------------------------------------------------------- main
 
 
-def _start_ray() -> tuple[str, bool]:
-    """This process's Ray (started here unless already initialised): its address, and whether we started it."""
+def _start_ray(cpus: int) -> tuple[str, bool]:
+    """This process's Ray (started here unless already initialised): its address, and whether we started it.
+
+    ``cpus`` logical CPUs, more than the cores: two overlapping jobs on a 2-CPU Ray stalled here (both
+    at 93 of 651 blocks until the 300 s attempt timeout, Ray Data warning "Cluster resources are not
+    enough to run any task from ReadFilesParquetV2"), most likely each job's budget counting CPUs the
+    other holds. That is capacity, not the write-path property under test, so the jobs get room.
+    """
     import ray
 
     os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", "1")  # small files: one read task each
@@ -528,7 +535,7 @@ def _start_ray() -> tuple[str, bool]:
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address, False
     os.environ.pop("RAY_ADDRESS", None)  # a new local Ray, never someone else's
-    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ctx = ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                    runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     return ctx.address_info["address"], True
 
@@ -540,6 +547,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--files", type=int, default=None, help="Parquet files (default: docs/600, within 20-40)")
     ap.add_argument("--workdir", default=None, help="where corpora and tables go (default: a new dir under /tmp)")
+    ap.add_argument("--ray-cpus", type=int, default=RAY_CPUS,
+                    help=f"logical CPUs of the local Ray started here (default {RAY_CPUS}; see _start_ray)")
     ap.add_argument("--attempt-timeout", type=float, default=ATTEMPT_TIMEOUT,
                     help=f"seconds before a run is killed and reported hung (default {ATTEMPT_TIMEOUT})")
     ap.add_argument("--out", default=None, help="results JSON (default: <workdir>/results.json)")
@@ -579,7 +588,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="fault-injection-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    address, started_ray = _start_ray()
+    address, started_ray = _start_ray(args.ray_cpus)
     try:
         setup = setup_run(args, workdir, address)
         results = []
