@@ -459,7 +459,7 @@ def run_seed(seed: int, setup: Setup) -> dict:
         runs, happened = _overlap(setup, corpus, db, overrides, kills, logdir, rng)
     else:
         runs = [run_job(f"{scenario}-{seed}", corpus.path, db, overrides, setup.env, logdir, kills, setup.timeout)]
-    setup.learn(mode, runs)
+        setup.learn(mode, runs)  # overlapping runs share the CPUs: their length is no estimate
     check = check_table(db, corpus, setup.reference, rng, [r.run_id for r in runs], expect_dup_reject=mode != "upsert")
     result = {
         "seed": seed, "scenario": scenario, "mode": mode, "overlap": happened,
@@ -474,7 +474,8 @@ def run_seed(seed: int, setup: Setup) -> dict:
 
 
 def seed_line(r: dict) -> str:
-    kills = ", ".join(f"{k['target']}@{k['delay']}s" + ("" if k["injected"] else " (missed)") for k in r["kills"])
+    kills = ", ".join(f"{k['target']} at {k['at']}s of attempt {k['attempt']}" if k["injected"]
+                      else f"{k['target']} after {k['delay']}s missed (the job had ended)" for k in r["kills"])
     attempts = " ".join(f"{x['run_id']}:{','.join(str(a) for a in x['attempts'])}" for x in r["runs"])
     c = r["check"]
     line = (f"seed {r['seed']:>3} {r['scenario']:<9} ({r['mode']}) kills [{kills}] attempts [{attempts}] "
