@@ -399,7 +399,8 @@ class PipelineConfig(_Section):
     def _upsert_only_options(self) -> "PipelineConfig":
         if self.sink.delete_missing and self.sink.mode != "upsert":
             raise ValueError("sink.delete_missing needs sink.mode=upsert")
-        if "max_delete_fraction" in self.sink.model_fields_set and not self.sink.delete_missing:
+        default = SinkConfig.model_fields["max_delete_fraction"].default
+        if self.sink.max_delete_fraction != default and not self.sink.delete_missing:
             raise ValueError("sink.max_delete_fraction applies only with sink.delete_missing=true")
         return self
 

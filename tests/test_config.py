@@ -72,3 +72,10 @@ def test_missing_file_is_named(tmp_path):
 def test_config_round_trips_through_dump():
     config = load_config(overrides=["compute.actors=2"])
     assert PipelineConfig.model_validate(config.model_dump()) == config
+
+
+def test_a_dumped_config_loads_again():
+    """Jobs that derive configs (jobs.evaluate) dump and reload them: every default must validate."""
+    config = load_config(overrides=["sink.mode=upsert", "sink.delete_missing=true", "sink.max_delete_fraction=0.3"])
+    assert load_config(data=config.model_dump()) == config
+    assert load_config(data=load_config().model_dump()) == load_config()
