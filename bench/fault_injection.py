@@ -112,7 +112,7 @@ def make_corpus(n: int, root: Path, files: int, sentences: list[str]) -> tuple[l
     dup_text = f"a second row with the id {docs[0]['id']}, in another file"
     _write_files(_with_bad_rows(docs, dup_text), root, files)
     texts = {d["id"]: {d["text"]} for d in docs}
-    texts[docs[0]["id"]].add(dup_text)
+    texts[docs[0]["id"]] = {dup_text}  # the repeat is in the last file: the latest revision (sink.revision_by)
     return docs, Corpus(root, texts, docs[0]["id"])
 
 
@@ -136,7 +136,7 @@ def change_corpus(docs: list[dict], root: Path, files: int, sentences: list[str]
     dup_text = f"a second row with the id {docs[0]['id']}, in another file"
     _write_files(_with_bad_rows(rows, dup_text), root, files)
     texts = {r["id"]: {r["text"]} for r in rows}
-    texts[docs[0]["id"]].add(dup_text)
+    texts[docs[0]["id"]] = {dup_text}  # the repeat is in the last file: the latest revision (sink.revision_by)
     return Corpus(root, texts, docs[0]["id"], removed, changed)
 
 
@@ -348,7 +348,7 @@ def _rejects(db: Path, run_ids: list[str], expect_dup: bool, dup_id: str) -> tup
     doubled = [f"{k} x{v}" for k, v in counts.items() if v > 1]
     wanted = {(i, reason) for i, (_, reason) in BAD_ROWS.items()}
     if expect_dup:
-        wanted.add((dup_id, "duplicate_id"))
+        wanted.add((dup_id, "superseded"))  # the first file's row: an older revision of the repeated id
     seen = {(i, reason) for i, reason, _ in counts}
     return sorted(f"{i}:{reason}" for i, reason in wanted - seen), doubled
 
@@ -460,7 +460,7 @@ def run_seed(seed: int, setup: Setup) -> dict:
     else:
         runs = [run_job(f"{scenario}-{seed}", corpus.path, db, overrides, setup.env, logdir, kills, setup.timeout)]
         setup.learn(mode, runs)  # overlapping runs share the CPUs: their length is no estimate
-    check = check_table(db, corpus, setup.reference, rng, [r.run_id for r in runs], expect_dup_reject=mode != "upsert")
+    check = check_table(db, corpus, setup.reference, rng, [r.run_id for r in runs], expect_dup_reject=True)
     result = {
         "seed": seed, "scenario": scenario, "mode": mode, "overlap": happened,
         "kills_planned": [asdict(k) for k in planned],

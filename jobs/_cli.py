@@ -9,7 +9,7 @@ import traceback
 # Errors a user fixes by changing the config or the input: exit 2, nothing ran.
 _USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError", "ModelNotFoundError",
                 "StorageError", "DatasetError", "TableBusyError",
-                "DeleteGuardError")
+                "DeleteGuardError", "RepeatedIdsError")
 
 
 def add_config_arguments(parser, config_help: str, set_example: str, summary_help: str) -> None:

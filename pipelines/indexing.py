@@ -41,6 +41,7 @@ from pipelines.config import ConfigError, PipelineConfig
 from pipelines.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.plan import Stage, apply_stages, embedding_stages
+from pipelines.revisions import latest_revisions
 from pipelines.summary import RunSummary
 from pipelines.tokenize import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.index_step import check_tuning_queries, index_table, read_tuning_queries
@@ -233,10 +234,14 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
             key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
             existing = lance_sink.ExistingRows(plan.table_uri, checkpointer.table_version, key, options,
                                                revision_column=_revision_column(c))
+        latest = None
+        if c.sink.mode == "upsert" and existing is not None and len(plan.source.files) > 1:
+            revision = None if c.sink.revision_by == "path" else c.sink.revision_by
+            latest = ray.put(latest_revisions(plan.source, c.source.id_column, revision, plan.source.files))
         lineage_key = vector_key(plan.lineage, c)
         stages = embedding_stages(c, max_tokens=plan.max_tokens, dimension=plan.dimension,
                                   lineage_key=lineage_key, existing=existing, storage=plan.storage,
-                                  source_files=tuple(plan.source.files))
+                                  latest=latest)
         stages.append(_sink_stage(plan))
         columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
         stats = apply_stages(plan.source.read(columns, todo), stages)

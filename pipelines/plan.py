@@ -40,12 +40,13 @@ def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
 
 def embedding_stages(
     config: PipelineConfig, *, max_tokens: int, dimension: int, lineage_key: str = "", existing=None,
-    storage=None, source_files: tuple = (),
+    storage=None, latest=None,
 ) -> list[Stage]:
     """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
 
     ``existing`` (upsert runs) answers which ids the table already holds, with which content hash;
-    ``source_files`` (every file of the run) tells which of the table's rows came from this run's source.
+    ``latest`` (an ObjectRef of :func:`pipelines.revisions.latest_revisions`) names the ids the run
+    reads more than once, with the revision that wins.
     ``storage`` (a :class:`connectors.storage.Storage`) travels with the stages so that workers can
     fetch an ``s3://`` model without any environment of their own.
 
@@ -66,7 +67,7 @@ def embedding_stages(
     stages = [Stage("validate", ValidateStage(src.id_column, src.text_column, lineage_key))]
     if existing is not None:
         revision = None if config.sink.revision_by == "path" else config.sink.revision_by
-        stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column, revision, source_files),
+        stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column, revision, latest),
                             map_kwargs=rows))
     return stages + [
         Stage("tokenize", TokenizeStage(model, src.id_column, src.text_column, max_tokens, model.document_prompt,
