@@ -593,9 +593,12 @@ def main(argv=None) -> dict:
     try:
         setup = setup_run(args, workdir, address)
         results = []
-        for seed in range(args.seed_start, args.seed_start + args.seeds):
-            results.append(run_seed(seed, setup))
-            print(seed_line(results[-1]), flush=True)
+        try:
+            for seed in range(args.seed_start, args.seed_start + args.seeds):
+                results.append(run_seed(seed, setup))
+                print(seed_line(results[-1]), flush=True)
+        except KeyboardInterrupt:  # Ctrl-C / SIGINT: report the seeds that finished
+            print(f"interrupted: totals of the {len(results)} seeds that finished", flush=True)
     finally:
         if started_ray:
             import ray

@@ -46,6 +46,13 @@ def _write(root: Path, name: str, rows: list[dict], schema=None):
     return path
 
 
+def _corpus(root: Path, sample_table, start: int, files: int, rows: int) -> Path:
+    """``files`` Parquet files of ``rows`` real documents each, from sample row ``start`` on."""
+    for k in range(files):
+        _write(root, f"p{k}.parquet", _docs(sample_table, start + rows * k, rows))
+    return root
+
+
 def _docs(sample_table, start, n):
     t = sample_table.slice(start, n).select(["id", "text"])
     return [{"id": r["id"], "text": r["text"][:300]} for r in t.to_pylist()]
@@ -89,9 +96,7 @@ def test_chunked_upsert_replaces_whole_documents_skips_unchanged_and_deletes_all
 # -- 2. delete_missing on a partial view --------------------------------------------------------------
 
 def test_delete_missing_deletes_nothing_when_a_file_was_skipped(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
-    src = tmp_path / "src"
-    for k in range(3):
-        _write(src, f"p{k}.parquet", _docs(sample_table, 200 + 20 * k, 20))
+    src = _corpus(tmp_path / "src", sample_table, 200, 3, 20)
     db = tmp_path / "db"
     run_index(_cfg(src, db, tiny_bert_dir))
     (src / "p1.parquet").write_bytes(b"PAR1 truncated upload")
@@ -104,9 +109,7 @@ def test_delete_missing_deletes_nothing_when_a_file_was_skipped(ray_cluster, sam
 
 def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
         ray_cluster, sample_table, tiny_bert_dir, tmp_path):
-    src = tmp_path / "src"
-    for k in range(4):
-        _write(src, f"p{k}.parquet", _docs(sample_table, 300 + 20 * k, 20))
+    src = _corpus(tmp_path / "src", sample_table, 300, 4, 20)
     db = tmp_path / "db"
     run_index(_cfg(src, db, tiny_bert_dir))
     partial = tmp_path / "partial"
@@ -156,9 +159,7 @@ def _wait_for(predicate, timeout=300, what="condition"):
 
 
 def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
-    src = tmp_path / "src"
-    for k in range(8):
-        _write(src, f"p{k}.parquet", _docs(sample_table, 400 + 40 * k, 40))
+    src = _corpus(tmp_path / "src", sample_table, 400, 8, 40)
     db = tmp_path / "db"
     env = _env(ray_cluster)
     first = _job(_job_args(src, db, tiny_bert_dir, "run.id=first-run"), env)
@@ -250,8 +251,7 @@ def _kill_after_done_files(proc, db, count, run_id=None):
 def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     _write(old, "a.parquet", _docs(sample_table, 900, 30))
-    for k in range(10):
-        _write(new, f"p{k}.parquet", _docs(sample_table, 1000 + 30 * k, 30))
+    _corpus(new, sample_table, 1000, 10, 30)
     db = tmp_path / "db"
     run_index(_cfg(old, db, tiny_bert_dir))
     old_ids = sorted(r["id"] for r in _rows(db))
@@ -277,9 +277,7 @@ def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster,
 
 def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
         ray_cluster, sample_table, tiny_bert_dir, tmp_path):
-    src = tmp_path / "src"
-    for k in range(10):
-        _write(src, f"p{k}.parquet", _docs(sample_table, 1400 + 30 * k, 30))
+    src = _corpus(tmp_path / "src", sample_table, 1400, 10, 30)
     db = tmp_path / "db"
     env = _env(ray_cluster)
     proc = _job(_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1"), env)
