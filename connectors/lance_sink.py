@@ -38,6 +38,7 @@ __all__ = [
     "commit_overwrite",
     "dataset_uri",
     "rejects_table",
+    "runs_table",
     "delete_rows",
     "delete_run_leftovers",
     "read_lineage",
@@ -81,6 +82,11 @@ class ConcurrentWriteError(RuntimeError):
 def rejects_table(table: str) -> str:
     """The name of the table that keeps ``table``'s rejected rows."""
     return table + "_rejects"
+
+
+def runs_table(table: str) -> str:
+    """The table that logs ``table``'s runs (:class:`connectors.run_log.RunLog`)."""
+    return table + "_runs"
 
 
 def dataset_uri(db_uri: str, table: str) -> str:

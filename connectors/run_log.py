@@ -75,7 +75,9 @@ class RunLog:
     """Reads and appends the events of ``<db>/<table>_runs.lance``."""
 
     def __init__(self, db_uri: str, table: str, storage_options: Optional[dict] = None):
-        self.uri = f"{db_uri.rstrip('/')}/{table}_runs.lance"
+        from connectors.lance_sink import dataset_uri, runs_table
+
+        self.uri = dataset_uri(db_uri, runs_table(table))
         self.storage_options = storage_options
 
     def _dataset(self):

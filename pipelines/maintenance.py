@@ -139,7 +139,7 @@ def housekeep(config: PipelineConfig, storage_options: Optional[dict] = None) ->
     keep = None if sink.keep_versions is None else parse_duration(sink.keep_versions)
     uris = [lance_sink.dataset_uri(sink.uri, sink.table),
             lance_sink.dataset_uri(sink.uri, lance_sink.rejects_table(sink.table)),
-            lance_sink.RunLog(sink.uri, sink.table, storage_options).uri]
+            lance_sink.dataset_uri(sink.uri, lance_sink.runs_table(sink.table))]
     return [compact_and_prune(uri, keep, storage_options) for uri in uris]
 
 
