@@ -192,7 +192,8 @@ def test_pruning_keeps_uncommitted_fragments_of_a_running_job(tmp_path):
 
     assert report.housekeeping[0].versions_removed >= 4 and not _opens(db, 1)
     assert all(f.exists() for f in files)  # Lance cannot tell them from leftovers: delete_unverified stays off
-    lance_sink.commit_fragments(_uri(db), _rows([], 0).schema, pending, overwrite=False)
+    lance_sink.commit_checkpoint(_uri(db), _rows([], 0).schema, pending, np.zeros(0, np.uint64),
+                                 lance.dataset(_uri(db)).version)
     assert {"p1", "p2"} <= set(lance.dataset(_uri(db)).to_table(columns=["id"]).column("id").to_pylist())
 
 
