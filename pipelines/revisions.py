@@ -31,6 +31,7 @@ def latest_revisions(source, id_column: str, revision_column: Optional[str], fil
                      limit: int = MAX_REPEATED_IDS) -> dict:
     """``{id: latest revision}`` for each id the files hold more than once (revision: path or column)."""
     from ray.data.aggregate import Count, Max
+    from ray.data.context import DataContext, ShuffleStrategy
 
     from connectors.parquet_source import PATH_COLUMN
 
@@ -42,11 +43,19 @@ def latest_revisions(source, id_column: str, revision_column: Optional[str], fil
     grouped = ids.groupby(id_column).aggregate(Count(alias_name="n"), Max(revision, alias_name="latest"))
     repeated = grouped.filter(lambda row: row["n"] > 1)
     out: dict = {}
-    for batch in repeated.iter_batches(batch_format="pyarrow", batch_size=65536):
-        out.update(zip(batch.column(id_column).to_pylist(), batch.column("latest").to_pylist()))
-        if len(out) > limit:
-            raise RepeatedIdsError(
-                f"more than {limit} ids appear in more than one file of this upsert run (sink.revision_by="
-                f"{revision_column or 'path'} decides between them): run one upsert per partition, oldest "
-                "first, which gives the same table")
+    context = DataContext.get_current()
+    previous = context.shuffle_strategy
+    # The sort shuffle runs as plain tasks; the default hash shuffle starts aggregator actors that
+    # wait for CPUs a small cluster (or one busy with the encoder pool) may not have free.
+    context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
+    try:
+        for batch in repeated.iter_batches(batch_format="pyarrow", batch_size=65536):
+            out.update(zip(batch.column(id_column).to_pylist(), batch.column("latest").to_pylist()))
+            if len(out) > limit:
+                raise RepeatedIdsError(
+                    f"more than {limit} ids appear in more than one file of this upsert run (sink.revision_by="
+                    f"{revision_column or 'path'} decides between them): run one upsert per partition, oldest "
+                    "first, which gives the same table")
+    finally:
+        context.shuffle_strategy = previous
     return out
