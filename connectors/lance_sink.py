@@ -67,6 +67,8 @@ STATS_SCHEMA = pa.schema(
         ("fragments", pa.binary()),  # list[FragmentMetadata]
         ("reject_fragments", pa.binary()),
         ("replaced_rowids", pa.binary()),  # upsert: uint64 addresses of the rows this file's rows replace
+        ("encoders", pa.string()),  # JSON {"<node id>/<actor id>": rows} of the actors that embedded them
+        ("writer_node", pa.string()),  # node id of the task that wrote this batch
     ]
 )
 
@@ -186,6 +188,15 @@ def _by_file(table: pa.Table, files: pa.ChunkedArray) -> dict[str, pa.Table]:
     return {f: table.filter(pc.equal(files, f)) for f in names}
 
 
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # noqa: BLE001 - a report, never a reason to fail
+        return "local"
+
+
 class FragmentWriter:
     """Final stage: writes accepted rows and rejects as uncommitted Lance fragments; returns counts.
 
@@ -259,6 +270,9 @@ class FragmentWriter:
             "fragments": [pickle.dumps(self._write(rows, self.table_uri, C.SOURCE_FILE))],
             "reject_fragments": [pickle.dumps(self._write(rejects, self.rejects_uri, "file"))],
             "replaced_rowids": [pickle.dumps(replaced)],
+            "encoders": [json.dumps(Counter(batch.column(C.ENCODER).to_pylist()) if C.ENCODER in batch.column_names
+                                    else {})],
+            "writer_node": [_node_id()],
         }
         return pa.table(stats, schema=STATS_SCHEMA)
 

@@ -8,5 +8,6 @@ N_TOKENS = "_n_tokens"  # tokens the encoder processed for the row
 VECTOR = "vector"
 HASH = "content_hash"  # hash of text + lineage, stored in the table for incremental runs
 SOURCE_FILE = "source_file"  # table column: the file a row came from (resume deletes by it)
+ENCODER = "_encoder"  # "<node id>/<actor id>" of the encoder actor that embedded the row (placement report)
 OLD_ROWID = "_old_rowid"  # upsert: addresses of the rows a changed document replaces (list)
 SKIP_UNCHANGED = "unchanged"  # _reject value for rows an upsert leaves alone (skipped, not rejected)

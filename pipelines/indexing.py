@@ -224,8 +224,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         staged=staged, checkpoint_rows=c.sink.checkpoint_rows,
         table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
         rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
-        on_batch=lambda row: summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]),
-                                               row["tokens"], row["truncated"], row["skipped"]),
+        on_batch=lambda row: _count_batch(summary, row),
         before_commit=lease.check, storage_options=options)
     embed_started = time.perf_counter()
     if todo and not committed:
@@ -296,6 +295,13 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     runlog.mark(plan.run_id, "finished")
     summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
     return summary
+
+
+def _count_batch(summary: RunSummary, row: dict) -> None:
+    """One sink batch's stats row into the summary."""
+    summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"],
+                      row["skipped"])
+    summary.add_placement(json.loads(row["encoders"]), row["writer_node"])
 
 
 def _sink_stage(plan: RunPlan) -> Stage:

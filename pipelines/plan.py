@@ -8,7 +8,7 @@ that Ray instantiates once per actor.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from pipelines.config import PipelineConfig
 from pipelines.stages.encode import EncodeStage
@@ -25,6 +25,9 @@ class Stage:
     fn: Union[Callable, type]  # an instance runs as tasks; a class runs in an actor pool
     constructor_kwargs: dict[str, Any] = field(default_factory=dict)
     map_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Cut the stage's input into blocks of at most this many rows first (Ray Data's streaming
+    # repartition): a block is what one task or actor call holds, and what a lost worker loses.
+    split_rows: Optional[int] = None
 
 
 def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
@@ -70,9 +73,12 @@ def embedding_stages(
         stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column, revision, latest),
                             map_kwargs=rows))
     return stages + [
+        # A Parquet file is one block up to here (validate needs whole files). From here on blocks
+        # are compute.block_rows rows: the encoder actors share a big file batch by batch, and a
+        # lost actor or node costs the batches it held, not the file.
         Stage("tokenize", TokenizeStage(model, src.id_column, src.text_column, max_tokens, model.document_prompt,
                                         chunk=chunk, overlap=config.embed.chunk_overlap, storage=storage),
-              map_kwargs=rows),
+              map_kwargs=rows, split_rows=compute.block_rows),
         Stage(
             "encode",
             EncodeStage,
@@ -101,6 +107,8 @@ def embedding_stages(
 def apply_stages(dataset, stages: list[Stage]):
     """Chain the stages lazily; nothing runs until the dataset is consumed."""
     for stage in stages:
+        if stage.split_rows:
+            dataset = dataset.repartition(target_num_rows_per_block=stage.split_rows)
         kwargs = dict(stage.map_kwargs)
         if stage.constructor_kwargs:
             kwargs["fn_constructor_kwargs"] = stage.constructor_kwargs

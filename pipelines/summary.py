@@ -33,6 +33,8 @@ class RunSummary:
     deleted_missing: int = 0
     delete_missing_skipped: str = ""  # why sink.delete_missing deleted nothing this time
     checkpoints: int = 0
+    encoders: Counter = field(default_factory=Counter)  # "<node id>/<actor id>" -> rows it embedded
+    writer_nodes: Counter = field(default_factory=Counter)  # node id -> sink batches written there
 
     @property
     def rows_rejected(self) -> int:
@@ -46,9 +48,25 @@ class RunSummary:
         self.tokens += tokens
         self.truncated += truncated
 
+    def add_placement(self, encoders: dict, writer_node: str) -> None:
+        self.encoders.update(encoders)
+        self.writer_nodes[writer_node] += 1
+
+    @property
+    def placement(self) -> dict:
+        """Where the work ran: encoder actors, the nodes they were on, rows per node, writer nodes."""
+        per_node = Counter()
+        for tag, rows in self.encoders.items():
+            per_node[tag.split("/")[0]] += rows
+        return {"encoder_actors": len(self.encoders), "encoder_nodes": len(per_node),
+                "rows_per_node": dict(per_node), "writer_nodes": len(self.writer_nodes)}
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["rejected"] = dict(self.rejected)
+        out["encoders"] = dict(self.encoders)
+        out["writer_nodes"] = dict(self.writer_nodes)
+        out["placement"] = self.placement
         out["rows_rejected"] = self.rows_rejected
         return out
 
@@ -78,6 +96,7 @@ class RunSummary:
             f"throughput   {self.rows_written / secs:.1f} docs/s, {self.tokens / secs:.0f} tokens/s "
             f"({self.tokens} tokens in {self.embed_seconds:.1f}s; job {self.seconds:.1f}s)",
             f"index        {index_line}",
+            *([f"placement    {_placement_line(self.placement)}"] if self.encoders else []),
             *([f"deleted      {self.deleted_missing} rows whose id left the source"] if self.deleted_missing else []),
             *([f"deleted      none: {self.delete_missing_skipped}"] if self.delete_missing_skipped else []),
             *([f"tuning       {_tuning_line(self.tuning)}"] if self.tuning else []),
@@ -87,6 +106,12 @@ class RunSummary:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def _placement_line(p: dict) -> str:
+    rows = ", ".join(f"{node[:8]} {n}" for node, n in sorted(p["rows_per_node"].items()))
+    return (f"{p['encoder_actors']} encoder actor(s) on {p['encoder_nodes']} node(s) (rows per node: {rows}); "
+            f"writes on {p['writer_nodes']} node(s)")
 
 
 def _tuning_line(t: dict) -> str:

@@ -17,6 +17,7 @@ need ``RAY_AUTH_MODE=token`` (the token is ~/.ray/auth_token, created by the hea
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,6 +31,9 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+# `ray start` for a worker node that joins a head on 127.0.0.1 (see LocalRayNode).
+JOIN_ON_LOOPBACK = ("import ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
+                    "from ray.scripts.scripts import main; main()")
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
 
 
@@ -43,7 +47,8 @@ class LocalRayHead:
     """``ray start --head --block`` with its own temp dir and ports; ``address`` is the dashboard URL."""
 
     def __init__(self, num_cpus: int = 2, python: Optional[str] = None, env: Optional[dict] = None,
-                 timeout: float = 180, attempts: int = 3):
+                 timeout: float = 180, attempts: int = 3, resources: Optional[dict] = None):
+        self.resources = resources or {}
         self.python = python or sys.executable
         self.env = {**os.environ, **LOOPBACK_ENV, **(env or {})}
         self.env.pop("RAY_ADDRESS", None)  # the pytest session's own cluster is not this one
@@ -63,8 +68,9 @@ class LocalRayHead:
         # Short path: Ray puts Unix sockets under it, and those are limited to 107 bytes.
         self.temp_dir = tempfile.mkdtemp(prefix="ep-ray-", dir="/tmp")
         self.dashboard_port = free_port()
+        self.gcs_port = free_port()
         ports = {
-            "--port": free_port(), "--dashboard-port": self.dashboard_port,
+            "--port": self.gcs_port, "--dashboard-port": self.dashboard_port,
             "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
             "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
             "--metrics-export-port": free_port(), "--node-manager-port": free_port(),
@@ -72,6 +78,7 @@ class LocalRayHead:
         }
         ray_cli = str(Path(self.python).parent / "ray")
         cmd = [ray_cli, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+               *(["--resources", json.dumps(self.resources)] if self.resources else []),
                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
                "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
@@ -111,6 +118,16 @@ class LocalRayHead:
         path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
         token = os.environ.get("RAY_AUTH_TOKEN") or (path.read_text().strip() if path.exists() else "")
         return {"Authorization": f"Bearer {token}"} if token else {}
+
+    def nodes(self) -> list[dict]:
+        """The cluster's nodes as the head's state API lists them (``[]`` while it does not answer)."""
+        req = urllib.request.Request(f"{self.address}/api/v0/nodes?limit=100&detail=true",
+                                     headers=self.auth_headers())
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return json.load(resp)["data"]["result"]["result"]
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError, KeyError, ValueError):
+            return []
 
     def log(self) -> str:
         try:
@@ -185,3 +202,74 @@ class LocalRayHead:
         t1 = time.monotonic()
         shutil.rmtree(self.temp_dir, ignore_errors=True)  # logs, sockets, and the jobs' virtualenvs (GBs)
         self.stop_seconds = {"processes": round(t1 - t0, 1), "temp_dir": round(time.monotonic() - t1, 1)}
+
+
+class LocalRayNode(LocalRayHead):
+    """A worker node joined to ``head``: ``ray start --address=... --block`` in a session of its own.
+
+    It is started, stopped and cleaned up the way the head is (its own temp dir and ports; only its
+    own processes are stopped). :meth:`kill` is a lost node: SIGKILL to its raylet, its workers and
+    everything else it started, at once. ``node_id`` is Ray's id for it, read from the head.
+    """
+
+    def __init__(self, head: LocalRayHead, num_cpus: int = 1, resources: Optional[dict] = None,
+                 timeout: float = 120, attempts: int = 3):
+        self.head = head
+        # `ray start --address` refuses to join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ("multi-node
+        # clusters are not supported"), and with 1 it swaps the head's 127.0.0.1 for the machine's
+        # outer address, where the head (on loopback) does not listen. So the node's `ray start` runs
+        # with 1 and with Ray's localhost swap turned off (JOIN_ON_LOOPBACK).
+        super().__init__(num_cpus=num_cpus, python=head.python, timeout=timeout, attempts=attempts,
+                         resources=resources, env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"})
+
+    def _start(self, timeout: float) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="ep-rayn-", dir="/tmp")
+        ports = {
+            "--node-manager-port": free_port(), "--object-manager-port": free_port(),
+            "--metrics-export-port": free_port(), "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
+        }
+        # A resource only this node has: how the head's node list tells this node from the others.
+        self.marker = f"test_node_{Path(self.temp_dir).name}"
+        cmd = [self.python, "-c", JOIN_ON_LOOPBACK, "start", f"--address=127.0.0.1:{self.head.gcs_port}",
+               "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
+               "--resources", json.dumps({**self.resources, self.marker: 1}),
+               "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}", "--min-worker-port=0",
+               "--max-worker-port=0", "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
+        self.log_path = Path(self.temp_dir) / "ray-start.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._started = []
+        self.stop_seconds = {}
+        self.pgid = self.proc.pid
+        self.address = self.head.address
+        self.node_id = ""
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until the head lists this node as alive."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start (worker node) exited with {self.proc.returncode}:\n{self.log()}")
+            for node in self.head.nodes():
+                if self.marker in node.get("resources_total", {}) and node.get("state") == "ALIVE":
+                    self.node_id = node["node_id"]
+                    return
+            time.sleep(1)
+        raise TimeoutError(f"worker node not alive after {timeout:.0f}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        """The node is lost: SIGKILL to all of its processes at once (no graceful shutdown)."""
+        import psutil
+
+        for p in self._processes():
+            try:
+                p.kill()
+            except psutil.Error:
+                pass

@@ -19,7 +19,20 @@ from pipelines.config import ModelConfig
 from pipelines.hf_encoder import HFEncoder
 from pipelines.postprocess import postprocess
 
-__all__ = ["EncodeStage", "load_encoder", "vectors_to_arrow"]
+__all__ = ["EncodeStage", "load_encoder", "placement", "vectors_to_arrow"]
+
+
+def placement() -> tuple[str, str]:
+    """(node id, actor id) of the Ray process this runs in; ``("local", "")`` outside Ray."""
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return "local", ""
+        ctx = ray.get_runtime_context()
+        return ctx.get_node_id(), ctx.get_actor_id() or ""
+    except Exception:  # noqa: BLE001 - a report, never a reason to fail
+        return "local", ""
 
 
 def load_encoder(model: ModelConfig, *, dimension: int, normalize: bool, threads: Optional[int] = None,
@@ -43,7 +56,7 @@ def vectors_to_arrow(vectors: np.ndarray, valid: np.ndarray, value_type: pa.Data
 
 
 class EncodeStage:
-    """Adds ``vector`` (null for rejected rows) and ``_n_tokens``; drops the token ids."""
+    """Adds ``vector`` (null for rejected rows), ``_n_tokens`` and ``_encoder``; drops the token ids."""
 
     def __init__(
         self,
@@ -62,6 +75,7 @@ class EncodeStage:
         self.normalize = normalize
         self.batch_tokens = batch_tokens
         self.value_type = pa.float16() if vector_dtype == "float16" else pa.float32()
+        self.tag = "/".join(placement())  # which actor on which node embedded a row (the run's summary)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch.column(C.INPUT_IDS).to_pylist()
@@ -82,4 +96,5 @@ class EncodeStage:
         n_tokens = pa.array([len(x) if v else 0 for x, v in zip(ids, valid)], pa.int32())
         batch = batch.drop_columns([C.INPUT_IDS])
         batch = batch.append_column(C.VECTOR, vectors_to_arrow(vectors, valid, self.value_type))
-        return batch.append_column(C.N_TOKENS, n_tokens)
+        batch = batch.append_column(C.N_TOKENS, n_tokens)
+        return batch.append_column(C.ENCODER, pa.array([self.tag] * batch.num_rows, pa.string()))
