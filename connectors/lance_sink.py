@@ -55,7 +55,8 @@ REJECT_SCHEMA = pa.schema(
 )
 STATS_SCHEMA = pa.schema(
     [
-        ("rows", pa.int64()),  # source rows (documents) in this batch
+        ("file", pa.string()),  # the source file: one stats row per file and batch
+        ("rows", pa.int64()),  # source rows (documents) of the file in this batch
         ("written", pa.int64()),  # table rows written (chunks when chunking)
         ("skipped", pa.int64()),  # unchanged documents an upsert left alone
         ("rejected", pa.string()),  # JSON {reason: count}
@@ -231,6 +232,12 @@ class FragmentWriter:
                 for f, part in _by_file(table, table.column(file_column)).items()}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """One stats row per source file in the batch (a batch may hold rows of several files)."""
+        if batch.num_rows == 0:
+            return STATS_SCHEMA.empty_table()
+        return pa.concat_tables([self._write_file(part) for part in _by_file(batch, batch.column(C.FILE)).values()])
+
+    def _write_file(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         reject = batch.column(C.REJECT)
         unchanged = pc.fill_null(pc.equal(reject, C.SKIP_UNCHANGED), False)
@@ -260,6 +267,7 @@ class FragmentWriter:
                 if len(old):
                     replaced[f] = np.unique(old.to_numpy(zero_copy_only=False).astype(np.uint64))
         stats = {
+            "file": [batch.column(C.FILE)[0].as_py()],
             "rows": [int(pc.sum(pc.cast(is_doc, pa.int64())).as_py() or 0)],
             "written": [rows.num_rows],
             "skipped": [int(pc.sum(pc.cast(unchanged, pa.int64())).as_py() or 0)],

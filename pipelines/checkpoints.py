@@ -30,6 +30,8 @@ from connectors.run_log import DoneFile, RunLog
 
 __all__ = ["Checkpointer", "IncompleteRunError"]
 
+_FRAGMENT_FIELDS = ("fragments", "reject_fragments", "replaced_rowids")
+
 
 class IncompleteRunError(RuntimeError):
     """The stream ended but some input file's rows did not all come back (a lost block)."""
@@ -41,6 +43,7 @@ class _Pending:
     fragments: list = field(default_factory=list)
     reject_fragments: list = field(default_factory=list)
     replaced: list = field(default_factory=list)  # arrays of row addresses
+    counts: list = field(default_factory=list)  # its stats rows without fragments: counted once it is done
 
 
 class Checkpointer:
@@ -60,17 +63,19 @@ class Checkpointer:
         self.on_batch, self.before_commit = on_batch, before_commit
         self.options = storage_options
         self.pending: dict[str, _Pending] = {}
+        self.done: set[str] = set()  # files this run committed or staged
         self.rows_since = 0
         self.checkpoints = 0
 
     def add(self, row: dict) -> None:
-        """One sink batch's stats row."""
-        self.on_batch(row)
+        """One sink stats row (one source file's rows of one batch)."""
         fragments = pickle.loads(row["fragments"])
         rejects = pickle.loads(row["reject_fragments"])
         replaced = pickle.loads(row["replaced_rowids"])
+        counts = {k: v for k, v in row.items() if k not in _FRAGMENT_FIELDS}
         for f, n in json.loads(row["files"]).items():
             self.pending.setdefault(f, _Pending()).rows += n
+        self.pending.setdefault(row["file"], _Pending()).counts.append(counts)
         for f in {*fragments, *rejects, *replaced}:
             p = self.pending.setdefault(f, _Pending())
             p.fragments.extend(fragments.get(f, []))
@@ -107,9 +112,20 @@ class Checkpointer:
                 self.rejects_uri, lance_sink.REJECT_SCHEMA, [x for d in done for x in d.reject_fragments],
                 np.zeros(0, np.uint64), self.rejects_version, self.options, what="the rejects table")
             self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done])
+        self.done.update(files)
         for f in files:
-            del self.pending[f]
+            for counts in self.pending.pop(f).counts:
+                self.on_batch(counts)
         self.checkpoints += 1
+
+    def drop_incomplete(self, files: list[str]) -> list[str]:
+        """The files of ``files`` not done yet, to be read again: their fragments so far are forgotten
+        (uncommitted orphans, as after a crash) and so are their counts."""
+        complete = set(self._complete())
+        redo = [f for f in files if f not in self.done and f not in complete]
+        for f in redo:
+            self.pending.pop(f, None)
+        return redo
 
     def finish(self, todo: list[str]) -> None:
         """After the stream: checkpoint the rest; every file of ``todo`` must now be complete."""

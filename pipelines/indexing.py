@@ -238,16 +238,14 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
             revision = None if c.sink.revision_by == "path" else c.sink.revision_by
             latest = ray.put(latest_revisions(plan.source, c.source.id_column, revision, plan.source.files))
         lineage_key = vector_key(plan.lineage, c)
-        stages = embedding_stages(c, max_tokens=plan.max_tokens, dimension=plan.dimension,
-                                  lineage_key=lineage_key, existing=existing, storage=plan.storage,
-                                  latest=latest)
-        stages.append(_sink_stage(plan))
-        columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
-        stats = apply_stages(plan.source.read(columns, todo), stages)
-        # Only per-batch counts and fragment descriptions reach the driver, never rows or vectors.
-        for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                checkpointer.add(row)
+
+        def stages(pool: Optional[int]) -> list[Stage]:
+            return [*embedding_stages(c, max_tokens=plan.max_tokens, dimension=plan.dimension,
+                                      lineage_key=lineage_key, existing=existing, storage=plan.storage,
+                                      latest=latest, pool=pool),
+                    _sink_stage(plan)]
+
+        _stream(plan, todo, stages, checkpointer, summary)
         checkpointer.finish(todo)
     if staged and not committed:
         checkpointer.publish(lance_sink.REJECT_SCHEMA)
@@ -271,7 +269,9 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     queries = None
     if c.index.tuning_queries_path and c.index.target_recall is not None:
         queries = read_tuning_queries(c.index.tuning_queries_path, c.index.tuning_queries, plan.storage)
-    task = ray.remote(num_cpus=1, max_retries=0)(index_table)
+    # Retried when its worker or node is lost (nothing is committed until the build is done), never
+    # on its own errors (Ray retries exceptions only when retry_exceptions is set).
+    task = ray.remote(num_cpus=1, max_retries=3)(index_table)
     try:
         params, tuning = ray.get(task.remote(
             c.sink.uri, c.sink.table, c.index, id_column=c.source.id_column, dimension=plan.dimension,
@@ -295,6 +295,56 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     runlog.mark(plan.run_id, "finished")
     summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
     return summary
+
+
+MAX_PASSES = 4  # 1 + the times a run starts over on the files it had not finished, after losing workers
+
+
+def worker_lost_errors() -> tuple:
+    """Ray's errors for a lost actor, worker, node or object: capacity gone, not a fault of the data."""
+    import ray.exceptions as rx
+
+    return (rx.RayActorError, rx.ObjectLostError, rx.NodeDiedError, rx.WorkerCrashedError)
+
+
+def pool_that_fits(compute) -> int:
+    """Encoder actors the live cluster has room for, leaving a CPU for the read and write tasks."""
+    import ray
+
+    total = ray.cluster_resources()
+    fits = compute.max_actors or compute.actors
+    if compute.gpus_per_actor:
+        fits = min(fits, int(total.get("GPU", 0) // compute.gpus_per_actor))
+    if compute.cpus_per_actor:
+        fits = min(fits, int(max(0.0, total.get("CPU", 0) - 1) // compute.cpus_per_actor))
+    return max(1, fits)
+
+
+def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer, summary: RunSummary) -> None:
+    """Stream ``files`` through ``stages(pool)`` into the checkpointer. A lost actor, worker or node
+    fails the stream; then the files not finished are read again, with as many encoder actors as
+    the cluster has room for now, up to ``MAX_PASSES`` times in all."""
+    c = plan.config
+    columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
+    pool = None
+    for attempt in range(1, MAX_PASSES + 1):
+        try:
+            # Only per-file counts and fragment descriptions reach the driver, never rows or vectors.
+            stats = apply_stages(plan.source.read(columns, files), stages(pool))
+            for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
+                for row in batch.to_pylist():
+                    checkpointer.add(row)
+            return
+        except worker_lost_errors() as exc:
+            files = checkpointer.drop_incomplete(files)
+            if attempt == MAX_PASSES or not files:
+                if files:
+                    raise
+                return
+            pool = pool_that_fits(c.compute)
+            summary.passes += 1
+            _say(f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); reading the "
+                 f"{len(files)} unfinished files again with {pool} encoder actor(s), what the cluster has room for")
 
 
 def _count_batch(summary: RunSummary, row: dict) -> None:

@@ -43,7 +43,7 @@ def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
 
 def embedding_stages(
     config: PipelineConfig, *, max_tokens: int, dimension: int, lineage_key: str = "", existing=None,
-    storage=None, latest=None,
+    storage=None, latest=None, pool: Optional[int] = None,
 ) -> list[Stage]:
     """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
 
@@ -52,9 +52,12 @@ def embedding_stages(
     reads more than once, with the revision that wins.
     ``storage`` (a :class:`connectors.storage.Storage`) travels with the stages so that workers can
     fetch an ``s3://`` model without any environment of their own.
+    ``pool`` fixes the number of encoder actors (a run that lost workers starts over on what fits);
+    by default the pool is ``compute.actors`` .. ``compute.max_actors``.
 
-    Placement comes from resources: validate and tokenize run as tasks that ask for a CPU and no
-    GPU; each encoder actor asks for ``compute.gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs,
+    Placement comes from resources: read and validate run as tasks that ask for a CPU and no GPU
+    (tokenize is a task stage too, but Ray Data fuses it into the encoder actors that follow it);
+    each encoder actor asks for ``compute.gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs,
     so with one GPU per actor Ray runs at most one encoder per GPU (see ray_cluster.yaml for keeping
     the CPU tasks off GPU nodes).
     """
@@ -95,10 +98,15 @@ def embedding_stages(
             map_kwargs=dict(
                 batch_size=compute.block_rows,
                 compute=ray.data.ActorPoolStrategy(
-                    min_size=compute.actors, max_size=compute.max_actors or compute.actors
+                    min_size=pool or compute.actors, max_size=pool or compute.max_actors or compute.actors
                 ),
                 num_cpus=compute.cpus_per_actor,
                 num_gpus=compute.gpus_per_actor,
+                # A dead encoder actor is not restarted: its batches fail the stream, and the run
+                # starts over on its unfinished files with a pool that fits what is left
+                # (pipelines.indexing). A restart would wait, with its batches, for room that a
+                # cluster which lost a node may never have again.
+                max_restarts=0,
             ),
         ),
     ]

@@ -33,6 +33,7 @@ class RunSummary:
     deleted_missing: int = 0
     delete_missing_skipped: str = ""  # why sink.delete_missing deleted nothing this time
     checkpoints: int = 0
+    passes: int = 0  # times the run read its unfinished files again after losing workers
     encoders: Counter = field(default_factory=Counter)  # "<node id>/<actor id>" -> rows it embedded
     writer_nodes: Counter = field(default_factory=Counter)  # node id -> sink batches written there
 
@@ -86,7 +87,8 @@ class RunSummary:
             "=" * 72,
             f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.table_rows} rows)",
             f"run          {self.run_id} ({self.checkpoints} checkpoints"
-            + (f", resumed: {self.resumed_files} files already done" if self.resumed_files else "") + ")",
+            + (f", resumed: {self.resumed_files} files already done" if self.resumed_files else "")
+            + (f", {self.passes} restart(s) after lost workers" if self.passes else "") + ")",
             f"rows read    {self.rows_read}"
             + (f" ({len(self.skipped_files)} unreadable files skipped)" if self.skipped_files else ""),
             f"embedded     {self.rows_written}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +27,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 @pytest.fixture(scope="module")
 def cluster():
+    """Shared by the tests below in file order; the last one kills a node."""
     head = LocalRayHead(num_cpus=0)
     nodes = []
     try:
@@ -46,7 +48,7 @@ def corpus(sample_table, tmp_path_factory) -> Path:
     return root
 
 
-def submit(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, *sets: str) -> subprocess.CompletedProcess:
+def submit_argv(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, *sets: str) -> list[str]:
     """The README's `ray job submit` command, pointed at ``head``, ``corpus`` and ``db``."""
     argv = _replace_value(readme_submit_command(), "--address", head.address)
     argv = _replace_set(argv, "source.path", str(corpus))
@@ -54,7 +56,12 @@ def submit(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, *sets
     argv = [RAY, *argv[1:], "--summary-json", str(summary_file)]
     for item in sets:
         argv += ["--set", item]
-    return subprocess.run(argv, cwd=ROOT, env=head.client_env(), capture_output=True, text=True, timeout=900)
+    return argv
+
+
+def submit(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, *sets: str) -> subprocess.CompletedProcess:
+    return subprocess.run(submit_argv(head, corpus, db, summary_file, *sets), cwd=ROOT, env=head.client_env(),
+                          capture_output=True, text=True, timeout=900)
 
 
 def test_encoder_actors_and_writes_run_on_the_worker_nodes(cluster, corpus, tmp_path):
@@ -74,6 +81,52 @@ def test_encoder_actors_and_writes_run_on_the_worker_nodes(cluster, corpus, tmp_
     assert set(summary["writer_nodes"]) <= workers  # the head has no CPU: nothing ran there
     assert "placement    2 encoder actor(s) on 2 node(s)" in output
 
+    import lancedb
+
+    ids = lancedb.connect(str(db)).open_table("wiki").to_arrow().column("id").to_pylist()
+    expected = pq.read_table(corpus).column("id").to_pylist()
+    assert Counter(ids) == Counter(expected)  # every id exactly once
+
+
+def _runs_an_encoder(node: LocalRayNode) -> bool:
+    import psutil
+
+    for p in node._processes():
+        try:
+            if "EncodeStage" in " ".join(p.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
+def test_a_lost_worker_node_shrinks_the_pool_and_the_job_finishes(cluster, corpus, tmp_path):
+    """Two encoder actors fill the cluster's two worker nodes; one node is killed (raylet, workers
+    and all, SIGKILL) while it embeds. What is left has room for one actor and one CPU for the
+    tasks: the run reads its unfinished files again on a pool of one, and every id is written once.
+    (Before: the dead actor was restarted on the last free CPU, the read tasks never got one, and
+    the job made no progress for as long as it was watched.)"""
+    head, nodes = cluster  # runs last: the node it kills stays dead
+    db, summary_file = tmp_path / "lancedb", tmp_path / "summary.json"
+    argv = submit_argv(head, corpus, db, summary_file, "compute.actors=2", "compute.block_rows=32",
+                       "index.target_recall=null")
+    job = subprocess.Popen(argv, cwd=ROOT, env=head.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    victim, deadline = None, time.time() + 600
+    while victim is None and job.poll() is None and time.time() < deadline:
+        victim = next((n for n in nodes if _runs_an_encoder(n)), None)
+        time.sleep(0.5)
+    assert victim is not None, "no encoder actor started on a worker node"
+    time.sleep(3)  # mid-run: the actors are embedding
+    assert job.poll() is None, "the job ended before the node could be lost"
+    victim.kill()
+    output, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, output[-6000:]
+
+    summary = json.loads(summary_file.read_text())
+    assert summary["passes"] >= 1, output[-3000:]
+    assert "a worker was lost" in output and "with 1 encoder actor(s)" in output
+    assert summary["rows_read"] == 600 and summary["rows_written"] == 600  # counted once, not per pass
     import lancedb
 
     ids = lancedb.connect(str(db)).open_table("wiki").to_arrow().column("id").to_pylist()
