@@ -300,11 +300,19 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
 MAX_PASSES = 4  # 1 + the times a run starts over on the files it had not finished, after losing workers
 
 
-def worker_lost_errors() -> tuple:
-    """Ray's errors for a lost actor, worker, node or object: capacity gone, not a fault of the data."""
+def lost_worker(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ray's error for a lost actor, worker, node or object (capacity gone, not a
+    fault of the data or the code)."""
     import ray.exceptions as rx
 
-    return (rx.RayActorError, rx.ObjectLostError, rx.NodeDiedError, rx.WorkerCrashedError)
+    lost = (rx.RayActorError, rx.ObjectLostError, rx.NodeDiedError, rx.WorkerCrashedError)
+    if isinstance(exc, lost) or isinstance(getattr(exc, "cause", None), lost):
+        return True
+    # A task whose own call to an actor on the lost node failed (Ray Data lists files through a
+    # footer-reader actor) arrives as RayTaskError, or as UnserializableException when Ray cannot
+    # rebuild the error: only its text names the cause. Seen when a worker node was killed mid-run.
+    return isinstance(exc, (rx.RayTaskError, rx.UnserializableException)) and any(
+        name in str(exc) for name in ("ActorDiedError", "NodeDiedError", "ObjectLostError", "its node has died"))
 
 
 def pool_that_fits(compute) -> int:
@@ -335,7 +343,9 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
                 for row in batch.to_pylist():
                     checkpointer.add(row)
             return
-        except worker_lost_errors() as exc:
+        except Exception as exc:  # noqa: BLE001 - only a lost worker starts a pass over; the rest is raised
+            if not lost_worker(exc):
+                raise
             files = checkpointer.drop_incomplete(files)
             if attempt == MAX_PASSES or not files:
                 if files:

@@ -82,6 +82,11 @@ class LocalRayHead:
                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
                "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
+        self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self._launch(cmd, timeout)
+
+    def _launch(self, cmd: list[str], timeout: float) -> None:
+        """Run ``ray start ... --block`` as the leader of a new process group; wait until it is up."""
         self.log_path = Path(self.temp_dir) / "ray-start.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -89,7 +94,6 @@ class LocalRayHead:
         self._started: list = []  # what stop() found, so leftovers() also checks detached ones
         self.stop_seconds: dict = {}
         self.pgid = self.proc.pid  # start_new_session: the ray start process leads its own group
-        self.address = f"http://127.0.0.1:{self.dashboard_port}"
         try:
             self._wait_ready(timeout)
         except BaseException:  # _wait_ready's errors carry ray start's output
@@ -236,20 +240,9 @@ class LocalRayNode(LocalRayHead):
                "--resources", json.dumps({**self.resources, self.marker: 1}),
                "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}", "--min-worker-port=0",
                "--max-worker-port=0", "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
-        self.log_path = Path(self.temp_dir) / "ray-start.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        self._started = []
-        self.stop_seconds = {}
-        self.pgid = self.proc.pid
         self.address = self.head.address
         self.node_id = ""
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self._launch(cmd, timeout)
 
     def _wait_ready(self, timeout: float) -> None:
         """Until the head lists this node as alive."""

@@ -25,6 +25,21 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
 
 
+def test_only_a_lost_worker_makes_a_run_start_over():
+    import ray.exceptions as rx
+
+    from pipelines.indexing import lost_worker
+
+    assert lost_worker(rx.ActorDiedError())
+    assert lost_worker(rx.RayTaskError("read", "Traceback ...", rx.ActorDiedError()))
+    # What a killed node's footer-reader actor gave Ray Data's file listing (seen in the test below).
+    assert lost_worker(rx.UnserializableException(
+        "Original exception: ray.exceptions.RayTaskError: ray::ListFiles() ... ray.exceptions.ActorDiedError: "
+        "The actor died unexpectedly before finishing this task. The actor died because its node has died."))
+    assert not lost_worker(ValueError("source.path: no Parquet files"))
+    assert not lost_worker(rx.RayTaskError("encode", "Traceback ...", RuntimeError("CUDA error: out of memory")))
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Shared by the tests below in file order; the last one kills a node."""
