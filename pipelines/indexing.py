@@ -305,6 +305,8 @@ def lost_worker(exc: BaseException) -> bool:
     fault of the data or the code)."""
     import ray.exceptions as rx
 
+    if "error raised in its creation task" in str(exc):  # the actor's own constructor failed: a real error
+        return False
     lost = (rx.RayActorError, rx.ObjectLostError, rx.NodeDiedError, rx.WorkerCrashedError)
     if isinstance(exc, lost) or isinstance(getattr(exc, "cause", None), lost):
         return True

@@ -37,6 +37,10 @@ def test_only_a_lost_worker_makes_a_run_start_over():
         "Original exception: ray.exceptions.RayTaskError: ray::ListFiles() ... ray.exceptions.ActorDiedError: "
         "The actor died unexpectedly before finishing this task. The actor died because its node has died."))
     assert not lost_worker(ValueError("source.path: no Parquet files"))
+    init_failed = rx.ActorDiedError()  # an encoder whose constructor raised: raised at once
+    init_failed.error_msg = ("The actor died because of an error raised in its creation task, "
+                             "ray::MapWorker.__init__() ... ValueError: bad weights")
+    assert not lost_worker(init_failed)
     assert not lost_worker(rx.RayTaskError("encode", "Traceback ...", RuntimeError("CUDA error: out of memory")))
 
 
