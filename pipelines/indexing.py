@@ -349,10 +349,10 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
             if not lost_worker(exc):
                 raise
             files = checkpointer.drop_incomplete(files)
-            if attempt == MAX_PASSES or not files:
-                if files:
-                    raise
+            if not files:
                 return
+            if attempt == MAX_PASSES:
+                raise
             pool = pool_that_fits(c.compute)
             summary.passes += 1
             _say(f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); reading the "
@@ -360,7 +360,7 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
 
 
 def _count_batch(summary: RunSummary, row: dict) -> None:
-    """One sink batch's stats row into the summary."""
+    """One sink stats row (a file's rows of one batch) into the summary."""
     summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"],
                       row["skipped"])
     summary.add_placement(json.loads(row["encoders"]), row["writer_node"])
