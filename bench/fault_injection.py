@@ -567,7 +567,10 @@ def setup_run(args, workdir: Path, address: str) -> Setup:
     # read and write tasks (with a whole CPU each, the two pools can take both and the tasks wait).
     overrides = [f"model.path={model}", "compute.block_rows=64", "index.target_recall=null",
                  "compute.cpus_per_actor=0.5", f"sink.rows_per_fragment={max(64, args.docs // 80)}",
-                 f"sink.checkpoint_rows={max(128, args.docs // 8)}"]
+                 f"sink.checkpoint_rows={max(128, args.docs // 8)}",
+                 # A stream that stalls after a kill (Ray waiting on a vanished task) restarts its pass
+                 # well inside an attempt, instead of hanging until the attempt's timeout.
+                 "compute.stall_timeout_s=120"]
     env = job_env(address)
     reference = Reference(model)
     base_db = workdir / "base-db"

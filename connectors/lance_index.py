@@ -9,6 +9,12 @@ largest divisor of the dimension. PQ trains 256 centroids per sub-vector, so few
 IVF-SQ and IVF-RQ are the quantised-storage choices: the index holds int8 codes (one byte per
 dimension) or binary RaBitQ codes (one bit per dimension); the float vectors stay in the table and a
 query's ``refine_factor`` re-scores its candidates against them.
+
+Large tables are indexed by several Ray tasks (``index.workers``): lance-ray trains the IVF centroids
+and PQ codebook once, on a sample of ``num_partitions * sample_rate`` vectors, then each task builds
+an index segment over its share of the fragments with those shared centroids and codebooks, and
+the segments are committed together as one index. No process holds more than the training sample
+and its own fragments' vectors, and a query sees one index (LanceDB searches its segments).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from pipelines.config import IndexConfig
 
-__all__ = ["IndexParams", "build_index", "code_bytes", "derive_index_params", "index_size_bytes",
+__all__ = ["IndexParams", "build_index", "code_bytes", "derive_index_params", "index_size_bytes", "index_workers",
            "ivf_sample_rate", "maintain_index", "sample_vectors", "search_batch"]
 
 DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
@@ -31,6 +37,7 @@ DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
 # goes under MIN_SAMPLE_RATE vectors per list, below which centroids get noisy (FAISS warns under 39).
 IVF_TRAINING_ROWS = 2**18
 MIN_SAMPLE_RATE = 40
+ROWS_PER_INDEX_WORKER = 1_000_000  # index.workers=auto: one build task per this many rows
 
 
 @dataclass
@@ -44,6 +51,7 @@ class IndexParams:
     reason: str = ""  # why no index, when type == none
     build_seconds: float = 0.0
     sample_rate: Optional[int] = None  # IVF training vectors per list
+    workers: int = 1  # build tasks, one index segment each (lance-ray) when more than one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -62,8 +70,17 @@ def ivf_sample_rate(partitions: int) -> int:
     return max(MIN_SAMPLE_RATE, min(256, IVF_TRAINING_ROWS // max(1, partitions)))
 
 
-def derive_index_params(rows: int, dimension: int, config: IndexConfig) -> IndexParams:
-    """Index parameters for ``rows`` vectors of ``dimension``; explicit config values win."""
+def index_workers(setting, rows: int, cpus: Optional[float] = None) -> int:
+    """Build tasks for ``index.workers``: a number as given; auto: one per ``ROWS_PER_INDEX_WORKER``
+    rows, at most one per CPU of the cluster (``cpus``; None: one task)."""
+    if setting != "auto":
+        return int(setting)
+    return max(1, min(rows // ROWS_PER_INDEX_WORKER, int(cpus or 1)))
+
+
+def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Optional[float] = None) -> IndexParams:
+    """Index parameters for ``rows`` vectors of ``dimension``; explicit config values win. ``cpus``:
+    the cluster's, for ``index.workers=auto``."""
     if config.type == "none":
         return IndexParams("none", config.metric, reason="index.type=none")
     if rows < config.min_rows:
@@ -89,32 +106,58 @@ def derive_index_params(rows: int, dimension: int, config: IndexConfig) -> Index
         nprobes=nprobes,
         refine_factor=DEFAULT_REFINE_FACTOR if config.refine_factor == "auto" else config.refine_factor,
         sample_rate=ivf_sample_rate(partitions),
+        workers=index_workers(config.workers, rows, cpus),
     )
 
 
-def build_index(table, params: IndexParams, column: str = "vector") -> IndexParams:
-    """Build (replace) the vector index on an open LanceDB table; returns params with the build time."""
-    from lancedb.index import IvfHnswSq, IvfPq, IvfRq, IvfSq
+def build_index(table, params: IndexParams, column: str = "vector", storage_options: Optional[dict] = None) -> IndexParams:
+    """Build (replace) the vector index on an open LanceDB table; returns params with the build time.
 
+    ``params.workers`` > 1: lance-ray's distributed build, in as many Ray tasks (the caller runs in
+    a Ray cluster), one index segment each; ``storage_options`` reach the tasks for an s3:// table."""
     if params.type == "none":
         return params
     start = time.perf_counter()
-    ivf = dict(distance_type=params.metric, num_partitions=params.num_partitions,
-               sample_rate=params.sample_rate or ivf_sample_rate(params.num_partitions or 1))
-    if params.type == "ivf_pq":
-        config = IvfPq(num_sub_vectors=params.num_sub_vectors, **ivf)
-    elif params.type == "ivf_sq":
-        config = IvfSq(**ivf)
-    elif params.type == "ivf_rq":
-        config = IvfRq(num_bits=1, **ivf)
+    if params.workers > 1:
+        _build_distributed(table, params, column, storage_options)
     else:
-        config = IvfHnswSq(**ivf)
-    table.create_index(column, config=config, replace=True)
+        table.create_index(column, config=_lancedb_config(params), replace=True)
     params.build_seconds = round(time.perf_counter() - start, 2)
     return params
 
 
-def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column: str = "vector") -> IndexParams:
+def _lancedb_config(params: IndexParams):
+    from lancedb.index import IvfHnswSq, IvfPq, IvfRq, IvfSq
+
+    ivf = dict(distance_type=params.metric, num_partitions=params.num_partitions,
+               sample_rate=params.sample_rate or ivf_sample_rate(params.num_partitions or 1))
+    if params.type == "ivf_pq":
+        return IvfPq(num_sub_vectors=params.num_sub_vectors, **ivf)
+    if params.type == "ivf_sq":
+        return IvfSq(**ivf)
+    if params.type == "ivf_rq":
+        return IvfRq(num_bits=1, **ivf)
+    return IvfHnswSq(**ivf)
+
+
+def _build_distributed(table, params: IndexParams, column: str, storage_options: Optional[dict]) -> None:
+    import lance_ray
+
+    extra = {"num_bits": 1} if params.type == "ivf_rq" else {}
+    sample_rate = params.sample_rate or ivf_sample_rate(params.num_partitions or 1)
+    if params.type == "ivf_pq":  # lance-ray trains PQ on sample_rate * 256 vectors, so at most all rows
+        sample_rate = max(1, min(sample_rate, table.count_rows() // 256))
+    lance_ray.create_index(
+        table.to_lance().uri, column=column, index_type=params.type.upper(), name=f"{column}_idx",
+        replace=True, num_workers=params.workers, storage_options=storage_options or None,
+        metric=params.metric, num_partitions=params.num_partitions,
+        num_sub_vectors=params.num_sub_vectors if params.type == "ivf_pq" else None,
+        sample_rate=sample_rate, ray_remote_args={"num_cpus": 1}, **extra,
+    )
+
+
+def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column: str = "vector",
+                   cpus: Optional[float] = None, storage_options: Optional[dict] = None) -> IndexParams:
     """After an append or upsert: keep the vector index useful without always retraining it.
 
     New rows are searchable at once either way (LanceDB scans unindexed rows exactly and merges them
@@ -125,18 +168,20 @@ def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column
     """
     existing = [i for i in table.list_indices() if i.columns == [column]]
     if not existing:
-        return build_index(table, derive_index_params(rows, dimension, config), column)
+        return build_index(table, derive_index_params(rows, dimension, config, cpus), column, storage_options)
     stats = table.index_stats(existing[0].name)
     indexed = max(int(getattr(stats, "num_indexed_rows", 0) or 0), 1)
     unindexed = int(getattr(stats, "num_unindexed_rows", 0) or 0)
-    params = derive_index_params(rows, dimension, config)
+    params = derive_index_params(rows, dimension, config, cpus)
     if params.type == "none" or unindexed / indexed > config.reindex_fraction:
-        return build_index(table, params, column)
+        return build_index(table, params, column, storage_options)
     start = time.perf_counter()
     table.optimize()
     params.build_seconds = round(time.perf_counter() - start, 2)
     params.reason = f"optimized in place ({unindexed} new rows <= {config.reindex_fraction:.0%} of {indexed})"
     return params
+
+
 def code_bytes(index_type: str, dimension: int, num_sub_vectors: Optional[int] = None,
                vector_bytes: int = 4) -> float:
     """Bytes per vector that a search scans: the index's codes, or the stored vector without an index.

@@ -205,6 +205,11 @@ class ComputeConfig(_Section):
         16, ge=1, description="Upper bound of one Ray Data block (read output, encoder output) in MiB: "
         "what a worker holds at once, so memory stays flat however large a file or the corpus is.",
     )
+    stall_timeout_s: float = Field(
+        600, gt=0, description="A stream in which nothing moves for this long (Ray Data's no-progress "
+        "guard; a worker lost at the wrong moment can leave Ray waiting forever) is stopped and its "
+        "unfinished files are read again, as after a lost worker. Above the longest single encoder call.",
+    )
 
     @field_validator("batch_tokens")
     @classmethod
@@ -311,12 +316,17 @@ class IndexConfig(_Section):
         "with the table's model and query prompt to tune on. Without it documents stand in for queries; "
         "they find their near-copies easily and overstate the recall real queries get.",
     )
+    workers: Union[int, Literal["auto"]] = Field(
+        "auto", description="Ray tasks that build the vector index, each over its share of the table's "
+        "fragments, after centroids and codebooks are trained once on a sample (lance-ray); 1: one "
+        "task through LanceDB. auto: one per million rows, at most one per CPU of the cluster.",
+    )
     reindex_fraction: float = Field(
         0.25, ge=0, description="append/upsert: rebuild the index when unindexed rows exceed this fraction "
         "of indexed rows; below it, optimize() adds them to the existing lists.",
     )
 
-    @field_validator("num_partitions", "num_sub_vectors", "nprobes", "refine_factor")
+    @field_validator("num_partitions", "num_sub_vectors", "nprobes", "refine_factor", "workers")
     @classmethod
     def _positive(cls, value):
         if isinstance(value, int) and value < 1:

@@ -1,4 +1,5 @@
-"""Index step: the vector index, its tuned query defaults and the id index, as one Ray task.
+"""Index step: the vector index, its tuned query defaults and the id index, as one Ray task (which
+starts the build tasks of a distributed build, ``index.workers``).
 
 It runs after the write, on a Ray worker rather than in the driver: index training (the IVF sample
 grows with the number of lists, about sqrt(rows)) and the tuning's exact searches take memory that
@@ -78,11 +79,13 @@ def index_table(
     lineage: dict,
     storage: Storage,
     query_texts: Optional[list[str]] = None,
+    cpus: Optional[float] = None,
 ) -> tuple[IndexParams, Optional[TuningResult]]:
     """Build (or, after an append/upsert, maintain) the vector index, tune its query defaults, index ids.
 
     ``query_texts``: real queries to tune on (the driver reads them with :func:`read_tuning_queries`,
     so a relative path means the same file wherever the task runs); None: documents stand in.
+    ``cpus``: the cluster's, for ``index.workers=auto``.
 
     Returns the index parameters, carrying the chosen ``nprobes``/``refine_factor``, and the tuning
     result (None when nothing was tuned).
@@ -90,12 +93,13 @@ def index_table(
     import lancedb
     from lancedb.index import BTree
 
-    table = lancedb.connect(uri, storage_options=storage.lance_options(uri)).open_table(table_name)
+    options = storage.lance_options(uri)
+    table = lancedb.connect(uri, storage_options=options).open_table(table_name)
     rows = table.count_rows()
     if incremental:
-        params = maintain_index(table, rows, dimension, config)
+        params = maintain_index(table, rows, dimension, config, cpus=cpus, storage_options=options)
     else:
-        params = build_index(table, derive_index_params(rows, dimension, config))
+        params = build_index(table, derive_index_params(rows, dimension, config, cpus), storage_options=options)
     vectors = None
     if query_texts and params.type != "none" and config.target_recall is not None:
         from pipelines.search import Searcher

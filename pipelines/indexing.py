@@ -32,6 +32,7 @@ from connectors import lance_sink
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
 from connectors.lance_dedup import drop_duplicate_ids
+from connectors.lance_index import index_workers
 from connectors.run_log import RunLog
 from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
@@ -188,7 +189,9 @@ def run_index(config: PipelineConfig) -> RunSummary:
             ray.init()
         # Blocks are bounded in bytes (Ray's default is 128 MiB): a file's rows and the encoder's vectors
         # then stream through in pieces of this size instead of one block per file.
-        ray.data.DataContext.get_current().target_max_block_size = c.compute.max_block_mb * 2**20
+        context = ray.data.DataContext.get_current()
+        context.target_max_block_size = c.compute.max_block_mb * 2**20
+        context.execution_no_progress_timeout_s = c.compute.stall_timeout_s  # see _stream
         summary = _run(plan, lease)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -271,12 +274,16 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         queries = read_tuning_queries(c.index.tuning_queries_path, c.index.tuning_queries, plan.storage)
     # Retried when its worker or node is lost (nothing is committed until the build is done), never
     # on its own errors (Ray retries exceptions only when retry_exceptions is set).
-    task = ray.remote(num_cpus=1, max_retries=3)(index_table)
+    # A distributed build (index.workers) gives every CPU to its build tasks; the task that starts
+    # them only trains on a sample and waits, so it holds none (else it could wait for its own CPU).
+    cpus = ray.cluster_resources().get("CPU", 1)
+    one_task = index_workers(c.index.workers, summary.table_rows, cpus) == 1
+    task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
     try:
         params, tuning = ray.get(task.remote(
             c.sink.uri, c.sink.table, c.index, id_column=c.source.id_column, dimension=plan.dimension,
             incremental=c.sink.mode in ("append", "upsert") or plan.resuming, lineage=plan.lineage,
-            storage=plan.storage, query_texts=queries,
+            storage=plan.storage, query_texts=queries, cpus=cpus,
         ))
     except ray.exceptions.RayTaskError as exc:  # the task's own error, not Ray's wrapper and traceback
         raise exc.cause if isinstance(exc.cause, Exception) else exc
@@ -302,9 +309,13 @@ MAX_PASSES = 4  # 1 + the times a run starts over on the files it had not finish
 
 def lost_worker(exc: BaseException) -> bool:
     """Whether ``exc`` is Ray's error for a lost actor, worker, node or object (capacity gone, not a
-    fault of the data or the code)."""
+    fault of the data or the code), or Ray Data's for a stream that stopped moving (``compute.
+    stall_timeout_s``: seen after a worker was killed mid-task, Ray waiting on a task no longer there)."""
     import ray.exceptions as rx
+    from ray.data.exceptions import ExecutionTimeoutError
 
+    if isinstance(exc, ExecutionTimeoutError):
+        return True
     if "error raised in its creation task" in str(exc):  # the actor's own constructor failed: a real error
         return False
     lost = (rx.RayActorError, rx.ObjectLostError, rx.NodeDiedError, rx.WorkerCrashedError)
@@ -355,8 +366,11 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
                 raise
             pool = pool_that_fits(c.compute)
             summary.passes += 1
-            _say(f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); reading the "
-                 f"{len(files)} unfinished files again with {pool} encoder actor(s), what the cluster has room for")
+            what = (f"the stream made no progress for compute.stall_timeout_s={c.compute.stall_timeout_s:g}s"
+                    if "made no progress" in str(exc) else
+                    f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
+            _say(f"{what}; reading the {len(files)} unfinished files again with {pool} encoder actor(s), what "
+                 f"the cluster has room for")
 
 
 def _count_batch(summary: RunSummary, row: dict) -> None:

@@ -295,8 +295,8 @@ class Searcher:
             clauses.append(build_filter(filters, self.table.schema))
         if clauses:
             q = q.where(" AND ".join(clauses), prefilter=True)
-        if columns:
-            q = q.select(list(columns))
+        if columns:  # _distance named: Lance warns on every query whose columns leave it out
+            q = q.select([*columns, *(["_distance"] if "_distance" not in columns else [])])
         hits = q.to_arrow()
         distance = hits.column("_distance").to_numpy()
         score = 1.0 - distance if self.metric == "cosine" else -distance

@@ -44,6 +44,37 @@ def test_only_a_lost_worker_makes_a_run_start_over():
     assert not lost_worker(rx.RayTaskError("encode", "Traceback ...", RuntimeError("CUDA error: out of memory")))
 
 
+def test_a_stalled_stream_is_stopped_and_counts_as_lost(ray_cluster, tmp_path):
+    import ray
+
+    from pipelines.indexing import lost_worker
+
+    def stalls_once(batch):  # the first call hangs, as Ray Data does when a task it waits on vanished
+        import os
+
+        if os.path.exists(batch["marker"][0]):
+            os.remove(batch["marker"][0])
+            time.sleep(20)
+        return batch
+
+    marker = tmp_path / "stall"
+    marker.write_text("")
+    context = ray.data.DataContext.get_current()
+    before = context.execution_no_progress_timeout_s
+    context.execution_no_progress_timeout_s = 3  # the job sets compute.stall_timeout_s here
+    try:
+        ds = ray.data.from_items([{"marker": str(marker)}] * 2).map_batches(stalls_once, batch_size=1)
+        started = time.time()
+        with pytest.raises(Exception) as stalled:
+            ds.take_all()
+        assert time.time() - started < 25 and "made no progress" in str(stalled.value)
+        assert lost_worker(stalled.value)  # so _stream reads the unfinished files again
+    finally:
+        context.execution_no_progress_timeout_s = before
+    again = ray.data.from_items([{"marker": str(marker)}] * 2).map_batches(stalls_once, batch_size=1)
+    assert len(again.take_all()) == 2  # and the next pass goes through
+
+
 @pytest.fixture(scope="module")
 def cluster():
     """Shared by the tests below in file order; the last one kills a node."""

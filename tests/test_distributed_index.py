@@ -1,0 +1,90 @@
+"""The vector index built by several Ray tasks (index.workers, lance-ray): one index of several
+segments, trained once, as good as the index one task builds, and what the job builds when asked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from connectors.lance_index import build_index, derive_index_params, index_workers, search_batch
+from pipelines.config import IndexConfig, load_config
+from pipelines.indexing import run_index
+
+ROWS, DIM = 65536, 32  # lance-ray trains PQ on 256 * sample_rate (256) vectors
+
+
+def test_index_workers():
+    assert index_workers(3, 10, cpus=1) == 3  # a number is kept
+    assert index_workers("auto", 999_999, cpus=16) == 1
+    assert index_workers("auto", 2_500_000, cpus=16) == 2
+    assert index_workers("auto", 100_000_000, cpus=16) == 16  # at most one per CPU
+    assert index_workers("auto", 100_000_000) == 1  # cluster unknown: one task
+
+
+@pytest.fixture(scope="module")
+def vectors() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(32, DIM))
+    v = centres[rng.integers(0, 32, ROWS)] + 0.8 * rng.normal(size=(ROWS, DIM))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _table(path, vectors):
+    import lance
+    import lancedb
+
+    data = pa.table({"id": [f"v{i}" for i in range(ROWS)],
+                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)})
+    lance.write_dataset(data, str(path / "t.lance"), max_rows_per_file=8192)  # 8 fragments
+    return lancedb.connect(str(path)).open_table("t")
+
+
+def _recall(table, vectors, nprobes, refine=5) -> float:
+    queries = vectors[::512]
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    found = search_batch(table, queries, 10, metric="cosine", id_column="id", nprobes=nprobes, refine_factor=refine)
+    return float(np.mean([len({f"v{j}" for j in t} & set(f)) / 10 for t, f in zip(truth, found)]))
+
+
+def test_two_tasks_build_one_index_of_two_segments_as_good_as_one_task(ray_cluster, vectors, tmp_path):
+    config = IndexConfig(num_partitions=64, workers=2)
+    params = derive_index_params(ROWS, DIM, config)
+    assert params.workers == 2
+    (tmp_path / "two").mkdir()
+    table = _table(tmp_path / "two", vectors)
+    two = build_index(table, params)
+    table.checkout_latest()
+    stats = table.index_stats("vector_idx")
+    assert (stats.num_indices, stats.num_indexed_rows, stats.num_unindexed_rows) == (2, ROWS, 0)
+    assert two.build_seconds > 0
+
+    (tmp_path / "one").mkdir()
+    one_table = _table(tmp_path / "one", vectors)
+    build_index(one_table, derive_index_params(ROWS, DIM, IndexConfig(num_partitions=64, workers=1)))
+    assert one_table.index_stats("vector_idx").num_indices == 1
+    # Centroids and codebook trained once for all segments: the two-task index finds what one finds
+    # (measured: 0.945 and 0.946 at nprobes 8, refine 20; the data's clusters overlap on purpose).
+    for nprobes in (4, 64):
+        for refine in (5, 20):
+            assert _recall(table, vectors, nprobes, refine) == pytest.approx(
+                _recall(one_table, vectors, nprobes, refine), abs=0.03)
+    assert _recall(table, vectors, 64, 20) >= 0.9
+
+
+def test_the_job_builds_with_several_tasks_and_tunes_the_result(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for k in range(4):
+        pq.write_table(sample_table.slice(400 * k, 400).select(["id", "text"]), src / f"p{k}.parquet")
+    db = tmp_path / "db"
+    summary = run_index(load_config(overrides=[
+        f"source.path={src}", f"sink.uri={db}", "sink.table=docs", f"model.path={tiny_bert_dir}",
+        "compute.block_rows=64", "sink.rows_per_fragment=200", "index.workers=2", "index.num_partitions=4"]))
+    assert summary.index["workers"] == 2 and "by 2 tasks" in summary.format()
+    import lancedb
+
+    stats = lancedb.connect(str(db)).open_table("docs").index_stats("vector_idx")
+    assert (stats.num_indices, stats.num_indexed_rows) == (2, 1600)
+    assert summary.tuning["reached"] and summary.tuning["recall"] >= 0.95
