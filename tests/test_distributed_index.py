@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.lance_index import build_index, derive_index_params, index_workers, search_batch
+from connectors.lance_index import build_index, derive_index_params, index_workers, maintain_index, search_batch
 from pipelines.config import IndexConfig, load_config
 from pipelines.indexing import run_index
 
@@ -71,6 +71,15 @@ def test_two_tasks_build_one_index_of_two_segments_as_good_as_one_task(ray_clust
             assert _recall(table, vectors, nprobes, refine) == pytest.approx(
                 _recall(one_table, vectors, nprobes, refine), abs=0.03)
     assert _recall(table, vectors, 64, 20) >= 0.9
+
+    # Rows appended later are added to the segmented index in place, as to a one-task index.
+    more = vectors[:2000]
+    table.add(pa.table({"id": [f"w{i}" for i in range(len(more))],
+                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(more.ravel()), DIM)}))
+    after = maintain_index(table, ROWS + len(more), DIM, config)
+    assert after.reason.startswith("optimized in place")
+    stats = table.index_stats("vector_idx")
+    assert (stats.num_indexed_rows, stats.num_unindexed_rows) == (ROWS + len(more), 0)
 
 
 def test_the_job_builds_with_several_tasks_and_tunes_the_result(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
