@@ -317,9 +317,10 @@ class IndexConfig(_Section):
         "they find their near-copies easily and overstate the recall real queries get.",
     )
     workers: Union[int, Literal["auto"]] = Field(
-        "auto", description="Ray tasks that build the vector index, each over its share of the table's "
-        "fragments, after centroids and codebooks are trained once on a sample (lance-ray); 1: one "
-        "task through LanceDB. auto: one per million rows, at most one per CPU of the cluster.",
+        1, description="Ray tasks that build the vector index, each over its share of the table's "
+        "fragments, after centroids and codebooks are trained once on a sample (lance-ray), giving an "
+        "index of that many segments, which a query searches one by one; 1: one task through LanceDB. "
+        "auto: one per million rows, at most one per CPU of the cluster.",
     )
     reindex_fraction: float = Field(
         0.25, ge=0, description="append/upsert: rebuild the index when unindexed rows exceed this fraction "

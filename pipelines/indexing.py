@@ -192,6 +192,7 @@ def run_index(config: PipelineConfig) -> RunSummary:
         context = ray.data.DataContext.get_current()
         context.target_max_block_size = c.compute.max_block_mb * 2**20
         context.execution_no_progress_timeout_s = c.compute.stall_timeout_s  # see _stream
+        _check_index_workers(c.index.workers, ray.cluster_resources().get("CPU", 0))
         summary = _run(plan, lease)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -302,6 +303,14 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     runlog.mark(plan.run_id, "finished")
     summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
     return summary
+
+
+def _check_index_workers(workers, cpus: float) -> None:
+    """Before any work: Ray's pool for a distributed index build refuses more tasks than the cluster
+    has CPUs, which would fail the run after every document was embedded."""
+    if workers != "auto" and workers > 1 and workers > cpus:
+        raise ConfigError(f"index.workers={workers}: the Ray cluster has {cpus:g} CPUs, and each index build "
+                          f"task takes one; give at most {int(cpus)}, or auto")
 
 
 MAX_PASSES = 4  # 1 + the times a run starts over on the files it had not finished, after losing workers

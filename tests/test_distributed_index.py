@@ -97,3 +97,12 @@ def test_the_job_builds_with_several_tasks_and_tunes_the_result(ray_cluster, sam
     stats = lancedb.connect(str(db)).open_table("docs").index_stats("vector_idx")
     assert (stats.num_indices, stats.num_indexed_rows) == (2, 1600)
     assert summary.tuning["reached"] and summary.tuning["recall"] >= 0.95
+
+
+def test_more_build_tasks_than_the_cluster_has_cpus_fail_before_any_work(ray_cluster, corpus_dir, tmp_path):
+    from pipelines.config import ConfigError
+
+    db = tmp_path / "db"
+    with pytest.raises(ConfigError, match=r"index.workers=3: the Ray cluster has 2 CPUs"):
+        run_index(load_config(overrides=[f"source.path={corpus_dir}", f"sink.uri={db}", "index.workers=3"]))
+    assert not (db / "documents.lance").exists()
