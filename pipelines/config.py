@@ -207,7 +207,7 @@ class ComputeConfig(_Section):
     )
     stall_timeout_s: float = Field(
         600, gt=0, description="A stream in which nothing moves for this long (Ray Data's no-progress "
-        "guard; a worker lost at the wrong moment can leave Ray waiting forever) is stopped and its "
+        "guard; a worker lost at the wrong moment can leave Ray waiting on a task that is gone) is stopped and its "
         "unfinished files are read again, as after a lost worker. Above the longest single encoder call.",
     )
 
