@@ -10,11 +10,13 @@ IVF-SQ and IVF-RQ are the quantised-storage choices: the index holds int8 codes 
 dimension) or binary RaBitQ codes (one bit per dimension); the float vectors stay in the table and a
 query's ``refine_factor`` re-scores its candidates against them.
 
-Large tables are indexed by several Ray tasks (``index.workers``): lance-ray trains the IVF centroids
-and PQ codebook once, on a sample of ``num_partitions * sample_rate`` vectors, then each task builds
-an index segment over its share of the fragments with those shared centroids and codebooks, and
-the segments are committed together as one index. No process holds more than the training sample
-and its own fragments' vectors, and a query sees one index (LanceDB searches its segments).
+With ``index.workers`` above 1 (default 1: LanceDB's ``create_index`` in one task), several Ray tasks
+build the index: lance-ray trains the IVF centroids and PQ codebook once, on a sample of
+``num_partitions * sample_rate`` vectors, then each task builds an index segment over its share of
+the fragments with those shared centroids and codebooks, and the segments are committed together
+as one index. No process holds more than the training sample
+and its own fragments' vectors, and a query sees one index (LanceDB searches each segment, which
+costs latency: docs/scaling.md).
 """
 
 from __future__ import annotations

@@ -354,6 +354,8 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
     """Stream ``files`` through ``stages(pool)`` into the checkpointer. A lost actor, worker or node
     fails the stream; then the files not finished are read again, with as many encoder actors as
     the cluster has room for now, up to ``MAX_PASSES`` times in all."""
+    from ray.data.exceptions import ExecutionTimeoutError
+
     c = plan.config
     columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
     pool = None
@@ -376,7 +378,7 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
             pool = pool_that_fits(c.compute)
             summary.passes += 1
             what = (f"the stream made no progress for compute.stall_timeout_s={c.compute.stall_timeout_s:g}s"
-                    if "made no progress" in str(exc) else
+                    if isinstance(exc, ExecutionTimeoutError) else
                     f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
             _say(f"{what}; reading the {len(files)} unfinished files again with {pool} encoder actor(s), what "
                  f"the cluster has room for")
