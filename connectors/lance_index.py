@@ -31,7 +31,7 @@ import numpy as np
 from pipelines.config import IndexConfig
 
 __all__ = ["IndexParams", "build_index", "code_bytes", "derive_index_params", "index_size_bytes", "index_workers",
-           "ivf_sample_rate", "maintain_index", "sample_vectors", "search_batch"]
+           "exact_search", "ivf_sample_rate", "maintain_index", "sample_vectors", "search_batch"]
 
 DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
 # IVF k-means trains on num_partitions * sample_rate vectors (Lance's default rate: 256). The rate
@@ -217,6 +217,44 @@ def sample_vectors(table, n: int, id_column: str, seed: int = 0, column: str = "
     taken = dataset.take(picks.tolist(), columns=[id_column, column])
     vectors = np.asarray(taken.column(column).to_pylist(), dtype=np.float32)
     return taken.column(id_column).to_pylist(), vectors
+
+
+def exact_search(table, vectors: np.ndarray, k: int, *, metric: str, id_column: str, column: str = "vector",
+                 batch_rows: int = 65536) -> list[list]:
+    """Exact top-``k`` ids for every query vector, best first, in one streamed read of the table.
+
+    LanceDB's flat search scans the table once per query vector; this reads each batch of rows once
+    for all the queries (one matrix product per batch, a running top-k per query), so the cost is one
+    scan of the vector column whatever the number of queries, and memory is queries x batch_rows."""
+    queries = np.asarray(vectors, dtype=np.float32)
+    if metric == "cosine":
+        queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    best = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.empty((len(queries), 0), dtype=object)
+    for batch in table.to_lance().to_batches(columns=[id_column, column], batch_size=batch_rows):
+        if batch.num_rows == 0:
+            continue
+        flat = batch.column(column).flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        base = flat.reshape(batch.num_rows, -1)
+        if metric == "cosine":
+            scores = queries @ (base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)).T
+        elif metric == "dot":
+            scores = queries @ base.T
+        else:  # l2, as a score: larger is nearer
+            scores = 2 * queries @ base.T - (base * base).sum(axis=1)[None, :]
+        ids = np.asarray(batch.column(id_column).to_numpy(zero_copy_only=False), dtype=object)
+        width = best.shape[1]
+        merged = np.concatenate([best, scores], axis=1)
+        if merged.shape[1] > k:
+            keep = np.argpartition(-merged, k - 1, axis=1)[:, :k]
+        else:
+            keep = np.tile(np.arange(merged.shape[1]), (len(queries), 1))
+        old = np.take_along_axis(best_ids, np.clip(keep, 0, max(width - 1, 0)), axis=1) if width else None
+        new = ids[np.clip(keep - width, 0, None)]
+        best_ids = new if old is None else np.where(keep < width, old, new)
+        best = np.take_along_axis(merged, keep, axis=1)
+    order = np.argsort(-best, axis=1, kind="stable")
+    return np.take_along_axis(best_ids, order, axis=1).tolist()
 
 
 def search_batch(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -66,6 +67,10 @@ class Checkpointer:
         self.done: set[str] = set()  # files this run committed or staged
         self.rows_since = 0
         self.checkpoints = 0
+        self.rows_done = 0  # source rows of the files checkpointed so far
+        # Per checkpoint: rows done after it, seconds in table commits and in run-log records (a
+        # 100M-row run makes thousands; both must stay flat as the table and the log grow).
+        self.timings: list[dict] = []
 
     def add(self, row: dict) -> None:
         """One sink stats row (one source file's rows of one batch)."""
@@ -98,12 +103,15 @@ class Checkpointer:
         self.before_commit()
         done = [DoneFile(f, self.expected_rows.get(f, self.pending[f].rows), self.identity.get(f, ""),
                          self.pending[f].fragments, self.pending[f].reject_fragments) for f in files]
+        started = time.perf_counter()
+        commit_s = 0.0
         if self.staged:
             self.runlog.record(self.run_id, done)
         else:
             self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done], kind="committing")
             fragments = [x for d in done for x in d.fragments]
             replaced = [a for f in files for a in self.pending[f].replaced]
+            commit_started = time.perf_counter()
             self.table_version = lance_sink.commit_checkpoint(
                 self.table_uri, self.table_schema, fragments,
                 np.concatenate(replaced) if replaced else np.zeros(0, np.uint64),
@@ -111,7 +119,11 @@ class Checkpointer:
             self.rejects_version = lance_sink.commit_checkpoint(
                 self.rejects_uri, lance_sink.REJECT_SCHEMA, [x for d in done for x in d.reject_fragments],
                 np.zeros(0, np.uint64), self.rejects_version, self.options, what="the rejects table")
+            commit_s = time.perf_counter() - commit_started
             self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done])
+        self.rows_done += sum(d.rows for d in done)
+        self.timings.append({"rows": self.rows_done, "commit_s": round(commit_s, 4),
+                             "runlog_s": round(time.perf_counter() - started - commit_s, 4)})
         self.done.update(files)
         for f in files:
             for counts in self.pending.pop(f).counts:

@@ -254,10 +254,12 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     if staged and not committed:
         checkpointer.publish(lance_sink.REJECT_SCHEMA)
     summary.checkpoints = checkpointer.checkpoints
+    summary.checkpoint_timings = checkpointer.timings
     summary.embed_seconds = time.perf_counter() - embed_started
 
     lease.check()
     if c.sink.duplicate_ids == "reject":
+        dedup_started = time.perf_counter()
         removed = drop_duplicate_ids(
             plan.table_uri, plan.rejects_uri, key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
             id_column=c.source.id_column, text_column=c.source.text_column, run_id=plan.run_id,
@@ -265,6 +267,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
             older_rows=not staged and checkpointer.start_version is not None, storage_options=options)
         summary.rows_written -= sum(removed.values())
         summary.rejected.update(removed)
+        summary.dedup_seconds = round(time.perf_counter() - dedup_started, 3)
     if c.sink.delete_missing:
         # Opened after the duplicate check: a handle opened before it would read the older version.
         summary.deleted_missing = _delete_missing(_open_table(plan), plan, summary)
@@ -280,6 +283,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     cpus = ray.cluster_resources().get("CPU", 1)
     one_task = index_workers(c.index.workers, summary.table_rows, cpus) == 1
     task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
+    index_started = time.perf_counter()
     try:
         params, tuning = ray.get(task.remote(
             c.sink.uri, c.sink.table, c.index, id_column=c.source.id_column, dimension=plan.dimension,
@@ -288,6 +292,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         ))
     except ray.exceptions.RayTaskError as exc:  # the task's own error, not Ray's wrapper and traceback
         raise exc.cause if isinstance(exc.cause, Exception) else exc
+    summary.index_seconds = round(time.perf_counter() - index_started, 2)
     summary.index = params.to_dict()
     summary.tuning = tuning.to_dict() if tuning else {}
 

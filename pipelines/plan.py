@@ -56,7 +56,9 @@ def embedding_stages(
     by default the pool is ``compute.actors`` .. ``compute.max_actors``.
 
     Placement comes from resources: read and validate run as tasks that ask for a CPU and no GPU
-    (tokenize is a task stage too, but Ray Data fuses it into the encoder actors that follow it);
+    (tokenize is a task stage of its own after the repartition, so it scales with the CPU workers,
+    not with the encoder actors: Ray Data's plan shows it as a TaskPoolMapOperator before the
+    encoder's ActorPoolMapOperator);
     each encoder actor asks for ``compute.gpus_per_actor`` GPUs and ``cpus_per_actor`` CPUs,
     so with one GPU per actor Ray runs at most one encoder per GPU (see ray_cluster.yaml for keeping
     the CPU tasks off GPU nodes).

@@ -36,6 +36,9 @@ class RunSummary:
     passes: int = 0  # times the run read its unfinished files again after losing workers
     encoders: Counter = field(default_factory=Counter)  # "<node id>/<actor id>" -> rows it embedded
     writer_nodes: Counter = field(default_factory=Counter)  # node id -> sink batches written there
+    checkpoint_timings: list = field(default_factory=list)  # pipelines.checkpoints.Checkpointer.timings
+    dedup_seconds: float = 0.0  # the duplicate-id check after the stream
+    index_seconds: float = 0.0  # the index task: vector index, tuning, id index
 
     @property
     def rows_rejected(self) -> int:
@@ -121,5 +124,6 @@ def _tuning_line(t: dict) -> str:
     verdict = "reached" if t["reached"] else "NOT reached, highest setting tried"
     what = ("sampled documents, each left out of its own results (index.tuning_queries_path: real queries "
             "are a truer measure)" if t["query_source"] == "documents" else t["query_source"])
-    return (f"recall@{t['k']} {t['recall']:.3f} vs exact search (target {t['target_recall']:g}, {verdict}) "
+    low = f", 95% lower bound {t['recall_low']:.3f}" if t.get("recall_low") is not None else ""
+    return (f"recall@{t['k']} {t['recall']:.3f}{low} vs exact search (target {t['target_recall']:g}, {verdict}) "
             f"on {t['queries']} {what}; {len(t['tried'])} settings tried in {t['seconds']}s")

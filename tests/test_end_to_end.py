@@ -55,6 +55,16 @@ def test_every_valid_id_exactly_once(indexed, corpus_dir):
     assert summary.rows_read == 303 and summary.rows_written == 300 and summary.table_rows == 300
 
 
+def test_summary_times_checkpoints_dedup_and_the_index_step(indexed):
+    summary, _, _ = indexed
+    timings = summary.checkpoint_timings  # a create run stages: run-log records, no table commit
+    assert len(timings) == summary.checkpoints >= 1
+    assert [t["rows"] for t in timings] == sorted(t["rows"] for t in timings) and timings[-1]["rows"] == 303
+    assert all(t["commit_s"] == 0 and t["runlog_s"] > 0 for t in timings)
+    assert summary.dedup_seconds > 0 and summary.index_seconds >= summary.index["build_seconds"] > 0
+    assert json.loads(summary.to_json())["checkpoint_timings"] == timings
+
+
 def test_rejects_are_counted_and_kept_with_reason(indexed):
     summary, db, _ = indexed
     assert dict(summary.rejected) == {"null_text": 1, "empty_text": 2}
@@ -114,7 +124,9 @@ def test_lineage_is_stored_with_the_table(indexed):
     assert lineage["query_defaults"] == {"nprobes": 1, "refine_factor": tuning["refine_factor"]}
     assert tuning["reached"] and tuning["recall"] >= tuning["target_recall"] == 0.95
     assert summary.tuning["recall"] == tuning["recall"]
-    assert f"tuning       recall@10 {tuning['recall']:.3f} vs exact search (target 0.95, reached)" in summary.format()
+    assert tuning["recall"] >= tuning["recall_low"] >= 0.95
+    assert (f"tuning       recall@10 {tuning['recall']:.3f}, 95% lower bound {tuning['recall_low']:.3f} vs exact "
+            "search (target 0.95, reached)") in summary.format()
 
 
 def test_query_with_a_documents_own_text_returns_it_first(indexed, sample_table):

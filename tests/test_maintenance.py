@@ -132,9 +132,12 @@ def test_real_runs_leave_many_fragments_that_maintain_compacts_and_prunes(ray_cl
         pq.write_table(pa.Table.from_pylist(rows, schema=docs.schema), src / "part.parquet")
         from pipelines.indexing import run_index
 
-        run_index(load_config(overrides=[
+        summary = run_index(load_config(overrides=[
             f"source.path={src}", f"sink.uri={db}", "sink.table=docs", "sink.mode=append", f"model.path={tiny_bert_dir}",
             "compute.block_rows=4", "sink.rows_per_fragment=4", "sink.checkpoint_rows=4"]))
+        # An append run commits at each checkpoint, and the summary times the commit apart from the run log.
+        assert summary.checkpoint_timings and all(t["commit_s"] > 0 and t["runlog_s"] > 0
+                                                  for t in summary.checkpoint_timings)
     names = ["docs", "docs_rejects", "docs_runs"]
     before = {n: (_fragments(db, n), _content(db, n), lance.dataset(_uri(db, n)).versions()[0]["version"])
               for n in names}

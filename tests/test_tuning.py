@@ -9,7 +9,7 @@ import pytest
 from connectors.lance_index import code_bytes, index_size_bytes, sample_vectors, search_batch
 from pipelines.config import IndexConfig
 from pipelines.summary import RunSummary
-from pipelines.tuning import build_tuned_index, index_lineage, nprobes_grid, recall_at_k
+from pipelines.tuning import build_tuned_index, index_lineage, nprobes_grid, recall_at_k, recall_lower_bound
 
 ROWS, DIM = 2048, 32
 
@@ -59,20 +59,30 @@ def test_recall_at_k_is_exact_on_the_target():
     assert recall_at_k(approx, exact, 10) >= 0.95
 
 
+def test_recall_lower_bound_is_the_mean_less_1645_standard_errors():
+    exact = [list(range(10))] * 4
+    approx = [list(range(10)), list(range(10)), list(range(9)) + [99], list(range(8)) + [98, 99]]
+    assert recall_at_k(approx, exact, 10) == 0.925
+    # per-query recalls 1, 1, .9, .8: sample sd 0.095743, standard error 0.047871
+    assert recall_lower_bound(approx, exact, 10) == pytest.approx(0.925 - 1.645 * 0.0478714, abs=1e-6)
+    assert recall_lower_bound(approx[:2], exact[:2], 10) == 1.0  # no spread: the mean
+    assert recall_lower_bound(approx[3:], exact[3:], 10) == 0.8  # one query: the mean
+
+
 def test_tuned_defaults_reach_the_target_and_cheaper_settings_do_not(table, vectors):
     config = IndexConfig(num_partitions=8, tuning_queries=60)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
-    assert tuning.reached and tuning.recall >= 0.95 and tuning.queries == 60
+    assert tuning.reached and tuning.recall >= tuning.recall_low >= 0.95 and tuning.queries == 60
     assert (params.nprobes, params.refine_factor) == (tuning.nprobes, tuning.refine_factor)
 
     ids, _ = sample_vectors(table, 60, "id", seed=0)  # the documents the tuning used
     measured = _numpy_leave_one_out_recall(table, vectors, ids, tuning.nprobes, tuning.refine_factor)
     assert measured == pytest.approx(tuning.recall, abs=1e-4)
 
-    # For the chosen refine factor, every smaller nprobes on the grid was measured below the target.
+    # For the chosen refine factor, every smaller nprobes on the grid had its lower bound below the target.
     grid = nprobes_grid(8)
     smaller = [n for n in grid if n < tuning.nprobes]
-    tried = {(t["nprobes"], t["refine_factor"]): t["recall"] for t in tuning.tried}
+    tried = {(t["nprobes"], t["refine_factor"]): t["recall_low"] for t in tuning.tried}
     for n in smaller:
         assert tried[(n, tuning.refine_factor)] < 0.95
 
@@ -86,7 +96,8 @@ def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert not tuning.reached and tuning.recall < 1.0
     assert (params.nprobes, params.refine_factor) == (1, None)
-    assert tuning.tried == [{"nprobes": 1, "refine_factor": None, "recall": tuning.recall}]
+    assert tuning.tried == [{"nprobes": 1, "refine_factor": None, "recall": tuning.recall,
+                             "recall_low": tuning.recall_low}]
     summary = RunSummary(index=params.to_dict(), tuning=tuning.to_dict())
     assert "NOT reached" in summary.format() and "on 40 sampled documents" in summary.format()
 
@@ -174,3 +185,36 @@ def test_tuning_queries_read_from_parquet_or_jsonl(tmp_path):
     broken.write_text("{not json\n")
     with pytest.raises(ConfigError, match=r"broken.jsonl: cannot read it as JSON Lines"):
         check_tuning_queries(str(broken), storage)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_exact_search_reads_the_table_once_and_matches_numpy(tmp_path, metric):
+    import lancedb
+
+    from connectors.lance_index import exact_search
+
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(700, 8)).astype(np.float32)  # not unit length: the metrics differ
+    table = lancedb.connect(str(tmp_path)).create_table("t", pa.table(
+        {"id": [f"r{i}" for i in range(500)], "vector": pa.FixedSizeListArray.from_arrays(pa.array(base[:500].ravel()), 8)}))
+    table.add(pa.table({"id": [f"r{i}" for i in range(500, 700)],
+                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(base[500:].ravel()), 8)}))
+    table.delete("id IN ('r3', 'r650')")  # deleted rows are not neighbours
+    alive = [i for i in range(700) if i not in (3, 650)]
+    queries = rng.normal(size=(7, 8)).astype(np.float32)
+    if metric == "cosine":
+        score = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ \
+            (base / np.linalg.norm(base, axis=1, keepdims=True)).T
+    elif metric == "dot":
+        score = queries @ base.T
+    else:
+        score = -((queries[:, None, :] - base[None, :, :]) ** 2).sum(axis=2)
+    score = score[:, alive]
+    truth = [[f"r{alive[j]}" for j in np.argsort(-row, kind="stable")[:12]] for row in score]
+    # Batches of 64 rows: the running top-k is merged across many batches and both fragments.
+    assert exact_search(table, queries, 12, metric=metric, id_column="id", batch_rows=64) == truth
+    assert exact_search(table, queries, 12, metric=metric, id_column="id") == truth
+    if metric != "dot":  # LanceDB's flat search agrees (its dot distance is not a plain ordering)
+        assert search_batch(table, queries, 12, metric=metric, id_column="id", exact=True) == truth
+    few = exact_search(table, queries[:2], 1000, metric=metric, id_column="id", batch_rows=64)
+    assert [len(f) for f in few] == [698, 698] and few[0][:12] == truth[0]

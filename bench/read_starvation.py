@@ -1,0 +1,83 @@
+"""Reproduces a stalled run: read tasks holding the only free CPU while no tokenize task can start.
+
+    python bench/read_starvation.py [--docs 300000] [--object-store-mb 80] [--timeout 150]
+
+Starts its own local Ray with 2 CPUs and a small object store, writes ``--docs`` short documents
+(bench/scale.py's corpus, files of 50,000 rows) and indexes them with the tiny model (one encoder
+actor, 1 CPU) in a subprocess, and reports whether the run finished within ``--timeout`` seconds,
+with Ray Data's last progress lines. On main as of this script's commit it does not finish: the
+read -> validate -> repartition operator's task keeps the second CPU while Ray Data, its object
+store budget full, no longer takes its blocks, so no tokenize task ever gets a CPU. The same
+happened to a 10M-document run of bench/scale.py on a 2-CPU head (3.5M rows read, 2,048 tokenized,
+then nothing); a 1M run got through only because its reads ended before the budget filled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHILD = """
+import sys, time
+sys.path.insert(0, {root!r}); sys.path.insert(0, {bench!r})
+import ray
+from memory import tiny_model
+from scale import write_corpus
+from pathlib import Path
+work = Path({work!r})
+write_corpus({docs}, 50_000, work / "corpus")
+model = tiny_model(work)
+ray.init(address="local", num_cpus=2, object_store_memory={store} * 2**20, include_dashboard=False,
+         log_to_driver=False)
+from pipelines.config import load_config
+from pipelines.indexing import run_index
+t = time.time()
+s = run_index(load_config(overrides=[f"source.path={{work / 'corpus'}}", f"sink.uri={{work / 'db'}}", "sink.table=t",
+                                     f"model.path={{model}}", "index.type=none"]))
+print("FINISHED", s.rows_written, "rows in", round(time.time() - t, 1), "s", flush=True)
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--docs", type=int, default=300_000)
+    ap.add_argument("--object-store-mb", type=int, default=80)
+    ap.add_argument("--timeout", type=int, default=150)
+    args = ap.parse_args()
+    import psutil
+
+    def ray_processes() -> set:
+        return {p.pid for p in psutil.process_iter(["cmdline"]) if any("ray" in c for c in p.info["cmdline"] or [])}
+
+    before = ray_processes()
+    with tempfile.TemporaryDirectory() as tmp:
+        code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), work=tmp, docs=args.docs,
+                            store=args.object_store_mb)
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            out, _ = proc.communicate()
+        lines = out.splitlines()
+        progress = [line.split("--", 1)[-1] for line in lines if "logging_progress.py:23" in line][-10:]
+        finished = [line for line in lines if line.startswith("FINISHED")]
+        print("\n".join(progress))
+        print(finished[0] if finished else f"NOT FINISHED within {args.timeout}s ({args.docs} docs, "
+              f"{args.object_store_mb} MiB object store, 2 CPUs)")
+    for pid in ray_processes() - before:  # the local Ray's processes that outlived the killed driver
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+if __name__ == "__main__":
+    main()
