@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,7 +34,7 @@ work = Path({work!r})
 write_corpus({docs}, 50_000, work / "corpus")
 model = tiny_model(work)
 ray.init(address="local", num_cpus=2, object_store_memory={store} * 2**20, include_dashboard=False,
-         log_to_driver=False)
+         log_to_driver=False, _temp_dir={ray_dir!r})
 from pipelines.config import load_config
 from pipelines.indexing import run_index
 t = time.time()
@@ -51,20 +52,22 @@ def main() -> None:
     args = ap.parse_args()
     import psutil
 
-    def ray_processes() -> set:
-        return {p.pid for p in psutil.process_iter(["cmdline"]) if any("ray" in c for c in p.info["cmdline"] or [])}
-
-    before = ray_processes()
+    ray_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # this run's Ray only: its processes name it
     with tempfile.TemporaryDirectory() as tmp:
         code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), work=tmp, docs=args.docs,
-                            store=args.object_store_mb)
+                            store=args.object_store_mb, ray_dir=ray_dir)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True)
         try:
             out, _ = proc.communicate(timeout=args.timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
+            # The driver's Ray (raylet, GCS, workers) are its descendants: stop them all, and only them.
+            for child in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                try:
+                    child.kill()
+                except psutil.NoSuchProcess:
+                    pass
             out, _ = proc.communicate()
         lines = out.splitlines()
         progress = [line.split("--", 1)[-1] for line in lines if "logging_progress.py:23" in line][-10:]
@@ -72,11 +75,7 @@ def main() -> None:
         print("\n".join(progress))
         print(finished[0] if finished else f"NOT FINISHED within {args.timeout}s ({args.docs} docs, "
               f"{args.object_store_mb} MiB object store, 2 CPUs)")
-    for pid in ray_processes() - before:  # the local Ray's processes that outlived the killed driver
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
+    shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def spilled_bytes(address: str, env: dict) -> int:
     return int(found.group(1)) * 2**20 if found else 0
 
 
-def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path) -> dict:
+def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout: float) -> dict:
     import psutil
 
     from tests.ray_head import LocalRayHead
@@ -160,6 +160,10 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path) -> dict:
                 peak = max(peak, driver.memory_info().rss)
             except psutil.NoSuchProcess:
                 pass
+            if time.time() - started > timeout:  # a stalled stream (docs/scaling.md) would wait forever
+                proc.kill()
+                raise SystemExit(f"job for n={n} still running after {timeout}s: stopped; its log: "
+                                 f"{(workdir / f'job-{n}.log').read_text()[-3000:]}")
             time.sleep(0.2)
         wall = time.time() - started
         log.close()
@@ -191,6 +195,7 @@ def main() -> None:
     ap.add_argument("--file-rows", type=int, default=50_000)
     ap.add_argument("--workdir", default=None, help="keep corpora and tables here (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
+    ap.add_argument("--job-timeout", type=float, default=3 * 3600, help="stop a job still running after this many s")
     ap.add_argument("--rates-only", action="store_true", help="only the per-stage rates (one file of the first size)")
     args = ap.parse_args()
     import signal
@@ -218,7 +223,7 @@ def main() -> None:
             return
         runs = []
         for n in args.sizes:
-            runs.append(run_job(n, corpora[n], work / "db", model, work))
+            runs.append(run_job(n, corpora[n], work / "db", model, work, args.job_timeout))
             r = runs[-1]
             print(f"\n{n} docs: job {r['wall_s']:.0f}s, {r['docs_per_s']:,.0f} docs/s, driver peak RSS "
                   f"{r['driver_peak_rss_mib']:.0f} MiB, {r['checkpoints']} checkpoints, commit "
