@@ -92,11 +92,8 @@ def main() -> None:
 
     from connectors.lance_index import build_index, derive_index_params, exact_search, search_batch
     from index import DIM, derive, exact_topk, real_vectors
-    from pipelines import tuning
     from pipelines.config import IndexConfig
-    from pipelines.tuning import tune_query_defaults
-
-    default_z = tuning.CONFIDENCE_Z
+    from pipelines.tuning import CONFIDENCE_Z, tune_query_defaults
 
     t0 = time.perf_counter()
     real = real_vectors(20_000)
@@ -128,16 +125,15 @@ def main() -> None:
             config = IndexConfig(tuning_queries=args.tuning_queries)
             # (name, table or sample size, z): the job's rule (the recall's 95% lower bound reaches the
             # target), the rule before it (the mean does: z = 0), and the rejected samples.
-            candidates = [("the table", table, None), ("the table, mean rule", table, 0.0)]
+            candidates = [("the table", table, CONFIDENCE_Z), ("the table, mean rule", table, 0.0)]
             for n in sorted(s for s in args.samples if s < rows):
-                candidates.append((f"a {n}-row sample", n, None))
+                candidates.append((f"a {n}-row sample", n, CONFIDENCE_Z))
             for name, target, z in candidates:
                 t = time.perf_counter()
                 if isinstance(target, int):
                     target = sample_table(table, target, f"{tmp}/s{len(results)}", params)
-                tuning.CONFIDENCE_Z = default_z if z is None else z
                 tuned = tune_query_defaults(target, params, config, id_column="id", rows=rows, dimension=DIM,
-                                            vectors=tuning_queries, source="tuning split")
+                                            vectors=tuning_queries, source="tuning split", confidence_z=z)
                 seconds = time.perf_counter() - t
                 recall, p50 = held_out(table, tuned, queries, truth)
                 row = dict(rows=rows, tuned_on=name, seconds=seconds, truth_flat_s=flat_s, truth_scan_s=scan_s,

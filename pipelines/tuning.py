@@ -88,23 +88,34 @@ def nprobes_grid(partitions: int) -> list[int]:
     return sorted(grid | {partitions})
 
 
+def _hits(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int) -> list[int]:
+    """Per query, how many of its exact top-k the approximate top-k holds."""
+    return [len(set(a[:k]) & set(e[:k])) for a, e in zip(approx, exact)]
+
+
 def recall_at_k(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int) -> float:
     """Mean over queries of |approx top-k ∩ exact top-k| / k, as hits / (queries * k): one division of
     integers, so 570 hits of 600 is exactly 0.95 (a mean of per-query fractions can land below it)."""
-    hits = [len(set(a[:k]) & set(e[:k])) for a, e in zip(approx, exact)]
+    return _recall(_hits(approx, exact, k), k)
+
+
+def _recall(hits: list[int], k: int) -> float:
     return sum(hits) / (len(hits) * k) if hits else 0.0
 
 
 def recall_lower_bound(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int,
-                       z: Optional[float] = None) -> float:
-    """One-sided lower confidence bound of :func:`recall_at_k`: the mean minus ``z`` (default
-    ``CONFIDENCE_Z``) standard errors of the per-query recalls (the mean for fewer than two queries)."""
-    z = CONFIDENCE_Z if z is None else z
-    hits = np.array([len(set(a[:k]) & set(e[:k])) for a, e in zip(approx, exact)], dtype=np.float64)
-    mean = recall_at_k(approx, exact, k)
+                       z: float = CONFIDENCE_Z) -> float:
+    """One-sided lower confidence bound of :func:`recall_at_k`: the mean minus ``z`` standard errors
+    of the per-query recalls (the mean for fewer than two queries)."""
+    return _bounds(_hits(approx, exact, k), k, z)[1]
+
+
+def _bounds(hits: list[int], k: int, z: float) -> tuple[float, float]:
+    """(recall, its lower bound) from per-query hits."""
+    mean = _recall(hits, k)
     if len(hits) < 2:
-        return mean
-    return mean - z * float(np.std(hits / k, ddof=1)) / math.sqrt(len(hits))
+        return mean, mean
+    return mean, mean - z * float(np.std(np.asarray(hits, dtype=np.float64) / k, ddof=1)) / math.sqrt(len(hits))
 
 
 def _drop(ids: list, exclude, k: int) -> list:
@@ -123,6 +134,7 @@ def tune_query_defaults(
     k: int = 10,
     seed: int = 0,
     source: str = "given",
+    confidence_z: float = CONFIDENCE_Z,
 ) -> TuningResult:
     """Measure recall@k of the built index and pick ``nprobes``/``refine_factor`` for ``config.target_recall``.
 
@@ -133,6 +145,8 @@ def tune_query_defaults(
         vectors: query vectors to tune on; by default ``config.tuning_queries`` documents are sampled
             from the table and each is dropped from its own results.
         source: what ``vectors`` are, for the result's ``query_source``.
+        confidence_z: standard errors below the mean recall that must still reach the target (0: the
+            mean itself, the rule before; bench/tuning.py compares the two).
     """
     started = time.perf_counter()
     target = float(config.target_recall)
@@ -161,8 +175,8 @@ def tune_query_defaults(
                 break
             found = search_batch(table, vectors, k + extra, nprobes=nprobes, refine_factor=refine, **search)
             found = [_drop(ids, x, k) for ids, x in zip(found, exclude)]
-            low = recall_lower_bound(found, truth, k)
-            tried.append({"nprobes": nprobes, "refine_factor": refine, "recall": round(recall_at_k(found, truth, k), 4),
+            recall, low = _bounds(_hits(found, truth, k), k, confidence_z)
+            tried.append({"nprobes": nprobes, "refine_factor": refine, "recall": round(recall, 4),
                           "recall_low": round(low, 4)})
             if low >= target:
                 best = (cost(nprobes, refine), tried[-1])
