@@ -192,6 +192,13 @@ def run_index(config: PipelineConfig) -> RunSummary:
         context = ray.data.DataContext.get_current()
         context.target_max_block_size = c.compute.max_block_mb * 2**20
         context.execution_no_progress_timeout_s = c.compute.stall_timeout_s  # see _stream
+        # A task runs to its end instead of pausing, CPU held, when Ray Data stops taking its blocks
+        # (its downstream's object-store budget is full): a paused read task on a head whose other
+        # CPUs the encoders hold left no CPU for tokenize, so nothing drained and the run stalled
+        # (bench/read_starvation.py; seen at 10M rows). A task's output is then bounded by its input
+        # (a read task: the files it reads), and what does not fit in the object store spills.
+        # Ray Data does the same for its own file listing and download operators.
+        context._max_num_blocks_in_streaming_gen_buffer = None
         _check_index_workers(c.index.workers, ray.cluster_resources().get("CPU", 0))
         summary = _run(plan, lease)
     summary.seconds = time.perf_counter() - started

@@ -47,8 +47,10 @@ class LocalRayHead:
     """``ray start --head --block`` with its own temp dir and ports; ``address`` is the dashboard URL."""
 
     def __init__(self, num_cpus: int = 2, python: Optional[str] = None, env: Optional[dict] = None,
-                 timeout: float = 180, attempts: int = 3, resources: Optional[dict] = None):
+                 timeout: float = 180, attempts: int = 3, resources: Optional[dict] = None,
+                 object_store_mb: Optional[int] = None):
         self.resources = resources or {}
+        self.object_store_mb = object_store_mb
         self.python = python or sys.executable
         self.env = {**os.environ, **LOOPBACK_ENV, **(env or {})}
         self.env.pop("RAY_ADDRESS", None)  # the pytest session's own cluster is not this one
@@ -79,6 +81,7 @@ class LocalRayHead:
         ray_cli = str(Path(self.python).parent / "ray")
         cmd = [ray_cli, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
                *(["--resources", json.dumps(self.resources)] if self.resources else []),
+               *([f"--object-store-memory={self.object_store_mb * 2**20}"] if self.object_store_mb else []),
                "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
                f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
                "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
