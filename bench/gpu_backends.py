@@ -71,9 +71,9 @@ def base_overrides(args, backend: str) -> list[str]:
 
 def tokenized_corpus(config, texts):
     """The tokenize stage's output for ``texts`` (document prompt, truncation, EOS), as id lists."""
-    from pipelines.indexing import preflight
-    from pipelines.tokenize import eos_to_append, load_tokenizer, tokenize_texts
-    from pipelines.hf_encoder import padding_side_for
+    from pipelines.run.runner import preflight
+    from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
+    from pipelines.embed.hf_encoder import padding_side_for
 
     plan = preflight(config)
     m = config.model
@@ -84,8 +84,8 @@ def tokenized_corpus(config, texts):
 
 
 def encoder_run(config, ids, plan, block_rows):
-    from pipelines.postprocess import postprocess
-    from pipelines.stages.encode import load_encoder
+    from pipelines.embed.postprocess import postprocess
+    from pipelines.run.stages.encode import load_encoder
 
     started = time.perf_counter()
     encoder = load_encoder(config.model, dimension=plan.dimension, normalize=config.embed.normalize,
@@ -107,7 +107,7 @@ def encoder_run(config, ids, plan, block_rows):
 
 
 def pipeline_run(config):
-    from pipelines.indexing import run_index
+    from pipelines.run.runner import run_index
 
     summary = run_index(config)
     import lancedb

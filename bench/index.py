@@ -42,9 +42,9 @@ DIM = 256
 
 def real_vectors(limit: int) -> np.ndarray:
     from pipelines.config import ModelConfig
-    from pipelines.hf_encoder import HFEncoder
-    from pipelines.postprocess import postprocess
-    from pipelines.tokenize import load_tokenizer, tokenize_texts
+    from pipelines.embed.hf_encoder import HFEncoder
+    from pipelines.embed.postprocess import postprocess
+    from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
 
     sentences = []
     for text in pq.read_table(ROOT / "data/sample/wiki_vital.parquet", columns=["text"]).column("text").to_pylist():
@@ -105,9 +105,10 @@ def main() -> None:
     import lancedb
     from lancedb.index import IvfHnswSq, IvfPq, IvfRq
 
-    from connectors.lance_index import build_index, derive_index_params
+    from connectors.lance_index import build_index
+    from pipelines.vector_index.params import derive_index_params
     from pipelines.config import IndexConfig
-    from pipelines.tuning import tune_query_defaults
+    from pipelines.vector_index.tuning import tune_query_defaults
 
     t0 = time.perf_counter()
     real = real_vectors(20_000 + args.queries)

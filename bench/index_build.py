@@ -88,7 +88,8 @@ def main() -> None:
     import pyarrow as pa
     import ray
 
-    from connectors.lance_index import build_index, derive_index_params
+    from connectors.lance_index import build_index
+    from pipelines.vector_index.params import derive_index_params
     from pipelines.config import IndexConfig
 
     ray.init(num_cpus=max(args.workers), include_dashboard=False, log_to_driver=False,

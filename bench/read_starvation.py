@@ -10,7 +10,7 @@ the read -> validate -> repartition operator's task kept the second CPU, paused,
 its object store budget full, no longer took its blocks, so no tokenize task ever got a CPU. The
 same happened to a 10M-document run of bench/scale.py on a 2-CPU head (3.5M rows read, 2,048
 tokenized, then nothing). The job now lets a task run to its end instead of pausing
-(pipelines/indexing.py, ``_max_num_blocks_in_streaming_gen_buffer``); 300k documents take about
+(pipelines/run/runner.py, ``_max_num_blocks_in_streaming_gen_buffer``); 300k documents take about
 45 s here. tests/test_multinode.py has the same case at 100k documents.
 """
 
@@ -38,7 +38,7 @@ model = tiny_model(work)
 ray.init(address="local", num_cpus=2, object_store_memory={store} * 2**20, include_dashboard=False,
          log_to_driver=False, _temp_dir={ray_dir!r})
 from pipelines.config import load_config
-from pipelines.indexing import run_index
+from pipelines.run.runner import run_index
 t = time.time()
 s = run_index(load_config(overrides=[f"source.path={{work / 'corpus'}}", f"sink.uri={{work / 'db'}}", "sink.table=t",
                                      f"model.path={{model}}", "index.type=none"]))

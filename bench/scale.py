@@ -78,9 +78,9 @@ def stage_rates(corpus: Path, db: Path, model: Path) -> dict:
     import torch
 
     from pipelines.config import load_config
-    from pipelines.indexing import _sink_stage, preflight
+    from pipelines.run.runner import _sink_stage, preflight
     from pipelines.lineage import vector_key
-    from pipelines.plan import embedding_stages
+    from pipelines.run.plan import embedding_stages
 
     torch.set_num_threads(1)
     pa.set_cpu_count(1)

@@ -47,8 +47,8 @@ def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int, device
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from pipelines.pooling import mean_pool
-    from pipelines.postprocess import l2_normalize
+    from pipelines.embed.pooling import mean_pool
+    from pipelines.embed.postprocess import l2_normalize
 
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_dir)

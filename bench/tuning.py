@@ -90,10 +90,11 @@ def main() -> None:
     import lancedb
     import pyarrow as pa
 
-    from connectors.lance_index import build_index, derive_index_params, exact_search, search_batch
+    from connectors.lance_index import build_index, exact_search, search_batch
+    from pipelines.vector_index.params import derive_index_params
     from index import DIM, derive, exact_topk, real_vectors
     from pipelines.config import IndexConfig
-    from pipelines.tuning import CONFIDENCE_Z, tune_query_defaults
+    from pipelines.vector_index.tuning import CONFIDENCE_Z, tune_query_defaults
 
     t0 = time.perf_counter()
     real = real_vectors(20_000)

@@ -29,9 +29,9 @@ from typing import Any, Iterable, Optional
 import numpy as np
 import pyarrow as pa
 
-from pipelines import columns as C
+from connectors import columns as C
 
-__all__ = ["drop_duplicate_ids", "id_hashes"]
+__all__ = ["drop_duplicate_ids", "duplicate_ids", "id_hashes"]
 
 
 def id_hashes(ids: pa.Array) -> np.ndarray:
@@ -158,3 +158,29 @@ def drop_duplicate_ids(
             delete_rows(uri, np.array(drop, dtype=np.uint64), storage_options)
             ds = lance.dataset(uri, storage_options=storage_options)
     return removed
+
+
+def duplicate_ids(uri: str, id_column: str, storage_options: Optional[dict] = None,
+                  examples: int = 5) -> tuple[int, list]:
+    """Rows beyond the first of each id, and a few such ids.
+
+    Two passes over the id column: 8 bytes per row (a 64-bit hash) find candidate ids, then their
+    real values are compared, so a hash collision is never reported as a duplicate.
+    """
+    import lance
+
+    ds = lance.dataset(uri, storage_options=storage_options)
+    hashes = [id_hashes(b.column(id_column)) for b in ds.to_batches(columns=[id_column])]
+    if not hashes:
+        return 0, []
+    h = np.sort(np.concatenate(hashes))
+    suspects = np.unique(h[1:][h[1:] == h[:-1]])
+    if len(suspects) == 0:
+        return 0, []
+    counts: Counter = Counter()
+    for batch in ds.to_batches(columns=[id_column]):
+        ids = batch.column(id_column)
+        hit = np.isin(id_hashes(ids), suspects)
+        counts.update(v for v, m in zip(ids.to_pylist(), hit) if m)
+    dups = {k: n for k, n in counts.items() if n > 1}
+    return sum(n - 1 for n in dups.values()), sorted(dups, key=str)[:examples]

@@ -1,10 +1,6 @@
-"""Vector index on the LanceDB table, with parameters derived from the data.
+"""The vector index of a LanceDB table: build it, search it, exact neighbours, its size.
 
-IVF-PQ: ``num_partitions`` about sqrt(rows), capped at rows / 256 (Lance trains fewer lists than asked
-when they would get under 256 vectors each); ``num_sub_vectors`` = dimension / 8, i.e. 8 dimensions per
-code byte, which keeps recall high for sentence embeddings, falling back to dimension / 16 or the
-largest divisor of the dimension. PQ trains 256 centroids per sub-vector, so fewer than
-``index.min_rows`` rows get no index: exact search over so few vectors is fast and exact.
+The parameters come from :mod:`pipelines.vector_index.params`.
 
 IVF-SQ and IVF-RQ are the quantised-storage choices: the index holds int8 codes (one byte per
 dimension) or binary RaBitQ codes (one bit per dimension); the float vectors stay in the table and a
@@ -28,18 +24,14 @@ from typing import Optional
 
 import numpy as np
 
-from pipelines.config import IndexConfig
+__all__ = ["IndexParams", "build_index", "code_bytes", "exact_search", "index_row_counts", "index_size_bytes",
+           "ivf_sample_rate", "optimize_index", "sample_vectors", "search_batch"]
 
-__all__ = ["IndexParams", "build_index", "code_bytes", "derive_index_params", "index_size_bytes", "index_workers",
-           "exact_search", "ivf_sample_rate", "maintain_index", "sample_vectors", "search_batch"]
-
-DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
 # IVF k-means trains on num_partitions * sample_rate vectors (Lance's default rate: 256). The rate
 # shrinks for many lists so the sample, and the build's memory, stay near this many vectors; it never
 # goes under MIN_SAMPLE_RATE vectors per list, below which centroids get noisy (FAISS warns under 39).
 IVF_TRAINING_ROWS = 2**18
 MIN_SAMPLE_RATE = 40
-ROWS_PER_INDEX_WORKER = 1_000_000  # index.workers=auto: one build task per this many rows
 
 
 @dataclass
@@ -59,57 +51,9 @@ class IndexParams:
         return asdict(self)
 
 
-def _sub_vectors(dimension: int) -> int:
-    for per_code in (8, 16):
-        if dimension % per_code == 0 and dimension // per_code >= 1:
-            return dimension // per_code
-    divisors = [d for d in range(1, dimension + 1) if dimension % d == 0 and dimension // d >= 8]
-    return max(divisors) if divisors else 1
-
-
 def ivf_sample_rate(partitions: int) -> int:
     """Training vectors per IVF list: 256 up to 1024 lists, then fewer so the sample stays ~256k."""
     return max(MIN_SAMPLE_RATE, min(256, IVF_TRAINING_ROWS // max(1, partitions)))
-
-
-def index_workers(setting, rows: int, cpus: Optional[float] = None) -> int:
-    """Build tasks for ``index.workers``: a number as given; auto: one per ``ROWS_PER_INDEX_WORKER``
-    rows, at most one per CPU of the cluster (``cpus``; None: one task)."""
-    if setting != "auto":
-        return int(setting)
-    return max(1, min(rows // ROWS_PER_INDEX_WORKER, int(cpus or 1)))
-
-
-def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Optional[float] = None) -> IndexParams:
-    """Index parameters for ``rows`` vectors of ``dimension``; explicit config values win. ``cpus``:
-    the cluster's, for ``index.workers=auto``."""
-    if config.type == "none":
-        return IndexParams("none", config.metric, reason="index.type=none")
-    if rows < config.min_rows:
-        return IndexParams("none", config.metric, reason=f"{rows} rows < index.min_rows={config.min_rows}")
-    partitions = config.num_partitions
-    if partitions == "auto":
-        # Lance trains each list on at least 256 vectors, so never ask for more than rows / 256.
-        partitions = max(1, min(round(math.sqrt(rows)), rows // 256))
-    sub_vectors = config.num_sub_vectors
-    if sub_vectors == "auto":
-        sub_vectors = _sub_vectors(dimension)
-    elif dimension % sub_vectors:
-        raise ValueError(f"index.num_sub_vectors={sub_vectors} must divide the dimension {dimension}")
-    nprobes = config.nprobes
-    if nprobes == "auto":
-        # About 10% of the lists, at least 20 (LanceDB's default), never more than there are.
-        nprobes = min(partitions, max(20, math.ceil(partitions / 10)))
-    return IndexParams(
-        type=config.type,
-        metric=config.metric,
-        num_partitions=partitions,
-        num_sub_vectors=sub_vectors if config.type == "ivf_pq" else None,
-        nprobes=nprobes,
-        refine_factor=DEFAULT_REFINE_FACTOR if config.refine_factor == "auto" else config.refine_factor,
-        sample_rate=ivf_sample_rate(partitions),
-        workers=index_workers(config.workers, rows, cpus),
-    )
 
 
 def build_index(table, params: IndexParams, column: str = "vector", storage_options: Optional[dict] = None) -> IndexParams:
@@ -158,30 +102,20 @@ def _build_distributed(table, params: IndexParams, column: str, storage_options:
     )
 
 
-def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column: str = "vector",
-                   cpus: Optional[float] = None, storage_options: Optional[dict] = None) -> IndexParams:
-    """After an append or upsert: keep the vector index useful without always retraining it.
-
-    New rows are searchable at once either way (LanceDB scans unindexed rows exactly and merges them
-    into the results). While unindexed rows are at most ``index.reindex_fraction`` of the indexed ones,
-    ``optimize()`` adds them to the existing lists (cheap, no retraining); past that, the lists were
-    trained on a distribution that no longer describes the table, so the index is rebuilt with
-    parameters derived from the new size.
-    """
+def index_row_counts(table, column: str = "vector") -> Optional[tuple[int, int]]:
+    """(indexed, unindexed) rows of the vector index on ``column``; None when there is no such index."""
     existing = [i for i in table.list_indices() if i.columns == [column]]
     if not existing:
-        return build_index(table, derive_index_params(rows, dimension, config, cpus), column, storage_options)
+        return None
     stats = table.index_stats(existing[0].name)
-    indexed = max(int(getattr(stats, "num_indexed_rows", 0) or 0), 1)
-    unindexed = int(getattr(stats, "num_unindexed_rows", 0) or 0)
-    params = derive_index_params(rows, dimension, config, cpus)
-    if params.type == "none" or unindexed / indexed > config.reindex_fraction:
-        return build_index(table, params, column, storage_options)
+    return int(getattr(stats, "num_indexed_rows", 0) or 0), int(getattr(stats, "num_unindexed_rows", 0) or 0)
+
+
+def optimize_index(table) -> float:
+    """Add the unindexed rows to the existing lists (LanceDB's ``optimize``: no retraining); seconds."""
     start = time.perf_counter()
     table.optimize()
-    params.build_seconds = round(time.perf_counter() - start, 2)
-    params.reason = f"optimized in place ({unindexed} new rows <= {config.reindex_fraction:.0%} of {indexed})"
-    return params
+    return round(time.perf_counter() - start, 2)
 
 
 def code_bytes(index_type: str, dimension: int, num_sub_vectors: Optional[int] = None,

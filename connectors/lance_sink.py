@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import columns as C
+from connectors import columns as C
 
 __all__ = [
     "LINEAGE_KEY",

@@ -44,8 +44,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         from pipelines.config import load_config
-        from pipelines.eval_report import format_markdown, write_report
-        from pipelines.evaluation import evaluate_dataset, parse_dimensions
+        from pipelines.evaluation.evaluate.report import format_markdown, write_report
+        from pipelines.evaluation.evaluate import evaluate_dataset, parse_dimensions
 
         config = load_config(args.config, args.overrides)
         dimensions = parse_dimensions(args.dimensions)

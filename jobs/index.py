@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
             print(yaml.safe_dump(config.model_dump(), sort_keys=False))
             return 0
-        from pipelines.indexing import run_index
+        from pipelines.run.runner import run_index
 
         summary = run_index(config)
     except Exception as exc:  # noqa: BLE001 - the job's contract is one clear line and an exit code

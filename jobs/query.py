@@ -57,7 +57,7 @@ def _load_queries(args) -> list[tuple[object, str]]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        from pipelines.search import Searcher
+        from pipelines.search.searcher import Searcher
 
         queries = _load_queries(args)
         searcher = Searcher.open(args.uri, args.table, model_path=args.model)

@@ -1,6 +1,6 @@
 """Index upkeep, housekeeping and a health check for a table that scheduled runs keep adding to.
 
-Each append/upsert run already keeps the index in shape (:func:`connectors.lance_index.maintain_index`);
+Each append/upsert run already keeps the index in shape (:func:`pipelines.vector_index.params.maintain_index`);
 this is the same policy as a step of its own, for a scheduler to run after the indexing job (and for
 tables that other writers touch): report the index's indexed/unindexed rows, ``optimize()`` or rebuild
 by ``index.reindex_fraction``, report again, and check that no id is in the table twice (the promise
@@ -18,16 +18,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-import numpy as np
-
 from connectors import lance_sink
-from connectors.lance_dedup import id_hashes
+from connectors.lance_dedup import duplicate_ids
 from connectors.lance_housekeeping import Housekeeping, compact_and_prune
-from connectors.lance_index import maintain_index
+from connectors.lance_table import open_table
+from pipelines.vector_index.params import maintain_index
 from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig, parse_duration
@@ -103,32 +101,6 @@ def index_stats(table, column: str = "vector") -> dict:
     }
 
 
-def duplicate_ids(uri: str, id_column: str, storage_options: Optional[dict] = None,
-                  examples: int = 5) -> tuple[int, list]:
-    """Rows beyond the first of each id, and a few such ids.
-
-    Two passes over the id column: 8 bytes per row (a 64-bit hash) find candidate ids, then their
-    real values are compared, so a hash collision is never reported as a duplicate.
-    """
-    import lance
-
-    ds = lance.dataset(uri, storage_options=storage_options)
-    hashes = [id_hashes(b.column(id_column)) for b in ds.to_batches(columns=[id_column])]
-    if not hashes:
-        return 0, []
-    h = np.sort(np.concatenate(hashes))
-    suspects = np.unique(h[1:][h[1:] == h[:-1]])
-    if len(suspects) == 0:
-        return 0, []
-    counts: Counter = Counter()
-    for batch in ds.to_batches(columns=[id_column]):
-        ids = batch.column(id_column)
-        hit = np.isin(id_hashes(ids), suspects)
-        counts.update(v for v, m in zip(ids.to_pylist(), hit) if m)
-    dups = {k: n for k, n in counts.items() if n > 1}
-    return sum(n - 1 for n in dups.values()), sorted(dups, key=str)[:examples]
-
-
 def housekeep(config: PipelineConfig, storage_options: Optional[dict] = None) -> list[Housekeeping]:
     """Compact ``config.sink``'s table, its rejects and its run log; prune versions by ``sink.keep_versions``.
 
@@ -172,10 +144,8 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
 
 
 def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], check_ids: bool) -> MaintenanceReport:
-    import lancedb
-
     sink = config.sink
-    table = lancedb.connect(sink.uri, storage_options=options).open_table(sink.table)
+    table = open_table(sink.uri, sink.table, options)
     report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=table.count_rows())
     report.before = index_stats(table)
     params = maintain_index(table, report.rows, int(lineage["dimension"]), config.index)

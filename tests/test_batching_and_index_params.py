@@ -1,7 +1,7 @@
 import pytest
 
-from connectors.lance_index import derive_index_params
-from pipelines.batching import token_budget_batches
+from pipelines.vector_index.params import derive_index_params
+from pipelines.embed.batching import token_budget_batches
 from pipelines.config import IndexConfig
 
 

@@ -12,10 +12,10 @@ import pytest
 
 from connectors import lance_sink
 from pipelines.config import ConfigError, load_config
-from pipelines.hf_encoder import HFEncoder
-from pipelines.indexing import run_index
-from pipelines.search import Searcher
-from pipelines.tokenize import eos_to_append, load_tokenizer, tokenize_texts
+from pipelines.embed.hf_encoder import HFEncoder
+from pipelines.run.runner import run_index
+from pipelines.search.searcher import Searcher
+from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
 
 QUERY_PROMPT = "Instruct: Given a question, retrieve the Wikipedia article that answers it\nQuery: "
 
@@ -147,7 +147,7 @@ def test_vllm_backend_without_vllm_says_what_to_install():
         pass
     else:
         pytest.skip("vLLM is installed here (tests/vllm_backend covers it)")
-    from pipelines.vllm_encoder import VLLMEncoder
+    from pipelines.embed.vllm_encoder import VLLMEncoder
 
     with pytest.raises(ImportError, match=r"pip install -e '\.\[gpu\]'"):
         VLLMEncoder(_model("packaged:all-MiniLM-L6-v2", **{"model.backend": "vllm"}), dimension=384, normalize=True)

@@ -8,9 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.lance_index import build_index, derive_index_params, index_workers, maintain_index, search_batch
+from connectors.lance_index import build_index, search_batch
+from pipelines.vector_index.params import derive_index_params, index_workers, maintain_index
 from pipelines.config import IndexConfig, load_config
-from pipelines.indexing import run_index
+from pipelines.run.runner import run_index
 
 ROWS, DIM = 65536, 32  # lance-ray trains PQ on 256 * sample_rate (256) vectors
 

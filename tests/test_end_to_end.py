@@ -14,9 +14,9 @@ import pytest
 
 from connectors import lance_sink
 from pipelines.config import load_config
-from pipelines.indexing import run_index
+from pipelines.run.runner import run_index
 from pipelines.lineage import LineageMismatchError
-from pipelines.search import Searcher
+from pipelines.search.searcher import Searcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -194,7 +194,7 @@ def test_matryoshka_table_equals_truncated_full_vectors(indexed, corpus_dir, tmp
 
 def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_table, tmp_path):
     from connectors.lance_index import search_batch
-    from pipelines.tuning import recall_at_k
+    from pipelines.vector_index.tuning import knn_recall
 
     texts = [f"what is {t}" for t in sample_table.slice(0, 300).column("title").to_pylist()[:40]]
     queries = tmp_path / "queries.parquet"
@@ -208,7 +208,7 @@ def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_tabl
     assert lance_sink.read_lineage(db, "docs")["tuning"]["query_source"] == tuning["query_source"]
 
     # The recorded recall is what these queries get at the stored defaults, measured here apart.
-    from pipelines.index_step import read_tuning_queries
+    from pipelines.vector_index.step import read_tuning_queries
     from connectors.storage import Storage
 
     searcher = Searcher.open(db, "docs")
@@ -216,7 +216,7 @@ def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_tabl
     exact = search_batch(searcher.table, vectors, 10, metric="cosine", id_column="id", exact=True)
     found = search_batch(searcher.table, vectors, 10, metric="cosine", id_column="id",
                          nprobes=tuning["nprobes"], refine_factor=tuning["refine_factor"])
-    assert recall_at_k(found, exact, 10) == pytest.approx(tuning["recall"], abs=1e-4)
+    assert knn_recall(found, exact, 10) == pytest.approx(tuning["recall"], abs=1e-4)
 
 
 def test_tuning_query_file_without_text_column_fails_before_work(ray_cluster, corpus_dir, tmp_path):

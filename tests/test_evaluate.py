@@ -105,7 +105,7 @@ def test_bytes_per_vector(evaluated):
 
 @pytest.mark.parametrize("dim", DIMS)
 def test_exact_metrics_equal_a_numpy_computation(evaluated, dataset, dim):
-    from pipelines.search import Searcher
+    from pipelines.search.searcher import Searcher
 
     _, out, report = evaluated
     table = _table(out, dim).to_arrow()
@@ -123,7 +123,7 @@ def test_exact_metrics_equal_a_numpy_computation(evaluated, dataset, dim):
 @pytest.mark.parametrize("dim", DIMS)
 def test_index_row_matches_a_direct_search_at_the_stored_defaults(evaluated, dataset, dim):
     """The table now holds the last index built (IVF-RQ); search it directly with its lineage's defaults."""
-    from pipelines.search import Searcher
+    from pipelines.search.searcher import Searcher
 
     _, out, report = evaluated
     lineage = lance_sink.read_lineage(str(out / "lancedb"), f"wiki_desc_d{dim}")
@@ -166,7 +166,7 @@ def test_configured_index_was_tuned_by_the_indexing_run(evaluated):
 
 @pytest.mark.parametrize("dim", DIMS)
 def test_vectors_match_sentence_transformers_at_each_dimension(evaluated, dataset, st_model, dim):
-    from pipelines.search import Searcher
+    from pipelines.search.searcher import Searcher
 
     _, out, _ = evaluated
     data = _table(out, dim).to_arrow().slice(0, 24)
@@ -202,7 +202,7 @@ def test_query_cli_exact_flag_scans_every_vector(evaluated, dataset):
                             text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     hits = [json.loads(line) for line in result.stdout.splitlines()]
-    from pipelines.search import Searcher
+    from pipelines.search.searcher import Searcher
 
     query = Searcher.open(str(out / "lancedb"), "wiki_desc_d128").embed_queries([text])[0]
     scores = docs @ query

@@ -51,7 +51,7 @@ def test_gpu_example_puts_each_actor_on_a_gpu_in_bfloat16():
     assert config.compute.gpus_per_actor == 1 and config.compute.actors >= 1
     assert config.model.dtype == "bfloat16" and config.model.device == "auto"
     assert config.model.pooling == "last" and config.model.query_prompt.endswith("Query: ")
-    from connectors.lance_index import derive_index_params
+    from pipelines.vector_index.params import derive_index_params
 
     params = derive_index_params(1_000_000, config.embed.dimension, config.index)  # a full-size table
     assert (params.num_partitions, params.num_sub_vectors) == (1000, 128)

@@ -24,7 +24,7 @@ import pytest
 from connectors.parquet_source import SourceError
 from connectors.run_log import RunLog
 from pipelines.config import load_config
-from pipelines.indexing import run_index
+from pipelines.run.runner import run_index
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,7 +169,7 @@ def test_incremental_upsert_embeds_only_new_and_changed_and_deletes_missing(ray_
     untouched = next(iter(set(after) - changed - {r["id"] for r in new}))
     assert after[untouched]["run_id"] == first.run_id  # not rewritten
     # New rows are searchable at once, through the maintained index.
-    from pipelines.search import Searcher
+    from pipelines.search.searcher import Searcher
 
     hits = Searcher.open(str(db), "docs").search(new[0]["text"], k=1)
     assert hits.column("id")[0].as_py() == new[0]["id"]

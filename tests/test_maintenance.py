@@ -130,7 +130,7 @@ def test_real_runs_leave_many_fragments_that_maintain_compacts_and_prunes(ray_cl
         src.mkdir()
         rows = docs.slice(day * 12, 12).to_pylist() + [{"id": f"empty-{day}", "text": ""}]
         pq.write_table(pa.Table.from_pylist(rows, schema=docs.schema), src / "part.parquet")
-        from pipelines.indexing import run_index
+        from pipelines.run.runner import run_index
 
         summary = run_index(load_config(overrides=[
             f"source.path={src}", f"sink.uri={db}", "sink.table=docs", "sink.mode=append", f"model.path={tiny_bert_dir}",
@@ -155,7 +155,7 @@ def test_real_runs_leave_many_fragments_that_maintain_compacts_and_prunes(ray_cl
         assert done[n].versions_removed >= 2 and done[n].bytes_freed > 0
         assert not _opens(db, before[n][2], n)  # time travel to a pruned version fails
         assert done[n].versions_after == len(lance.dataset(_uri(db, n)).versions())
-    from pipelines.search import Searcher
+    from pipelines.search.searcher import Searcher
 
     probe = before["docs"][1][5]
     assert Searcher.open(str(db), "docs").search(probe["text"], k=1).column("id")[0].as_py() == probe["id"]

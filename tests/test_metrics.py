@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pipelines.metrics import evaluate_run, mrr_at_k, ndcg_at_k, recall_at_k
+from pipelines.evaluation.metrics import evaluate_run, mrr_at_k, ndcg_at_k, recall_at_k
 
 
 def test_ndcg_graded_relevance_by_hand():

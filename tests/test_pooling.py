@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pipelines.pooling import cls_pool, last_token_pool, mean_pool, pool
+from pipelines.embed.pooling import cls_pool, last_token_pool, mean_pool, pool
 
 # Two texts, three positions, two dims. Row 0 has two real tokens, row 1 all three.
 HIDDEN = torch.tensor(

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.postprocess import l2_normalize, postprocess, truncate_dimension
+from pipelines.embed.postprocess import l2_normalize, postprocess, truncate_dimension
 
 
 def test_normalize_by_hand():

@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import load_config
-from pipelines.indexing import run_index
-from pipelines.search import FilterError, Searcher
+from pipelines.run.runner import run_index
+from pipelines.search.searcher import FilterError, Searcher
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -23,8 +23,8 @@ from connectors.model_store import ModelNotFoundError, model_fingerprint
 from connectors.parquet_source import SourceError
 from connectors.storage import Storage, StorageError
 from pipelines.config import ConfigError, load_config
-from pipelines.indexing import preflight, run_index
-from pipelines.search import Searcher
+from pipelines.run.runner import preflight, run_index
+from pipelines.search.searcher import Searcher
 
 from s3_server import Proxy
 

@@ -22,7 +22,7 @@ import pytest
 
 from connectors import lance_sink
 from pipelines.config import ConfigError, load_config
-from pipelines.indexing import run_index
+from pipelines.run.runner import run_index
 
 # Names this change added are imported where they are used, so that this file also runs against
 # the code before it (each test then fails on what it checks, which is how they were validated).
@@ -115,7 +115,7 @@ def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
     partial = tmp_path / "partial"
     _write(partial, "p0.parquet", _docs(sample_table, 300, 20))  # a prefix listed with 1 of 4 files
     cfg = ["sink.mode=upsert", "sink.delete_missing=true", "run.id=daily-2"]
-    from pipelines.indexing import DeleteGuardError
+    from pipelines.run.runner import DeleteGuardError
 
     with pytest.raises(DeleteGuardError, match=r"75\.0% of table 'docs'.*sink.max_delete_fraction=0.1"):
         run_index(_cfg(partial, db, tiny_bert_dir, *cfg))

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.search import FilterError, build_filter
+from pipelines.search.searcher import FilterError, build_filter
 
 SCHEMA = pa.schema([
     ("id", pa.string()), ("title", pa.string()), ("length_chars", pa.int32()), ("score_f", pa.float32()),

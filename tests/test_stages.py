@@ -3,11 +3,11 @@
 import pyarrow as pa
 import pytest
 
-from pipelines import columns as C
+from connectors import columns as C
 from pipelines.config import load_config
-from pipelines.plan import embedding_stages
-from pipelines.stages.validate import ValidateStage
-from pipelines.tokenize import load_tokenizer, tokenize_texts
+from pipelines.run.plan import embedding_stages
+from pipelines.run.stages.validate import ValidateStage
+from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
 
 
 def test_validate_marks_reasons_and_keeps_every_row():
@@ -48,6 +48,6 @@ def test_plan_takes_actor_resources_from_config(ray_cluster):
 
 @pytest.mark.parametrize("pooling, side", [("mean", "right"), ("cls", "right"), ("last", "left")])
 def test_padding_side_follows_pooling(pooling, side):
-    from pipelines.hf_encoder import padding_side_for
+    from pipelines.embed.hf_encoder import padding_side_for
 
     assert padding_side_for(load_config(overrides=[f"model.pooling={pooling}"]).model) == side

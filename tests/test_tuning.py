@@ -8,8 +8,8 @@ import pytest
 
 from connectors.lance_index import code_bytes, index_size_bytes, sample_vectors, search_batch
 from pipelines.config import IndexConfig
-from pipelines.summary import RunSummary
-from pipelines.tuning import build_tuned_index, index_lineage, nprobes_grid, recall_at_k, recall_lower_bound
+from pipelines.run.summary import RunSummary
+from pipelines.vector_index.tuning import build_tuned_index, index_lineage, nprobes_grid, knn_recall, recall_lower_bound
 
 ROWS, DIM = 2048, 32
 
@@ -56,13 +56,13 @@ def test_recall_at_k_is_exact_on_the_target():
     exact = [list(range(10))] * len(hits)
     approx = [list(range(h)) + [100 + j for j in range(10 - h)] for h in hits]
     assert float(np.mean([h / 10 for h in hits])) < 0.95
-    assert recall_at_k(approx, exact, 10) >= 0.95
+    assert knn_recall(approx, exact, 10) >= 0.95
 
 
 def test_recall_lower_bound_is_the_mean_less_1645_standard_errors():
     exact = [list(range(10))] * 4
     approx = [list(range(10)), list(range(10)), list(range(9)) + [99], list(range(8)) + [98, 99]]
-    assert recall_at_k(approx, exact, 10) == 0.925
+    assert knn_recall(approx, exact, 10) == 0.925
     # per-query recalls 1, 1, .9, .8: sample sd 0.095743, standard error 0.047871
     assert recall_lower_bound(approx, exact, 10) == pytest.approx(0.925 - 1.645 * 0.0478714, abs=1e-6)
     assert recall_lower_bound(approx[:2], exact[:2], 10) == 1.0  # no spread: the mean
@@ -162,7 +162,7 @@ def test_tuning_queries_read_from_parquet_or_jsonl(tmp_path):
 
     from connectors.storage import Storage
     from pipelines.config import ConfigError
-    from pipelines.index_step import check_tuning_queries, read_tuning_queries
+    from pipelines.vector_index.step import check_tuning_queries, read_tuning_queries
 
     storage = Storage.resolve()
     beir = tmp_path / "queries.jsonl"  # BEIR's layout, as data/eval/wiki_desc/queries.jsonl

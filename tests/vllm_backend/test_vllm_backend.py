@@ -14,16 +14,16 @@ import pytest
 pytest.importorskip("vllm")
 
 from connectors import lance_sink  # noqa: E402
-from pipelines import columns as C  # noqa: E402
+from connectors import columns as C  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.hf_encoder import HFEncoder  # noqa: E402
-from pipelines.indexing import run_index  # noqa: E402
-from pipelines.postprocess import postprocess  # noqa: E402
-from pipelines.search import Searcher  # noqa: E402
-from pipelines.stages.encode import EncodeStage  # noqa: E402
-from pipelines.stages.tokenize import TokenizeStage  # noqa: E402
-from pipelines.stages.validate import ValidateStage  # noqa: E402
-from pipelines.vllm_encoder import VLLMEncoder, matryoshka_dimensions  # noqa: E402
+from pipelines.embed.hf_encoder import HFEncoder  # noqa: E402
+from pipelines.run.runner import run_index  # noqa: E402
+from pipelines.embed.postprocess import postprocess  # noqa: E402
+from pipelines.search.searcher import Searcher  # noqa: E402
+from pipelines.run.stages.encode import EncodeStage  # noqa: E402
+from pipelines.run.stages.tokenize import TokenizeStage  # noqa: E402
+from pipelines.run.stages.validate import ValidateStage  # noqa: E402
+from pipelines.embed.vllm_encoder import VLLMEncoder, matryoshka_dimensions  # noqa: E402
 
 # What a CPU test machine can give an engine: ~5% of RAM for its KV cache, no compile step.
 VLLM_CPU = ["model.vllm.in_process=true", "model.vllm.enforce_eager=true", "model.vllm.gpu_memory_utilization=0.1"]
@@ -107,7 +107,7 @@ def test_decoder_with_eos_and_query_prompt_matches_hf(sample_table, tiny_llama_d
     assert {x[-1] for x in ids} == {1} and max(map(len, ids)) == 128  # EOS (id 1) last, also when cut
 
     # Queries with an instruction prompt: the same token ids into both encoders.
-    from pipelines.tokenize import eos_to_append, load_tokenizer, tokenize_texts
+    from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
 
     model = config_for("vllm").model
     tokenizer = load_tokenizer(model.path, None, "left")
@@ -126,7 +126,7 @@ def test_matryoshka_through_vllm_dimensions_where_the_model_declares_it(sample_t
     assert matryoshka_dimensions(tiny_qwen3_dir) == []  # is_matryoshka: any dimension
     model = load_config(overrides=[*VLLM_CPU, "model.backend=vllm", f"model.path={tiny_qwen3_dir}",
                                    "model.pooling=last"]).model
-    from pipelines.tokenize import eos_to_append, load_tokenizer, tokenize_texts
+    from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
 
     tokenizer = load_tokenizer(model.path, None, "left")
     assert eos_to_append(tokenizer, "auto", "last") is None  # this tokenizer ends texts with EOS itself
@@ -148,7 +148,7 @@ def test_matryoshka_through_vllm_dimensions_where_the_model_declares_it(sample_t
 def test_matryoshka_by_truncation_where_the_model_does_not_declare_it(sample_table, minilm_dir):
     assert matryoshka_dimensions(minilm_dir) is None
     model = _config("vllm").model
-    from pipelines.tokenize import load_tokenizer, tokenize_texts
+    from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
 
     ids, _ = tokenize_texts(load_tokenizer(model.path, None, "right"), sample_table.column("text").to_pylist()[:12], 256)
     engine = VLLMEncoder(model, dimension=128, normalize=True, max_tokens=256)

@@ -4,7 +4,7 @@ Everything that can be checked before the cluster does work is checked in :func:
 the config, the source files and their columns, the model and its dimension, and the sink mode
 (and, for ``s3://``, that buckets exist and the credentials are accepted).
 
-Exactly once, across failures (:mod:`pipelines.checkpoints` has the details):
+Exactly once, across failures (:mod:`pipelines.run.checkpoints` has the details):
 - a dead encoder actor or writer task: Ray Data retries the block; only fragments of blocks whose
   output reached the driver are ever committed, so a retried block is never counted twice.
 - a dead driver: every ``sink.checkpoint_rows`` rows the driver commits (append/upsert) or stages
@@ -32,21 +32,22 @@ from connectors import lance_sink
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
 from connectors.lance_dedup import drop_duplicate_ids
-from connectors.lance_index import index_workers
+from connectors.lance_table import open_dataset, open_table
+from pipelines.vector_index.params import index_workers
 from connectors.run_log import RunLog
 from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
-from pipelines import columns as C
-from pipelines.checkpoints import Checkpointer
+from connectors import columns as C
+from pipelines.run.checkpoints import Checkpointer
 from pipelines.config import ConfigError, PipelineConfig
-from pipelines.hf_encoder import padding_side_for
+from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, make_lineage, vector_key
-from pipelines.plan import Stage, apply_stages, embedding_stages
-from pipelines.revisions import latest_revisions
-from pipelines.summary import RunSummary
-from pipelines.tokenize import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
-from pipelines.index_step import check_tuning_queries, index_table, read_tuning_queries
-from pipelines.tuning import index_lineage
+from pipelines.run.plan import Stage, apply_stages, embedding_stages
+from pipelines.run.revisions import latest_revisions
+from pipelines.run.summary import RunSummary
+from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
+from pipelines.vector_index.step import check_tuning_queries, index_table, read_tuning_queries
+from pipelines.vector_index.tuning import index_lineage
 
 __all__ = ["RunPlan", "preflight", "run_index"]
 
@@ -154,9 +155,7 @@ def preflight(config: PipelineConfig) -> RunPlan:
 
 def _open_table(plan: RunPlan):
     """A LanceDB handle on the table's latest version."""
-    import lancedb
-
-    return lancedb.connect(plan.config.sink.uri, storage_options=plan.sink_options).open_table(plan.config.sink.table)
+    return open_table(plan.config.sink.uri, plan.config.sink.table, plan.sink_options)
 
 
 def _revision_column(c: PipelineConfig) -> str:
@@ -436,9 +435,7 @@ def _missing_share(plan: RunPlan, table, key: str, key_type: pa.DataType, sample
     (standard error under 0.002 for the shares a guard cares about). Memory: the sample only; the
     source ids stream past it once.
     """
-    import lance
-
-    ds = lance.dataset(plan.table_uri, storage_options=plan.sink_options)
+    ds = open_dataset(plan.table_uri, plan.sink_options)
     n = ds.count_rows()
     if n == 0:
         return 0.0

@@ -19,10 +19,13 @@ from typing import Optional
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, build_index, derive_index_params, maintain_index
+from connectors.lance_index import IndexParams, build_index
+from connectors.lance_table import create_id_index, open_table
+from connectors.query_files import read_query_file
+from pipelines.vector_index.params import derive_index_params, maintain_index
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig
-from pipelines.tuning import TuningResult, tune_index
+from pipelines.vector_index.tuning import TuningResult, tune_index
 
 __all__ = ["check_tuning_queries", "index_table", "read_tuning_queries"]
 
@@ -30,19 +33,8 @@ QUERY_COLUMN = "text"
 
 
 def _query_table(path: str, storage: Storage, columns: Optional[list] = None):
-    """The query file's schema (``columns`` None) or those columns: Parquet, or JSON Lines (.jsonl)."""
-    import pyarrow.json as pj
-    import pyarrow.parquet as pq
-
-    fs, local = storage.fsspec(path)
     try:
-        if path.endswith((".jsonl", ".json")):  # e.g. a BEIR queries.jsonl: {"_id": ..., "text": ...}
-            with fs.open(local, "rb") as f:
-                table = pj.read_json(f)
-            return table.schema if columns is None else table.select(columns)
-        if columns is None:
-            return pq.read_schema(local, filesystem=fs)
-        return pq.read_table(local, columns=columns, filesystem=fs)
+        return read_query_file(path, storage, columns)
     except (OSError, ValueError) as exc:
         kind = "JSON Lines" if path.endswith((".jsonl", ".json")) else "Parquet"
         raise ConfigError(f"index.tuning_queries_path={path}: cannot read it as {kind}: {exc}") from exc
@@ -90,11 +82,8 @@ def index_table(
     Returns the index parameters, carrying the chosen ``nprobes``/``refine_factor``, and the tuning
     result (None when nothing was tuned).
     """
-    import lancedb
-    from lancedb.index import BTree
-
     options = storage.lance_options(uri)
-    table = lancedb.connect(uri, storage_options=options).open_table(table_name)
+    table = open_table(uri, table_name, options)
     rows = table.count_rows()
     if incremental:
         params = maintain_index(table, rows, dimension, config, cpus=cpus, storage_options=options)
@@ -102,10 +91,10 @@ def index_table(
         params = build_index(table, derive_index_params(rows, dimension, config, cpus), storage_options=options)
     vectors = None
     if query_texts and params.type != "none" and config.target_recall is not None:
-        from pipelines.search import Searcher
+        from pipelines.search.searcher import Searcher
 
         vectors = Searcher(table, lineage, storage=storage).embed_queries(query_texts)
     tuning = tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension,
                         vectors=vectors, source=f"queries from {config.tuning_queries_path}")
-    table.create_index(id_column, config=BTree(), replace=True)  # fast id lookups (upserts, users)
+    create_id_index(table, id_column)
     return params, tuning

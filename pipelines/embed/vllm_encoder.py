@@ -1,6 +1,6 @@
 """A vLLM encoder: token ids in, pooled float32 vectors out; one engine per Ray actor.
 
-The drop-in alternative to :class:`pipelines.hf_encoder.HFEncoder` for ``model.backend: vllm``.
+The drop-in alternative to :class:`pipelines.embed.hf_encoder.HFEncoder` for ``model.backend: vllm``.
 It takes the token ids the tokenize stage made (vLLM does not tokenize again), hands a whole block
 to ``LLM.embed`` at once and lets vLLM's scheduler form the batches, and returns the vectors in
 input order. Pooling and normalisation are set from the config, not left to vLLM's defaults for the
@@ -11,7 +11,7 @@ model, so both backends compute the same thing:
 - ``embed.dimension`` -> ``PoolingParams(dimensions=...)`` when the model declares Matryoshka
   support in its ``config.json`` (``is_matryoshka`` or ``matryoshka_dimensions``), where vLLM
   truncates then normalises; otherwise vLLM returns full vectors and the encode stage truncates
-  and re-normalises them with :func:`pipelines.postprocess.postprocess`, the same as for hf.
+  and re-normalises them with :func:`pipelines.embed.postprocess.postprocess`, the same as for hf.
 
 vLLM is imported inside the constructor: only encoder actors of a vLLM run need it installed.
 """

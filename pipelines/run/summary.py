@@ -24,7 +24,7 @@ class RunSummary:
     table_rows: int = 0
     version: Optional[int] = None
     index: dict = field(default_factory=dict)
-    tuning: dict = field(default_factory=dict)  # pipelines.tuning.TuningResult, when the index was tuned
+    tuning: dict = field(default_factory=dict)  # pipelines.vector_index.tuning.TuningResult, when the index was tuned
     rejects_table: str = ""
     run_id: str = ""
     skipped: int = 0  # unchanged documents an upsert did not embed again
@@ -36,7 +36,7 @@ class RunSummary:
     passes: int = 0  # times the run read its unfinished files again after losing workers
     encoders: Counter = field(default_factory=Counter)  # "<node id>/<actor id>" -> rows it embedded
     writer_nodes: Counter = field(default_factory=Counter)  # node id -> sink batches written there
-    checkpoint_timings: list = field(default_factory=list)  # pipelines.checkpoints.Checkpointer.timings
+    checkpoint_timings: list = field(default_factory=list)  # pipelines.run.checkpoints.Checkpointer.timings
     dedup_seconds: float = 0.0  # the duplicate-id check after the stream
     index_seconds: float = 0.0  # the index task: vector index, tuning, id index
 

@@ -11,9 +11,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from connectors.model_store import resolve_model_dir
-from pipelines.batching import token_budget_batches
+from pipelines.embed.batching import token_budget_batches
 from pipelines.config import ModelConfig
-from pipelines.pooling import pool
+from pipelines.embed.pooling import pool
 
 __all__ = ["HFEncoder", "padding_side_for", "pick_device"]
 
@@ -61,7 +61,7 @@ class HFEncoder:
         self.model.to(self.device).eval()
         self.hidden_size = int(self.model.config.hidden_size)
         self.left_pad = padding_side_for(model) == "left"
-        from pipelines.tokenize import load_tokenizer
+        from pipelines.embed.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(model.path, model.revision, padding_side_for(model), storage)
         self.pad_id = int(tokenizer.pad_token_id)

@@ -1,7 +1,7 @@
 """Skip-unchanged stage (``sink.mode=upsert``): compare each document with the table's row(s) of its id.
 
 - an older revision of an id that this run also reads in a later revision (``sink.revision_by``;
-  found up front by :func:`pipelines.revisions.latest_revisions`): ``superseded``;
+  found up front by :func:`pipelines.run.revisions.latest_revisions`): ``superseded``;
 - with a revision column, a row whose table row has a higher value: ``superseded`` too (replaying
   an old partition never overwrites newer data);
 - same content hash as the table's row: ``unchanged``, skips tokenizing and encoding;
@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import pyarrow as pa
 
-from pipelines import columns as C
+from connectors import columns as C
 
 __all__ = ["SkipUnchangedStage"]
 

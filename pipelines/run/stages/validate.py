@@ -12,7 +12,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import columns as C
+from connectors import columns as C
 
 __all__ = ["REASONS", "ValidateStage", "content_hash"]
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 from pipelines.config import PipelineConfig
-from pipelines.stages.encode import EncodeStage
-from pipelines.stages.skip_unchanged import SkipUnchangedStage
-from pipelines.stages.tokenize import TokenizeStage
-from pipelines.stages.validate import ValidateStage
+from pipelines.run.stages.encode import EncodeStage
+from pipelines.run.stages.skip_unchanged import SkipUnchangedStage
+from pipelines.run.stages.tokenize import TokenizeStage
+from pipelines.run.stages.validate import ValidateStage
 
 __all__ = ["Stage", "apply_stages", "embedding_stages"]
 
@@ -48,7 +48,7 @@ def embedding_stages(
     """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
 
     ``existing`` (upsert runs) answers which ids the table already holds, with which content hash;
-    ``latest`` (an ObjectRef of :func:`pipelines.revisions.latest_revisions`) names the ids the run
+    ``latest`` (an ObjectRef of :func:`pipelines.run.revisions.latest_revisions`) names the ids the run
     reads more than once, with the revision that wins.
     ``storage`` (a :class:`connectors.storage.Storage`) travels with the stages so that workers can
     fetch an ``s3://`` model without any environment of their own.
@@ -106,7 +106,7 @@ def embedding_stages(
                 num_gpus=compute.gpus_per_actor,
                 # A dead encoder actor is not restarted: its batches fail the stream, and the run
                 # starts over on its unfinished files with a pool that fits what is left
-                # (pipelines.indexing). A restart would wait, with its batches, for room that a
+                # (pipelines.run.runner). A restart would wait, with its batches, for room that a
                 # cluster which lost a node may never have again.
                 max_restarts=0,
             ),

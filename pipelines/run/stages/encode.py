@@ -1,9 +1,9 @@
 """Encode stage: a Ray Data actor that loads the model once and embeds whole blocks.
 
-Per call: forward passes over length-sorted, token-budgeted batches (:mod:`pipelines.hf_encoder`),
-or one ``LLM.embed`` call over the whole block (:mod:`pipelines.vllm_encoder`, ``model.backend:
+Per call: forward passes over length-sorted, token-budgeted batches (:mod:`pipelines.embed.hf_encoder`),
+or one ``LLM.embed`` call over the whole block (:mod:`pipelines.embed.vllm_encoder`, ``model.backend:
 vllm``), then pooling output -> normalise -> Matryoshka truncation -> normalise
-(:mod:`pipelines.postprocess`). Both backends give the same columns, rows and order.
+(:mod:`pipelines.embed.postprocess`). Both backends give the same columns, rows and order.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import columns as C
+from connectors import columns as C
 from pipelines.config import ModelConfig
-from pipelines.hf_encoder import HFEncoder
-from pipelines.postprocess import postprocess
+from pipelines.embed.hf_encoder import HFEncoder
+from pipelines.embed.postprocess import postprocess
 
 __all__ = ["EncodeStage", "load_encoder", "placement", "vectors_to_arrow"]
 
@@ -39,7 +39,7 @@ def load_encoder(model: ModelConfig, *, dimension: int, normalize: bool, threads
                  max_tokens: Optional[int] = None, storage=None):
     """The encoder ``model.backend`` names; both have ``embed(token_ids, batch_tokens)``."""
     if model.backend == "vllm":
-        from pipelines.vllm_encoder import VLLMEncoder
+        from pipelines.embed.vllm_encoder import VLLMEncoder
 
         return VLLMEncoder(model, dimension=dimension, normalize=normalize, max_tokens=max_tokens, storage=storage)
     return HFEncoder(model, threads=threads, storage=storage)

@@ -1,6 +1,6 @@
 """Query a table with the model, prompt and dimension recorded in it.
 
-    from pipelines.search import Searcher
+    from pipelines.search.searcher import Searcher
     searcher = Searcher.open("out/lancedb", "documents")
     hits = searcher.search("how do vaccines work", k=5)           # pyarrow.Table
     hits = searcher.search("...", k=5, filters={"title": user_input, "length_chars": (">", 500)})
@@ -26,10 +26,11 @@ import pyarrow as pa
 from connectors import lance_sink
 from connectors.model_store import (is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint,
                                     resolve_model_dir)
+from connectors.lance_table import open_table
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
 from pipelines.lineage import LineageMismatchError
-from pipelines.postprocess import postprocess
+from pipelines.embed.postprocess import postprocess
 
 __all__ = ["FilterError", "LineageMismatchError", "Searcher", "build_filter"]
 
@@ -210,8 +211,6 @@ class Searcher:
             storage: endpoint and credentials for ``s3://``; default: from the environment
                 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
         """
-        import lancedb
-
         storage = storage or Storage.resolve()
         if is_s3(uri):
             storage.probe(uri, "uri")  # a missing bucket or refused credentials, not "no table"
@@ -221,7 +220,7 @@ class Searcher:
             raise lance_sink.SinkError(f"no table {table!r} in {uri}")
         if dimension is not None and dimension != lineage["dimension"]:
             raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage['dimension']}")
-        return cls(lancedb.connect(uri, storage_options=options).open_table(table), lineage,
+        return cls(open_table(uri, table, options), lineage,
                    model_path=model_path, device=device, storage=storage)
 
     def _encode(self):
@@ -229,8 +228,8 @@ class Searcher:
         # takes tens of seconds to start for a handful of texts, and the backends agree (the vLLM
         # tests hold them to cosine >= 0.999 on the same inputs).
         if self._encoder is None:
-            from pipelines.hf_encoder import HFEncoder, padding_side_for
-            from pipelines.tokenize import load_tokenizer
+            from pipelines.embed.hf_encoder import HFEncoder, padding_side_for
+            from pipelines.embed.tokenizer import load_tokenizer
 
             self._encoder = HFEncoder(self.model_config, storage=self.storage)
             self._tokenizer = load_tokenizer(
@@ -241,7 +240,7 @@ class Searcher:
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors exactly as the table's documents were made, with the query prompt."""
-        from pipelines.tokenize import eos_to_append, tokenize_texts
+        from pipelines.embed.tokenizer import eos_to_append, tokenize_texts
 
         encoder = self._encode()
         prompt = self.model_config.query_prompt

@@ -1,13 +1,13 @@
 """Retrieval quality on a BEIR-layout test set: per Matryoshka dimension, exact search against the index.
 
-For each dimension the corpus goes through the ordinary indexing run (:func:`pipelines.indexing.run_index`:
+For each dimension the corpus goes through the ordinary indexing run (:func:`pipelines.run.runner.run_index`:
 same stages, same model, same index build and recall tuning), into its own table. The queries are then
-embedded with the table's model (:class:`pipelines.search.Searcher`) and searched twice, exactly (every
+embedded with the table's model (:class:`pipelines.search.searcher.Searcher`) and searched twice, exactly (every
 vector scanned) and through the index at the query defaults stored with the table, which is what a user
 of ``jobs.query`` gets. Further index types (``ivf_sq``: int8 codes, ``ivf_rq``: 1-bit codes) are built in
 turn on the same table, tuned and evaluated the same way; the table ends up with the last one.
 
-Each result row carries nDCG@10, Recall@10/100 and MRR@10 (:mod:`pipelines.metrics`), the bytes per
+Each result row carries nDCG@10, Recall@10/100 and MRR@10 (:mod:`pipelines.evaluation.metrics`), the bytes per
 vector the search scans, and the overlap of the index's top 10 with the exact top 10 on these queries.
 """
 
@@ -27,8 +27,8 @@ from connectors import lance_sink
 from connectors.beir import BeirDataset, load_beir, write_corpus_parquet
 from connectors.lance_index import code_bytes, index_size_bytes
 from pipelines.config import ConfigError, PipelineConfig, load_config
-from pipelines.metrics import evaluate_run
-from pipelines.tuning import build_tuned_index, index_lineage, recall_at_k
+from pipelines.evaluation.metrics import evaluate_run
+from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall
 
 __all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
 
@@ -102,7 +102,7 @@ def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, r
         index_bytes_per_row=round(size / rows, 1) if size else None,
         nprobes=lineage["query_defaults"]["nprobes"], refine_factor=lineage["query_defaults"]["refine_factor"],
         tuned_recall_at_10=tuning.get("recall"),
-        recall_at_10_vs_exact=round(recall_at_k(ranked, exact_ranked, 10), 4),
+        recall_at_10_vs_exact=round(knn_recall(ranked, exact_ranked, 10), 4),
         index_seconds=index.get("build_seconds"), search_ms_per_query=round(ms, 2),
         extra={"num_partitions": index.get("num_partitions"), "num_sub_vectors": index.get("num_sub_vectors"),
                "tuning_reached": tuning.get("reached")},
@@ -122,10 +122,10 @@ def evaluate_dataset(
 
     Args:
         index_types: index types to evaluate per dimension; the config's ``index.type`` is always first.
-        on_run: called with each dimension's :class:`~pipelines.summary.RunSummary` (progress output).
+        on_run: called with each dimension's :class:`~pipelines.run.summary.RunSummary` (progress output).
     """
-    from pipelines.indexing import run_index
-    from pipelines.search import Searcher
+    from pipelines.run.runner import run_index
+    from pipelines.search.searcher import Searcher
 
     dataset: BeirDataset = load_beir(dataset_dir, split)
     out = Path(out_dir)

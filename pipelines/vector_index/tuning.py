@@ -15,7 +15,7 @@ refine factor it picks is too small for the table (1M rows, 100k-row sample: hel
 for a 0.95 target; docs/scaling.md, bench/tuning.py).
 
 Queries are real query vectors when the caller has them (``index.tuning_queries_path``: see
-:mod:`pipelines.index_step`), else documents drawn from the table, each removed from its own result
+:mod:`pipelines.vector_index.step`), else documents drawn from the table, each removed from its own result
 lists (a document always finds itself). Documents are the optimistic choice: a document's near-copies
 share its list, while a real query lands between documents (on the 1M-vector benchmark the setting
 tuned on documents gave held-out queries recall 0.35; see bench/index.py). Of the settings
@@ -44,18 +44,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from connectors.lance_index import (
-    IndexParams,
-    build_index,
-    code_bytes,
-    derive_index_params,
-    exact_search,
-    sample_vectors,
-    search_batch,
-)
+from connectors.lance_index import IndexParams, build_index, code_bytes, exact_search, sample_vectors, search_batch
+from pipelines.vector_index.params import derive_index_params
 from pipelines.config import IndexConfig
 
-__all__ = ["TuningResult", "build_tuned_index", "index_lineage", "nprobes_grid", "recall_at_k", "recall_lower_bound",
+__all__ = ["TuningResult", "build_tuned_index", "index_lineage", "nprobes_grid", "knn_recall", "recall_lower_bound",
            "tune_index", "tune_query_defaults"]
 
 log = logging.getLogger(__name__)
@@ -93,8 +86,9 @@ def _hits(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int) -> list
     return [len(set(a[:k]) & set(e[:k])) for a, e in zip(approx, exact)]
 
 
-def recall_at_k(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int) -> float:
-    """Mean over queries of |approx top-k ∩ exact top-k| / k, as hits / (queries * k): one division of
+def knn_recall(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int) -> float:
+    """k-NN recall@k (not relevance recall, :func:`pipelines.evaluation.metrics.recall_at_k`): the mean over
+    queries of |approx top-k ∩ exact top-k| / k, as hits / (queries * k): one division of
     integers, so 570 hits of 600 is exactly 0.95 (a mean of per-query fractions can land below it)."""
     return _recall(_hits(approx, exact, k), k)
 
@@ -105,7 +99,7 @@ def _recall(hits: list[int], k: int) -> float:
 
 def recall_lower_bound(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int,
                        z: float = CONFIDENCE_Z) -> float:
-    """One-sided lower confidence bound of :func:`recall_at_k`: the mean minus ``z`` standard errors
+    """One-sided lower confidence bound of :func:`knn_recall`: the mean minus ``z`` standard errors
     of the per-query recalls (the mean for fewer than two queries)."""
     return _bounds(_hits(approx, exact, k), k, z)[1]
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines import columns as C
+from connectors import columns as C
 from pipelines.config import ModelConfig
-from pipelines.hf_encoder import padding_side_for
-from pipelines.tokenize import chunk_texts, chunk_window, eos_to_append, load_tokenizer, tokenize_texts
+from pipelines.embed.hf_encoder import padding_side_for
+from pipelines.embed.tokenizer import chunk_texts, chunk_window, eos_to_append, load_tokenizer, tokenize_texts
 
 __all__ = ["TokenizeStage"]
 

@@ -1,0 +1,1 @@
+"""Text to vectors: tokenizer, token-budget batching, the HF and vLLM encoders, pooling, post-processing."""

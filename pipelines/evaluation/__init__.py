@@ -1,0 +1,1 @@
+"""Retrieval quality on a BEIR-layout test set: the evaluation run, its metrics and its report."""

@@ -1,0 +1,1 @@
+"""The bulk indexing run: plan the stages, stream files through them, checkpoint, summarise."""

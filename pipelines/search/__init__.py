@@ -1,0 +1,1 @@
+"""Queries against a table, with the model, prompt and dimension recorded in it."""

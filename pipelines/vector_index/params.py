@@ -1,0 +1,91 @@
+"""Index parameters from the data and the config, and the rebuild-or-optimise decision after a run.
+
+IVF-PQ: ``num_partitions`` about sqrt(rows), capped at rows / 256 (Lance trains fewer lists than asked
+when they would get under 256 vectors each); ``num_sub_vectors`` = dimension / 8, i.e. 8 dimensions per
+code byte, which keeps recall high for sentence embeddings, falling back to dimension / 16 or the
+largest divisor of the dimension. PQ trains 256 centroids per sub-vector, so fewer than
+``index.min_rows`` rows get no index: exact search over so few vectors is fast and exact.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from connectors.lance_index import IndexParams, build_index, index_row_counts, ivf_sample_rate, optimize_index
+from pipelines.config import IndexConfig
+
+__all__ = ["DEFAULT_REFINE_FACTOR", "derive_index_params", "index_workers", "maintain_index"]
+
+DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
+ROWS_PER_INDEX_WORKER = 1_000_000  # index.workers=auto: one build task per this many rows
+
+
+def _sub_vectors(dimension: int) -> int:
+    for per_code in (8, 16):
+        if dimension % per_code == 0 and dimension // per_code >= 1:
+            return dimension // per_code
+    divisors = [d for d in range(1, dimension + 1) if dimension % d == 0 and dimension // d >= 8]
+    return max(divisors) if divisors else 1
+
+
+def index_workers(setting, rows: int, cpus: Optional[float] = None) -> int:
+    """Build tasks for ``index.workers``: a number as given; auto: one per ``ROWS_PER_INDEX_WORKER``
+    rows, at most one per CPU of the cluster (``cpus``; None: one task)."""
+    if setting != "auto":
+        return int(setting)
+    return max(1, min(rows // ROWS_PER_INDEX_WORKER, int(cpus or 1)))
+
+
+def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Optional[float] = None) -> IndexParams:
+    """Index parameters for ``rows`` vectors of ``dimension``; explicit config values win. ``cpus``:
+    the cluster's, for ``index.workers=auto``."""
+    if config.type == "none":
+        return IndexParams("none", config.metric, reason="index.type=none")
+    if rows < config.min_rows:
+        return IndexParams("none", config.metric, reason=f"{rows} rows < index.min_rows={config.min_rows}")
+    partitions = config.num_partitions
+    if partitions == "auto":
+        # Lance trains each list on at least 256 vectors, so never ask for more than rows / 256.
+        partitions = max(1, min(round(math.sqrt(rows)), rows // 256))
+    sub_vectors = config.num_sub_vectors
+    if sub_vectors == "auto":
+        sub_vectors = _sub_vectors(dimension)
+    elif dimension % sub_vectors:
+        raise ValueError(f"index.num_sub_vectors={sub_vectors} must divide the dimension {dimension}")
+    nprobes = config.nprobes
+    if nprobes == "auto":
+        # About 10% of the lists, at least 20 (LanceDB's default), never more than there are.
+        nprobes = min(partitions, max(20, math.ceil(partitions / 10)))
+    return IndexParams(
+        type=config.type,
+        metric=config.metric,
+        num_partitions=partitions,
+        num_sub_vectors=sub_vectors if config.type == "ivf_pq" else None,
+        nprobes=nprobes,
+        refine_factor=DEFAULT_REFINE_FACTOR if config.refine_factor == "auto" else config.refine_factor,
+        sample_rate=ivf_sample_rate(partitions),
+        workers=index_workers(config.workers, rows, cpus),
+    )
+
+
+def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column: str = "vector",
+                   cpus: Optional[float] = None, storage_options: Optional[dict] = None) -> IndexParams:
+    """After an append or upsert: keep the vector index useful without always retraining it.
+
+    New rows are searchable at once either way (LanceDB scans unindexed rows exactly and merges them
+    into the results). While unindexed rows are at most ``index.reindex_fraction`` of the indexed ones,
+    ``optimize()`` adds them to the existing lists (cheap, no retraining); past that, the lists were
+    trained on a distribution that no longer describes the table, so the index is rebuilt with
+    parameters derived from the new size.
+    """
+    params = derive_index_params(rows, dimension, config, cpus)
+    counts = index_row_counts(table, column)
+    if counts is None:
+        return build_index(table, params, column, storage_options)
+    indexed, unindexed = max(counts[0], 1), counts[1]
+    if params.type == "none" or unindexed / indexed > config.reindex_fraction:
+        return build_index(table, params, column, storage_options)
+    params.build_seconds = optimize_index(table)
+    params.reason = f"optimized in place ({unindexed} new rows <= {config.reindex_fraction:.0%} of {indexed})"
+    return params
