@@ -24,12 +24,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import pyarrow as pa
 
 from connectors import columns as C
+from connectors.sql import sql_list, sql_value
 
 __all__ = ["drop_duplicate_ids", "duplicate_ids", "id_hashes"]
 
@@ -40,10 +41,6 @@ def id_hashes(ids: pa.Array) -> np.ndarray:
                      for v in ids.to_pylist()], dtype=np.uint64)
 
 
-def _sql_list(values: Iterable[Any]) -> str:
-    from connectors.lance_sink import sql_list
-
-    return sql_list(values)
 
 
 def _groups_of_hashes(h: np.ndarray, size: int):
@@ -98,7 +95,6 @@ def drop_duplicate_ids(
         ds = lance.dataset(uri, storage_options=storage_options)
     except (ValueError, OSError):
         return Counter()
-    from connectors.lance_sink import sql_value
 
     this_run = f"run_id = {sql_value(run_id)}"
     n = ds.count_rows(filter=this_run)
@@ -117,7 +113,7 @@ def drop_duplicate_ids(
         unique_keys = list(dict.fromkeys(keys))
         for start in range(0, len(unique_keys), lookup_rows):  # older rows with one of this run's ids
             older = ds.to_table(columns=[key_column],
-                                filter=f"{key_column} IN {_sql_list(unique_keys[start:start + lookup_rows])} "
+                                filter=f"{key_column} IN {sql_list(unique_keys[start:start + lookup_rows])} "
                                        f"AND NOT ({this_run})", with_row_id=True)
             if older.num_rows:
                 hashes.append(id_hashes(older.column(key_column)))
@@ -137,7 +133,7 @@ def drop_duplicate_ids(
         drop, reject_rows = [], []
         for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece
             rows = ds.to_table(columns=columns, with_row_id=True,
-                               filter=f"_rowid IN {_sql_list(int(x) for x in candidates[piece])}")
+                               filter=f"_rowid IN {sql_list(int(x) for x in candidates[piece])}")
             groups: dict = {}
             for row in rows.to_pylist():
                 groups.setdefault(row[key_column], []).append(row)

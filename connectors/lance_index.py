@@ -17,7 +17,6 @@ costs latency: docs/scaling.md).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Optional

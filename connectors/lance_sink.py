@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import pickle
 from collections import Counter
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors import columns as C
+from connectors.sql import sql_list, sql_value
 
 __all__ = [
     "LINEAGE_KEY",
@@ -42,8 +43,6 @@ __all__ = [
     "delete_rows",
     "delete_run_leftovers",
     "read_lineage",
-    "sql_list",
-    "sql_value",
     "table_version",
     "write_lineage",
 ]
@@ -95,20 +94,6 @@ def runs_table(table: str) -> str:
 def dataset_uri(db_uri: str, table: str) -> str:
     """Where LanceDB keeps table ``table`` of database ``db_uri``."""
     return f"{db_uri.rstrip('/')}/{table}.lance"
-
-
-def sql_value(v: Any) -> str:
-    """A SQL literal for a string or integer; strings are quoted with embedded quotes doubled (no injection)."""
-    if isinstance(v, str):
-        return "'" + v.replace("'", "''") + "'"
-    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
-        return str(int(v))
-    raise TypeError(f"cannot use {type(v).__name__} value {v!r} in a filter")
-
-
-def sql_list(values: Iterable[Any]) -> str:
-    """A SQL ``IN`` list of :func:`sql_value` literals."""
-    return "(" + ", ".join(sql_value(v) for v in values) + ")"
 
 
 def _open(uri: str, storage_options: Optional[dict] = None, version: Optional[int] = None):

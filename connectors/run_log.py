@@ -27,6 +27,8 @@ from typing import Iterable, Optional
 
 import pyarrow as pa
 
+from connectors.sql import string_literal
+
 __all__ = ["DoneFile", "RunLog", "RUNS_SCHEMA"]
 
 RUNS_SCHEMA = pa.schema(
@@ -67,10 +69,6 @@ def _fragments(text: Optional[str]) -> list:
     return [FragmentMetadata.from_json(json.dumps(f)) for f in json.loads(text or "[]")]
 
 
-def _sql_string(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 class RunLog:
     """Reads and appends the events of ``<db>/<table>_runs.lance``."""
 
@@ -92,7 +90,7 @@ class RunLog:
         ds = self._dataset()
         if ds is None:
             return RUNS_SCHEMA.empty_table()
-        where = None if run_id is None else f"run_id = {_sql_string(run_id)}"
+        where = None if run_id is None else f"run_id = {string_literal(run_id)}"
         rows = ds.to_table(filter=where)
         if "kind" not in rows.column_names:
             return _upgrade(rows)

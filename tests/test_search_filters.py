@@ -1,4 +1,4 @@
-"""`build_filter`: filters from user input cannot change the query's meaning.
+"""`build_filter` (pipelines/search/filters.py): filters from user input cannot change the query's meaning.
 
 Unit checks of the SQL it writes and of what it refuses, then a round trip through a real LanceDB
 table whose titles are the hostile strings themselves: filtering by each returns exactly its row.
@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.search.searcher import FilterError, build_filter
+from pipelines.search.filters import FilterError, build_filter
 
 SCHEMA = pa.schema([
     ("id", pa.string()), ("title", pa.string()), ("length_chars", pa.int32()), ("score_f", pa.float32()),
@@ -113,3 +113,16 @@ def test_values_that_are_not_in_the_table_match_nothing(hostile_table):
     for value in ["' OR '1'='1", "x' OR title IS NOT NULL OR 'a'='", "plain' --", "%"]:
         assert _titles(hostile_table, {"title": value}) == []
     assert _titles(hostile_table, {"title": "plain", "length_chars": ("<", 0)}) == []
+
+
+def test_the_one_quoting_function_doubles_quotes_and_refuses_what_it_cannot_quote():
+    from connectors.sql import identifier, sql_list, sql_value, string_literal
+
+    assert string_literal("O'Brien') OR (1=1") == "'O''Brien'') OR (1=1'"
+    assert sql_list(["a'b", 7, np.int64(8)]) == "('a''b', 7, 8)"
+    assert identifier("date") == "`date`"
+    with pytest.raises(ValueError, match="backtick"):
+        identifier("a`b")
+    for bad in (True, 2.5, None, b"x"):
+        with pytest.raises(TypeError, match="cannot use"):
+            sql_value(bad)
