@@ -17,10 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from connectors.errors import UserError
+
 __all__ = ["BeirDataset", "DatasetError", "load_beir", "write_corpus_parquet"]
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """The evaluation set is missing a file or has a malformed line; the message names it."""
 
 

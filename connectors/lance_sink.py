@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors.errors import UserError
 from connectors import columns as C
 from connectors.sql import sql_list, sql_value
 
@@ -73,7 +74,7 @@ STATS_SCHEMA = pa.schema(
 )
 
 
-class SinkError(ValueError):
+class SinkError(UserError):
     """The sink cannot be written as configured (table exists, lineage differs, ...)."""
 
 

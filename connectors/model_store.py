@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
+from connectors.errors import UserError
 from connectors.storage import Storage, StorageError
 
 __all__ = ["FINGERPRINT_SCHEME", "ModelNotFoundError", "is_legacy_fingerprint", "legacy_model_fingerprint",
@@ -33,7 +34,7 @@ _PACKAGED = {
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(UserError, FileNotFoundError):
     """The configured ``model.path`` does not lead to a loadable model."""
 
 

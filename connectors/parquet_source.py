@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from connectors.errors import UserError
 from connectors.storage import Storage, StorageError, is_s3
 
 __all__ = ["ParquetSource", "SourceError", "open_source", "partition_values"]
@@ -32,7 +33,7 @@ __all__ = ["ParquetSource", "SourceError", "open_source", "partition_values"]
 PATH_COLUMN = "path"  # the column Ray Data's include_paths adds
 
 
-class SourceError(ValueError):
+class SourceError(UserError):
     """The source cannot be read as configured; the message names the path, file or column."""
 
 

@@ -37,6 +37,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from connectors.errors import UserError
+
 __all__ = ["Storage", "StorageError", "is_s3", "redact_environment", "redact_url", "split_s3"]
 
 _STATIC_CREDENTIAL_PROVIDERS = ("env", "shared-credentials-file", "config-file", "boto-config")
@@ -47,7 +49,7 @@ RETRY_TIMEOUT_S = 300  # object_store: give up retrying one request after this l
 PROBE_ATTEMPTS = 2  # the up-front reachability check (see Storage.probe)
 
 
-class StorageError(ValueError):
+class StorageError(UserError):
     """Object storage that cannot be used as configured; the message names the key, bucket or path."""
 
 

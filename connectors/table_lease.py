@@ -30,10 +30,12 @@ import time
 import uuid
 from typing import Callable, Optional
 
+from connectors.errors import UserError
+
 __all__ = ["LeaseLostError", "TableBusyError", "TableLease", "lease_path"]
 
 
-class TableBusyError(ValueError):
+class TableBusyError(UserError):
     """Another job holds the table's lease."""
 
 

@@ -6,11 +6,6 @@ import os
 import sys
 import traceback
 
-# Errors a user fixes by changing the config or the input: exit 2, nothing ran.
-_USER_ERRORS = ("ConfigError", "SourceError", "SinkError", "LineageMismatchError", "ModelNotFoundError",
-                "StorageError", "DatasetError", "TableBusyError",
-                "DeleteGuardError", "RepeatedIdsError")
-
 
 def add_config_arguments(parser, config_help: str, set_example: str, summary_help: str) -> None:
     """The options every config-driven job has: --config, --set KEY=VALUE, --summary-json."""
@@ -38,7 +33,11 @@ def fail(exc: BaseException) -> int:
     from connectors.storage import redact_environment
 
     message = redact_environment(message)  # an error line never shows a credential
-    if name in _USER_ERRORS:
+    from connectors.errors import UserError
+
+    # A config or input to fix, found before the run started: exit 2. The same error raised inside a
+    # Ray worker arrives as RayTaskError(<it>) after work ran: a failed run, exit 1.
+    if isinstance(exc, UserError) and not name.startswith("RayTaskError"):
         print(f"error: {message}", file=sys.stderr)
         return 2
     print(f"error: {name}: {message} (set EMBEDPIPE_DEBUG=1 for the traceback)", file=sys.stderr)

@@ -23,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--uri", default="out/lancedb", help="LanceDB database (directory or s3://)")
     p.add_argument("--table", default="documents")
     p.add_argument("-k", type=int, default=10, help="hits per query")
-    p.add_argument("--queries", help="JSON lines file with 'id' and 'text' per line")
+    p.add_argument("--queries", help="queries file: JSON Lines or Parquet with 'text' and 'id' (or BEIR's '_id')")
     p.add_argument("--where", help="SQL filter on metadata columns, e.g. \"length_chars > 500\"")
     p.add_argument("--nprobes", type=int, help="IVF lists to probe (default: stored with the table)")
     p.add_argument("--refine-factor", type=int, help="re-rank k*R candidates exactly (default: stored)")
@@ -41,17 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def _load_queries(args) -> list[tuple[object, str]]:
     if not args.queries:
         return [(None, " ".join(args.text))]
-    queries = []
-    with open(args.queries) as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                queries.append((row["id"], str(row["text"])))
-            except (ValueError, KeyError, TypeError):
-                raise ValueError(f"{args.queries}:{n}: expected a JSON object with 'id' and 'text'") from None
-    return queries
+    from connectors.query_files import read_queries
+
+    return read_queries(args.queries)
 
 
 def main(argv=None) -> int:

@@ -19,6 +19,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from connectors.errors import UserError
+
 __all__ = [
     "ComputeConfig",
     "ConfigError",
@@ -41,7 +43,7 @@ RESERVED_COLUMNS = ("path", "vector", "source_file", "content_hash", "doc_id", "
 DEFAULT_SAMPLE = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "wiki_vital.parquet")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot run; the message names the offending key."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any, Optional
 
+from connectors.errors import UserError
 from connectors.model_store import is_legacy_fingerprint
 from pipelines.config import PipelineConfig
 
@@ -32,7 +33,7 @@ IDENTITY_FIELDS = (
 )
 
 
-class LineageMismatchError(ValueError):
+class LineageMismatchError(UserError):
     """A table and a model/config describe different embedding spaces."""
 
 

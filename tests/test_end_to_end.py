@@ -267,5 +267,23 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
     assert lines[0]["id"] == target["id"] and lines[0]["query"] == target["text"]
     assert set(lines[0]) == {"query_id", "query", "rank", "id", "score"}
 
+    # The one command (pyproject's [project.scripts]) runs the same job.
+    embedpipe = os.path.join(os.path.dirname(sys.executable), "embedpipe")
+    same = subprocess.run([embedpipe, "query", "--uri", str(db), "--table", "documents", "-k", "3", "--json",
+                           "--queries", str(queries)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert [json.loads(line) for line in same.stdout.splitlines()] == lines
+
+    # The project's own evaluation queries (BEIR's "_id") are a queries file too.
+    beir = _run(["jobs.query", "--uri", str(db), "--table", "documents", "-k", "1", "--json",
+                 "--queries", os.path.join(ROOT, "data", "eval", "wiki_desc", "queries.jsonl")])
+    assert beir.returncode == 0, beir.stderr[-2000:]
+    assert [json.loads(line)["query_id"] for line in beir.stdout.splitlines()][:2] == ["q000", "q001"]
+
     missing = _run(["jobs.query", "--uri", str(db), "--table", "nope", "hello"])
     assert missing.returncode == 2 and "no table 'nope'" in missing.stderr
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "q1", "text": "fine"}) + "\n" + json.dumps({"id": "q2", "query": "x"}) + "\n")
+    refused = _run(["jobs.query", "--uri", str(db), "--table", "documents", "--queries", str(bad)])
+    assert refused.returncode == 2 and "bad.jsonl:2: expected a JSON object with a string 'text'" in refused.stderr

@@ -183,7 +183,7 @@ def test_tuning_queries_read_from_parquet_or_jsonl(tmp_path):
         read_tuning_queries(str(blank), 5, storage)
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")
-    with pytest.raises(ConfigError, match=r"broken.jsonl: cannot read it as JSON Lines"):
+    with pytest.raises(ConfigError, match=r"index.tuning_queries_path=.*broken.jsonl:1: expected a JSON object with a string 'text'"):
         check_tuning_queries(str(broken), storage)
 
 

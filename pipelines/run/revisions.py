@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from typing import Optional
 
+from connectors.errors import UserError
+
 __all__ = ["MAX_REPEATED_IDS", "RepeatedIdsError", "latest_revisions"]
 
 MAX_REPEATED_IDS = 2_000_000
 
 
-class RepeatedIdsError(ValueError):
+class RepeatedIdsError(UserError):
     """Too many ids repeat across one upsert run's files to resolve their revisions in memory."""
 
 

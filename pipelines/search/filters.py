@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 import pyarrow as pa
 
+from connectors.errors import UserError
 from connectors.sql import identifier, string_literal
 
 __all__ = ["FilterError", "build_filter"]
@@ -24,7 +25,7 @@ _OPERATORS = {"=": "=", "==": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=",
               "in": "IN", "not in": "NOT IN"}
 
 
-class FilterError(ValueError):
+class FilterError(UserError):
     """A ``filters`` entry that cannot be turned into a safe filter: names the column and the problem."""
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from connectors.lance_index import IndexParams, build_index
 from connectors.lance_table import create_id_index, open_table
-from connectors.query_files import read_query_file
+from connectors.query_files import QueryFileError, read_queries
 from pipelines.vector_index.params import derive_index_params, maintain_index
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig
@@ -32,26 +32,21 @@ __all__ = ["check_tuning_queries", "index_table", "read_tuning_queries"]
 QUERY_COLUMN = "text"
 
 
-def _query_table(path: str, storage: Storage, columns: Optional[list] = None):
+def _query_texts(path: str, storage: Storage) -> list[str]:
     try:
-        return read_query_file(path, storage, columns)
-    except (OSError, ValueError) as exc:
-        kind = "JSON Lines" if path.endswith((".jsonl", ".json")) else "Parquet"
-        raise ConfigError(f"index.tuning_queries_path={path}: cannot read it as {kind}: {exc}") from exc
+        return [text for _, text in read_queries(path, storage)]
+    except QueryFileError as exc:
+        raise ConfigError(f"index.tuning_queries_path={exc}") from exc
 
 
 def check_tuning_queries(path: str, storage: Storage) -> None:
     """Before any work: the query file exists, is Parquet or JSON Lines and has a ``text`` column."""
-    schema = _query_table(path, storage)
-    if QUERY_COLUMN not in schema.names:
-        raise ConfigError(f"index.tuning_queries_path={path} has no {QUERY_COLUMN!r} column "
-                          f"(columns: {', '.join(schema.names)})")
+    _query_texts(path, storage)
 
 
 def read_tuning_queries(path: str, limit: int, storage: Storage, seed: int = 0) -> list[str]:
     """Up to ``limit`` non-empty query texts from ``path``, sampled (seeded) when there are more."""
-    texts = [t for t in _query_table(path, storage, [QUERY_COLUMN]).column(QUERY_COLUMN).to_pylist()
-             if t and t.strip()]
+    texts = [t for t in _query_texts(path, storage) if t and t.strip()]
     if not texts:
         raise ConfigError(f"index.tuning_queries_path={path}: no non-empty {QUERY_COLUMN!r} values")
     if len(texts) > limit:
