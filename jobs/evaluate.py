@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         from pipelines.config import load_config
-        from pipelines.evaluation.evaluate.report import format_markdown, write_report
+        from pipelines.evaluation.report import format_markdown, write_report
         from pipelines.evaluation.evaluate import evaluate_dataset, parse_dimensions
 
         config = load_config(args.config, args.overrides)
