@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The project's log lines on stderr as ``[embedpipe] ...``: progress and decisions at INFO,
+    details at DEBUG with ``--verbose`` (which also brings back Ray Data's own progress)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[embedpipe] %(message)s"))
+    for name in ("pipelines", "connectors", "jobs"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+        logger.propagate = False
 
 
 def add_config_arguments(parser, config_help: str, set_example: str, summary_help: str) -> None:
@@ -13,6 +26,8 @@ def add_config_arguments(parser, config_help: str, set_example: str, summary_hel
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help=f"override one config key, e.g. --set {set_example} (repeatable)")
     parser.add_argument("--summary-json", metavar="FILE", help=summary_help)
+    parser.add_argument("--verbose", action="store_true",
+                        help="debug lines, and Ray Data's per-operator progress every few seconds")
 
 
 def report(result, summary_json) -> None:

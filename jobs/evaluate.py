@@ -15,9 +15,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs._cli import fail
+from jobs._cli import fail, setup_logging
 
 INDEX_TYPES = ("ivf_pq", "ivf_sq", "ivf_rq", "ivf_hnsw_sq")
+SET_BY_THE_JOB = ("source.", "sink.uri", "sink.table", "sink.mode")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,7 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--index-types", default="",
                    help=f"index types to evaluate besides the config's index.type, from {','.join(INDEX_TYPES)}")
     p.add_argument("--out", help="output directory (default: out/eval/<dataset directory name>)")
+    p.add_argument("--verbose", action="store_true", help="debug lines, and Ray Data's per-operator progress")
     args = p.parse_args(argv)
+    # The job sets the source (the dataset's corpus) and where the tables go (OUT/lancedb, one
+    # overwritten table per dimension): a --set for those would be silently replaced, so it is refused.
+    ignored = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith(SET_BY_THE_JOB)]
+    if ignored:
+        p.error(f"--set {ignored[0]}: the evaluation sets source.*, sink.uri, sink.table and sink.mode "
+                f"itself (the dataset's corpus, one table per dimension in --out); use --dataset and --out")
     args.index_types = [t.strip() for t in args.index_types.split(",") if t.strip()]
     bad = [t for t in args.index_types if t not in INDEX_TYPES]
     if bad:
@@ -42,6 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose)
     try:
         from pipelines.config import load_config
         from pipelines.evaluation.report import format_markdown, write_report
@@ -50,7 +59,7 @@ def main(argv=None) -> int:
         config = load_config(args.config, args.overrides)
         dimensions = parse_dimensions(args.dimensions)
         out = Path(args.out or Path("out/eval") / Path(args.dataset).resolve().name)
-        report = evaluate_dataset(args.dataset, config, dimensions, out, args.index_types, args.split,
+        report = evaluate_dataset(args.dataset, config, dimensions, out, args.index_types, args.split, verbose=args.verbose,
                                   on_run=lambda summary: print(summary.format(), file=sys.stderr, flush=True))
         paths = write_report(report, out)
     except Exception as exc:  # noqa: BLE001 - one clear line and an exit code

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_config_arguments, fail, report
+from jobs._cli import add_config_arguments, fail, report, setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -26,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose)
     from pipelines.config import load_config
 
     try:
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
             return 0
         from pipelines.run.runner import run_index
 
-        summary = run_index(config)
+        summary = run_index(config, verbose=args.verbose)
     except Exception as exc:  # noqa: BLE001 - the job's contract is one clear line and an exit code
         return fail(exc)
     report(summary, args.summary_json)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_config_arguments, fail
+from jobs._cli import add_config_arguments, fail, setup_logging
 from jobs._cli import report as show
 
 
@@ -32,6 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    setup_logging(args.verbose)
     from pipelines.config import load_config
 
     try:

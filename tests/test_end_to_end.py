@@ -252,6 +252,11 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
                   RAY_ADDRESS=ray_cluster.address_info["address"])
     assert result.returncode == 0, result.stderr[-2000:]
     assert "embedded     40" in result.stdout
+    # The log a user reads: a start line, a line per checkpoint, and not Ray Data's operator dump.
+    log = [line for line in result.stderr.splitlines() if line.startswith("[embedpipe] ")]
+    assert "1 files (40 rows) -> table 'documents'" in log[0] and "resume it with --set run.id=" in log[0], log
+    assert any(line.startswith("[embedpipe] checkpoint 1: 40 / 40 rows (100%), ") for line in log), log
+    assert "logging_progress" not in result.stderr and "Tasks: " not in result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows_written"] == 40 and summary["index"]["type"] == "none"
 

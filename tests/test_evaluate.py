@@ -190,6 +190,10 @@ def test_dataset_and_dimension_errors_exit_2_with_one_line(tmp_path):
         "queries.jsonl, qrels/<split>.tsv)"]
     bad = _run(["--dataset", str(DATASET), "--dimensions", "384,abc"])
     assert bad.returncode == 2 and "--dimensions '384,abc'" in bad.stderr
+    # The job sets the source and the tables itself: a --set for them is refused, not ignored.
+    for key in ("sink.uri=/tmp/elsewhere", "source.path=x.parquet", "sink.mode=append"):
+        ignored = _run(["--dataset", str(DATASET), "--set", key])
+        assert ignored.returncode == 2 and f"--set {key}: the evaluation sets source.*" in ignored.stderr
 
 
 def test_query_cli_exact_flag_scans_every_vector(evaluated, dataset):

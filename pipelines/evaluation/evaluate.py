@@ -117,6 +117,7 @@ def evaluate_dataset(
     index_types: Optional[Sequence[str]] = None,
     split: str = "test",
     on_run: Optional[Callable] = None,
+    verbose: bool = False,
 ) -> dict:
     """Index the set once per dimension and measure exact and indexed search; returns the report dict.
 
@@ -140,7 +141,7 @@ def evaluate_dataset(
     runs = []
     for dimension in dimensions:
         cfg = _run_config(config, corpus, db, f"{prefix}_d{dimension or 'model'}", dimension)
-        summary = run_index(cfg)
+        summary = run_index(cfg, verbose=verbose)
         if on_run is not None:
             on_run(summary)
         searcher = Searcher.open(db, cfg.sink.table)

@@ -28,6 +28,7 @@ import numpy as np
 
 from connectors import lance_sink
 from connectors.run_log import DoneFile, RunLog
+from pipelines.run.progress import Progress
 
 __all__ = ["Checkpointer", "IncompleteRunError"]
 
@@ -53,7 +54,8 @@ class Checkpointer:
     def __init__(self, *, run_id: str, runlog: RunLog, table_uri: str, rejects_uri: str, table_schema,
                  expected_rows: dict[str, int], identity: dict[str, str], staged: bool, checkpoint_rows: int,
                  table_version: Optional[int], rejects_version: Optional[int], on_batch: Callable[[dict], None],
-                 before_commit: Callable[[], None] = lambda: None, storage_options: Optional[dict] = None):
+                 before_commit: Callable[[], None] = lambda: None, storage_options: Optional[dict] = None,
+                 progress: Optional[Progress] = None):
         self.run_id, self.runlog = run_id, runlog
         self.table_uri, self.rejects_uri, self.table_schema = table_uri, rejects_uri, table_schema
         self.expected_rows, self.identity = expected_rows, identity
@@ -64,6 +66,8 @@ class Checkpointer:
         self.on_batch, self.before_commit = on_batch, before_commit
         self.options = storage_options
         self.pending: dict[str, _Pending] = {}
+        self.progress = progress
+        self.rows_seen = 0  # source rows of every batch the sink sent back
         self.done: set[str] = set()  # files this run committed or staged
         self.rows_since = 0
         self.checkpoints = 0
@@ -88,6 +92,9 @@ class Checkpointer:
             if f in replaced:
                 p.replaced.append(replaced[f])
         self.rows_since += row["rows"]
+        self.rows_seen += row["rows"]
+        if self.progress:
+            self.progress.rows_seen(self.rows_seen)
         if self.rows_since >= self.checkpoint_rows:
             self.checkpoint()
 
@@ -129,6 +136,8 @@ class Checkpointer:
             for counts in self.pending.pop(f).counts:
                 self.on_batch(counts)
         self.checkpoints += 1
+        if self.progress:
+            self.progress.checkpoint(self.checkpoints, self.rows_done)
 
     def drop_incomplete(self, files: list[str]) -> list[str]:
         """The files of ``files`` not done yet, to be read again: their fragments so far are forgotten

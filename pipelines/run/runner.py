@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from pipelines.run.checkpoints import Checkpointer
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, make_lineage, vector_key
+from pipelines.run.progress import Progress
 from pipelines.run.plan import Stage, apply_stages, embedding_stages
 from pipelines.run.revisions import latest_revisions
 from pipelines.run.summary import RunSummary
@@ -163,12 +163,11 @@ def _revision_column(c: PipelineConfig) -> str:
     return C.SOURCE_FILE if c.sink.revision_by == "path" else c.sink.revision_by
 
 
-def _say(message: str) -> None:
-    print(f"[embedpipe] {message}", file=sys.stderr, flush=True)
-
-
-def run_index(config: PipelineConfig) -> RunSummary:
+def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     """Index ``config.source`` into ``config.sink`` and build the vector index; returns the summary.
+
+    Progress is logged (logger ``pipelines``): a line at the start, one per checkpoint, a bar on a
+    terminal. Ray Data's own per-operator progress every few seconds only with ``verbose``.
 
     The whole run holds the table's lease (:mod:`connectors.table_lease`): a second job on the same
     table fails at once (or waits, ``sink.on_busy=wait``) instead of interleaving its commits.
@@ -178,11 +177,13 @@ def run_index(config: PipelineConfig) -> RunSummary:
     started = time.perf_counter()
     plan = preflight(config)
     c = config
-    _say(f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
-         f"{len(plan.source.files)} files -> table {c.sink.table!r} in {c.sink.uri}; if it stops, "
-         f"resume it with --set run.id={plan.run_id} (or --set run.resume=true)")
+    actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
+    log.info(f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
+             f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
+             f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
+             f"(or --set run.resume=true)")
     lease = TableLease(c.sink.uri, c.sink.table, plan.run_id, storage=plan.storage, timeout_s=c.sink.lease_timeout_s,
-                       on_busy=c.sink.on_busy, log=_say)
+                       on_busy=c.sink.on_busy, log=log.info)
     with lease:
         if not ray.is_initialized():
             ray.init()
@@ -191,6 +192,9 @@ def run_index(config: PipelineConfig) -> RunSummary:
         context = ray.data.DataContext.get_current()
         context.target_max_block_size = c.compute.max_block_mb * 2**20
         context.execution_no_progress_timeout_s = c.compute.stall_timeout_s  # see _stream
+        context.enable_progress_bars = verbose  # else the run's own lines (pipelines.run.progress)
+        if not verbose:  # Ray Data's start-of-execution notes and the "progress bars disabled" hint
+            logging.getLogger("ray.data").setLevel(logging.WARNING)
         # A task runs to its end instead of pausing, CPU held, when Ray Data stops taking its blocks
         # (its downstream's object-store budget is full): a paused read task on a head whose other
         # CPUs the encoders hold left no CPU for tokenize, so nothing drained and the run stalled
@@ -235,7 +239,8 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
         rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
         on_batch=lambda row: _count_batch(summary, row),
-        before_commit=lease.check, storage_options=options)
+        before_commit=lease.check, storage_options=options,
+        progress=Progress(sum(plan.source.rows.get(f, 0) for f in todo)))
     embed_started = time.perf_counter()
     if todo and not committed:
         existing = None
@@ -255,8 +260,11 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
                                       latest=latest, pool=pool),
                     _sink_stage(plan)]
 
-        _stream(plan, todo, stages, checkpointer, summary)
-        checkpointer.finish(todo)
+        try:
+            _stream(plan, todo, stages, checkpointer, summary)
+            checkpointer.finish(todo)
+        finally:
+            checkpointer.progress.clear()
     if staged and not committed:
         checkpointer.publish(lance_sink.REJECT_SCHEMA)
     summary.checkpoints = checkpointer.checkpoints
@@ -391,7 +399,7 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
             what = (f"the stream made no progress for compute.stall_timeout_s={c.compute.stall_timeout_s:g}s"
                     if isinstance(exc, ExecutionTimeoutError) else
                     f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
-            _say(f"{what}; reading the {len(files)} unfinished files again with {pool} encoder actor(s), what "
+            log.info(f"{what}; reading the {len(files)} unfinished files again with {pool} encoder actor(s), what "
                  f"the cluster has room for")
 
 
