@@ -33,7 +33,7 @@ from memory import tiny_model
 from scale import write_corpus
 from pathlib import Path
 work = Path({work!r})
-write_corpus({docs}, 50_000, work / "corpus")
+write_corpus({docs}, {file_rows}, work / "corpus")
 model = tiny_model(work)
 ray.init(address="local", num_cpus=2, object_store_memory={store} * 2**20, include_dashboard=False,
          log_to_driver=False, _temp_dir={ray_dir!r})
@@ -51,12 +51,13 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=300_000)
     ap.add_argument("--object-store-mb", type=int, default=80)
     ap.add_argument("--timeout", type=int, default=150)
+    ap.add_argument("--file-rows", type=int, default=50_000, help="rows per Parquet file")
     args = ap.parse_args()
     import psutil
 
     ray_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # this run's Ray only: its processes name it
     with tempfile.TemporaryDirectory() as tmp:
-        code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), work=tmp, docs=args.docs,
+        code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), work=tmp, docs=args.docs, file_rows=args.file_rows,
                             store=args.object_store_mb, ray_dir=ray_dir)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,

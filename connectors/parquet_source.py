@@ -49,8 +49,9 @@ class ParquetSource:
     identity: dict[str, str] = field(default_factory=dict)  # file -> size + ETag (S3) or mtime (local)
     storage: Optional[Storage] = None
 
-    def read(self, columns: Sequence[str], files: Optional[Sequence[str]] = None):
-        """A lazy, streaming Ray Dataset of ``columns`` plus the source file path."""
+    def read(self, columns: Sequence[str], files: Optional[Sequence[str]] = None, num_cpus: Optional[float] = None):
+        """A lazy, streaming Ray Dataset of ``columns`` plus the source file path; ``num_cpus``: what
+        each read task asks for (Ray's default: 1)."""
         import ray
         from pyarrow.fs import FSSpecHandler, PyFileSystem
         from ray.data.datasource import Partitioning
@@ -68,7 +69,8 @@ class ParquetSource:
         datasets = []
         for group in groups.values():
             dataset = ray.data.read_parquet(
-                group, filesystem=filesystem, include_paths=True, partitioning=Partitioning("hive")
+                group, filesystem=filesystem, include_paths=True, partitioning=Partitioning("hive"),
+                ray_remote_args={} if num_cpus is None else {"num_cpus": num_cpus},
             )
             # Ray pushes the projection into the Parquet reader: other columns are never read.
             datasets.append(dataset.select_columns([*columns, PATH_COLUMN]))

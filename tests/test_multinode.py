@@ -185,10 +185,13 @@ def test_a_lost_worker_node_shrinks_the_pool_and_the_job_finishes(cluster, corpu
 
 
 def test_a_two_cpu_head_with_a_small_object_store_does_not_stall(sample_table, tiny_bert_dir, tmp_path):
-    """One encoder actor holds one of two CPUs and the object store is small, so Ray Data's budget
-    fills while files are still being read. A read task paused with its CPU held (Ray Data's default)
-    left tokenize no CPU: on the code before this test the run made no progress at all (a 10M run of
-    bench/scale.py stopped the same way, 3.5M rows read, 2,048 tokenized)."""
+    """One encoder actor holds one of two CPUs and the object store is small, so Ray Data's budgets
+    fill while files are still being read. Two stalls were seen here (bench/read_starvation.py):
+    a read task paused with its CPU held left tokenize no CPU (a 10M run of bench/scale.py stopped
+    at 3.5M rows read, 2,048 tokenized); and, with reads no longer pausing, the sink got no CPU
+    until every file was read (Ray Data reserves each operator a whole CPU, upstream first), so the
+    encoder's output filled the object store and the stream stopped. 300k documents in files of
+    10k rows stalled on the code before each fix."""
     import numpy as np
     import pyarrow as pa
 
@@ -196,25 +199,29 @@ def test_a_two_cpu_head_with_a_small_object_store_does_not_stall(sample_table, t
     rng = np.random.default_rng(0)
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    for k in range(2):
-        at, n = rng.integers(0, len(words) - 12, 50_000), rng.integers(4, 12, 50_000)
+    for k in range(30):
+        at, n = rng.integers(0, len(words) - 12, 10_000), rng.integers(4, 12, 10_000)
         texts = [" ".join(words[a:a + m]) for a, m in zip(at.tolist(), n.tolist())]
-        ids = [f"d{k}-{i:06d}" for i in range(50_000)]
-        pq.write_table(pa.table({"id": ids, "text": texts}), corpus / f"part-{k}.parquet", row_group_size=10_000)
+        ids = [f"d{k:02d}-{i:05d}" for i in range(10_000)]
+        pq.write_table(pa.table({"id": ids, "text": texts}), corpus / f"part-{k:02d}.parquet")
 
     head = LocalRayHead(num_cpus=2, object_store_mb=80)
     try:
         db, summary_file = tmp_path / "db", tmp_path / "summary.json"
-        argv = submit_argv(head, corpus, db, summary_file, f"model.path={tiny_bert_dir}", "index.type=none", "source.metadata_columns=[]",
-                           "embed.dimension=32",
-                           "compute.actors=1")
+        # A driver of its own on the head (not `ray job submit`: its runtime env would take longer
+        # to install than the run takes).
+        argv = [sys.executable, "-m", "jobs.index", "--summary-json", str(summary_file)]
+        for item in (f"source.path={corpus}", f"sink.uri={db}", f"model.path={tiny_bert_dir}", "index.type=none",
+                     "embed.dimension=32", "compute.actors=1"):
+            argv += ["--set", item]
         try:
-            done = subprocess.run(argv, cwd=ROOT, env=head.client_env(), capture_output=True, text=True,
-                                  timeout=300)
+            done = subprocess.run(argv, cwd=ROOT, env=head.client_env(RAY_ADDRESS=f"127.0.0.1:{head.gcs_port}",
+                                                                      HF_HUB_OFFLINE="1"),
+                                  capture_output=True, text=True, timeout=420)
         except subprocess.TimeoutExpired as exc:
             raise AssertionError(f"the run stalled:\n{str(exc.stdout)[-3000:]}") from None
         assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
         summary = json.loads(summary_file.read_text())
-        assert summary["rows_written"] == 100_000, summary
+        assert summary["rows_written"] == 300_000, summary
     finally:
         head.stop()

@@ -16,7 +16,10 @@ from pipelines.run.stages.skip_unchanged import SkipUnchangedStage
 from pipelines.run.stages.tokenize import TokenizeStage
 from pipelines.run.stages.validate import ValidateStage
 
-__all__ = ["Stage", "apply_stages", "embedding_stages"]
+__all__ = ["Stage", "TASK_STAGES", "apply_stages", "embedding_stages", "task_cpus"]
+
+# Operators that run as CPU tasks beside the encoder actors: read+validate(+skip unchanged), tokenize, sink.
+TASK_STAGES = 3
 
 
 @dataclass
@@ -41,9 +44,25 @@ def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
     return max(1, (os.cpu_count() or 1) // (c.max_actors or c.actors))
 
 
+def task_cpus(compute, cluster_cpus: float, pool: Optional[int] = None) -> float:
+    """The CPU request of each task stage (read, validate, tokenize, write): 1, or less where the CPUs
+    the encoder actors leave cannot give every task operator a whole one.
+
+    Ray Data reserves each operator at least one task's resources, upstream first, and an operator
+    left without a reservation runs only once an upstream one has finished. With one CPU beside the
+    encoders (a 2-CPU machine) the sink got none: it wrote nothing until every file was read, the
+    encoder's output filled the object store, and the stream stopped (bench/read_starvation.py,
+    --file-rows 10000). With a third of that CPU each, all three fit; on a cluster with CPUs to
+    spare the request stays 1.
+    """
+    encoders = (pool or compute.actors) * (compute.cpus_per_actor or 0)
+    free = cluster_cpus - encoders
+    return max(0.05, min(1.0, round(free / TASK_STAGES, 3)))
+
+
 def embedding_stages(
     config: PipelineConfig, *, max_tokens: int, dimension: int, lineage_key: str = "", existing=None,
-    storage=None, latest=None, pool: Optional[int] = None,
+    storage=None, latest=None, pool: Optional[int] = None, cpus: float = 1.0,
 ) -> list[Stage]:
     """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
 
@@ -53,7 +72,8 @@ def embedding_stages(
     ``storage`` (a :class:`connectors.storage.Storage`) travels with the stages so that workers can
     fetch an ``s3://`` model without any environment of their own.
     ``pool`` fixes the number of encoder actors (a run that lost workers starts over on what fits);
-    by default the pool is ``compute.actors`` .. ``compute.max_actors``.
+    by default the pool is ``compute.actors`` .. ``compute.max_actors``. ``cpus`` is what each task
+    stage asks for (:func:`task_cpus`); the read must ask for the same, so it fuses with validate.
 
     Placement comes from resources: read and validate run as tasks that ask for a CPU and no GPU
     (tokenize is a task stage of its own after the repartition, so it scales with the CPU workers,
@@ -71,8 +91,9 @@ def embedding_stages(
     # whole block, which can be a whole Parquet file, so the token id lists would grow with the file
     # instead of staying at one batch. Validate itself takes whole blocks: a batch may not span two
     # files, whose text columns can have different (bad) types until validate has made them strings.
-    rows = dict(batch_size=compute.block_rows)
-    stages = [Stage("validate", ValidateStage(src.id_column, src.text_column, lineage_key))]
+    rows = dict(batch_size=compute.block_rows, num_cpus=cpus)
+    stages = [Stage("validate", ValidateStage(src.id_column, src.text_column, lineage_key),
+                    map_kwargs=dict(num_cpus=cpus))]
     if existing is not None:
         revision = None if config.sink.revision_by == "path" else config.sink.revision_by
         stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column, revision, latest),
@@ -114,13 +135,22 @@ def embedding_stages(
     ]
 
 
-def apply_stages(dataset, stages: list[Stage]):
-    """Chain the stages lazily; nothing runs until the dataset is consumed."""
+def apply_stages(dataset, stages: list[Stage], read_cpus: float = 1.0):
+    """Chain the stages lazily; nothing runs until the dataset is consumed. ``read_cpus``: what the
+    dataset's read tasks ask for."""
+    cpus = read_cpus
     for stage in stages:
         if stage.split_rows:
             dataset = dataset.repartition(target_num_rows_per_block=stage.split_rows)
+            # The repartition runs inside the tasks of the stage before it (Ray fuses them) only
+            # when both ask for the same resources; Dataset.repartition takes no CPU request, so it
+            # is set on its logical operator (Ray Data's own field), else it would be an operator of
+            # its own asking for a whole CPU.
+            dataset._logical_plan.dag.ray_remote_args["num_cpus"] = cpus
         kwargs = dict(stage.map_kwargs)
         if stage.constructor_kwargs:
             kwargs["fn_constructor_kwargs"] = stage.constructor_kwargs
         dataset = dataset.map_batches(stage.fn, batch_format="pyarrow", **kwargs)
+        if "compute" not in stage.map_kwargs:  # a task stage
+            cpus = stage.map_kwargs.get("num_cpus", 1.0)
     return dataset

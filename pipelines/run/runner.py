@@ -42,7 +42,7 @@ from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.run.progress import Progress
-from pipelines.run.plan import Stage, apply_stages, embedding_stages
+from pipelines.run.plan import Stage, apply_stages, embedding_stages, task_cpus
 from pipelines.run.revisions import latest_revisions
 from pipelines.run.summary import RunSummary
 from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
@@ -254,11 +254,11 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
             latest = ray.put(latest_revisions(plan.source, c.source.id_column, revision, plan.source.files))
         lineage_key = vector_key(plan.lineage, c)
 
-        def stages(pool: Optional[int]) -> list[Stage]:
+        def stages(pool: Optional[int], cpus: float) -> list[Stage]:
             return [*embedding_stages(c, max_tokens=plan.max_tokens, dimension=plan.dimension,
                                       lineage_key=lineage_key, existing=existing, storage=plan.storage,
-                                      latest=latest, pool=pool),
-                    _sink_stage(plan)]
+                                      latest=latest, pool=pool, cpus=cpus),
+                    _sink_stage(plan, cpus)]
 
         try:
             _stream(plan, todo, stages, checkpointer, summary)
@@ -370,9 +370,10 @@ def pool_that_fits(compute) -> int:
 
 
 def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer, summary: RunSummary) -> None:
-    """Stream ``files`` through ``stages(pool)`` into the checkpointer. A lost actor, worker or node
+    """Stream ``files`` through ``stages(pool, cpus)`` into the checkpointer. A lost actor, worker or node
     fails the stream; then the files not finished are read again, with as many encoder actors as
     the cluster has room for now, up to ``MAX_PASSES`` times in all."""
+    import ray
     from ray.data.exceptions import ExecutionTimeoutError
 
     c = plan.config
@@ -381,7 +382,8 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
     for attempt in range(1, MAX_PASSES + 1):
         try:
             # Only per-file counts and fragment descriptions reach the driver, never rows or vectors.
-            stats = apply_stages(plan.source.read(columns, files), stages(pool))
+            cpus = task_cpus(c.compute, ray.cluster_resources().get("CPU", 0), pool)
+            stats = apply_stages(plan.source.read(columns, files, num_cpus=cpus), stages(pool, cpus), read_cpus=cpus)
             for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
                     checkpointer.add(row)
@@ -410,7 +412,7 @@ def _count_batch(summary: RunSummary, row: dict) -> None:
     summary.add_placement(json.loads(row["encoders"]), row["writer_node"])
 
 
-def _sink_stage(plan: RunPlan) -> Stage:
+def _sink_stage(plan: RunPlan, cpus: float = 1.0) -> Stage:
     c = plan.config
     writer = lance_sink.FragmentWriter(
         table_uri=plan.table_uri,
@@ -421,7 +423,7 @@ def _sink_stage(plan: RunPlan) -> Stage:
         run_id=plan.run_id,
         storage_options=plan.sink_options,
     )
-    return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment))
+    return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment, num_cpus=cpus))
 
 
 class DeleteGuardError(lance_sink.SinkError):
