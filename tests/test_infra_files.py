@@ -184,7 +184,10 @@ def test_gpu_pins_hold_vllm_and_agree_with_the_main_pins():
         assert gpu[package] == main[package], package
 
 
-@pytest.mark.parametrize("doc", ["README.md", "infra/README.md"])
+DOCS = ["README.md", "infra/README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
 def test_job_commands_in_docs_are_valid(doc):
     text = (ROOT / doc).read_text()
     for command in _continued_lines(text, "python -m jobs.index") + [

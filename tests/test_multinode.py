@@ -1,4 +1,4 @@
-"""Several Ray nodes on 127.0.0.1: the README's `ray job submit` runs the index job across them.
+"""Several Ray nodes on 127.0.0.1: docs/deploy.md's `ray job submit` runs the index job across them.
 
 The cluster is a head with no CPUs (like a production head: the job's driver runs there, no work is
 placed there) and two worker nodes (tests/ray_head.py: `ray start --address=... --block`, each in a
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ray_head import LocalRayHead, LocalRayNode
-from test_ray_job_submit import _replace_set, _replace_value, readme_submit_command
+from test_ray_job_submit import _replace_set, _replace_value, documented_submit_command
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
@@ -99,8 +99,8 @@ def corpus(sample_table, tmp_path_factory) -> Path:
 
 
 def submit_argv(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, *sets: str) -> list[str]:
-    """The README's `ray job submit` command, pointed at ``head``, ``corpus`` and ``db``."""
-    argv = _replace_value(readme_submit_command(), "--address", head.address)
+    """docs/deploy.md's `ray job submit` command, pointed at ``head``, ``corpus`` and ``db``."""
+    argv = _replace_value(documented_submit_command(), "--address", head.address)
     argv = _replace_set(argv, "source.path", str(corpus))
     argv = _replace_set(argv, "sink.uri", str(db))
     argv = [RAY, *argv[1:], "--summary-json", str(summary_file)]

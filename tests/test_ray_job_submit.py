@@ -1,6 +1,6 @@
-"""`ray job submit` as the README shows it, against a real Ray head this test starts and stops.
+"""`ray job submit` as docs/deploy.md shows it, against a real Ray head this test starts and stops.
 
-The command is read from the README (so the documented one is the one that runs), pointed at a head
+The command is read from docs/deploy.md (so the documented one is the one that runs), pointed at a head
 on 127.0.0.1 and a small corpus. The head runs from this project's .venv but the job's ``python`` is
 not on its PATH: the job gets its packages from ``infra/ray/runtime_env.yaml`` (Ray's pip runtime
 environment: a virtualenv made from the head's, with the list installed into it). Here the head's
@@ -28,12 +28,13 @@ from ray_head import LocalRayHead
 
 ROOT = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
 
 
-def readme_submit_command() -> list[str]:
-    """The README's ``ray job submit ... --runtime-env infra/ray/runtime_env.yaml`` command, as argv."""
-    readme = (ROOT / "README.md").read_text()
-    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+def documented_submit_command() -> list[str]:
+    """docs/deploy.md's ``ray job submit ... --runtime-env infra/ray/runtime_env.yaml`` command, as argv."""
+    doc = DEPLOY_DOC.read_text()
+    for block in re.findall(r"```bash\n(.*?)```", doc, flags=re.S):
         lines = block.splitlines()
         for i, line in enumerate(lines):
             if line.startswith("ray job submit") and "--runtime-env infra/ray/runtime_env.yaml" in line:
@@ -42,7 +43,7 @@ def readme_submit_command() -> list[str]:
                     i += 1
                     text = text[:-1] + " " + lines[i].strip()
                 return shlex.split(text)
-    raise AssertionError("README has no `ray job submit ... --runtime-env infra/ray/runtime_env.yaml` command")
+    raise AssertionError("docs/deploy.md has no `ray job submit ... --runtime-env infra/ray/runtime_env.yaml` command")
 
 
 def _replace_value(argv: list[str], flag: str, value: str) -> list[str]:
@@ -53,7 +54,7 @@ def _replace_value(argv: list[str], flag: str, value: str) -> list[str]:
 def _replace_set(argv: list[str], key: str, value: str) -> list[str]:
     out = list(argv)
     hits = [i for i, a in enumerate(out) if a.startswith(f"{key}=") and out[i - 1] == "--set"]
-    assert hits, f"the README command sets no {key}"
+    assert hits, f"the documented command sets no {key}"
     out[hits[0]] = f"{key}={value}"
     return out
 
@@ -93,7 +94,7 @@ def test_runtime_env_pins_match_the_tested_stack():
 
 def test_documented_submit_command_indexes_a_corpus_on_the_cluster(head, corpus, tmp_path):
     db = tmp_path / "lancedb"
-    argv = readme_submit_command()
+    argv = documented_submit_command()
     assert argv[:3] == ["ray", "job", "submit"] and "--working-dir" in argv
     argv = _replace_value(argv, "--address", head.address)
     argv = _replace_set(argv, "source.path", str(corpus))
