@@ -11,7 +11,7 @@ its object store budget full, no longer took its blocks, so no tokenize task eve
 same happened to a 10M-document run of bench/scale.py on a 2-CPU head (3.5M rows read, 2,048
 tokenized, then nothing). The job now lets a task run to its end instead of pausing
 (pipelines/run/runner.py, ``_max_num_blocks_in_streaming_gen_buffer``); 300k documents take about
-45 s here. tests/test_multinode.py has the same case at 100k documents.
+45 s here. tests/integration/test_multinode.py has the same case at 100k documents.
 """
 
 from __future__ import annotations

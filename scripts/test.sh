@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv and run the whole test suite (real local Ray, LanceDB and model; about 2 minutes).
+# Set up .venv and run the whole test suite, tests/unit and tests/integration (real local Ray, LanceDB and
+# model; a few minutes). Arguments go to pytest: `bash scripts/test.sh -m "not integration"` runs the unit
+# tests only (seconds, nothing started; docs/testing.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

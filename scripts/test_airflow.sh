@@ -21,4 +21,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "test_airflow: $venv ready in $(( $(date +%s) - start ))s"
 fi
 export HF_HUB_OFFLINE=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 EMBEDPIPE_AIRFLOW_VENV="$PWD/$venv"
-exec .venv/bin/python -m pytest -q tests/test_airflow_dag.py "$@"
+exec .venv/bin/python -m pytest -q tests/integration/test_airflow_dag.py "$@"

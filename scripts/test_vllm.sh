@@ -34,4 +34,4 @@ export VLLM_CPU_OMP_THREADS_BIND=${VLLM_CPU_OMP_THREADS_BIND:-nobind}
 # as used; after pip installs and the main suite that cache fills most of a small machine. Drop it
 # when allowed (root on a VM), harmless otherwise.
 sync; echo 1 > /proc/sys/vm/drop_caches 2>/dev/null || true
-exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/vllm_backend "$@"
+exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/integration/vllm_backend "$@"

@@ -1,16 +1,28 @@
-"""Shared fixtures: a real local Ray, real sample documents, the real packaged model, a tiny model."""
+"""Shared fixtures for tests/unit and tests/integration: a real local Ray, real sample documents, the
+real packaged model, tiny models, an S3 server; and the ``integration`` marker.
+
+Every test under tests/integration/ is marked ``integration`` here (it starts Ray, runs a job or starts
+a server), so ``pytest -m "not integration"`` runs the unit tests only (docs/testing.md). Code the tests
+share but that is not a fixture lives in tests/helpers/ (``from helpers.ray_head import LocalRayHead``).
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
 SAMPLE = ROOT / "data" / "sample" / "wiki_vital.parquet"
+INTEGRATION = TESTS / "integration"
+
+if str(TESTS) not in sys.path:  # `import helpers.<module>` under any --import-mode
+    sys.path.insert(0, str(TESTS))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -18,6 +30,13 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # without this every test would read one block and resume checkpoints would never be partial.
 # Workers inherit it from the raylet that ray.init() starts below.
 os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test under tests/integration/ ``integration`` (registered in pyproject.toml)."""
+    for item in items:
+        if item.path.resolve().is_relative_to(INTEGRATION):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -84,11 +103,31 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def s3_server():
-    """moto's S3 server on 127.0.0.1 over real HTTP, IAM checking on (see tests/s3_server.py)."""
-    from s3_server import S3Server
+    """moto's S3 server on 127.0.0.1 over real HTTP, IAM checking on (see tests/helpers/s3_server.py)."""
+    from helpers.s3_server import S3Server
 
     server = S3Server()
     yield server
     server.stop()
-# Tiny decoder-style models (Llama- and Qwen3-shaped) for last-token pooling, EOS and prompts.
-from tiny_decoders import tiny_llama_dir, tiny_qwen3_dir  # noqa: E402,F401
+
+
+# Tiny decoder-style models (Llama- and Qwen3-shaped) for last-token pooling, EOS and prompts
+# (tests/helpers/tiny_decoders.py builds them).
+def _decoder_texts(sample_table) -> list[str]:
+    return sample_table.column("text").to_pylist()[:400]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, sample_table) -> Path:
+    from helpers.tiny_decoders import build_tiny_decoder, build_tokenizer
+
+    tokenizer = build_tokenizer(_decoder_texts(sample_table), "llama")
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama", tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory, sample_table) -> Path:
+    from helpers.tiny_decoders import build_tiny_decoder, build_tokenizer
+
+    tokenizer = build_tokenizer(_decoder_texts(sample_table), "qwen")
+    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-qwen3"), "qwen3", tokenizer, matryoshka=True)

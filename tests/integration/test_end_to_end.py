@@ -18,7 +18,7 @@ from pipelines.run.runner import run_index
 from pipelines.lineage import LineageMismatchError
 from pipelines.search.searcher import Searcher
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/integration/ -> repo root
 
 
 def _config(corpus_dir, db, **extra):

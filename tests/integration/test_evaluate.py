@@ -18,7 +18,7 @@ import pytest
 from connectors import lance_sink
 from connectors.beir import load_beir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DATASET = ROOT / "data" / "eval" / "wiki_desc"
 DIMS = (384, 128)
 

@@ -251,7 +251,7 @@ def test_unreachable_endpoint_exits_2_with_one_line_in_seconds(tmp_path):
         [sys.executable, "-m", "jobs.index", "--set", "source.path=s3://corpus/docs/",
          "--set", f"storage.endpoint_url=http://127.0.0.1:{port}", "--set", "storage.allow_http=true",
          "--set", f"sink.uri={tmp_path / 'db'}"],
-        cwd=Path(__file__).resolve().parent.parent, env=env, capture_output=True, text=True, timeout=120)
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=120)
     elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr[-2000:]
     [line] = result.stderr.strip().splitlines()

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from pipelines.config import PipelineConfig
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 CONFIG_DOC = ROOT / "docs" / "configuration.md"
 README_LIMIT = 12_000

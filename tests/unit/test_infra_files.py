@@ -21,7 +21,7 @@ import yaml
 
 from pipelines.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "ray_cluster.yaml"
 RAYJOB = ROOT / "infra" / "rayjob.yaml"
 DOCKERFILE = ROOT / "infra" / "Dockerfile"

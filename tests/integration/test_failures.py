@@ -26,7 +26,7 @@ from connectors.run_log import RunLog
 from pipelines.config import load_config
 from pipelines.run.runner import run_index
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _docs(sample_table, start, n):

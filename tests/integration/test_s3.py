@@ -26,9 +26,9 @@ from pipelines.config import ConfigError, load_config
 from pipelines.run.runner import preflight, run_index
 from pipelines.search.searcher import Searcher
 
-from s3_server import Proxy
+from helpers.s3_server import Proxy
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "corpora"
 CORPUS = f"s3://{BUCKET}/wiki/"
 DB = f"s3://{BUCKET}/lancedb"

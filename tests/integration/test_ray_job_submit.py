@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -24,39 +23,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ray_head import LocalRayHead
+from helpers.job_submit import documented_submit_command, replace_set, replace_value
+from helpers.ray_head import LocalRayHead
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
-DEPLOY_DOC = ROOT / "docs" / "deploy.md"
-
-
-def documented_submit_command() -> list[str]:
-    """docs/deploy.md's ``ray job submit ... --runtime-env infra/ray/runtime_env.yaml`` command, as argv."""
-    doc = DEPLOY_DOC.read_text()
-    for block in re.findall(r"```bash\n(.*?)```", doc, flags=re.S):
-        lines = block.splitlines()
-        for i, line in enumerate(lines):
-            if line.startswith("ray job submit") and "--runtime-env infra/ray/runtime_env.yaml" in line:
-                text = line
-                while text.endswith("\\"):
-                    i += 1
-                    text = text[:-1] + " " + lines[i].strip()
-                return shlex.split(text)
-    raise AssertionError("docs/deploy.md has no `ray job submit ... --runtime-env infra/ray/runtime_env.yaml` command")
-
-
-def _replace_value(argv: list[str], flag: str, value: str) -> list[str]:
-    i = argv.index(flag)
-    return [*argv[:i + 1], value, *argv[i + 2:]]
-
-
-def _replace_set(argv: list[str], key: str, value: str) -> list[str]:
-    out = list(argv)
-    hits = [i for i, a in enumerate(out) if a.startswith(f"{key}=") and out[i - 1] == "--set"]
-    assert hits, f"the documented command sets no {key}"
-    out[hits[0]] = f"{key}={value}"
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +67,9 @@ def test_documented_submit_command_indexes_a_corpus_on_the_cluster(head, corpus,
     db = tmp_path / "lancedb"
     argv = documented_submit_command()
     assert argv[:3] == ["ray", "job", "submit"] and "--working-dir" in argv
-    argv = _replace_value(argv, "--address", head.address)
-    argv = _replace_set(argv, "source.path", str(corpus))
-    argv = _replace_set(argv, "sink.uri", str(db))
+    argv = replace_value(argv, "--address", head.address)
+    argv = replace_set(argv, "source.path", str(corpus))
+    argv = replace_set(argv, "sink.uri", str(db))
     summary_file = tmp_path / "summary.json"
     argv = [RAY, *argv[1:], "--summary-json", str(summary_file)]
 

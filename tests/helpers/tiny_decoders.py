@@ -1,7 +1,8 @@
 """Tiny decoder-style embedding models built from a config: random weights, real tokenizers.
 
 No decoder embedding model is installable here, so the decoder code paths (last-token pooling, left
-padding, EOS, instruction prompts) are tested on two 2-layer models shaped like the real ones:
+padding, EOS, instruction prompts) are tested on two 2-layer models shaped like the real ones, built
+by the fixtures of the same names in tests/conftest.py:
 
 - ``tiny_llama_dir``: a ``LlamaModel`` (E5-Mistral's layout: a bare decoder, architecture
   ``LlamaModel``) whose tokenizer adds BOS and no EOS, like Llama/Mistral tokenizers, so the
@@ -20,9 +21,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-__all__ = ["build_tokenizer", "build_tiny_decoder", "tiny_llama_dir", "tiny_qwen3_dir"]
+__all__ = ["build_tokenizer", "build_tiny_decoder"]
 
 VOCAB = 512
 
@@ -76,18 +75,3 @@ def build_tiny_decoder(out: Path, arch: str, tokenizer, matryoshka: bool = False
         config_path.write_text(json.dumps(config, indent=2))
     return out
 
-
-def _texts(sample_table):
-    return sample_table.column("text").to_pylist()[:400]
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, sample_table) -> Path:
-    tokenizer = build_tokenizer(_texts(sample_table), "llama")
-    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-llama"), "llama", tokenizer)
-
-
-@pytest.fixture(scope="session")
-def tiny_qwen3_dir(tmp_path_factory, sample_table) -> Path:
-    tokenizer = build_tokenizer(_texts(sample_table), "qwen")
-    return build_tiny_decoder(tmp_path_factory.mktemp("tiny-qwen3"), "qwen3", tokenizer, matryoshka=True)

@@ -12,7 +12,7 @@ import pytest
 
 from connectors.beir import DatasetError, load_beir, write_corpus_parquet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "data" / "eval" / "wiki_desc"
 
 

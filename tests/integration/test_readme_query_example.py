@@ -22,7 +22,7 @@ from pipelines.config import load_config
 from pipelines.run.runner import run_index
 from pipelines.search.searcher import FilterError, Searcher
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def readme_python_blocks(section: str = "## Querying from Python") -> str:

@@ -25,7 +25,7 @@ from connectors import lance_sink
 from pipelines.config import ConfigError, load_config
 from pipelines.maintenance import DuplicateIdsError, run_maintenance
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DIM = 32
 LINEAGE = {"dimension": DIM, "metric": "cosine", "source": {"id_column": "id", "text_column": "text"}}
 

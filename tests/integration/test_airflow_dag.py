@@ -2,7 +2,7 @@
 
 Airflow lives in its own virtual environment (.venv-airflow, built by scripts/test_airflow.sh, which
 runs this file and points EMBEDPIPE_AIRFLOW_VENV at it); without that variable these tests are skipped. The DAG's tasks submit jobs to a head this
-module starts on 127.0.0.1 (tests/ray_head.py), with the cluster's token in the Airflow connection.
+module starts on 127.0.0.1 (tests/helpers/ray_head.py), with the cluster's token in the Airflow connection.
 
 Two days of partitions: day one has 30 documents; day two adds 10 and revises 5 of day one's.
 """
@@ -19,9 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from ray_head import LocalRayHead
+from helpers.ray_head import LocalRayHead
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 # Set by scripts/test_airflow.sh, which builds the venv; the main suite (scripts/test.sh) skips this file.
 VENV = Path(os.environ.get("EMBEDPIPE_AIRFLOW_VENV") or "/nonexistent")
 AIRFLOW = VENV / "bin" / "airflow"

@@ -12,7 +12,7 @@ import yaml
 
 from pipelines.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
 
 

@@ -146,7 +146,7 @@ def test_vllm_backend_without_vllm_says_what_to_install():
     except ImportError:
         pass
     else:
-        pytest.skip("vLLM is installed here (tests/vllm_backend covers it)")
+        pytest.skip("vLLM is installed here (tests/integration/vllm_backend covers it)")
     from pipelines.embed.vllm_encoder import VLLMEncoder
 
     with pytest.raises(ImportError, match=r"pip install -e '\.\[gpu\]'"):

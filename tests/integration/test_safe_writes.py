@@ -27,7 +27,7 @@ from pipelines.run.runner import run_index
 # Names this change added are imported where they are used, so that this file also runs against
 # the code before it (each test then fails on what it checks, which is how they were validated).
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(src, db, model, *extra):

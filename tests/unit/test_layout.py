@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STORAGE_LIBRARIES = {"lance", "lancedb", "lance_ray", "pyarrow.parquet", "pyarrow.json", "pyarrow.dataset",
                      "s3fs", "fsspec", "boto3", "botocore"}
 

@@ -1,7 +1,7 @@
 """Several Ray nodes on 127.0.0.1: docs/deploy.md's `ray job submit` runs the index job across them.
 
 The cluster is a head with no CPUs (like a production head: the job's driver runs there, no work is
-placed there) and two worker nodes (tests/ray_head.py: `ray start --address=... --block`, each in a
+placed there) and two worker nodes (tests/helpers/ray_head.py: `ray start --address=... --block`, each in a
 session of its own). The summary says which nodes the encoder actors and the writes ran on (the
 encoder stage tags each row with its node and actor; the sink counts them).
 """
@@ -18,10 +18,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ray_head import LocalRayHead, LocalRayNode
-from test_ray_job_submit import _replace_set, _replace_value, documented_submit_command
+from helpers.job_submit import documented_submit_command, replace_set, replace_value
+from helpers.ray_head import LocalRayHead, LocalRayNode
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -100,9 +100,9 @@ def corpus(sample_table, tmp_path_factory) -> Path:
 
 def submit_argv(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, *sets: str) -> list[str]:
     """docs/deploy.md's `ray job submit` command, pointed at ``head``, ``corpus`` and ``db``."""
-    argv = _replace_value(documented_submit_command(), "--address", head.address)
-    argv = _replace_set(argv, "source.path", str(corpus))
-    argv = _replace_set(argv, "sink.uri", str(db))
+    argv = replace_value(documented_submit_command(), "--address", head.address)
+    argv = replace_set(argv, "source.path", str(corpus))
+    argv = replace_set(argv, "sink.uri", str(db))
     argv = [RAY, *argv[1:], "--summary-json", str(summary_file)]
     for item in sets:
         argv += ["--set", item]
