@@ -156,6 +156,7 @@ def test_index_row_matches_a_direct_search_at_the_stored_defaults(evaluated, dat
 
 def test_configured_index_was_tuned_by_the_indexing_run(evaluated):
     _, _, report = evaluated
+    assert sorted(run["dimension"] for run in report["runs"]) == sorted(DIMS)  # one indexing run per dimension
     for run in report["runs"]:
         tuning = run["summary"]["tuning"]
         assert tuning["reached"] and tuning["recall"] >= 0.95 and tuning["query_source"] == "documents"

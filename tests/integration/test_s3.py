@@ -114,17 +114,27 @@ def _run(args, env, timeout=600):
 # --- the happy path ------------------------------------------------------------------------------
 
 
-def test_ray_workers_do_not_see_the_aws_environment(aws):
+def test_workers_without_the_aws_environment_read_the_bucket_with_the_storage_the_driver_resolved(corpus, aws):
+    """The variables were set after Ray started, so no worker has them (the premise of every test here);
+    the Storage the driver resolves from them travels into a task and is all it needs to list and read."""
     import ray
 
     names = sorted(aws.env())
+    storage = Storage.resolve()
 
     @ray.remote
-    def worker_env():
-        return {k: os.environ[k] for k in names if k in os.environ}
+    def in_a_worker(storage):
+        env = {k: os.environ[k] for k in names if k in os.environ}
+        fs, root = storage.fsspec(CORPUS)
+        files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))
+        with fs.open(files[0], "rb") as fh:
+            ids = pq.read_table(fh, columns=["id"]).column("id").to_pylist()
+        return env, files, ids
 
-    assert ray.get(worker_env.remote()) == {}
-    assert all(name in os.environ for name in names)  # while the driver has them all
+    env, files, ids = ray.get(in_a_worker.remote(storage))
+    assert env == {} and all(name in os.environ for name in names)  # while the driver has them all
+    assert files == sorted(f"{BUCKET}/wiki/{folder}/{name}" for folder, parts in PARTS.items() for name in parts)
+    assert sorted(ids) == sorted(i for i, date in corpus.items() if date == "2026-11-27")
 
 
 def test_partitioned_corpus_is_indexed_into_the_bucket_every_row_once(indexed, corpus):

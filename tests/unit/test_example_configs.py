@@ -14,20 +14,30 @@ from pipelines.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((ROOT / "jobs" / "configs").glob("*.yaml"))
+# Every example, each with the test below that checks what its header comment claims.
+EXAMPLES = {"demo.yaml", "s3_production.yaml", "gpu.yaml", "qwen3_vllm.yaml"}
 
 
-def test_the_three_examples_exist():
-    assert {"demo.yaml", "s3_production.yaml", "gpu.yaml"} <= {p.name for p in CONFIGS}
+def test_every_file_in_jobs_configs_is_an_example_checked_here():
+    names = {p.name for p in CONFIGS}
+    assert names, "jobs/configs/ holds no *.yaml"
+    assert names == EXAMPLES, (f"not checked here: {sorted(names - EXAMPLES)}; gone: {sorted(EXAMPLES - names)} "
+                               "(add a test of what the new example claims, and its name to EXAMPLES)")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_every_config_file_validates_and_keeps_no_secrets(path):
+def test_every_config_file_validates_keeps_no_secrets_and_prints(path):
     config = load_config(path)
     text = path.read_text()
     assert not re.search(r"(?i)aws_secret|secret_access_key|AKIA[0-9A-Z]{16}|password", text)
     # Every key written in the file is one the schema has (load_config would fail otherwise), and the
     # file is a plain mapping of sections.
     assert set(yaml.safe_load(text)) <= set(type(config).model_fields)
+    # The job's own command line accepts it (`--print-config` exits before any work or Ray).
+    done = subprocess.run([sys.executable, "-m", "jobs.index", "--config", str(path), "--print-config"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{path.name}: {done.stderr}"
+    assert yaml.safe_load(done.stdout) == yaml.safe_load(yaml.safe_dump(config.model_dump()))
 
 
 def test_demo_runs_locally_on_the_bundled_sample():
@@ -57,9 +67,18 @@ def test_gpu_example_puts_each_actor_on_a_gpu_in_bfloat16():
     assert (params.num_partitions, params.num_sub_vectors) == (1000, 128)
 
 
-def test_print_config_accepts_each_file():
-    for path in CONFIGS:
-        done = subprocess.run([sys.executable, "-m", "jobs.index", "--config", str(path), "--print-config"],
-                              cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, f"{path.name}: {done.stderr}"
-        assert yaml.safe_load(done.stdout)["sink"]["table"] == load_config(path).sink.table
+def test_qwen3_vllm_runs_the_decoder_on_vllm_one_gpu_per_actor_for_the_cluster_files():
+    path = ROOT / "jobs" / "configs" / "qwen3_vllm.yaml"
+    config = load_config(path)
+    assert config.model.backend == "vllm" and config.model.path == "Qwen/Qwen3-Embedding-0.6B"
+    assert config.model.pooling == "last" and config.embed.dimension == 1024 and config.model.dtype == "bfloat16"
+    # The instruction goes on queries only.
+    assert config.model.query_prompt.startswith("Instruct: ") and config.model.document_prompt == ""
+    assert config.compute.gpus_per_actor == 1 == config.model.vllm.tensor_parallel_size
+    assert config.compute.cpus_per_actor == 1  # the one logical CPU a gpu_worker node advertises
+    assert config.compute.max_actors >= config.compute.actors
+    # source.path and sink.uri come from the command line (--set), as the cluster files give them.
+    written = yaml.safe_load(path.read_text())
+    assert "source" not in written and "uri" not in written["sink"]
+    for user in (ROOT / "ray_cluster.yaml", ROOT / "infra" / "rayjob.yaml"):
+        assert "--config jobs/configs/qwen3_vllm.yaml" in user.read_text(), user.name

@@ -42,7 +42,7 @@ def _extras() -> set[str]:
 
 def check_job_command(command: str, workdir: Path = ROOT):
     """Parse ``python -m MODULE ARGS`` with the module's own parser and, for jobs.index, its config."""
-    argv = shlex.split(command)
+    argv = shlex.split(command, comments=True)  # a trailing "# ..." in a docs block is not an argument
     start = argv.index("python")
     assert argv[start + 1] == "-m", command
     module_name, args = argv[start + 2], argv[start + 3:]
@@ -168,7 +168,9 @@ def test_dockerfile_copies_real_paths_and_pins_rays_version():
     text = DOCKERFILE.read_text()
     base = re.search(r"^ARG BASE_IMAGE=(\S+)", text, re.M).group(1)
     assert base.startswith(f"rayproject/ray:{_pins('constraints.txt')['ray']}-py311")
-    for line in re.findall(r"^COPY\s+(.+)$", text, re.M):
+    copies = re.findall(r"^COPY\s+(.+)$", text, re.M)
+    assert copies, "infra/Dockerfile copies nothing into the image"
+    for line in copies:
         for source in line.split()[:-1]:
             assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
     install = re.search(r"pip install[^\n]*-c (\S+) -e '\.\[(\w+)\]'", text)
@@ -185,14 +187,38 @@ def test_gpu_pins_hold_vllm_and_agree_with_the_main_pins():
 
 
 DOCS = ["README.md", "infra/README.md", *sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))]
+# The pages that show how to run the jobs, and what each must show: a page reworded so that its
+# commands no longer parse as commands (or lose them) fails here instead of passing with nothing checked.
+SHOWN = {
+    "README.md": {"jobs.index", "jobs.query"},
+    "docs/configuration.md": {"jobs.index"},
+    "docs/deploy.md": {"jobs.index", "ray job submit"},
+    "docs/evaluation.md": {"jobs.evaluate"},
+    "docs/failures.md": {"jobs.index"},
+    "docs/querying.md": {"jobs.query"},
+    "docs/s3.md": {"jobs.index", "jobs.query", "ray job submit"},
+}
+
+
+def _doc_commands(text: str) -> list[tuple[str, str]]:
+    """``(how, command)`` for each ``python -m jobs.*`` command of a page, ``how`` being the module, or
+    ``"ray job submit"`` for the command after ``--`` of a submit."""
+    found = [("python", c) for c in _continued_lines(text, "python -m jobs.")]
+    found += [("ray job submit", c.split(" -- ", 1)[1]) for c in _continued_lines(text, "ray job submit")]
+    commands = []
+    for how, command in found:
+        words = shlex.split(command, comments=True)
+        if "--print-config" in words or "..." in " ".join(words):  # shown for their output, or elided
+            continue
+        commands.append((words[words.index("-m") + 1] if how == "python" else how, command))
+    return commands
 
 
 @pytest.mark.parametrize("doc", DOCS)
 def test_job_commands_in_docs_are_valid(doc):
-    text = (ROOT / doc).read_text()
-    for command in _continued_lines(text, "python -m jobs.index") + [
-        c.split(" -- ", 1)[1] for c in _continued_lines(text, "ray job submit")
-    ]:
-        if "--print-config" in command or "..." in command:
-            continue
-        check_job_command(command)
+    assert set(SHOWN) <= set(DOCS), f"pages that should show job commands are gone: {sorted(set(SHOWN) - set(DOCS))}"
+    commands = _doc_commands((ROOT / doc).read_text())
+    for _, command in commands:
+        assert check_job_command(command) is not None, command
+    missing = SHOWN.get(doc, set()) - {how for how, _ in commands}
+    assert not missing, f"{doc} shows no checkable {sorted(missing)} command (found: {commands})"
