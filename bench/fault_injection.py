@@ -611,6 +611,7 @@ def main(argv=None) -> dict:
                                "run_seconds": {k: round(v, 1) for k, v in setup.durations.items()}}
     print("total: " + ", ".join(f"{k} {v}" for k, v in total.items()), flush=True)
     out = Path(args.out) if args.out else workdir / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"totals": total, "seeds": results}, indent=2))
     print(f"results: {out}")
     return total

@@ -212,6 +212,7 @@ def main(argv=None) -> int:
                                                   np.array([vl[i] for i in ids], dtype=np.float32))
         print("agreement    pipeline cosine min {min:.6f}  p1 {p1:.6f}  mean {mean:.6f}".format(**results["agreement_pipeline"]))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     ok = results["agreement_encoder"]["min"] >= 0.999
     print("result       " + ("backends agree (min cosine >= 0.999)" if ok else "BACKENDS DISAGREE (min cosine < 0.999)"))

@@ -4,7 +4,7 @@
 #
 #   bash bench/gpu_backends.sh                          # MiniLM (packaged), float16
 #   bash bench/gpu_backends.sh --model Qwen/Qwen3-Embedding-0.6B --pooling last --dtype bfloat16
-#   bash bench/gpu_backends.sh --json out/gpu_backends.json
+#   bash bench/gpu_backends.sh --json out/bench/gpu_backends.json
 #
 # Needs a Linux machine with an NVIDIA GPU (driver for CUDA 13, R580+) and PyPI access the first
 # time: it builds .venv-gpu with the gpu extra (vLLM 0.33.0 and the CUDA build of torch, pins in

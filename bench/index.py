@@ -99,7 +99,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--tuning-queries", type=int, default=200)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "index.json"))
+    ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "index.json"))
     args = ap.parse_args()
 
     import lancedb

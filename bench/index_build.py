@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--lancedb-up-to", type=int, default=10**12,
                     help="measure the one-task LanceDB build only on tables up to this many rows (it is slow)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "index_build.json"))
+    ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "index_build.json"))
     args = ap.parse_args()
 
     threads = str(args.cores_per_task)

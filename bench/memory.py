@@ -132,7 +132,7 @@ def main() -> None:
     ap.add_argument("--model", choices=["minilm", "tiny"], default="minilm")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for the job, e.g. compute.max_block_mb=4")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory.json"))
+    ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "memory.json"))
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
     with tempfile.TemporaryDirectory() as tmp:

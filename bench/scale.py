@@ -241,6 +241,7 @@ def main() -> None:
         print(f"driver peak RSS {runs[-1]['docs']} / {runs[0]['docs']}: "
               f"{runs[-1]['driver_peak_rss_mib'] / runs[0]['driver_peak_rss_mib']:.2f}x")
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(dict(cpu=cpu(), stage_rates=rates, runs=runs), indent=2))
 
 

@@ -1,6 +1,6 @@
 """Throughput, side by side in one run: the bare model, sentence-transformers, vLLM, the full job.
 
-    python bench/throughput.py [--docs 20000] [--dtypes float32,bfloat16] [--out bench/results/throughput.json]
+    python bench/throughput.py [--docs 20000] [--dtypes float32,bfloat16] [--out out/bench/throughput.json]
 
 Same documents for every contender (the bundled Wikipedia sample, repeated with new ids to reach
 ``--docs``; lengths as they come), same model (the packaged MiniLM), same threads.
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu or cuda, for (a) and (b)")
     ap.add_argument("--job-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config for the full job, e.g. compute.gpus_per_actor=1")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "throughput.json"))
+    ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "throughput.json"))
     args = ap.parse_args()
 
     from connectors.model_store import resolve_model_dir

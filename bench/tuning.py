@@ -151,6 +151,7 @@ def main() -> None:
         print(f"{r['rows']:>9}  {r['tuned_on']:<20} {r['seconds']:>7.1f} {r['nprobes']:>8} {r['refine_factor']!s:>7} "
               f"{r['tuning_recall']:>7.3f} {r['tuning_recall_low']:>6.3f} {r['held_out_recall']:>9.3f} {r['p50_ms']:>7.1f}")
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(dict(cpu=cpu(), results=results), indent=2))
 
 
