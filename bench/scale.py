@@ -229,7 +229,8 @@ def main() -> None:
                   f"{r['driver_peak_rss_mib']:.0f} MiB, {r['checkpoints']} checkpoints, commit "
                   f"{r['commit_ms_first']:.0f} -> {r['commit_ms_last']:.0f} ms, run log {r['runlog_ms_first']:.0f} -> "
                   f"{r['runlog_ms_last']:.0f} ms, dedup {r['dedup_s']:.1f}s, index step {r['index_s']:.0f}s "
-                  f"(build {r['index_build_s']}s, tuning {r['tuning_s']}s), spilled {r['spilled_bytes']} B", flush=True)
+                  f"(build {r['index_build_s']}s" + (f", tuning {r['tuning_s']}s" if r['tuning_s'] is not None else "")
+                  + f"), spilled {r['spilled_bytes']} B", flush=True)
     print(f"\n{'docs':>10} {'job s':>7} {'docs/s':>8} {'driver MiB':>11} {'ckpts':>6} {'commit ms':>13} "
           f"{'run log ms':>13} {'dedup s':>8} {'index s':>8} {'spilled':>8}   ({cpu()})")
     for r in runs:

@@ -104,9 +104,9 @@ class Checkpointer:
     def checkpoint(self) -> None:
         """Commit (or stage) every complete file; incomplete ones wait for their remaining rows."""
         files = self._complete()
-        self.rows_since = 0
         if not files:
-            return
+            return  # tried again at the next batch: a checkpoint is due as soon as a file completes
+        self.rows_since = 0
         self.before_commit()
         done = [DoneFile(f, self.expected_rows.get(f, self.pending[f].rows), self.identity.get(f, ""),
                          self.pending[f].fragments, self.pending[f].reject_fragments) for f in files]

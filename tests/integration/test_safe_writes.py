@@ -358,3 +358,39 @@ def test_revision_column_decides_which_row_wins(ray_cluster, sample_table, tiny_
     assert len(rows) == 4 and all(r["text"].startswith("v2 ") and r["updated_at"] == 2 for r in rows)
     with pytest.raises(ConfigError, match="sink.revision_by=updated_at: must be 'path' or one of"):
         _cfg(src, db, tiny_bert_dir, "sink.revision_by=updated_at")
+
+
+def test_a_checkpoint_that_found_no_complete_file_is_due_again_at_the_next_batch():
+    """Batches of several files interleave; a checkpoint due while no file was complete used to
+    wait another sink.checkpoint_rows rows, so runs made far fewer checkpoints than configured
+    (a 1M run with checkpoint_rows=50,000: 5 checkpoints, 250k rows apart)."""
+    import json
+    import pickle
+
+    from pipelines.checkpoints import Checkpointer
+
+    class RunLog:  # staged mode: a checkpoint only records the files it stages
+        def __init__(self):
+            self.records = []
+
+        def record(self, run_id, done, kind="file"):
+            self.records.append(sorted(d.file for d in done))
+
+    def batch(file: str, rows: int) -> dict:
+        return {"file": file, "rows": rows, "files": json.dumps({file: rows}),
+                "fragments": pickle.dumps({file: [f"frag-{file}"]}), "reject_fragments": pickle.dumps({}),
+                "replaced_rowids": pickle.dumps({})}
+
+    runlog = RunLog()
+    checkpointer = Checkpointer(run_id="r", runlog=runlog, table_uri="t", rejects_uri="r", table_schema=None,
+                                expected_rows={"a": 4, "b": 4}, identity={}, staged=True, checkpoint_rows=3,
+                                table_version=None, rejects_version=None, on_batch=lambda row: None)
+    checkpointer.add(batch("a", 2))
+    checkpointer.add(batch("b", 2))  # 4 rows since the start: due, but no file is complete yet
+    assert runlog.records == []
+    checkpointer.add(batch("a", 2))  # "a" complete: the due checkpoint happens now
+    assert runlog.records == [["a"]] and checkpointer.checkpoints == 1
+    checkpointer.add(batch("b", 2))  # 2 rows since that checkpoint: not due
+    assert runlog.records == [["a"]]
+    checkpointer.finish(["a", "b"])
+    assert runlog.records == [["a"], ["b"]] and checkpointer.rows_done == 8
