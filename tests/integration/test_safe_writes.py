@@ -367,7 +367,7 @@ def test_a_checkpoint_that_found_no_complete_file_is_due_again_at_the_next_batch
     import json
     import pickle
 
-    from pipelines.checkpoints import Checkpointer
+    from pipelines.run.checkpoints import Checkpointer
 
     class RunLog:  # staged mode: a checkpoint only records the files it stages
         def __init__(self):
