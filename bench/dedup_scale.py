@@ -6,7 +6,8 @@ Builds a Lance table of ``--rows`` rows written by one run (8-d vectors; the che
 with 0.1% of the ids written twice, then runs :func:`connectors.lance_dedup.drop_duplicate_ids` on
 copies of it three ways: as a first run or overwrite (no older rows can exist, so no lookups), with
 the older-row lookups a later append needs, and with everything in one hash partition (what the
-check did before it was partitioned). Prints seconds, the driver's peak RSS growth (sampled every 20 ms), and rows removed;
+check did before it was partitioned). Prints seconds, the driver's peak RSS growth (sampled every 20
+ms), and rows removed;
 each variant runs in its own process so peaks do not mix.
 """
 
@@ -40,16 +41,18 @@ def build(uri: str, rows: int, run_id: str = "bench-run") -> int:
     ids = np.concatenate([np.arange(rows - dups), rng.choice(rows - dups, dups, replace=False)])
     chunk = 200_000
     for start in range(0, rows, chunk):
-        part = ids[start:start + chunk]
+        part = ids[start : start + chunk]
         n = len(part)
-        table = pa.table({
-            "id": pa.array([f"doc-{i:09d}" for i in part]),
-            "text": pa.array(["t"] * n),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(rng.random(n * 8, dtype=np.float32)), 8),
-            "content_hash": pa.array(["h"] * n),
-            "source_file": pa.array([f"part-{(start + k) // 10000:05d}.parquet" for k in range(n)]),
-            "run_id": pa.array([run_id] * n),
-        })
+        table = pa.table(
+            {
+                "id": pa.array([f"doc-{i:09d}" for i in part]),
+                "text": pa.array(["t"] * n),
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(rng.random(n * 8, dtype=np.float32)), 8),
+                "content_hash": pa.array(["h"] * n),
+                "source_file": pa.array([f"part-{(start + k) // 10000:05d}.parquet" for k in range(n)]),
+                "run_id": pa.array([run_id] * n),
+            }
+        )
         lance.write_dataset(table, uri, mode="append" if start else "create")
     return dups
 
@@ -74,13 +77,24 @@ def _variant(args) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t = time.perf_counter()
-    removed = drop_duplicate_ids(uri, rejects, key_column="id", id_column="id", text_column="text",
-                                 run_id="bench-run", older_rows=older_rows, rows_per_pass=rows_per_pass)
+    removed = drop_duplicate_ids(
+        uri,
+        rejects,
+        key_column="id",
+        id_column="id",
+        text_column="text",
+        run_id="bench-run",
+        older_rows=older_rows,
+        rows_per_pass=rows_per_pass,
+    )
     seconds = time.perf_counter() - t
     done.set()
     sampler.join()
-    return {"seconds": round(seconds, 1), "peak_rss_growth_mib": round((peak[0] - before) / 2**20, 1),
-            "removed": dict(removed)}
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss_growth_mib": round((peak[0] - before) / 2**20, 1),
+        "removed": dict(removed),
+    }
 
 
 def main(argv=None) -> int:
@@ -93,21 +107,26 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         dups = build(base, args.rows)
         print(f"built {args.rows} rows ({dups} ids twice) in {time.perf_counter() - t:.1f}s; CPU: {_cpu()}")
-        variants = [("first run / overwrite (no lookups), 2M-row passes", False, 2_000_000),
-                    ("first run / overwrite, 250k-row passes", False, 250_000),
-                    ("append (older-row lookups), 2M-row passes", True, 2_000_000)]
+        variants = [
+            ("first run / overwrite (no lookups), 2M-row passes", False, 2_000_000),
+            ("first run / overwrite, 250k-row passes", False, 250_000),
+            ("append (older-row lookups), 2M-row passes", True, 2_000_000),
+        ]
         results = {}
         ctx = mp.get_context("spawn")
         for name, older, per_pass in variants:
             copy = work / f"{len(results)}.lance"
             shutil.copytree(base, copy)
             with ctx.Pool(1) as pool:
-                results[name] = pool.apply(_variant, ((str(copy), str(work / f"rej{len(results)}.lance"),
-                                                        older, per_pass),))
+                results[name] = pool.apply(
+                    _variant, ((str(copy), str(work / f"rej{len(results)}.lance"), older, per_pass),)
+                )
             print(f"{name:55s} {results[name]}")
         first, small = results[variants[0][0]], results[variants[1][0]]
-        print(f"ratios: lookups/no-lookups time {results[variants[2][0]]['seconds'] / max(first['seconds'], 1e-9):.2f}x; "
-              f"250k-pass/2M-pass memory {small['peak_rss_growth_mib'] / max(first['peak_rss_growth_mib'], 1e-9):.2f}x")
+        print(
+            f"ratios: lookups/no-lookups time {results[variants[2][0]]['seconds'] / max(first['seconds'], 1e-9):.2f}x; "
+            f"250k-pass/2M-pass memory {small['peak_rss_growth_mib'] / max(first['peak_rss_growth_mib'], 1e-9):.2f}x"
+        )
         print(json.dumps({"rows": args.rows, "cpu": _cpu(), "results": results}))
     finally:
         shutil.rmtree(work, ignore_errors=True)

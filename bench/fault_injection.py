@@ -97,7 +97,9 @@ def _write_files(rows: list[dict], root: Path, files: int) -> None:
     schema = pa.schema([pa.field("id", pa.string()), pa.field("text", pa.string())])
     size = -(-len(rows) // files)
     for k in range(files):
-        pq.write_table(pa.Table.from_pylist(rows[k * size:(k + 1) * size], schema=schema), root / f"part-{k:03d}.parquet")
+        pq.write_table(
+            pa.Table.from_pylist(rows[k * size : (k + 1) * size], schema=schema), root / f"part-{k:03d}.parquet"
+        )
 
 
 def _with_bad_rows(docs: list[dict], dup_text: str) -> list[dict]:
@@ -123,9 +125,11 @@ def change_corpus(docs: list[dict], root: Path, files: int, sentences: list[str]
     rng.shuffle(others)
     k_changed, k_removed = max(1, n // 20), max(1, n * 3 // 100)
     changed = {docs[i]["id"] for i in others[:k_changed]}
-    removed = {docs[i]["id"] for i in others[k_changed:k_changed + k_removed]}
-    new = [{"id": f"n{i:07d}", "text": f"{sentences[(n + i * 7) % len(sentences)]} (new doc {i})"}
-           for i in range(max(1, n * 3 // 100))]
+    removed = {docs[i]["id"] for i in others[k_changed : k_changed + k_removed]}
+    new = [
+        {"id": f"n{i:07d}", "text": f"{sentences[(n + i * 7) % len(sentences)]} (new doc {i})"}
+        for i in range(max(1, n * 3 // 100))
+    ]
     rows = []
     for d in docs:
         if d["id"] in removed:
@@ -177,8 +181,7 @@ def _worker_pids(target: str) -> set[int]:
     return {p.pid for p in _descendants() if _matches(p, target)}
 
 
-def _inject(kill: Kill, job: subprocess.Popen, stale: set[int], started: float, attempt: int,
-            deadline: float) -> bool:
+def _inject(kill: Kill, job: subprocess.Popen, stale: set[int], started: float, attempt: int, deadline: float) -> bool:
     """Wait for the kill's moment and its target, then SIGKILL it; False when the job ended first."""
     while time.time() - started < kill.delay:
         if job.poll() is not None or time.time() > deadline:
@@ -233,12 +236,19 @@ class RunResult:
 class Job:
     """One ``python -m jobs.index`` command line; each :meth:`attempt` starts it (again) and waits."""
 
-    def __init__(self, run_id: str, corpus: Path, db: Path, overrides: list[str], env: dict, logdir: Path,
-                 timeout: float = ATTEMPT_TIMEOUT):
+    def __init__(
+        self,
+        run_id: str,
+        corpus: Path,
+        db: Path,
+        overrides: list[str],
+        env: dict,
+        logdir: Path,
+        timeout: float = ATTEMPT_TIMEOUT,
+    ):
         self.run_id, self.env, self.logdir, self.timeout = run_id, env, logdir, timeout
         self.cmd = [sys.executable, "-m", "jobs.index"]
-        for item in [f"source.path={corpus}", f"sink.uri={db}", f"sink.table={TABLE}", f"run.id={run_id}",
-                     *overrides]:
+        for item in [f"source.path={corpus}", f"sink.uri={db}", f"sink.table={TABLE}", f"run.id={run_id}", *overrides]:
             self.cmd += ["--set", item]
         self.result = RunResult(run_id)
 
@@ -249,8 +259,13 @@ class Job:
         stale = _worker_pids("encoder") | _worker_pids("writer")  # leftovers of an earlier driver
         started = time.time()
         with open(log, "w") as fh:  # a file, not a pipe: a full pipe would block the job
-            job = subprocess.Popen(self.cmd + ["--summary-json", str(self.logdir / f"{self.run_id}.json")],
-                                   cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
+            job = subprocess.Popen(
+                self.cmd + ["--summary-json", str(self.logdir / f"{self.run_id}.json")],
+                cwd=ROOT,
+                env=self.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
             deadline = started + self.timeout
             while kills and _inject(kills[0], job, stale, started, n, deadline):
                 done = kills.pop(0)
@@ -279,14 +294,27 @@ class Job:
 
 
 def job_env(address: str) -> dict:
-    env = {**os.environ, "RAY_ADDRESS": address, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1"}
+    env = {
+        **os.environ,
+        "RAY_ADDRESS": address,
+        "HF_HUB_OFFLINE": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1",
+    }
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
 
-def run_job(run_id: str, corpus: Path, db: Path, overrides: list[str], env: dict, logdir: Path,
-            kills: Optional[list[Kill]] = None, timeout: float = ATTEMPT_TIMEOUT) -> RunResult:
+def run_job(
+    run_id: str,
+    corpus: Path,
+    db: Path,
+    overrides: list[str],
+    env: dict,
+    logdir: Path,
+    kills: Optional[list[Kill]] = None,
+    timeout: float = ATTEMPT_TIMEOUT,
+) -> RunResult:
     return Job(run_id, corpus, db, overrides, env, logdir, timeout).until_done(kills if kills is not None else [])
 
 
@@ -353,15 +381,25 @@ def _rejects(db: Path, run_ids: list[str], expect_dup: bool, dup_id: str) -> tup
     return sorted(f"{i}:{reason}" for i, reason in wanted - seen), doubled
 
 
-def check_table(db: Path, corpus: Corpus, reference: Reference, rng: random.Random, run_ids: list[str],
-                expect_dup_reject: bool) -> dict:
+def check_table(
+    db: Path, corpus: Corpus, reference: Reference, rng: random.Random, run_ids: list[str], expect_dup_reject: bool
+) -> dict:
     """Compare the table with the corpus it was last built from; counts of every kind of defect."""
     import lancedb
 
     problem = _readable(db)
     if problem:
-        return {"unreadable": 1, "error": problem, "lost": 0, "duplicated": 0, "extra": 0, "wrong_text": 0,
-                "wrong_vector": 0, "rejects_missing": [], "rejects_doubled": []}
+        return {
+            "unreadable": 1,
+            "error": problem,
+            "lost": 0,
+            "duplicated": 0,
+            "extra": 0,
+            "wrong_text": 0,
+            "wrong_vector": 0,
+            "rejects_missing": [],
+            "rejects_doubled": [],
+        }
     data = lancedb.connect(str(db)).open_table(TABLE).to_arrow()
     ids, texts = data.column("id").to_pylist(), data.column("text").to_pylist()
     counts = Counter(ids)
@@ -370,15 +408,30 @@ def check_table(db: Path, corpus: Corpus, reference: Reference, rng: random.Rand
     wrong_text = sorted({i for i, t in zip(ids, texts) if i in corpus.texts and t not in corpus.texts[i]})
     sample = rng.sample(range(len(ids)), min(VECTOR_SAMPLE, len(ids)))
     vectors = data.column("vector")
-    wrong_vector = [ids[k] for k in sample
-                    if not np.allclose(np.asarray(vectors[k].as_py(), np.float32), reference.embed(texts[k]),
-                                       atol=VECTOR_TOL)]
+    wrong_vector = [
+        ids[k]
+        for k in sample
+        if not np.allclose(np.asarray(vectors[k].as_py(), np.float32), reference.embed(texts[k]), atol=VECTOR_TOL)
+    ]
     missing, doubled = _rejects(db, run_ids, expect_dup_reject, corpus.dup_id)
-    return {"unreadable": 0, "error": "", "lost": len(lost), "duplicated": sum(c - 1 for c in counts.values() if c > 1),
-            "extra": len(extra), "wrong_text": len(wrong_text), "wrong_vector": len(wrong_vector),
-            "rejects_missing": missing, "rejects_doubled": doubled,
-            "examples": {"lost": lost[:5], "duplicated": [i for i, c in counts.items() if c > 1][:5],
-                         "extra": extra[:5], "wrong_text": wrong_text[:5], "wrong_vector": wrong_vector[:5]}}
+    return {
+        "unreadable": 0,
+        "error": "",
+        "lost": len(lost),
+        "duplicated": sum(c - 1 for c in counts.values() if c > 1),
+        "extra": len(extra),
+        "wrong_text": len(wrong_text),
+        "wrong_vector": len(wrong_vector),
+        "rejects_missing": missing,
+        "rejects_doubled": doubled,
+        "examples": {
+            "lost": lost[:5],
+            "duplicated": [i for i, c in counts.items() if c > 1][:5],
+            "extra": extra[:5],
+            "wrong_text": wrong_text[:5],
+            "wrong_vector": wrong_vector[:5],
+        },
+    }
 
 
 def failed(check: dict) -> bool:
@@ -421,8 +474,9 @@ def plan_kills(seed: int, rng: random.Random, run_seconds: float) -> list[Kill]:
     return [Kill(t, round(d, 2)) for t, d in zip(targets, delays)]
 
 
-def _overlap(setup: Setup, corpus: Corpus, db: Path, overrides: list, kills: list[Kill], logdir: Path,
-             rng: random.Random) -> tuple[list[RunResult], str]:
+def _overlap(
+    setup: Setup, corpus: Corpus, db: Path, overrides: list, kills: list[Kill], logdir: Path, rng: random.Random
+) -> tuple[list[RunResult], str]:
     """Two runs on one table, the second started 0-2 s after the first; the kills hit the first."""
     a = Job("overlap-a", corpus.path, db, overrides, setup.env, logdir, setup.timeout)
     b = Job("overlap-b", corpus.path, db, overrides, setup.env, logdir, setup.timeout)
@@ -432,8 +486,9 @@ def _overlap(setup: Setup, corpus: Corpus, db: Path, overrides: list, kills: lis
     time.sleep(gap)
     b.attempt([])
     first.join()
-    happened = (f"gap {gap:.1f}s; first attempts: a exit {a.result.attempts[0]}, b exit {b.result.attempts[0]}"
-                + (f" ({b.result.first_error})" if b.result.attempts[0] else ""))
+    happened = f"gap {gap:.1f}s; first attempts: a exit {a.result.attempts[0]}, b exit {b.result.attempts[0]}" + (
+        f" ({b.result.first_error})" if b.result.attempts[0] else ""
+    )
     a.until_done(kills)  # resumes of whichever failed (a killed driver, a refused lease), one after the other
     b.until_done([])
     return [a.result, b.result], happened
@@ -462,11 +517,16 @@ def run_seed(seed: int, setup: Setup) -> dict:
         setup.learn(mode, runs)  # overlapping runs share the CPUs: their length is no estimate
     check = check_table(db, corpus, setup.reference, rng, [r.run_id for r in runs], expect_dup_reject=True)
     result = {
-        "seed": seed, "scenario": scenario, "mode": mode, "overlap": happened,
+        "seed": seed,
+        "scenario": scenario,
+        "mode": mode,
+        "overlap": happened,
         "kills_planned": [asdict(k) for k in planned],
         "kills": [asdict(k) for k in injected_kills],
         "runs": [asdict(r) | {"ok": r.ok} for r in runs],
-        "check": check, "failed": failed(check) or not all(r.ok for r in runs), "dir": str(seed_dir),
+        "check": check,
+        "failed": failed(check) or not all(r.ok for r in runs),
+        "dir": str(seed_dir),
     }
     if not result["failed"]:
         shutil.rmtree(seed_dir)  # keep only what a failure needs for inspection
@@ -474,13 +534,19 @@ def run_seed(seed: int, setup: Setup) -> dict:
 
 
 def seed_line(r: dict) -> str:
-    kills = ", ".join(f"{k['target']} at {k['at']}s of attempt {k['attempt']}" if k["injected"]
-                      else f"{k['target']} after {k['delay']}s missed (the job had ended)" for k in r["kills"])
+    kills = ", ".join(
+        f"{k['target']} at {k['at']}s of attempt {k['attempt']}"
+        if k["injected"]
+        else f"{k['target']} after {k['delay']}s missed (the job had ended)"
+        for k in r["kills"]
+    )
     attempts = " ".join(f"{x['run_id']}:{','.join(str(a) for a in x['attempts'])}" for x in r["runs"])
     c = r["check"]
-    line = (f"seed {r['seed']:>3} {r['scenario']:<9} ({r['mode']}) kills [{kills}] attempts [{attempts}] "
-            f"lost {c['lost']} dup {c['duplicated']} extra {c['extra']} wrong_text {c['wrong_text']} "
-            f"wrong_vector {c['wrong_vector']} unreadable {c['unreadable']}")
+    line = (
+        f"seed {r['seed']:>3} {r['scenario']:<9} ({r['mode']}) kills [{kills}] attempts [{attempts}] "
+        f"lost {c['lost']} dup {c['duplicated']} extra {c['extra']} wrong_text {c['wrong_text']} "
+        f"wrong_vector {c['wrong_vector']} unreadable {c['unreadable']}"
+    )
     if c["rejects_missing"] or c["rejects_doubled"]:
         line += f" rejects missing {c['rejects_missing']} doubled {c['rejects_doubled']}"
     if r["overlap"]:
@@ -499,9 +565,13 @@ def totals(results: list[dict]) -> dict:
         "kills_injected": sum(k["injected"] for k in kills),
         "kills_missed": sum(not k["injected"] for k in kills),
         "kills_by_target": dict(Counter(k["target"] for k in kills if k["injected"])),
-        **{key: sum(r["check"][key] for r in results)
-           for key in ("lost", "duplicated", "extra", "wrong_text", "wrong_vector", "unreadable")},
-        "reject_problems": sum(len(r["check"]["rejects_missing"]) + len(r["check"]["rejects_doubled"]) for r in results),
+        **{
+            key: sum(r["check"][key] for r in results)
+            for key in ("lost", "duplicated", "extra", "wrong_text", "wrong_vector", "unreadable")
+        },
+        "reject_problems": sum(
+            len(r["check"]["rejects_missing"]) + len(r["check"]["rejects_doubled"]) for r in results
+        ),
         "runs_not_finished": sum(not x["ok"] for r in results for x in r["runs"]),
         "seeds_failed": [r["seed"] for r in results if r["failed"]],
     }
@@ -536,8 +606,9 @@ def _start_ray(cpus: int) -> tuple[str, bool]:
     if ray.is_initialized():
         return ray.get_runtime_context().gcs_address, False
     os.environ.pop("RAY_ADDRESS", None)  # a new local Ray, never someone else's
-    ctx = ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                   runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    ctx = ray.init(
+        num_cpus=cpus, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}}
+    )
     return ctx.address_info["address"], True
 
 
@@ -548,10 +619,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
     ap.add_argument("--files", type=int, default=None, help="Parquet files (default: docs/600, within 20-40)")
     ap.add_argument("--workdir", default=None, help="where corpora and tables go (default: a new dir under /tmp)")
-    ap.add_argument("--ray-cpus", type=int, default=RAY_CPUS,
-                    help=f"logical CPUs of the local Ray started here (default {RAY_CPUS}; see _start_ray)")
-    ap.add_argument("--attempt-timeout", type=float, default=ATTEMPT_TIMEOUT,
-                    help=f"seconds before a run is killed and reported hung (default {ATTEMPT_TIMEOUT})")
+    ap.add_argument(
+        "--ray-cpus",
+        type=int,
+        default=RAY_CPUS,
+        help=f"logical CPUs of the local Ray started here (default {RAY_CPUS}; see _start_ray)",
+    )
+    ap.add_argument(
+        "--attempt-timeout",
+        type=float,
+        default=ATTEMPT_TIMEOUT,
+        help=f"seconds before a run is killed and reported hung (default {ATTEMPT_TIMEOUT})",
+    )
     ap.add_argument("--out", default=None, help="results JSON (default: <workdir>/results.json)")
     return ap.parse_args(argv)
 
@@ -565,17 +644,23 @@ def setup_run(args, workdir: Path, address: str) -> Setup:
     # No recall tuning after the index build (the index is built; tuning is search quality, not safety).
     # Half a CPU per encoder actor: two overlapping jobs' actors then leave a CPU of the 2 for their
     # read and write tasks (with a whole CPU each, the two pools can take both and the tasks wait).
-    overrides = [f"model.path={model}", "compute.block_rows=64", "index.target_recall=null",
-                 "compute.cpus_per_actor=0.5", f"sink.rows_per_fragment={max(64, args.docs // 80)}",
-                 f"sink.checkpoint_rows={max(128, args.docs // 8)}",
-                 # A stream that stalls after a kill (Ray waiting on a vanished task) restarts its pass
-                 # well inside an attempt, instead of hanging until the attempt's timeout.
-                 "compute.stall_timeout_s=120"]
+    overrides = [
+        f"model.path={model}",
+        "compute.block_rows=64",
+        "index.target_recall=null",
+        "compute.cpus_per_actor=0.5",
+        f"sink.rows_per_fragment={max(64, args.docs // 80)}",
+        f"sink.checkpoint_rows={max(128, args.docs // 8)}",
+        # A stream that stalls after a kill (Ray waiting on a vanished task) restarts its pass
+        # well inside an attempt, instead of hanging until the attempt's timeout.
+        "compute.stall_timeout_s=120",
+    ]
     env = job_env(address)
     reference = Reference(model)
     base_db = workdir / "base-db"
-    result = run_job("base", base.path, base_db, overrides + ["sink.mode=overwrite"], env, workdir,
-                     timeout=args.attempt_timeout)
+    result = run_job(
+        "base", base.path, base_db, overrides + ["sink.mode=overwrite"], env, workdir, timeout=args.attempt_timeout
+    )
     if not result.ok:
         raise SystemExit(f"the clean base run failed: {result.first_error} (log in {workdir})")
     check = check_table(base_db, base, reference, random.Random(0), ["base"], expect_dup_reject=True)
@@ -607,8 +692,12 @@ def main(argv=None) -> dict:
             import ray
 
             ray.shutdown()
-    total = totals(results) | {"docs": args.docs, "files": setup.files, "cpu": cpu_model(),
-                               "run_seconds": {k: round(v, 1) for k, v in setup.durations.items()}}
+    total = totals(results) | {
+        "docs": args.docs,
+        "files": setup.files,
+        "cpu": cpu_model(),
+        "run_seconds": {k: round(v, 1) for k, v in setup.durations.items()},
+    }
     print("total: " + ", ".join(f"{k} {v}" for k, v in total.items()), flush=True)
     out = Path(args.out) if args.out else workdir / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -619,6 +708,14 @@ def main(argv=None) -> dict:
 
 if __name__ == "__main__":
     totals_ = main()
-    bad = (totals_["lost"] or totals_["duplicated"] or totals_["extra"] or totals_["wrong_text"]
-           or totals_["wrong_vector"] or totals_["unreadable"] or totals_["reject_problems"] or totals_["runs_not_finished"])
+    bad = (
+        totals_["lost"]
+        or totals_["duplicated"]
+        or totals_["extra"]
+        or totals_["wrong_text"]
+        or totals_["wrong_vector"]
+        or totals_["unreadable"]
+        or totals_["reject_problems"]
+        or totals_["runs_not_finished"]
+    )
     sys.exit(1 if bad else 0)

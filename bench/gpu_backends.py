@@ -40,13 +40,22 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="packaged:all-MiniLM-L6-v2", help="model.path")
     p.add_argument("--pooling", default="mean", choices=["mean", "cls", "last"])
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="model.dtype (default: float16 on a GPU, float32 with --cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="model.dtype (default: float16 on a GPU, float32 with --cpu)",
+    )
     p.add_argument("--rows", type=int, default=0, help="first N documents of the sample (0: all)")
     p.add_argument("--block-rows", type=int, default=4096, help="rows per encoder call")
     p.add_argument("--batch-tokens", type=int, default=65536, help="hf backend: padded tokens per forward pass")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override (repeatable)",
+    )
     p.add_argument("--cpu", action="store_true", help="no GPU: CPU actors, vLLM's CPU build, small engine")
     p.add_argument("--skip-pipeline", action="store_true", help="only the in-process encoder measurement")
     p.add_argument("--json", help="also write the figures to this file")
@@ -56,14 +65,23 @@ def parse_args(argv=None):
 
 
 def base_overrides(args, backend: str) -> list[str]:
-    out = [f"model.backend={backend}", f"model.path={args.model}", f"model.pooling={args.pooling}",
-           f"model.dtype={args.dtype}", f"compute.block_rows={args.block_rows}",
-           f"compute.batch_tokens={args.batch_tokens}", "index.type=none"]
+    out = [
+        f"model.backend={backend}",
+        f"model.path={args.model}",
+        f"model.pooling={args.pooling}",
+        f"model.dtype={args.dtype}",
+        f"compute.block_rows={args.block_rows}",
+        f"compute.batch_tokens={args.batch_tokens}",
+        "index.type=none",
+    ]
     if args.cpu:
         out += ["compute.gpus_per_actor=0", "compute.cpus_per_actor=1"]
         if backend == "vllm":
-            out += ["model.vllm.in_process=true", "model.vllm.enforce_eager=true",
-                    "model.vllm.gpu_memory_utilization=0.05"]
+            out += [
+                "model.vllm.in_process=true",
+                "model.vllm.enforce_eager=true",
+                "model.vllm.gpu_memory_utilization=0.05",
+            ]
     else:
         out += ["compute.gpus_per_actor=1", "compute.cpus_per_actor=1"]
     return out + list(args.overrides)
@@ -71,15 +89,19 @@ def base_overrides(args, backend: str) -> list[str]:
 
 def tokenized_corpus(config, texts):
     """The tokenize stage's output for ``texts`` (document prompt, truncation, EOS), as id lists."""
-    from pipelines.run.runner import preflight
-    from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
     from pipelines.embed.hf_encoder import padding_side_for
+    from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
+    from pipelines.run.runner import preflight
 
     plan = preflight(config)
     m = config.model
     tokenizer = load_tokenizer(m.path, m.revision, padding_side_for(m))
-    ids, _ = tokenize_texts(tokenizer, [m.document_prompt + t for t in texts], plan.max_tokens,
-                            eos_to_append(tokenizer, m.append_eos, m.pooling))
+    ids, _ = tokenize_texts(
+        tokenizer,
+        [m.document_prompt + t for t in texts],
+        plan.max_tokens,
+        eos_to_append(tokenizer, m.append_eos, m.pooling),
+    )
     return ids, plan
 
 
@@ -88,14 +110,15 @@ def encoder_run(config, ids, plan, block_rows):
     from pipelines.run.stages.encode import load_encoder
 
     started = time.perf_counter()
-    encoder = load_encoder(config.model, dimension=plan.dimension, normalize=config.embed.normalize,
-                           max_tokens=plan.max_tokens)
+    encoder = load_encoder(
+        config.model, dimension=plan.dimension, normalize=config.embed.normalize, max_tokens=plan.max_tokens
+    )
     load_seconds = time.perf_counter() - started
-    encoder.embed(ids[:min(64, len(ids))], config.compute.batch_tokens)  # warm-up (kernels, allocator)
+    encoder.embed(ids[: min(64, len(ids))], config.compute.batch_tokens)  # warm-up (kernels, allocator)
     started = time.perf_counter()
     parts = []
     for i in range(0, len(ids), block_rows):
-        pooled = encoder.embed(ids[i:i + block_rows], config.compute.batch_tokens)
+        pooled = encoder.embed(ids[i : i + block_rows], config.compute.batch_tokens)
         parts.append(postprocess(pooled, plan.dimension, config.embed.normalize))
     _sync()
     seconds = time.perf_counter() - started
@@ -181,41 +204,70 @@ def main(argv=None) -> int:
     print(f"corpus       {len(texts)} documents from {DEFAULT_SAMPLE}")
     encoded = {}
     for backend in BACKENDS:
-        config = load_config(overrides=base_overrides(args, backend) + [
-            f"source.path={corpus}", f"sink.uri={work / backend}", "sink.table=bench"])
+        config = load_config(
+            overrides=base_overrides(args, backend)
+            + [f"source.path={corpus}", f"sink.uri={work / backend}", "sink.table=bench"]
+        )
         ids, plan = tokenized_corpus(config, texts)
         tokens = sum(len(x) for x in ids)
         vectors, seconds, load_seconds = encoder_run(config, ids, plan, args.block_rows)
         encoded[backend] = vectors
-        row = {"encoder": {"docs_per_s": len(ids) / seconds, "tokens_per_s": tokens / seconds,
-                           "seconds": seconds, "load_seconds": load_seconds, "tokens": tokens}}
-        print(f"{backend:5s} encoder   {row['encoder']['docs_per_s']:9.1f} docs/s {row['encoder']['tokens_per_s']:11.0f} "
-              f"tokens/s  ({tokens} tokens in {seconds:.1f}s; model/engine load {load_seconds:.1f}s)")
+        row = {
+            "encoder": {
+                "docs_per_s": len(ids) / seconds,
+                "tokens_per_s": tokens / seconds,
+                "seconds": seconds,
+                "load_seconds": load_seconds,
+                "tokens": tokens,
+            }
+        }
+        print(
+            f"{backend:5s} encoder   {row['encoder']['docs_per_s']:9.1f} docs/s {row['encoder']['tokens_per_s']:11.0f} "
+            f"tokens/s  ({tokens} tokens in {seconds:.1f}s; model/engine load {load_seconds:.1f}s)"
+        )
         if not args.skip_pipeline:
             summary, stored = pipeline_run(config)
             secs = max(summary.embed_seconds, 1e-9)
-            row["pipeline"] = {"docs_per_s": summary.rows_written / secs, "tokens_per_s": summary.tokens / secs,
-                               "seconds": summary.embed_seconds, "job_seconds": summary.seconds,
-                               "rows_written": summary.rows_written}
+            row["pipeline"] = {
+                "docs_per_s": summary.rows_written / secs,
+                "tokens_per_s": summary.tokens / secs,
+                "seconds": summary.embed_seconds,
+                "job_seconds": summary.seconds,
+                "rows_written": summary.rows_written,
+            }
             row["_stored"] = stored
-            print(f"{backend:5s} pipeline  {row['pipeline']['docs_per_s']:9.1f} docs/s {row['pipeline']['tokens_per_s']:11.0f} "
-                  f"tokens/s  ({summary.rows_written} rows in {summary.embed_seconds:.1f}s; job {summary.seconds:.1f}s)")
+            print(
+                f"{backend:5s} pipeline  {row['pipeline']['docs_per_s']:9.1f} "
+                f"docs/s {row['pipeline']['tokens_per_s']:11.0f} "
+                f"tokens/s  ({summary.rows_written} rows in {summary.embed_seconds:.1f}s; job {summary.seconds:.1f}s)"
+            )
         results["backends"][backend] = row
 
     results["agreement_encoder"] = agreement(encoded["hf"], encoded["vllm"])
-    print("agreement    encoder  cosine min {min:.6f}  p1 {p1:.6f}  mean {mean:.6f}".format(**results["agreement_encoder"]))
+    print(
+        "agreement    encoder  cosine min {min:.6f}  p1 {p1:.6f}  mean {mean:.6f}".format(
+            **results["agreement_encoder"]
+        )
+    )
     if not args.skip_pipeline:
         hf, vl = (results["backends"][b].pop("_stored") for b in BACKENDS)
         ids = sorted(hf)
         assert sorted(vl) == ids, "the two tables hold different ids"
-        results["agreement_pipeline"] = agreement(np.array([hf[i] for i in ids], dtype=np.float32),
-                                                  np.array([vl[i] for i in ids], dtype=np.float32))
-        print("agreement    pipeline cosine min {min:.6f}  p1 {p1:.6f}  mean {mean:.6f}".format(**results["agreement_pipeline"]))
+        results["agreement_pipeline"] = agreement(
+            np.array([hf[i] for i in ids], dtype=np.float32), np.array([vl[i] for i in ids], dtype=np.float32)
+        )
+        print(
+            "agreement    pipeline cosine min {min:.6f}  p1 {p1:.6f}  mean {mean:.6f}".format(
+                **results["agreement_pipeline"]
+            )
+        )
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
     ok = results["agreement_encoder"]["min"] >= 0.999
-    print("result       " + ("backends agree (min cosine >= 0.999)" if ok else "BACKENDS DISAGREE (min cosine < 0.999)"))
+    print(
+        "result       " + ("backends agree (min cosine >= 0.999)" if ok else "BACKENDS DISAGREE (min cosine < 0.999)")
+    )
     return 0 if ok else 1
 
 

@@ -66,7 +66,7 @@ def derive(real: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
         i, j = rng.integers(0, n, m), rng.integers(0, n, m)
         a = rng.uniform(0.6, 1.0, (m, 1)).astype(np.float32)
         v = a * real[i] + (1 - a) * real[j] + 0.15 * rng.normal(0, 1 / np.sqrt(DIM), (m, DIM)).astype(np.float32)
-        out[start:start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        out[start : start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
     out[: min(n, rows)] = real[: min(n, rows)]
     return out
 
@@ -74,10 +74,10 @@ def derive(real: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
     top = np.empty((len(queries), k), np.int64)
     for s in range(0, len(queries), 100):
-        scores = queries[s:s + 100] @ base.T
+        scores = queries[s : s + 100] @ base.T
         part = np.argpartition(-scores, k, axis=1)[:, :k]
         order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1)
-        top[s:s + 100] = np.take_along_axis(part, order, 1)
+        top[s : s + 100] = np.take_along_axis(part, order, 1)
     return top
 
 
@@ -106,14 +106,14 @@ def main() -> None:
     from lancedb.index import IvfHnswSq, IvfPq, IvfRq
 
     from connectors.lance_index import build_index
-    from pipelines.vector_index.params import derive_index_params
     from pipelines.config import IndexConfig
+    from pipelines.vector_index.params import derive_index_params
     from pipelines.vector_index.tuning import tune_query_defaults
 
     t0 = time.perf_counter()
     real = real_vectors(20_000 + args.queries)
     held = args.queries + args.tuning_queries
-    queries, tuning_queries, real = real[-args.queries:], real[-held:-args.queries], real[:-held]
+    queries, tuning_queries, real = real[-args.queries :], real[-held : -args.queries], real[:-held]
     base = derive(real, args.rows)
     truth = exact_topk(base, queries)
     print(f"{len(real)} real vectors embedded, {args.rows} derived, ground truth in {time.perf_counter() - t0:.0f}s")
@@ -123,10 +123,15 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         db = lancedb.connect(tmp)
-        data = pa.table({"id": np.arange(args.rows), "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM)})
+        data = pa.table(
+            {"id": np.arange(args.rows), "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM)}
+        )
         setups = [
-            ("ours, tuned on documents", IvfPq(distance_type="cosine", num_partitions=lists, num_sub_vectors=subv),
-             dict(nprobes=ours.nprobes, refine=ours.refine_factor)),
+            (
+                "ours, tuned on documents",
+                IvfPq(distance_type="cosine", num_partitions=lists, num_sub_vectors=subv),
+                dict(nprobes=ours.nprobes, refine=ours.refine_factor),
+            ),
             ("ours, tuned on real queries", None, dict(nprobes=None, refine=None)),
             ("lancedb defaults IvfPq()", IvfPq(distance_type="cosine"), dict(nprobes=None, refine=None)),
             ("IVF-HNSW-SQ", IvfHnswSq(distance_type="cosine", num_partitions=lists), dict(nprobes=1, refine=None)),
@@ -137,15 +142,24 @@ def main() -> None:
             t = time.perf_counter()
             if name.startswith("ours, tuned on real"):  # the same table and index, other query defaults
                 build = rows[-1][1]
-                tuned["queries"] = tune_query_defaults(table, ours, IndexConfig(), id_column="id", rows=args.rows,
-                                                       dimension=DIM, vectors=tuning_queries, source="held-out")
+                tuned["queries"] = tune_query_defaults(
+                    table,
+                    ours,
+                    IndexConfig(),
+                    id_column="id",
+                    rows=args.rows,
+                    dimension=DIM,
+                    vectors=tuning_queries,
+                    source="held-out",
+                )
                 query.update(nprobes=tuned["queries"].nprobes, refine=tuned["queries"].refine_factor)
             elif name.startswith("ours"):  # exactly what the indexing job does after its write
                 table = db.create_table("t", data, mode="overwrite")
                 build_index(table, ours)
                 build = time.perf_counter() - t
-                tuned["docs"] = tune_query_defaults(table, ours, IndexConfig(), id_column="id", rows=args.rows,
-                                                    dimension=DIM)
+                tuned["docs"] = tune_query_defaults(
+                    table, ours, IndexConfig(), id_column="id", rows=args.rows, dimension=DIM
+                )
                 query.update(nprobes=tuned["docs"].nprobes, refine=tuned["docs"].refine_factor)
             else:
                 table = db.create_table("t", data, mode="overwrite")
@@ -156,9 +170,12 @@ def main() -> None:
                     query["refine"] = query["refine"] and tuned["queries"].refine_factor
             if name.startswith("ours"):
                 which = tuned["queries" if "queries" in name else "docs"]
-                print(f"{name}: built in {build:.0f}s; recall tuning in {which.seconds:.0f}s picked nprobes="
-                      f"{which.nprobes}, refine_factor={which.refine_factor} (recall {which.recall:.3f} on the "
-                      f"tuning queries)", flush=True)
+                print(
+                    f"{name}: built in {build:.0f}s; recall tuning in {which.seconds:.0f}s picked nprobes="
+                    f"{which.nprobes}, refine_factor={which.refine_factor} (recall {which.recall:.3f} on the "
+                    f"tuning queries)",
+                    flush=True,
+                )
 
             def search(q, table=table, query=query):
                 s = table.search(q).distance_type("cosine").limit(10).select(["id"])
@@ -170,8 +187,15 @@ def main() -> None:
 
             search(queries[0])  # warm caches
             found, lat = time_queries(search, queries)
-            rows.append((name, build, recall(found, truth), lat, f"nprobes={query['nprobes'] or 'default'}, "
-                         f"refine={query['refine'] or 'none'}"))
+            rows.append(
+                (
+                    name,
+                    build,
+                    recall(found, truth),
+                    lat,
+                    f"nprobes={query['nprobes'] or 'default'}, refine={query['refine'] or 'none'}",
+                )
+            )
     try:
         import faiss
 
@@ -185,23 +209,37 @@ def main() -> None:
         build = time.perf_counter() - t
         params = faiss.SearchParametersIVF(nprobe=tuned["queries"].nprobes)
         refine = tuned["queries"].refine_factor or 1
-        found, lat = time_queries(lambda q: index.search(
-            q[None, :], 10, params=faiss.IndexRefineSearchParameters(k_factor=refine, base_index_params=params)
-        )[1][0].tolist(), queries)
-        rows.append(("FAISS IVF-PQ + refine (same lists, codes)", build, recall(found, truth), lat,
-                     f"nprobe={params.nprobe}, k_factor={refine}"))
+        found, lat = time_queries(
+            lambda q: index.search(
+                q[None, :], 10, params=faiss.IndexRefineSearchParameters(k_factor=refine, base_index_params=params)
+            )[1][0].tolist(),
+            queries,
+        )
+        rows.append(
+            (
+                "FAISS IVF-PQ + refine (same lists, codes)",
+                build,
+                recall(found, truth),
+                lat,
+                f"nprobe={params.nprobe}, k_factor={refine}",
+            )
+        )
     except ImportError:
         print("faiss-cpu not installed: pip install faiss-cpu to add FAISS IVF-PQ")
 
-    print(f"\n{args.rows} x {DIM} vectors, {args.queries} measured queries ({args.tuning_queries} more to tune "
-          f"on), k=10; ours: {lists} lists, {subv} sub-vectors\n")
+    print(
+        f"\n{args.rows} x {DIM} vectors, {args.queries} measured queries ({args.tuning_queries} more to tune "
+        f"on), k=10; ours: {lists} lists, {subv} sub-vectors\n"
+    )
     print(f"{'index':<44}{'build s':>9}{'recall@10':>11}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}  query settings")
     out = []
     for name, build, rec, lat, settings in rows:
         p50, p99 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
         qps = len(lat) / lat.sum()
         print(f"{name:<44}{build:9.1f}{rec:11.3f}{p50:9.2f}{p99:9.2f}{qps:8.0f}  {settings}")
-        out.append(dict(index=name, build_s=build, recall_at_10=rec, p50_ms=p50, p99_ms=p99, qps=qps, settings=settings))
+        out.append(
+            dict(index=name, build_s=build, recall_at_10=rec, p50_ms=p50, p99_ms=p99, qps=qps, settings=settings)
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))
 

@@ -66,12 +66,19 @@ def measure(rows: int, dim: int, queries: int, fragments: int) -> dict:
     out = {"pylance": lance.__version__, "lancedb": lancedb.__version__}
     with tempfile.TemporaryDirectory() as root:
         db = lancedb.connect(root)
-        table = db.create_table("t", pa.table({
-            "id": pa.array(range(rows), pa.int64()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)}))
+        table = db.create_table(
+            "t",
+            pa.table(
+                {
+                    "id": pa.array(range(rows), pa.int64()),
+                    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
+                }
+            ),
+        )
         start = time.perf_counter()
-        table.create_index("vector", config=IvfPq(distance_type="cosine", num_partitions=int(rows**0.5),
-                                                  num_sub_vectors=dim // 8))
+        table.create_index(
+            "vector", config=IvfPq(distance_type="cosine", num_partitions=int(rows**0.5), num_sub_vectors=dim // 8)
+        )
         out["index_build_s"] = round(time.perf_counter() - start, 2)
         q = rng.standard_normal((queries, dim), dtype=np.float32)
         for v in q[:5]:  # warm the caches
@@ -96,8 +103,16 @@ def main() -> None:
     ap.add_argument("--fragments", type=int, default=3000)
     ap.add_argument("--measure", action="store_true", help="measure in this process and print one JSON line")
     args = ap.parse_args()
-    sizes = ["--rows", str(args.rows), "--dim", str(args.dim), "--queries", str(args.queries),
-             "--fragments", str(args.fragments)]
+    sizes = [
+        "--rows",
+        str(args.rows),
+        "--dim",
+        str(args.dim),
+        "--queries",
+        str(args.queries),
+        "--fragments",
+        str(args.fragments),
+    ]
     if args.measure:
         print(json.dumps(measure(args.rows, args.dim, args.queries, args.fragments)))
         return

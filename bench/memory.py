@@ -3,7 +3,8 @@
     python bench/memory.py [--sizes 10000,100000] [--model tiny] [--set key=value ...]
 
 Short documents (sentences of the bundled Wikipedia sample, repeated with new ids to reach each
-size), in Parquet files of 10,000 rows (a bigger corpus is more files, not bigger ones) are indexed by the full job in a subprocess that starts its own local Ray. Every 0.2 s the
+size), in Parquet files of 10,000 rows (a bigger corpus is more files, not bigger ones) are indexed by
+the full job in a subprocess that starts its own local Ray. Every 0.2 s the
 resident memory of the driver and of every process below it (raylet, GCS, workers: Ray starts them
 as the driver's descendants) is sampled; the table shows each role's peak. Flat means the 10x
 corpus stays within 1.2x: streaming, bounded queues, no whole-dataset materialisation in the driver.
@@ -74,8 +75,16 @@ def tiny_model(workdir: Path) -> Path:
 
     out, minilm = workdir / "tiny-bert", Path(get_model_path())
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=512)).save_pretrained(out)
+    BertModel(
+        BertConfig(
+            vocab_size=30522,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=512,
+        )
+    ).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (minilm / name).exists():
             shutil.copy(minilm / name, out / name)
@@ -88,9 +97,19 @@ def measure(n: int, workdir: Path, overrides: list[str]) -> dict:
     docs = short_docs(n)
     for i, start in enumerate(range(0, n, FILE_ROWS)):
         pq.write_table(docs.slice(start, FILE_ROWS), corpus / f"part-{i:05d}.parquet", row_group_size=FILE_ROWS)
-    cmd = [sys.executable, "-m", "jobs.index", "--set", f"source.path={corpus}",
-           "--set", f"sink.uri={workdir / 'db'}", "--set", f"sink.table=mem{n}",
-           "--summary-json", str(workdir / f"summary-{n}.json")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.index",
+        "--set",
+        f"source.path={corpus}",
+        "--set",
+        f"sink.uri={workdir / 'db'}",
+        "--set",
+        f"sink.table=mem{n}",
+        "--summary-json",
+        str(workdir / f"summary-{n}.json"),
+    ]
     for item in overrides:
         cmd += ["--set", item]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -122,16 +141,26 @@ def measure(n: int, workdir: Path, overrides: list[str]) -> dict:
     if proc.returncode:
         raise SystemExit(f"job failed for n={n}: {(workdir / f'job-{n}.log').read_text()[-2000:]}")
     summary = json.loads((workdir / f"summary-{n}.json").read_text())
-    return {"n": n, "seconds": time.time() - start, "rows_written": summary["rows_written"],
-            **{f"{m}_mib": {r: v / 2**20 for (mm, r), v in peaks.items() if mm == m} for m in ("rss", "uss")}}
+    return {
+        "n": n,
+        "seconds": time.time() - start,
+        "rows_written": summary["rows_written"],
+        **{f"{m}_mib": {r: v / 2**20 for (mm, r), v in peaks.items() if mm == m} for m in ("rss", "uss")},
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10000,100000")
     ap.add_argument("--model", choices=["minilm", "tiny"], default="minilm")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for the job, e.g. compute.max_block_mb=4")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for the job, e.g. compute.max_block_mb=4",
+    )
     ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "memory.json"))
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -140,12 +169,19 @@ def main() -> None:
         if args.model == "tiny":
             overrides.append(f"model.path={tiny_model(Path(tmp))}")
         results = [measure(n, Path(tmp), overrides) for n in sizes]
-    print(f"\nmodel {args.model}; overrides: {' '.join(args.overrides) or 'none'}; job wall time: "
-          + ", ".join(f"{r['n']} docs {r['seconds']:.0f}s" for r in results))
+    print(
+        f"\nmodel {args.model}; overrides: {' '.join(args.overrides) or 'none'}; job wall time: "
+        + ", ".join(f"{r['n']} docs {r['seconds']:.0f}s" for r in results)
+    )
     for measure_name in ("rss", "uss"):
         key = f"{measure_name}_mib"
         roles = sorted({r for res in results for r in res[key]} - {"gone"})
-        print(f"\npeak {measure_name.upper()} (MiB)" + " " * 20 + "".join(f"{r['n']:>12}" for r in results) + f"{'ratio':>8}")
+        print(
+            f"\npeak {measure_name.upper()} (MiB)"
+            + " " * 20
+            + "".join(f"{r['n']:>12}" for r in results)
+            + f"{'ratio':>8}"
+        )
         for name in roles:
             vals = [r[key].get(name, 0.0) for r in results]
             ratio = vals[-1] / vals[0] if vals[0] else float("nan")

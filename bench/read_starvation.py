@@ -57,11 +57,25 @@ def main() -> None:
 
     ray_dir = tempfile.mkdtemp(prefix="rs-", dir="/tmp")  # this run's Ray only: its processes name it
     with tempfile.TemporaryDirectory() as tmp:
-        code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), work=tmp, docs=args.docs, file_rows=args.file_rows,
-                            store=args.object_store_mb, ray_dir=ray_dir)
+        code = CHILD.format(
+            root=str(ROOT),
+            bench=str(ROOT / "bench"),
+            work=tmp,
+            docs=args.docs,
+            file_rows=args.file_rows,
+            store=args.object_store_mb,
+            ray_dir=ray_dir,
+        )
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         try:
             out, _ = proc.communicate(timeout=args.timeout)
         except subprocess.TimeoutExpired:
@@ -76,8 +90,12 @@ def main() -> None:
         progress = [line.split("--", 1)[-1] for line in lines if "logging_progress.py:23" in line][-10:]
         finished = [line for line in lines if line.startswith("FINISHED")]
         print("\n".join(progress))
-        print(finished[0] if finished else f"NOT FINISHED within {args.timeout}s ({args.docs} docs, "
-              f"{args.object_store_mb} MiB object store, 2 CPUs)")
+        print(
+            finished[0]
+            if finished
+            else f"NOT FINISHED within {args.timeout}s ({args.docs} docs, "
+            f"{args.object_store_mb} MiB object store, 2 CPUs)"
+        )
     shutil.rmtree(ray_dir, ignore_errors=True)
 
 

@@ -4,7 +4,8 @@
 
 Documents are short (two runs of 3 to 6 words from random places of the bundled Wikipedia sample,
 about 16 tokens, so 10M of them fit in this machine's time: fewer tokens per document, not fewer
-documents; all but a handful distinct), in Parquet files of ``--file-rows`` rows, and the model is a 2-layer, 32-wide BERT with MiniLM's tokenizer
+documents; all but a handful distinct), in Parquet files of ``--file-rows`` rows, and the model is a
+2-layer, 32-wide BERT with MiniLM's tokenizer
 (bench/memory.py's tiny model): what is measured is the pipeline around the forward pass.
 
 1. **Per-stage rates, one core.** The job's own stage objects (``embedding_stages`` and the sink's
@@ -54,41 +55,61 @@ def write_corpus(n: int, file_rows: int, out: Path) -> None:
     for i, start in enumerate(range(0, n, file_rows)):
         m = min(file_rows, n - start)
         at, length = rng.integers(0, len(words) - 6, (2, m)), rng.integers(3, 7, (2, m))
-        texts = [" ".join(words[a:a + w] + words[b:b + v]) for a, b, w, v in
-                 zip(at[0].tolist(), at[1].tolist(), length[0].tolist(), length[1].tolist())]
-        pq.write_table(pa.table({"id": [f"d{k:09d}" for k in range(start, start + m)], "text": texts}),
-                       out / f"part-{i:05d}.parquet", row_group_size=min(m, 10_000))
+        texts = [
+            " ".join(words[a : a + w] + words[b : b + v])
+            for a, b, w, v in zip(at[0].tolist(), at[1].tolist(), length[0].tolist(), length[1].tolist())
+        ]
+        pq.write_table(
+            pa.table({"id": [f"d{k:09d}" for k in range(start, start + m)], "text": texts}),
+            out / f"part-{i:05d}.parquet",
+            row_group_size=min(m, 10_000),
+        )
 
 
 def job_config(corpus: Path, db: Path, table: str, model: Path) -> list[str]:
     # No recall tuning: the tiny model's random-weight 32-dim vectors are not separable enough for
     # 4-byte PQ codes to reach 0.95 at any setting, so tuning would walk its whole grid (140
     # settings, 159 s at 1M); bench/tuning.py measures tuning on real vectors.
-    return [f"source.path={corpus}", f"sink.uri={db}", f"sink.table={table}", "sink.mode=append",
-            f"model.path={model}", "index.target_recall=null"]
+    return [
+        f"source.path={corpus}",
+        f"sink.uri={db}",
+        f"sink.table={table}",
+        "sink.mode=append",
+        f"model.path={model}",
+        "index.target_recall=null",
+    ]
 
 
 def stage_rates(corpus: Path, db: Path, model: Path) -> dict:
     """docs/s on one core of each stage the job runs, on the corpus's first file."""
-    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", RAYON_NUM_THREADS="1", LANCE_CPU_THREADS="1",
-                      TOKENIZERS_PARALLELISM="false")
+    os.environ.update(
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+        RAYON_NUM_THREADS="1",
+        LANCE_CPU_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     import torch
 
     from pipelines.config import load_config
-    from pipelines.run.runner import _sink_stage, preflight
     from pipelines.lineage import vector_key
     from pipelines.run.plan import embedding_stages
+    from pipelines.run.runner import _sink_stage, preflight
 
     torch.set_num_threads(1)
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     config = load_config(overrides=job_config(corpus, db, "rates", model))
     plan = preflight(config)
-    stages = {s.name: s for s in embedding_stages(config, max_tokens=plan.max_tokens, dimension=plan.dimension,
-                                                  lineage_key=vector_key(plan.lineage, config))}
+    stages = {
+        s.name: s
+        for s in embedding_stages(
+            config, max_tokens=plan.max_tokens, dimension=plan.dimension, lineage_key=vector_key(plan.lineage, config)
+        )
+    }
     encode = stages["encode"]
     encoder = encode.fn(**encode.constructor_kwargs)
     writer = _sink_stage(plan).fn
@@ -126,21 +147,28 @@ def stage_rates(corpus: Path, db: Path, model: Path) -> dict:
     words = " ".join(pq.read_table(first, columns=["text"]).column("text").to_pylist()).split()
     words = words * (2000 * 390 // len(words) + 1)
     long_path = db.parent / "long-docs.parquet"
-    pq.write_table(pa.table({"id": [f"long{i}" for i in range(2000)],
-                             "text": [" ".join(words[i * 390:(i + 1) * 390]) for i in range(2000)]}), long_path)
+    pq.write_table(
+        pa.table(
+            {
+                "id": [f"long{i}" for i in range(2000)],
+                "text": [" ".join(words[i * 390 : (i + 1) * 390]) for i in range(2000)],
+            }
+        ),
+        long_path,
+    )
     return {"short": short, "500-token": chain(long_path)}
 
 
 def spilled_bytes(address: str, env: dict) -> int:
-    out = subprocess.run([RAY, "memory", "--stats-only", "--address", address], capture_output=True, text=True,
-                         cwd=ROOT, env=env).stdout
+    out = subprocess.run(
+        [RAY, "memory", "--stats-only", "--address", address], capture_output=True, text=True, cwd=ROOT, env=env
+    ).stdout
     found = re.search(r"Spilled (\d+) MiB", out)
     return int(found.group(1)) * 2**20 if found else 0
 
 
 def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout: float) -> dict:
     import psutil
-
     from tests.ray_head import LocalRayHead
 
     head = LocalRayHead(num_cpus=2)  # a head of its own: the spill figure is this run's alone
@@ -162,8 +190,10 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
                 pass
             if time.time() - started > timeout:  # a stalled stream (docs/scaling.md) would wait forever
                 proc.kill()
-                raise SystemExit(f"job for n={n} still running after {timeout}s: stopped; its log: "
-                                 f"{(workdir / f'job-{n}.log').read_text()[-3000:]}")
+                raise SystemExit(
+                    f"job for n={n} still running after {timeout}s: stopped; its log: "
+                    f"{(workdir / f'job-{n}.log').read_text()[-3000:]}"
+                )
             time.sleep(0.2)
         wall = time.time() - started
         log.close()
@@ -179,12 +209,22 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
         return 1e3 * sum(t[key] for t in rows) / max(1, len(rows))
 
     return dict(
-        docs=n, wall_s=wall, embed_s=s["embed_seconds"], docs_per_s=s["rows_written"] / s["embed_seconds"],
-        written=s["rows_written"], table_rows=s["table_rows"], driver_peak_rss_mib=peak / 2**20,
-        checkpoints=len(timings), commit_ms_first=mean(timings[:10], "commit_s"),
-        commit_ms_last=mean(timings[-10:], "commit_s"), runlog_ms_first=mean(timings[:10], "runlog_s"),
-        runlog_ms_last=mean(timings[-10:], "runlog_s"), dedup_s=s["dedup_seconds"], index_s=s["index_seconds"],
-        index_build_s=s["index"].get("build_seconds"), tuning_s=(s.get("tuning") or {}).get("seconds"),
+        docs=n,
+        wall_s=wall,
+        embed_s=s["embed_seconds"],
+        docs_per_s=s["rows_written"] / s["embed_seconds"],
+        written=s["rows_written"],
+        table_rows=s["table_rows"],
+        driver_peak_rss_mib=peak / 2**20,
+        checkpoints=len(timings),
+        commit_ms_first=mean(timings[:10], "commit_s"),
+        commit_ms_last=mean(timings[-10:], "commit_s"),
+        runlog_ms_first=mean(timings[:10], "runlog_s"),
+        runlog_ms_last=mean(timings[-10:], "runlog_s"),
+        dedup_s=s["dedup_seconds"],
+        index_s=s["index_seconds"],
+        index_build_s=s["index"].get("build_seconds"),
+        tuning_s=(s.get("tuning") or {}).get("seconds"),
         spilled_bytes=spilled,
     )
 
@@ -225,22 +265,32 @@ def main() -> None:
         for n in args.sizes:
             runs.append(run_job(n, corpora[n], work / "db", model, work, args.job_timeout))
             r = runs[-1]
-            print(f"\n{n} docs: job {r['wall_s']:.0f}s, {r['docs_per_s']:,.0f} docs/s, driver peak RSS "
-                  f"{r['driver_peak_rss_mib']:.0f} MiB, {r['checkpoints']} checkpoints, commit "
-                  f"{r['commit_ms_first']:.0f} -> {r['commit_ms_last']:.0f} ms, run log {r['runlog_ms_first']:.0f} -> "
-                  f"{r['runlog_ms_last']:.0f} ms, dedup {r['dedup_s']:.1f}s, index step {r['index_s']:.0f}s "
-                  f"(build {r['index_build_s']}s" + (f", tuning {r['tuning_s']}s" if r['tuning_s'] is not None else "")
-                  + f"), spilled {r['spilled_bytes']} B", flush=True)
-    print(f"\n{'docs':>10} {'job s':>7} {'docs/s':>8} {'driver MiB':>11} {'ckpts':>6} {'commit ms':>13} "
-          f"{'run log ms':>13} {'dedup s':>8} {'index s':>8} {'spilled':>8}   ({cpu()})")
+            print(
+                f"\n{n} docs: job {r['wall_s']:.0f}s, {r['docs_per_s']:,.0f} docs/s, driver peak RSS "
+                f"{r['driver_peak_rss_mib']:.0f} MiB, {r['checkpoints']} checkpoints, commit "
+                f"{r['commit_ms_first']:.0f} -> {r['commit_ms_last']:.0f} ms, run log {r['runlog_ms_first']:.0f} -> "
+                f"{r['runlog_ms_last']:.0f} ms, dedup {r['dedup_s']:.1f}s, index step {r['index_s']:.0f}s "
+                f"(build {r['index_build_s']}s"
+                + (f", tuning {r['tuning_s']}s" if r["tuning_s"] is not None else "")
+                + f"), spilled {r['spilled_bytes']} B",
+                flush=True,
+            )
+    print(
+        f"\n{'docs':>10} {'job s':>7} {'docs/s':>8} {'driver MiB':>11} {'ckpts':>6} {'commit ms':>13} "
+        f"{'run log ms':>13} {'dedup s':>8} {'index s':>8} {'spilled':>8}   ({cpu()})"
+    )
     for r in runs:
-        print(f"{r['docs']:>10} {r['wall_s']:>7.0f} {r['docs_per_s']:>8,.0f} {r['driver_peak_rss_mib']:>11.0f} "
-              f"{r['checkpoints']:>6} {r['commit_ms_first']:>6.0f}->{r['commit_ms_last']:<6.0f} "
-              f"{r['runlog_ms_first']:>6.0f}->{r['runlog_ms_last']:<6.0f} {r['dedup_s']:>8.1f} {r['index_s']:>8.0f} "
-              f"{r['spilled_bytes']:>8}")
+        print(
+            f"{r['docs']:>10} {r['wall_s']:>7.0f} {r['docs_per_s']:>8,.0f} {r['driver_peak_rss_mib']:>11.0f} "
+            f"{r['checkpoints']:>6} {r['commit_ms_first']:>6.0f}->{r['commit_ms_last']:<6.0f} "
+            f"{r['runlog_ms_first']:>6.0f}->{r['runlog_ms_last']:<6.0f} {r['dedup_s']:>8.1f} {r['index_s']:>8.0f} "
+            f"{r['spilled_bytes']:>8}"
+        )
     if len(runs) > 1:
-        print(f"driver peak RSS {runs[-1]['docs']} / {runs[0]['docs']}: "
-              f"{runs[-1]['driver_peak_rss_mib'] / runs[0]['driver_peak_rss_mib']:.2f}x")
+        print(
+            f"driver peak RSS {runs[-1]['docs']} / {runs[0]['docs']}: "
+            f"{runs[-1]['driver_peak_rss_mib'] / runs[0]['driver_peak_rss_mib']:.2f}x"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(dict(cpu=cpu(), stage_rates=rates, runs=runs), indent=2))

@@ -62,7 +62,7 @@ def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int, device
         start = time.perf_counter()
         with torch.inference_mode():
             for s in range(0, len(subset), batch_size):
-                idx = subset[s:s + batch_size]
+                idx = subset[s : s + batch_size]
                 batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt").to(device)
                 hidden = model(**batch).last_hidden_state
                 out[idx] = mean_pool(hidden, batch["attention_mask"]).float().cpu().numpy()
@@ -71,8 +71,12 @@ def bare_loop(model_dir: str, texts: list[str], dtype: str, threads: int, device
     probe = order[:: max(1, len(order) // 512)]
     best = min((run(bs, probe)[0] / len(probe), bs) for bs in (16, 32, 64, 128))[1]
     seconds, vectors = run(best, order)
-    return {"seconds": seconds, "batch_size": best, "vectors": l2_normalize(vectors),
-            "tokens": int(sum(len(x) for x in enc))}
+    return {
+        "seconds": seconds,
+        "batch_size": best,
+        "vectors": l2_normalize(vectors),
+        "tokens": int(sum(len(x) for x in enc)),
+    }
 
 
 def st_encode(model_dir: str, texts: list[str], threads: int, device: str = "cpu") -> dict:
@@ -100,9 +104,21 @@ def vllm_embed(model_dir: str, texts: list[str]) -> dict | None:
 
 def full_job(parquet: Path, workdir: Path, dtype: str, extra: list[str]) -> dict:
     summary = workdir / f"summary-{dtype}.json"
-    cmd = [sys.executable, "-m", "jobs.index", "--set", f"source.path={parquet}",
-           "--set", f"sink.uri={workdir / 'db'}", "--set", f"sink.table=bench_{dtype}",
-           "--set", f"model.dtype={dtype}", "--summary-json", str(summary)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.index",
+        "--set",
+        f"source.path={parquet}",
+        "--set",
+        f"sink.uri={workdir / 'db'}",
+        "--set",
+        f"sink.table=bench_{dtype}",
+        "--set",
+        f"model.dtype={dtype}",
+        "--summary-json",
+        str(summary),
+    ]
     for item in extra:
         cmd += ["--set", item]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
@@ -127,8 +143,13 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cpu", help="cpu or cuda, for (a) and (b)")
-    ap.add_argument("--job-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra config for the full job, e.g. compute.gpus_per_actor=1")
+    ap.add_argument(
+        "--job-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config for the full job, e.g. compute.gpus_per_actor=1",
+    )
     ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "throughput.json"))
     args = ap.parse_args()
 
@@ -176,8 +197,11 @@ def main() -> None:
             cos = (results[key]["vectors"] * ref).sum(axis=1)
             print(f"cosine to float32 bare vectors, {key:<16} min {cos.min():.5f}  mean {cos.mean():.6f}")
     if "bare_bfloat16" in results:
-        print(f"bf16 speed-up, bare loop: {results['bare_float32']['seconds'] / results['bare_bfloat16']['seconds']:.2f}x; "
-              f"full job: {d / results['job_bfloat16']['seconds']:.2f}x")
+        print(
+            f"bf16 speed-up, bare loop: "
+            f"{results['bare_float32']['seconds'] / results['bare_bfloat16']['seconds']:.2f}x; "
+            f"full job: {d / results['job_bfloat16']['seconds']:.2f}x"
+        )
     out = {k: {kk: vv for kk, vv in v.items() if kk != "vectors"} for k, v in results.items()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"docs": n, "tokens": tokens, "results": out}, indent=2))

@@ -59,8 +59,14 @@ def sample_table(table, n: int, path: str, params, seed: int = 0, column: str = 
     picks = np.sort(np.random.default_rng(seed).choice(dataset.count_rows(), size=n, replace=False))
     sample = lance.write_dataset(dataset.take(picks.tolist(), columns=["id", column]), f"{path}/sample.lance")
     centroids = ivf_centroids(dataset, column)
-    sample.create_index(column, index_type="IVF_PQ", metric=params.metric, num_partitions=len(centroids),
-                        ivf_centroids=centroids, num_sub_vectors=params.num_sub_vectors)
+    sample.create_index(
+        column,
+        index_type="IVF_PQ",
+        metric=params.metric,
+        num_partitions=len(centroids),
+        ivf_centroids=centroids,
+        num_sub_vectors=params.num_sub_vectors,
+    )
     return lancedb.connect(path).open_table("sample")
 
 
@@ -89,18 +95,18 @@ def main() -> None:
 
     import lancedb
     import pyarrow as pa
+    from index import DIM, derive, exact_topk, real_vectors
 
     from connectors.lance_index import build_index, exact_search, search_batch
-    from pipelines.vector_index.params import derive_index_params
-    from index import DIM, derive, exact_topk, real_vectors
     from pipelines.config import IndexConfig
+    from pipelines.vector_index.params import derive_index_params
     from pipelines.vector_index.tuning import CONFIDENCE_Z, tune_query_defaults
 
     t0 = time.perf_counter()
     real = real_vectors(20_000)
     held = args.queries + args.tuning_queries
     real = real[np.random.default_rng(0).permutation(len(real))]  # tuning and held-out: one distribution
-    queries, tuning_queries, real = real[-args.queries:], real[-held:-args.queries], real[:-held]
+    queries, tuning_queries, real = real[-args.queries :], real[-held : -args.queries], real[:-held]
     print(f"{len(real) + held} real vectors embedded in {time.perf_counter() - t0:.0f}s; {cpu()}", flush=True)
 
     results = []
@@ -109,8 +115,9 @@ def main() -> None:
         truth = exact_topk(base, queries)
         params = derive_index_params(rows, DIM, IndexConfig())
         with tempfile.TemporaryDirectory() as tmp:
-            data = pa.table({"id": np.arange(rows),
-                             "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM)})
+            data = pa.table(
+                {"id": np.arange(rows), "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM)}
+            )
             table = lancedb.connect(tmp).create_table("t", data)
             build_index(table, params)
             t = time.perf_counter()
@@ -120,9 +127,12 @@ def main() -> None:
             scan = exact_search(table, tuning_queries, 10, metric="cosine", id_column="id")
             scan_s = time.perf_counter() - t
             same = sum(len(set(a) & set(b)) for a, b in zip(flat, scan)) / (10 * len(scan))
-            print(f"\n{rows} rows: {params.num_partitions} lists, {params.num_sub_vectors} sub-vectors, built in "
-                  f"{params.build_seconds:.0f}s; exact top-10 of {len(scan)} queries: LanceDB flat search "
-                  f"{flat_s:.1f}s, one streamed read {scan_s:.1f}s (same neighbours: {same:.3f})", flush=True)
+            print(
+                f"\n{rows} rows: {params.num_partitions} lists, {params.num_sub_vectors} sub-vectors, built in "
+                f"{params.build_seconds:.0f}s; exact top-10 of {len(scan)} queries: LanceDB flat search "
+                f"{flat_s:.1f}s, one streamed read {scan_s:.1f}s (same neighbours: {same:.3f})",
+                flush=True,
+            )
             config = IndexConfig(tuning_queries=args.tuning_queries)
             # (name, table or sample size, z): the job's rule (the recall's 95% lower bound reaches the
             # target), the rule before it (the mean does: z = 0), and the rejected samples.
@@ -133,23 +143,50 @@ def main() -> None:
                 t = time.perf_counter()
                 if isinstance(target, int):
                     target = sample_table(table, target, f"{tmp}/s{len(results)}", params)
-                tuned = tune_query_defaults(target, params, config, id_column="id", rows=rows, dimension=DIM,
-                                            vectors=tuning_queries, source="tuning split", confidence_z=z)
+                tuned = tune_query_defaults(
+                    target,
+                    params,
+                    config,
+                    id_column="id",
+                    rows=rows,
+                    dimension=DIM,
+                    vectors=tuning_queries,
+                    source="tuning split",
+                    confidence_z=z,
+                )
                 seconds = time.perf_counter() - t
                 recall, p50 = held_out(table, tuned, queries, truth)
-                row = dict(rows=rows, tuned_on=name, seconds=seconds, truth_flat_s=flat_s, truth_scan_s=scan_s,
-                           nprobes=tuned.nprobes, refine_factor=tuned.refine_factor, tuning_recall=tuned.recall,
-                           tuning_recall_low=tuned.recall_low, held_out_recall=recall, p50_ms=p50)
+                row = dict(
+                    rows=rows,
+                    tuned_on=name,
+                    seconds=seconds,
+                    truth_flat_s=flat_s,
+                    truth_scan_s=scan_s,
+                    nprobes=tuned.nprobes,
+                    refine_factor=tuned.refine_factor,
+                    tuning_recall=tuned.recall,
+                    tuning_recall_low=tuned.recall_low,
+                    held_out_recall=recall,
+                    p50_ms=p50,
+                )
                 results.append(row)
-                print(f"  tuned on {name:<20}{seconds:7.1f}s  nprobes={tuned.nprobes:<4} "
-                      f"refine={tuned.refine_factor!s:<4} recall: tuning {tuned.recall:.3f} (lower bound "
-                      f"{tuned.recall_low:.3f}), held-out {recall:.3f}  "
-                      f"p50 {p50:.1f} ms", flush=True)
-    print(f"\n{'rows':>9}  {'tuned on':<20} {'tune s':>7} {'nprobes':>8} {'refine':>7} {'tuning':>7} {'low':>6} "
-          f"{'held-out':>9} {'p50 ms':>7}   ({cpu()})")
+                print(
+                    f"  tuned on {name:<20}{seconds:7.1f}s  nprobes={tuned.nprobes:<4} "
+                    f"refine={tuned.refine_factor!s:<4} recall: tuning {tuned.recall:.3f} (lower bound "
+                    f"{tuned.recall_low:.3f}), held-out {recall:.3f}  "
+                    f"p50 {p50:.1f} ms",
+                    flush=True,
+                )
+    print(
+        f"\n{'rows':>9}  {'tuned on':<20} {'tune s':>7} {'nprobes':>8} {'refine':>7} {'tuning':>7} {'low':>6} "
+        f"{'held-out':>9} {'p50 ms':>7}   ({cpu()})"
+    )
     for r in results:
-        print(f"{r['rows']:>9}  {r['tuned_on']:<20} {r['seconds']:>7.1f} {r['nprobes']:>8} {r['refine_factor']!s:>7} "
-              f"{r['tuning_recall']:>7.3f} {r['tuning_recall_low']:>6.3f} {r['held_out_recall']:>9.3f} {r['p50_ms']:>7.1f}")
+        print(
+            f"{r['rows']:>9}  {r['tuned_on']:<20} {r['seconds']:>7.1f} {r['nprobes']:>8} {r['refine_factor']!s:>7} "
+            f"{r['tuning_recall']:>7.3f} {r['tuning_recall_low']:>6.3f} "
+            f"{r['held_out_recall']:>9.3f} {r['p50_ms']:>7.1f}"
+        )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(dict(cpu=cpu(), results=results), indent=2))

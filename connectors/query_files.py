@@ -73,8 +73,7 @@ def read_queries(path: str, storage=None) -> list[tuple[object, str]]:
                 except ValueError:
                     row = None
                 if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                    raise QueryFileError(f"{path}:{n}: expected a JSON object with a string 'text' "
-                                         f"(and 'id' or '_id')")
+                    raise QueryFileError(f"{path}:{n}: expected a JSON object with a string 'text' (and 'id' or '_id')")
                 queries.append((next((row[c] for c in ID_COLUMNS if c in row), None), row["text"]))
     except OSError as exc:
         raise QueryFileError(f"{path}: cannot read it: {exc}") from exc

@@ -121,10 +121,18 @@ class RunLog:
             self.mark(run_id, "started", mode)
 
     def record(self, run_id: str, files: Iterable[DoneFile], kind: str = "file") -> None:
-        rows = [{"run_id": run_id, "kind": kind, "file": f.file, "rows": f.rows, "identity": f.identity,
-                 "fragments": _fragments_json(f.fragments) if f.fragments else None,
-                 "reject_fragments": _fragments_json(f.reject_fragments) if f.reject_fragments else None}
-                for f in files]
+        rows = [
+            {
+                "run_id": run_id,
+                "kind": kind,
+                "file": f.file,
+                "rows": f.rows,
+                "identity": f.identity,
+                "fragments": _fragments_json(f.fragments) if f.fragments else None,
+                "reject_fragments": _fragments_json(f.reject_fragments) if f.reject_fragments else None,
+            }
+            for f in files
+        ]
         if rows:
             self._append(rows)
 
@@ -146,9 +154,12 @@ class RunLog:
         for r in self._rows(run_id).to_pylist():
             if r["kind"] == "file":
                 out[r["file"]] = DoneFile(
-                    r["file"], r["rows"] or 0, r["identity"] or "",
+                    r["file"],
+                    r["rows"] or 0,
+                    r["identity"] or "",
                     _fragments(r["fragments"]) if with_fragments else [],
-                    _fragments(r["reject_fragments"]) if with_fragments else [])
+                    _fragments(r["reject_fragments"]) if with_fragments else [],
+                )
         return out
 
     def uncertain_files(self, run_id: str) -> set[str]:
@@ -176,6 +187,14 @@ def _upgrade(rows: pa.Table) -> pa.Table:
     out = []
     for k, r in enumerate(rows.to_pylist()):
         start = r["file"] == _LEGACY_START
-        out.append({"run_id": r["run_id"], "kind": "started" if start else "file",
-                    "file": None if start else r["file"], "rows": r["rows"], "seq": k, "at": r.get("at")})
+        out.append(
+            {
+                "run_id": r["run_id"],
+                "kind": "started" if start else "file",
+                "file": None if start else r["file"],
+                "rows": r["rows"],
+                "seq": k,
+                "at": r.get("at"),
+            }
+        )
     return pa.Table.from_pylist(out, schema=RUNS_SCHEMA)

@@ -59,7 +59,7 @@ def is_s3(path: Optional[str]) -> bool:
 
 def split_s3(path: str) -> tuple[str, str]:
     """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
-    bucket, _, key = path[len("s3://"):].partition("/")
+    bucket, _, key = path[len("s3://") :].partition("/")
     return bucket, key
 
 
@@ -157,15 +157,23 @@ class Storage:
             allow_http = bool(_env_flag(env, "AWS_ALLOW_HTTP"))
         problem = None
         if endpoint and "@" in endpoint:
-            problem = (f"{endpoint_key}={redact_url(endpoint)}: credentials in the endpoint URL are not supported; "
-                       "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile")
+            problem = (
+                f"{endpoint_key}={redact_url(endpoint)}: credentials in the endpoint URL are not supported; "
+                "use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile"
+            )
         elif endpoint and not re.match(r"^https?://[^/\s]+/?$", endpoint):
             problem = f"{endpoint_key}={endpoint}: expected http(s)://host[:port]"
         elif endpoint and endpoint.startswith("http://") and not allow_http:
-            problem = (f"{endpoint_key}={endpoint} is plain HTTP: set storage.allow_http=true "
-                       "or AWS_ALLOW_HTTP=true to allow it")
-        region = (getattr(config, "region", None) or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
-                  or _profile_region())
+            problem = (
+                f"{endpoint_key}={endpoint} is plain HTTP: set storage.allow_http=true "
+                "or AWS_ALLOW_HTTP=true to allow it"
+            )
+        region = (
+            getattr(config, "region", None)
+            or env.get("AWS_REGION")
+            or env.get("AWS_DEFAULT_REGION")
+            or _profile_region()
+        )
         try:
             creds = _static_credentials()
         except StorageError as exc:
@@ -241,8 +249,7 @@ class Storage:
             request_timeout=READ_TIMEOUT_S,
         )
         if self.access_key:
-            kwargs.update(access_key=self.access_key, secret_key=self.secret_key,
-                          session_token=self.session_token)
+            kwargs.update(access_key=self.access_key, secret_key=self.secret_key, session_token=self.session_token)
         if self.endpoint_url:
             scheme, _, host = self.endpoint_url.partition("://")
             kwargs.update(endpoint_override=host, scheme=scheme)
@@ -301,8 +308,10 @@ class Storage:
             return self.redact(text)
         hint = ""
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "ExpiredToken"):
-            hint = ("; the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-                    "AWS_PROFILE or the instance role")
+            hint = (
+                "; the credentials were refused: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                "AWS_PROFILE or the instance role"
+            )
         return self.redact(f"{code}: {message or ''}".rstrip(": ") + hint)
 
     def probe(self, path: str, what: str) -> bool:
@@ -327,20 +336,18 @@ class Storage:
             listing = fs.call_s3("list_objects_v2", Bucket=bucket, Prefix=prefix, MaxKeys=1)
         except FileNotFoundError as exc:
             if "NoSuchBucket" in self.explain(exc) or "bucket" in str(exc).lower():
-                raise StorageError(f"{what}={path}: bucket {bucket!r} does not exist "
-                                   f"({self._where()})") from None
+                raise StorageError(f"{what}={path}: bucket {bucket!r} does not exist ({self._where()})") from None
             raise StorageError(f"{what}={path}: {self.explain(exc)}") from None
         except PermissionError as exc:
-            raise StorageError(f"{what}={path}: access to bucket {bucket!r} denied "
-                               f"({self.explain(exc)})") from None
+            raise StorageError(f"{what}={path}: access to bucket {bucket!r} denied ({self.explain(exc)})") from None
         except (OSError, botocore.exceptions.ConnectionError) as exc:
-            raise StorageError(f"{what}={path}: cannot reach the store at {self._where()} "
-                               f"({self.explain(exc)})") from None
+            raise StorageError(
+                f"{what}={path}: cannot reach the store at {self._where()} ({self.explain(exc)})"
+            ) from None
         return bool(listing.get("KeyCount") or listing.get("Contents"))
 
     def _where(self) -> str:
         return f"{self.endpoint_key}={redact_url(self.endpoint_url)}" if self.endpoint_url else "AWS S3"
-
 
 
 def redact_environment(text: str, env: Optional[Mapping[str, str]] = None) -> str:

@@ -68,9 +68,19 @@ def _pid_alive(pid: int) -> bool:
 class TableLease:
     """The lease of one table; use as ``with TableLease(...).acquire():`` or call acquire/release."""
 
-    def __init__(self, db_uri: str, table: str, holder: str, *, storage=None, timeout_s: float = 90,
-                 heartbeat_s: Optional[float] = None, on_busy: str = "fail", wait_poll_s: float = 2.0,
-                 log: Callable[[str], None] = lambda message: None):
+    def __init__(
+        self,
+        db_uri: str,
+        table: str,
+        holder: str,
+        *,
+        storage=None,
+        timeout_s: float = 90,
+        heartbeat_s: Optional[float] = None,
+        on_busy: str = "fail",
+        wait_poll_s: float = 2.0,
+        log: Callable[[str], None] = lambda message: None,
+    ):
         self.path = lease_path(db_uri, table)
         self.table, self.db_uri, self.holder = table, db_uri, holder
         self.timeout_s = timeout_s
@@ -100,8 +110,16 @@ class TableLease:
 
     def _body(self, started: Optional[float] = None) -> bytes:
         now = _now()
-        return json.dumps({"run_id": self.holder, "token": self.token, "host": socket.gethostname(),
-                           "pid": os.getpid(), "started": started or now, "heartbeat": now}).encode()
+        return json.dumps(
+            {
+                "run_id": self.holder,
+                "token": self.token,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "started": started or now,
+                "heartbeat": now,
+            }
+        ).encode()
 
     def _create(self) -> bool:
         """Create the lease object if there is none; False when one exists."""
@@ -168,8 +186,10 @@ class TableLease:
         return bool(same_host and lease.get("pid") and not _pid_alive(int(lease["pid"])))
 
     def describe(self, lease: dict) -> str:
-        return (f"run {lease.get('run_id')} (host {lease.get('host')}, pid {lease.get('pid')}, started "
-                f"{_iso(float(lease.get('started', 0)))}, last heartbeat {_iso(float(lease.get('heartbeat', 0)))})")
+        return (
+            f"run {lease.get('run_id')} (host {lease.get('host')}, pid {lease.get('pid')}, started "
+            f"{_iso(float(lease.get('started', 0)))}, last heartbeat {_iso(float(lease.get('heartbeat', 0)))})"
+        )
 
     def acquire(self) -> "TableLease":
         """Take the lease, or raise :class:`TableBusyError` (``on_busy=fail``) or wait (``wait``)."""
@@ -194,7 +214,8 @@ class TableLease:
                     f"table {self.table!r} in {self.db_uri} is being written by {self.describe(lease)}; "
                     f"wait for it, set sink.on_busy=wait, or if that run died, resume it with "
                     f"--set run.id={lease.get('run_id')} (its lease counts as dead after "
-                    f"sink.lease_timeout_s={self.timeout_s:g}s without a heartbeat)")
+                    f"sink.lease_timeout_s={self.timeout_s:g}s without a heartbeat)"
+                )
             if not announced:
                 self.log(f"waiting for {self.describe(lease)} to finish (sink.on_busy=wait)")
                 announced = True
@@ -221,9 +242,11 @@ class TableLease:
             lease = self.read()
             self.lost = lease is None or lease.get("token") != self.token
         if self.lost:
-            raise LeaseLostError(f"the lease of table {self.table!r} was taken over by another job "
-                                 f"(this job's heartbeat was older than {self.timeout_s:g}s); "
-                                 f"run {self.holder} stopped before committing more")
+            raise LeaseLostError(
+                f"the lease of table {self.table!r} was taken over by another job "
+                f"(this job's heartbeat was older than {self.timeout_s:g}s); "
+                f"run {self.holder} stopped before committing more"
+            )
 
     def release(self) -> None:
         self._stop.set()

@@ -23,11 +23,18 @@ def setup_logging(verbose: bool = False) -> None:
 def add_config_arguments(parser, config_help: str, set_example: str, summary_help: str) -> None:
     """The options every config-driven job has: --config, --set KEY=VALUE, --summary-json."""
     parser.add_argument("--config", help=config_help)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override one config key, e.g. --set {set_example} (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override one config key, e.g. --set {set_example} (repeatable)",
+    )
     parser.add_argument("--summary-json", metavar="FILE", help=summary_help)
-    parser.add_argument("--verbose", action="store_true",
-                        help="debug lines, and Ray Data's per-operator progress every few seconds")
+    parser.add_argument(
+        "--verbose", action="store_true", help="debug lines, and Ray Data's per-operator progress every few seconds"
+    )
 
 
 def report(result, summary_json) -> None:

@@ -26,12 +26,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dataset", required=True, help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--split", default="test", help="qrels file to use (default: test)")
     p.add_argument("--config", help="YAML config file (model, embed, compute and index sections apply)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config key (repeatable)")
-    p.add_argument("--dimensions", help="comma-separated Matryoshka dimensions, e.g. 384,256,128,64 "
-                   "(default: the config's embed.dimension)")
-    p.add_argument("--index-types", default="",
-                   help=f"index types to evaluate besides the config's index.type, from {','.join(INDEX_TYPES)}")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable)",
+    )
+    p.add_argument(
+        "--dimensions",
+        help="comma-separated Matryoshka dimensions, e.g. 384,256,128,64 (default: the config's embed.dimension)",
+    )
+    p.add_argument(
+        "--index-types",
+        default="",
+        help=f"index types to evaluate besides the config's index.type, from {','.join(INDEX_TYPES)}",
+    )
     p.add_argument("--out", help="output directory (default: out/eval/<dataset directory name>)")
     p.add_argument("--verbose", action="store_true", help="debug lines, and Ray Data's per-operator progress")
     args = p.parse_args(argv)
@@ -39,8 +50,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     # overwritten table per dimension): a --set for those would be silently replaced, so it is refused.
     ignored = [o for o in args.overrides if o.split("=", 1)[0].strip().startswith(SET_BY_THE_JOB)]
     if ignored:
-        p.error(f"--set {ignored[0]}: the evaluation sets source.*, sink.uri, sink.table and sink.mode "
-                f"itself (the dataset's corpus, one table per dimension in --out); use --dataset and --out")
+        p.error(
+            f"--set {ignored[0]}: the evaluation sets source.*, sink.uri, sink.table and sink.mode "
+            f"itself (the dataset's corpus, one table per dimension in --out); use --dataset and --out"
+        )
     args.index_types = [t.strip() for t in args.index_types.split(",") if t.strip()]
     bad = [t for t in args.index_types if t not in INDEX_TYPES]
     if bad:
@@ -53,14 +66,22 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     try:
         from pipelines.config import load_config
-        from pipelines.evaluation.report import format_markdown, write_report
         from pipelines.evaluation.evaluate import evaluate_dataset, parse_dimensions
+        from pipelines.evaluation.report import format_markdown, write_report
 
         config = load_config(args.config, args.overrides)
         dimensions = parse_dimensions(args.dimensions)
         out = Path(args.out or Path("out/eval") / Path(args.dataset).resolve().name)
-        report = evaluate_dataset(args.dataset, config, dimensions, out, args.index_types, args.split, verbose=args.verbose,
-                                  on_run=lambda summary: print(summary.format(), file=sys.stderr, flush=True))
+        report = evaluate_dataset(
+            args.dataset,
+            config,
+            dimensions,
+            out,
+            args.index_types,
+            args.split,
+            verbose=args.verbose,
+            on_run=lambda summary: print(summary.format(), file=sys.stderr, flush=True),
+        )
         paths = write_report(report, out)
     except Exception as exc:  # noqa: BLE001 - one clear line and an exit code
         return fail(exc)

@@ -17,9 +17,13 @@ from jobs._cli import add_config_arguments, fail, report, setup_logging
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.index", description=__doc__.split("\n")[0])
-    add_config_arguments(parser, "YAML config file (sections: source, model, embed, compute, sink, index)",
-                         "compute.actors=2", "also write the run summary as JSON to FILE ('-': one line on "
-                         "stdout, for schedulers that read the job's output)")
+    add_config_arguments(
+        parser,
+        "YAML config file (sections: source, model, embed, compute, sink, index)",
+        "compute.actors=2",
+        "also write the run summary as JSON to FILE ('-': one line on "
+        "stdout, for schedulers that read the job's output)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser.parse_args(argv)
 

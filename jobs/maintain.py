@@ -22,11 +22,17 @@ from jobs._cli import report as show
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.maintain", description=__doc__.split("\n")[0])
-    add_config_arguments(parser, "YAML config file; sink.* (keep_versions: how far back versions are kept), "
-                         "index.* and storage.* are used", "sink.table=wiki",
-                         "also write the report as JSON to FILE ('-': one line on stdout)")
-    parser.add_argument("--skip-id-check", action="store_true",
-                        help="do not scan the id column for duplicates (8 bytes of memory per row)")
+    add_config_arguments(
+        parser,
+        "YAML config file; sink.* (keep_versions: how far back versions are kept), index.* and storage.* are used",
+        "sink.table=wiki",
+        "also write the report as JSON to FILE ('-': one line on stdout)",
+    )
+    parser.add_argument(
+        "--skip-id-check",
+        action="store_true",
+        help="do not scan the id column for duplicates (8 bytes of memory per row)",
+    )
     return parser.parse_args(argv)
 
 

@@ -24,7 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--table", default="documents")
     p.add_argument("-k", type=int, default=10, help="hits per query")
     p.add_argument("--queries", help="queries file: JSON Lines or Parquet with 'text' and 'id' (or BEIR's '_id')")
-    p.add_argument("--where", help="SQL filter on metadata columns, e.g. \"length_chars > 500\"")
+    p.add_argument("--where", help='SQL filter on metadata columns, e.g. "length_chars > 500"')
     p.add_argument("--nprobes", type=int, help="IVF lists to probe (default: stored with the table)")
     p.add_argument("--refine-factor", type=int, help="re-rank k*R candidates exactly (default: stored)")
     p.add_argument("--exact", action="store_true", help="scan every vector instead of the index")
@@ -57,12 +57,27 @@ def main(argv=None) -> int:
         text_column = searcher.lineage["source"]["text_column"]
         vectors = searcher.embed_queries([text for _, text in queries])
         for (query_id, text), vector in zip(queries, vectors):
-            hits = searcher.search(vector, k=args.k, where=args.where, nprobes=args.nprobes,
-                                   refine_factor=args.refine_factor, exact=args.exact).to_pylist()
+            hits = searcher.search(
+                vector,
+                k=args.k,
+                where=args.where,
+                nprobes=args.nprobes,
+                refine_factor=args.refine_factor,
+                exact=args.exact,
+            ).to_pylist()
             if args.json:
                 for rank, hit in enumerate(hits, 1):
-                    print(json.dumps({"query_id": query_id, "query": text, "rank": rank,
-                                      "id": hit[id_column], "score": round(float(hit["score"]), 6)}))
+                    print(
+                        json.dumps(
+                            {
+                                "query_id": query_id,
+                                "query": text,
+                                "rank": rank,
+                                "id": hit[id_column],
+                                "score": round(float(hit["score"]), 6),
+                            }
+                        )
+                    )
                 continue
             print(f"\nquery: {text}")
             for rank, hit in enumerate(hits, 1):

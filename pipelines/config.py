@@ -63,8 +63,9 @@ def parse_duration(text: Union[str, int]) -> timedelta:
         return timedelta(0)
     match = _DURATION.match(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"{text!r} is not a duration: use a whole number with a unit, e.g. '7d', '36h', "
-                         "'90m', '30s', or 0")
+        raise ValueError(
+            f"{text!r} is not a duration: use a whole number with a unit, e.g. '7d', '36h', '90m', '30s', or 0"
+        )
     return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
 
 
@@ -112,7 +113,9 @@ class VLLMConfig(_Section):
         1, ge=1, description="GPUs one engine shards the model over; must equal compute.gpus_per_actor when > 1."
     )
     gpu_memory_utilization: float = Field(
-        0.9, gt=0, le=1,
+        0.9,
+        gt=0,
+        le=1,
         description="Fraction of the GPU's memory the engine may take (of RAM on vLLM's CPU build).",
     )
     max_num_seqs: Optional[int] = Field(None, ge=1, description="Sequences per engine step; null: vLLM's default.")
@@ -151,8 +154,9 @@ class ModelConfig(_Section):
         "auto", description="'auto' pads left for last-token pooling, right otherwise."
     )
     append_eos: Union[bool, Literal["auto"]] = Field(
-        "auto", description="End every text with the EOS token, appended when the tokenizer does not add it; "
-        "'auto': only for last-token pooling."
+        "auto",
+        description="End every text with the EOS token, appended when the tokenizer does not add it; "
+        "'auto': only for last-token pooling.",
     )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings (backend vllm).")
 
@@ -166,8 +170,10 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _vllm_settings(self) -> "ModelConfig":
         if self.backend == "vllm" and self.device.startswith("cuda:"):
-            raise ValueError("device cuda:N is not supported by backend vllm: it uses the GPUs the actor "
-                             "reserves (compute.gpus_per_actor)")
+            raise ValueError(
+                "device cuda:N is not supported by backend vllm: it uses the GPUs the actor "
+                "reserves (compute.gpus_per_actor)"
+            )
         if self.vllm.in_process and self.vllm.tensor_parallel_size > 1:
             raise ValueError("vllm.in_process needs vllm.tensor_parallel_size=1")
         return self
@@ -204,11 +210,15 @@ class ComputeConfig(_Section):
     )
     block_rows: int = Field(1024, ge=1, description="Rows handed to an encoder actor per call.")
     max_block_mb: int = Field(
-        16, ge=1, description="Upper bound of one Ray Data block (read output, encoder output) in MiB: "
+        16,
+        ge=1,
+        description="Upper bound of one Ray Data block (read output, encoder output) in MiB: "
         "what a worker holds at once, so memory stays flat however large a file or the corpus is.",
     )
     stall_timeout_s: float = Field(
-        600, gt=0, description="A stream in which nothing moves for this long (Ray Data's no-progress "
+        600,
+        gt=0,
+        description="A stream in which nothing moves for this long (Ray Data's no-progress "
         "guard; a worker lost at the wrong moment can leave Ray waiting on a task that is gone) is stopped and its "
         "unfinished files are read again, as after a lost worker. Above the longest single encoder call.",
     )
@@ -242,14 +252,16 @@ class SinkConfig(_Section):
         "reject", description="Ids seen twice in the input: keep the first written, reject the rest; or keep all."
     )
     checkpoint_rows: int = Field(
-        50_000, ge=1, description="About every this many rows, commit (append/upsert) or stage (overwrite/create) the "
-        "input files that are complete: a resumable checkpoint."
+        50_000,
+        ge=1,
+        description="About every this many rows, commit (append/upsert) or stage (overwrite/create) the "
+        "input files that are complete: a resumable checkpoint.",
     )
-    rows_per_fragment: int = Field(
-        8192, ge=1, description="Rows per Lance fragment written by one write task."
-    )
+    rows_per_fragment: int = Field(8192, ge=1, description="Rows per Lance fragment written by one write task.")
     max_delete_fraction: float = Field(
-        0.1, ge=0, le=1,
+        0.1,
+        ge=0,
+        le=1,
         description="delete_missing: fail the run, deleting nothing, when more than this share of the table's "
         "documents would be deleted (a partial listing or a missing prefix looks like mass deletion).",
     )
@@ -263,7 +275,9 @@ class SinkConfig(_Section):
         "fail", description="Another job holds the table's lease: fail at once naming its run, or wait for it."
     )
     lease_timeout_s: float = Field(
-        90, gt=0, description="A table lease without a heartbeat for this long belongs to a dead job and is "
+        90,
+        gt=0,
+        description="A table lease without a heartbeat for this long belongs to a dead job and is "
         "taken over (at once when that job ran on this host and its process is gone).",
     )
     keep_versions: Optional[str] = Field(
@@ -295,9 +309,7 @@ class IndexConfig(_Section):
     num_sub_vectors: Union[int, Literal["auto"]] = Field(
         "auto", description="PQ sub-vectors; auto = dimension / 8 (must divide the dimension)."
     )
-    min_rows: int = Field(
-        256, ge=1, description="Below this many rows no index is built (exact search is used)."
-    )
+    min_rows: int = Field(256, ge=1, description="Below this many rows no index is built (exact search is used).")
     nprobes: Union[int, Literal["auto"]] = Field("auto", description="Default query nprobes stored with the table.")
     refine_factor: Union[int, Literal["auto"], None] = Field(
         "auto",
@@ -305,27 +317,35 @@ class IndexConfig(_Section):
         "against the float vectors); auto: tuned to target_recall, else 5; null: no re-scoring.",
     )
     target_recall: Optional[float] = Field(
-        0.95, gt=0, le=1,
+        0.95,
+        gt=0,
+        le=1,
         description="After building the index, pick the cheapest 'auto' nprobes/refine_factor whose "
         "recall@10 against exact search reaches this; null: no tuning.",
     )
     tuning_queries: int = Field(
-        100, ge=1, description="Tuning queries: this many are sampled from tuning_queries_path, else "
+        100,
+        ge=1,
+        description="Tuning queries: this many are sampled from tuning_queries_path, else "
         "documents are sampled from the table (each left out of its own results).",
     )
     tuning_queries_path: Optional[str] = Field(
-        None, description="Parquet or JSON Lines file (local or s3://) of real queries in a 'text' column, embedded "
+        None,
+        description="Parquet or JSON Lines file (local or s3://) of real queries in a 'text' column, embedded "
         "with the table's model and query prompt to tune on. Without it documents stand in for queries; "
         "they find their near-copies easily and overstate the recall real queries get.",
     )
     workers: Union[int, Literal["auto"]] = Field(
-        1, description="Ray tasks that build the vector index, each over its share of the table's "
+        1,
+        description="Ray tasks that build the vector index, each over its share of the table's "
         "fragments, after centroids and codebooks are trained once on a sample (lance-ray), giving an "
         "index of that many segments, which a query searches one by one; 1: one task through LanceDB. "
         "auto: one per million rows, at most one per CPU of the cluster.",
     )
     reindex_fraction: float = Field(
-        0.25, ge=0, description="append/upsert: rebuild the index when unindexed rows exceed this fraction "
+        0.25,
+        ge=0,
+        description="append/upsert: rebuild the index when unindexed rows exceed this fraction "
         "of indexed rows; below it, optimize() adds them to the existing lists.",
     )
 
@@ -339,12 +359,14 @@ class IndexConfig(_Section):
 
 class RunConfig(_Section):
     id: Optional[str] = Field(
-        None, pattern=r"^[A-Za-z0-9_.:\-]+$",
+        None,
+        pattern=r"^[A-Za-z0-9_.:\-]+$",
         description="Run id. Starting a run again with the same id resumes it: files it finished are "
         "skipped. Default: a new id per run.",
     )
     resume: bool = Field(
-        False, description="Resume the table's last unfinished run (its id is looked up in <table>_runs); "
+        False,
+        description="Resume the table's last unfinished run (its id is looked up in <table>_runs); "
         "an error when there is none.",
     )
 
@@ -354,26 +376,32 @@ class RunConfig(_Section):
             raise ValueError("set run.id or run.resume, not both (run.resume looks the id up)")
         return self
 
+
 class StorageConfig(_Section):
     """Object storage (s3://) settings; unset keys follow the AWS environment variables and profiles."""
 
     endpoint_url: Optional[str] = Field(
-        None, description="S3-compatible endpoint, e.g. http://127.0.0.1:9000; default: AWS_ENDPOINT_URL "
+        None,
+        description="S3-compatible endpoint, e.g. http://127.0.0.1:9000; default: AWS_ENDPOINT_URL "
         "(or AWS_ENDPOINT_URL_S3), else AWS itself.",
     )
     region: Optional[str] = Field(
-        None, pattern=r"^[a-z0-9-]+$",
+        None,
+        pattern=r"^[a-z0-9-]+$",
         description="Region; default: AWS_REGION, AWS_DEFAULT_REGION, the profile's, else the bucket's.",
     )
     allow_http: Optional[bool] = Field(
         None, description="Allow a plain http:// endpoint; default: AWS_ALLOW_HTTP (false)."
     )
     max_attempts: int = Field(
-        10, ge=1, le=50, description="Attempts per request on transient errors (5xx, timeouts, resets), "
-        "with exponential backoff.",
+        10,
+        ge=1,
+        le=50,
+        description="Attempts per request on transient errors (5xx, timeouts, resets), with exponential backoff.",
     )
     model_cache: Optional[str] = Field(
-        None, description="Local directory on each node for models from s3://; default: "
+        None,
+        description="Local directory on each node for models from s3://; default: "
         "EMBEDPIPE_MODEL_CACHE, else ~/.cache/embedpipe/models.",
     )
 
@@ -384,8 +412,9 @@ class StorageConfig(_Section):
             return value
         value = value.rstrip("/")
         if "@" in value:  # the message must not repeat the value: it would show the secret
-            raise ValueError("must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / "
-                             "AWS_SECRET_ACCESS_KEY or a profile")
+            raise ValueError(
+                "must not hold credentials (user:password@); use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile"
+            )
         scheme, sep, host = value.partition("://")
         if scheme not in ("http", "https") or not sep or not host or "/" in host or " " in host:
             raise ValueError("must be http(s)://host[:port]")
@@ -421,25 +450,30 @@ class PipelineConfig(_Section):
     def _revision_column(self) -> "PipelineConfig":
         by = self.sink.revision_by
         if by != "path" and by not in self.source.metadata_columns:
-            raise ValueError(f"sink.revision_by={by}: must be 'path' or one of source.metadata_columns "
-                             f"({', '.join(self.source.metadata_columns) or 'none configured'}), so that the "
-                             "table keeps the value")
+            raise ValueError(
+                f"sink.revision_by={by}: must be 'path' or one of source.metadata_columns "
+                f"({', '.join(self.source.metadata_columns) or 'none configured'}), so that the "
+                "table keeps the value"
+            )
         return self
 
     @model_validator(mode="after")
     def _gpus_for_tensor_parallel(self) -> "PipelineConfig":
         tp = self.model.vllm.tensor_parallel_size
         if self.model.backend == "vllm" and tp > 1 and self.compute.gpus_per_actor != tp:
-            raise ValueError(f"compute.gpus_per_actor={self.compute.gpus_per_actor:g} must equal "
-                             f"model.vllm.tensor_parallel_size={tp}: one engine holds all the GPUs it shards over")
+            raise ValueError(
+                f"compute.gpus_per_actor={self.compute.gpus_per_actor:g} must equal "
+                f"model.vllm.tensor_parallel_size={tp}: one engine holds all the GPUs it shards over"
+            )
         return self
 
     @model_validator(mode="after")
     def _overlap_below_token_limit(self) -> "PipelineConfig":
         overlap, limit = self.embed.chunk_overlap, self.model.max_tokens
         if self.embed.long_text == "chunk" and limit is not None and overlap >= limit:
-            raise ValueError(f"embed.chunk_overlap={overlap} must be below model.max_tokens={limit}: "
-                             "each chunk must move forward")
+            raise ValueError(
+                f"embed.chunk_overlap={overlap} must be below model.max_tokens={limit}: each chunk must move forward"
+            )
         return self
 
     @model_validator(mode="after")

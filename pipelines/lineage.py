@@ -38,7 +38,12 @@ class LineageMismatchError(UserError):
 
 
 def make_lineage(
-    config: PipelineConfig, *, fingerprint: str, hidden_size: int, max_tokens: int, dimension: int,
+    config: PipelineConfig,
+    *,
+    fingerprint: str,
+    hidden_size: int,
+    max_tokens: int,
+    dimension: int,
     append_eos: bool = False,
 ) -> dict[str, Any]:
     """``append_eos``: whether the pipeline appends EOS to every text (``model.append_eos`` resolved
@@ -100,7 +105,8 @@ def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tupl
         raise LineageMismatchError(
             f"the table's model.fingerprint {stored_fp} is of the legacy scheme (config and first MiB of each "
             f"weight file), which cannot tell a fine-tune from its base, so {what} cannot be proven to use the "
-            "same weights: rebuild the table with sink.mode=overwrite")
+            "same weights: rebuild the table with sink.mode=overwrite"
+        )
     diffs = [
         f"{f}: table has {_identity(stored, f)!r}, {what} has {_identity(other, f)!r}"
         for f in (fields or IDENTITY_FIELDS)

@@ -25,10 +25,10 @@ from connectors import lance_sink
 from connectors.lance_dedup import duplicate_ids
 from connectors.lance_housekeeping import Housekeeping, compact_and_prune
 from connectors.lance_table import open_table
-from pipelines.vector_index.params import maintain_index
 from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig, parse_duration
+from pipelines.vector_index.params import maintain_index
 
 __all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "housekeep", "index_stats", "run_maintenance"]
 
@@ -58,8 +58,10 @@ class MaintenanceReport:
 
     def raise_for_duplicates(self) -> None:
         if self.duplicate_ids:
-            raise DuplicateIdsError(f"table {self.table!r} in {self.table_uri} holds {self.duplicate_ids} rows "
-                                    f"whose id is already in the table, e.g. {self.duplicate_examples}")
+            raise DuplicateIdsError(
+                f"table {self.table!r} in {self.table_uri} holds {self.duplicate_ids} rows "
+                f"whose id is already in the table, e.g. {self.duplicate_examples}"
+            )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -70,21 +72,29 @@ class MaintenanceReport:
                 return "no vector index (exact search)"
             return f"{s['type']} {s['indexed_rows']} indexed, {s['unindexed_rows']} unindexed"
 
-        dups = ("not checked" if self.duplicate_ids is None
-                else "none" if not self.duplicate_ids else f"{self.duplicate_ids} {self.duplicate_examples}")
-        return "\n".join([
-            "=" * 72,
-            f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.rows} rows)",
-            f"index before {idx(self.before)}",
-            f"upkeep       {self.action}" + (f" ({self.reason})" if self.reason else ""),
-            f"index after  {idx(self.after)}",
-            f"duplicate ids {dups}",
-            f"housekeeping compacted; versions older than {self.keep_versions} pruned" if self.keep_versions
-            is not None else "housekeeping compacted; versions never pruned (sink.keep_versions: null)",
-            *(f"  {h.format()}" for h in self.housekeeping),
-            f"took         {self.seconds:.1f}s",
-            "=" * 72,
-        ])
+        dups = (
+            "not checked"
+            if self.duplicate_ids is None
+            else "none"
+            if not self.duplicate_ids
+            else f"{self.duplicate_ids} {self.duplicate_examples}"
+        )
+        return "\n".join(
+            [
+                "=" * 72,
+                f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.rows} rows)",
+                f"index before {idx(self.before)}",
+                f"upkeep       {self.action}" + (f" ({self.reason})" if self.reason else ""),
+                f"index after  {idx(self.after)}",
+                f"duplicate ids {dups}",
+                f"housekeeping compacted; versions older than {self.keep_versions} pruned"
+                if self.keep_versions is not None
+                else "housekeeping compacted; versions never pruned (sink.keep_versions: null)",
+                *(f"  {h.format()}" for h in self.housekeeping),
+                f"took         {self.seconds:.1f}s",
+                "=" * 72,
+            ]
+        )
 
 
 def index_stats(table, column: str = "vector") -> dict:
@@ -109,9 +119,11 @@ def housekeep(config: PipelineConfig, storage_options: Optional[dict] = None) ->
     """
     sink = config.sink
     keep = None if sink.keep_versions is None else parse_duration(sink.keep_versions)
-    uris = [lance_sink.dataset_uri(sink.uri, sink.table),
-            lance_sink.dataset_uri(sink.uri, lance_sink.rejects_table(sink.table)),
-            lance_sink.dataset_uri(sink.uri, lance_sink.runs_table(sink.table))]
+    uris = [
+        lance_sink.dataset_uri(sink.uri, sink.table),
+        lance_sink.dataset_uri(sink.uri, lance_sink.rejects_table(sink.table)),
+        lance_sink.dataset_uri(sink.uri, lance_sink.runs_table(sink.table)),
+    ]
     return [compact_and_prune(uri, keep, storage_options) for uri in uris]
 
 
@@ -136,8 +148,9 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     if lineage is None:
         raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri}")
     holder = f"maintain-{uuid.uuid4().hex[:8]}"
-    with TableLease(sink.uri, sink.table, holder, storage=storage, timeout_s=sink.lease_timeout_s,
-                    on_busy=sink.on_busy):
+    with TableLease(
+        sink.uri, sink.table, holder, storage=storage, timeout_s=sink.lease_timeout_s, on_busy=sink.on_busy
+    ):
         report = _maintain(config, lineage, options, check_ids)
     report.seconds = time.perf_counter() - started
     return report
@@ -155,8 +168,11 @@ def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], ch
         report.action, report.reason = "optimized", params.reason
     else:
         report.action = "rebuilt" if report.before["type"] != "none" else "built"
-        report.reason = (f"{params.num_partitions} partitions" if report.before["type"] == "none"
-                         else f"unindexed rows over {config.index.reindex_fraction:.0%} of indexed")
+        report.reason = (
+            f"{params.num_partitions} partitions"
+            if report.before["type"] == "none"
+            else f"unindexed rows over {config.index.reindex_fraction:.0%} of indexed"
+        )
         # Queries take their defaults from the lineage: keep it in step with the new index.
         lineage["index"] = params.to_dict()
         lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
@@ -168,5 +184,6 @@ def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], ch
     if check_ids:
         id_column = lineage["source"]["id_column"]
         report.duplicate_ids, report.duplicate_examples = duplicate_ids(
-            lance_sink.dataset_uri(sink.uri, sink.table), id_column, options)
+            lance_sink.dataset_uri(sink.uri, sink.table), id_column, options
+        )
     return report

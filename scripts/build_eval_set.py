@@ -44,8 +44,11 @@ def build(sample: Path, docs: int, queries: int, seed: int) -> tuple[list[dict],
         raise SystemExit(f"--docs {docs}: the sample has only {len(rows)} articles")
     seen = Counter((r["description"] or "").strip().lower() for r in rows)
     corpus = sorted(sorted(rows, key=lambda r: _key(seed, "corpus", r["id"]))[:docs], key=lambda r: r["id"])
-    usable = [r for r in corpus
-              if r["description"] and len(r["description"].split()) >= 3 and seen[r["description"].strip().lower()] == 1]
+    usable = [
+        r
+        for r in corpus
+        if r["description"] and len(r["description"].split()) >= 3 and seen[r["description"].strip().lower()] == 1
+    ]
     if queries > len(usable):
         raise SystemExit(f"--queries {queries}: only {len(usable)} articles of the corpus have a usable description")
     chosen = sorted(sorted(usable, key=lambda r: _key(seed, "query", r["id"]))[:queries], key=lambda r: r["id"])
@@ -73,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", type=int, default=400, help="corpus size (default: %(default)s)")
     parser.add_argument("--queries", type=int, default=100, help="number of queries (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the selection (default: %(default)s)")
-    parser.add_argument("--out", type=Path, default=ROOT / "data" / "eval" / "wiki_desc",
-                        help="output directory (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "data" / "eval" / "wiki_desc", help="output directory (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
     if args.docs < 1 or args.queries < 1:
         parser.error("--docs and --queries must be positive")

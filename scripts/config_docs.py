@@ -83,13 +83,13 @@ SECTION_NOTES = {
     "run": "Which run this is: a run id resumes an unfinished run ([failures.md](failures.md)).",
     "source": "The input Parquet: where it is and which columns hold the id, the text and the metadata.",
     "model": "The embedding model and how texts are fed to it ([vllm.md](vllm.md) for `backend: vllm` and "
-             "decoder-style models).",
+    "decoder-style models).",
     "embed": "The stored vectors: dimension, normalisation, long texts.",
     "compute": "Ray resources: encoder actors, batches and blocks ([deploy.md](deploy.md#placement) on a cluster).",
     "sink": "The LanceDB table: where, how a run writes it, checkpoints, the table lease and version pruning.",
     "index": "The vector index and the query defaults stored with the table ([vector_index.md](vector_index.md)).",
     "storage": "Object storage (`s3://`) settings; unset keys follow the AWS environment variables and profiles "
-               "([s3.md](s3.md)).",
+    "([s3.md](s3.md)).",
 }
 
 
@@ -141,15 +141,21 @@ def render() -> str:
                 continue  # its own table follows
             default = field.get_default(call_default_factory=True)
             rows.append(f"| `{dotted}.{name}` | `{_default(default)}` | {_cell(field.description or '')} |")
-        parts.append(f"## `{dotted}`\n\n" + (f"{note}\n\n" if note else "")
-                     + "| key | default | meaning |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+        parts.append(
+            f"## `{dotted}`\n\n"
+            + (f"{note}\n\n" if note else "")
+            + "| key | default | meaning |\n|---|---|---|\n"
+            + "\n".join(rows)
+            + "\n"
+        )
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="do not write; exit 1 when the file differs from what would be written")
+    parser.add_argument(
+        "--check", action="store_true", help="do not write; exit 1 when the file differs from what would be written"
+    )
     parser.add_argument("--out", type=Path, default=OUTPUT, help=f"output file (default {OUTPUT.relative_to(ROOT)})")
     args = parser.parse_args(argv)
     text = render()

@@ -44,8 +44,9 @@ def ray_cluster():
     """One local Ray for the whole session (2 logical CPUs, like this machine)."""
     import ray
 
-    ctx = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                   runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    ctx = ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}}
+    )
     yield ctx
     ray.shutdown()
 
@@ -92,8 +93,14 @@ def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
 
     out = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     BertModel(config).save_pretrained(out)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         if (minilm_dir / name).exists():

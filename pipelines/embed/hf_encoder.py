@@ -11,8 +11,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from connectors.model_store import resolve_model_dir
-from pipelines.embed.batching import token_budget_batches
 from pipelines.config import ModelConfig
+from pipelines.embed.batching import token_budget_batches
 from pipelines.embed.pooling import pool
 
 __all__ = ["HFEncoder", "padding_side_for", "pick_device"]
@@ -37,8 +37,10 @@ def pick_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"model.device={requested} but no CUDA device is visible to this worker "
-                           "(set compute.gpus_per_actor >= 1 on a GPU node)")
+        raise RuntimeError(
+            f"model.device={requested} but no CUDA device is visible to this worker "
+            "(set compute.gpus_per_actor >= 1 on a GPU node)"
+        )
     return requested
 
 
@@ -76,8 +78,8 @@ class HFEncoder:
         for i, row in enumerate(rows):
             n = len(row)
             if self.left_pad:
-                ids[i, width - n:] = torch.as_tensor(row)
-                mask[i, width - n:] = 1
+                ids[i, width - n :] = torch.as_tensor(row)
+                mask[i, width - n :] = 1
             else:
                 ids[i, :n] = torch.as_tensor(row)
                 mask[i, :n] = 1

@@ -120,8 +120,10 @@ def chunk_window(tokenizer, max_tokens: int, prompt: str, eos_id: Optional[int],
     window = max_tokens - len(prompt_ids) - (eos_id is not None)
     room = window - tokenizer.num_special_tokens_to_add(pair=False)
     if overlap >= room:
-        raise ConfigError(f"embed.chunk_overlap={overlap} must be below the {room} text tokens of a chunk "
-                          f"(model.max_tokens={max_tokens} less prompt and special tokens)")
+        raise ConfigError(
+            f"embed.chunk_overlap={overlap} must be below the {room} text tokens of a chunk "
+            f"(model.max_tokens={max_tokens} less prompt and special tokens)"
+        )
     return window
 
 

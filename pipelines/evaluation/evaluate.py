@@ -86,7 +86,9 @@ def _run_config(base: PipelineConfig, corpus: Path, db: str, table: str, dimensi
 
 def _search_all(searcher, vectors: np.ndarray, exact: bool) -> tuple[list[list[str]], float]:
     started = time.perf_counter()
-    ranked = [searcher.search(v, k=K, exact=exact, columns=["id", "_distance"]).column("id").to_pylist() for v in vectors]
+    ranked = [
+        searcher.search(v, k=K, exact=exact, columns=["id", "_distance"]).column("id").to_pylist() for v in vectors
+    ]
     return ranked, (time.perf_counter() - started) * 1000 / max(len(vectors), 1)
 
 
@@ -96,16 +98,23 @@ def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, r
     ranked, ms = _search_all(searcher, vectors, exact=False)
     size = index_size_bytes(searcher.table)
     return EvalRow(
-        dimension=dimension, search=index["type"], storage=STORAGE.get(index["type"], index["type"]),
+        dimension=dimension,
+        search=index["type"],
+        storage=STORAGE.get(index["type"], index["type"]),
         bytes_per_vector=code_bytes(index["type"], dimension, index.get("num_sub_vectors")),
         metrics=evaluate_run(dict(zip(qids, ranked)), dataset.qrels),
         index_bytes_per_row=round(size / rows, 1) if size else None,
-        nprobes=lineage["query_defaults"]["nprobes"], refine_factor=lineage["query_defaults"]["refine_factor"],
+        nprobes=lineage["query_defaults"]["nprobes"],
+        refine_factor=lineage["query_defaults"]["refine_factor"],
         tuned_recall_at_10=tuning.get("recall"),
         recall_at_10_vs_exact=round(knn_recall(ranked, exact_ranked, 10), 4),
-        index_seconds=index.get("build_seconds"), search_ms_per_query=round(ms, 2),
-        extra={"num_partitions": index.get("num_partitions"), "num_sub_vectors": index.get("num_sub_vectors"),
-               "tuning_reached": tuning.get("reached")},
+        index_seconds=index.get("build_seconds"),
+        search_ms_per_query=round(ms, 2),
+        extra={
+            "num_partitions": index.get("num_partitions"),
+            "num_sub_vectors": index.get("num_sub_vectors"),
+            "tuning_reached": tuning.get("reached"),
+        },
     )
 
 
@@ -149,20 +158,25 @@ def evaluate_dataset(
         vectors = searcher.embed_queries(texts)
         exact_ranked, ms = _search_all(searcher, vectors, exact=True)
         vector_bytes = 2 if searcher.lineage.get("vector_dtype") == "float16" else 4
-        results.append(EvalRow(
-            dimension=dim, search="exact", storage=f"float{vector_bytes * 8}",
-            bytes_per_vector=float(dim * vector_bytes),
-            metrics=evaluate_run(dict(zip(qids, exact_ranked)), dataset.qrels),
-            search_ms_per_query=round(ms, 2),
-        ))
+        results.append(
+            EvalRow(
+                dimension=dim,
+                search="exact",
+                storage=f"float{vector_bytes * 8}",
+                bytes_per_vector=float(dim * vector_bytes),
+                metrics=evaluate_run(dict(zip(qids, exact_ranked)), dataset.qrels),
+                search_ms_per_query=round(ms, 2),
+            )
+        )
         runs.append({"dimension": dim, "table": cfg.sink.table, "summary": summary.to_dict()})
         for n, index_type in enumerate(types):
             if index_type == "none" or summary.table_rows < cfg.index.min_rows:
                 break
             if n > 0:  # the configured type was built by run_index; build the others in turn
                 index_config = cfg.index.model_copy(update={"type": index_type})
-                params, tuning = build_tuned_index(searcher.table, summary.table_rows, dim, index_config,
-                                                   id_column="id")
+                params, tuning = build_tuned_index(
+                    searcher.table, summary.table_rows, dim, index_config, id_column="id"
+                )
                 lineage = lance_sink.read_lineage(db, cfg.sink.table)
                 lineage.update(index_lineage(params, tuning))
                 lance_sink.write_lineage(db, cfg.sink.table, lineage)
@@ -172,9 +186,14 @@ def evaluate_dataset(
 
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"path": str(dataset_dir), "name": dataset.name, "split": split,
-                    "documents": len(dataset.corpus), "queries": len(dataset.queries),
-                    "judgments": sum(len(v) for v in dataset.qrels.values())},
+        "dataset": {
+            "path": str(dataset_dir),
+            "name": dataset.name,
+            "split": split,
+            "documents": len(dataset.corpus),
+            "queries": len(dataset.queries),
+            "judgments": sum(len(v) for v in dataset.qrels.values()),
+        },
         "model": {"path": config.model.path, "dtype": config.model.dtype},
         "k": K,
         "results": [r.to_dict() for r in results],

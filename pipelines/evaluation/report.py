@@ -14,8 +14,13 @@ from pathlib import Path
 __all__ = ["format_markdown", "write_json", "write_plot", "write_report"]
 
 COLUMNS = ("ndcg@10", "recall@10", "recall@100", "mrr@10")
-LABELS = {"exact": "exact (float32)", "ivf_pq": "IVF-PQ", "ivf_sq": "IVF-SQ int8", "ivf_rq": "IVF-RQ 1-bit",
-          "ivf_hnsw_sq": "IVF-HNSW-SQ"}
+LABELS = {
+    "exact": "exact (float32)",
+    "ivf_pq": "IVF-PQ",
+    "ivf_sq": "IVF-SQ int8",
+    "ivf_rq": "IVF-RQ 1-bit",
+    "ivf_hnsw_sq": "IVF-HNSW-SQ",
+}
 STYLES = {"exact": ("o", "-"), "ivf_pq": ("s", "--"), "ivf_sq": ("^", "-."), "ivf_rq": ("D", ":")}
 PLOTTED = ("ndcg@10", "recall@10")
 
@@ -86,8 +91,10 @@ def write_plot(report: dict, path: str | Path) -> Path:
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
     d = report["dataset"]
-    fig.suptitle(f"{d['name']}: {d['documents']} documents, {d['queries']} queries; {Path(report['model']['path']).name}",
-                 fontsize=10)
+    fig.suptitle(
+        f"{d['name']}: {d['documents']} documents, {d['queries']} queries; {Path(report['model']['path']).name}",
+        fontsize=10,
+    )
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -100,5 +107,8 @@ def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     md = out / "results.md"
     md.write_text(format_markdown(report))
-    return {"markdown": md, "json": write_json(report, out / "results.json"),
-            "plot": write_plot(report, out / "quality_vs_bytes.png")}
+    return {
+        "markdown": md,
+        "json": write_json(report, out / "results.json"),
+        "plot": write_plot(report, out / "quality_vs_bytes.png"),
+    }

@@ -51,11 +51,25 @@ class _Pending:
 class Checkpointer:
     """Holds written-but-uncommitted fragments per file; checkpoints complete files."""
 
-    def __init__(self, *, run_id: str, runlog: RunLog, table_uri: str, rejects_uri: str, table_schema,
-                 expected_rows: dict[str, int], identity: dict[str, str], staged: bool, checkpoint_rows: int,
-                 table_version: Optional[int], rejects_version: Optional[int], on_batch: Callable[[dict], None],
-                 before_commit: Callable[[], None] = lambda: None, storage_options: Optional[dict] = None,
-                 progress: Optional[Progress] = None):
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        runlog: RunLog,
+        table_uri: str,
+        rejects_uri: str,
+        table_schema,
+        expected_rows: dict[str, int],
+        identity: dict[str, str],
+        staged: bool,
+        checkpoint_rows: int,
+        table_version: Optional[int],
+        rejects_version: Optional[int],
+        on_batch: Callable[[dict], None],
+        before_commit: Callable[[], None] = lambda: None,
+        storage_options: Optional[dict] = None,
+        progress: Optional[Progress] = None,
+    ):
         self.run_id, self.runlog = run_id, runlog
         self.table_uri, self.rejects_uri, self.table_schema = table_uri, rejects_uri, table_schema
         self.expected_rows, self.identity = expected_rows, identity
@@ -108,8 +122,16 @@ class Checkpointer:
             return  # tried again at the next batch: a checkpoint is due as soon as a file completes
         self.rows_since = 0
         self.before_commit()
-        done = [DoneFile(f, self.expected_rows.get(f, self.pending[f].rows), self.identity.get(f, ""),
-                         self.pending[f].fragments, self.pending[f].reject_fragments) for f in files]
+        done = [
+            DoneFile(
+                f,
+                self.expected_rows.get(f, self.pending[f].rows),
+                self.identity.get(f, ""),
+                self.pending[f].fragments,
+                self.pending[f].reject_fragments,
+            )
+            for f in files
+        ]
         started = time.perf_counter()
         commit_s = 0.0
         if self.staged:
@@ -120,17 +142,32 @@ class Checkpointer:
             replaced = [a for f in files for a in self.pending[f].replaced]
             commit_started = time.perf_counter()
             self.table_version = lance_sink.commit_checkpoint(
-                self.table_uri, self.table_schema, fragments,
+                self.table_uri,
+                self.table_schema,
+                fragments,
                 np.concatenate(replaced) if replaced else np.zeros(0, np.uint64),
-                self.table_version, self.options)
+                self.table_version,
+                self.options,
+            )
             self.rejects_version = lance_sink.commit_checkpoint(
-                self.rejects_uri, lance_sink.REJECT_SCHEMA, [x for d in done for x in d.reject_fragments],
-                np.zeros(0, np.uint64), self.rejects_version, self.options, what="the rejects table")
+                self.rejects_uri,
+                lance_sink.REJECT_SCHEMA,
+                [x for d in done for x in d.reject_fragments],
+                np.zeros(0, np.uint64),
+                self.rejects_version,
+                self.options,
+                what="the rejects table",
+            )
             commit_s = time.perf_counter() - commit_started
             self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done])
         self.rows_done += sum(d.rows for d in done)
-        self.timings.append({"rows": self.rows_done, "commit_s": round(commit_s, 4),
-                             "runlog_s": round(time.perf_counter() - started - commit_s, 4)})
+        self.timings.append(
+            {
+                "rows": self.rows_done,
+                "commit_s": round(commit_s, 4),
+                "runlog_s": round(time.perf_counter() - started - commit_s, 4),
+            }
+        )
         self.done.update(files)
         for f in files:
             for counts in self.pending.pop(f).counts:
@@ -156,17 +193,21 @@ class Checkpointer:
         self.checkpoint()
         if self.pending:
             short = {f: f"{p.rows}/{self.expected_rows.get(f)}" for f, p in list(self.pending.items())[:3]}
-            raise IncompleteRunError(f"rows of {len(self.pending)} input files did not all come back (rows seen/"
-                                     f"expected: {short}); nothing of them was committed; run again with the "
-                                     f"same run.id to redo them")
+            raise IncompleteRunError(
+                f"rows of {len(self.pending)} input files did not all come back (rows seen/"
+                f"expected: {short}); nothing of them was committed; run again with the "
+                f"same run.id to redo them"
+            )
 
     def publish(self, schema_of_rejects) -> None:
         """Staged runs: commit every staged fragment of the run (all its done files) in one Overwrite."""
         self.before_commit()
         done = self.runlog.done_files(self.run_id, with_fragments=True).values()
         lance_sink.check_version(self.table_uri, self.table_version, "the table", self.options)
-        lance_sink.commit_overwrite(self.rejects_uri, schema_of_rejects, [x for d in done for x in d.reject_fragments],
-                                    self.options)
-        self.table_version = lance_sink.commit_overwrite(self.table_uri, self.table_schema,
-                                                         [x for d in done for x in d.fragments], self.options)
+        lance_sink.commit_overwrite(
+            self.rejects_uri, schema_of_rejects, [x for d in done for x in d.reject_fragments], self.options
+        )
+        self.table_version = lance_sink.commit_overwrite(
+            self.table_uri, self.table_schema, [x for d in done for x in d.fragments], self.options
+        )
         self.runlog.mark(self.run_id, "committed")

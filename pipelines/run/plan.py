@@ -61,8 +61,16 @@ def task_cpus(compute, cluster_cpus: float, pool: Optional[int] = None) -> float
 
 
 def embedding_stages(
-    config: PipelineConfig, *, max_tokens: int, dimension: int, lineage_key: str = "", existing=None,
-    storage=None, latest=None, pool: Optional[int] = None, cpus: float = 1.0,
+    config: PipelineConfig,
+    *,
+    max_tokens: int,
+    dimension: int,
+    lineage_key: str = "",
+    existing=None,
+    storage=None,
+    latest=None,
+    pool: Optional[int] = None,
+    cpus: float = 1.0,
 ) -> list[Stage]:
     """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
 
@@ -92,19 +100,33 @@ def embedding_stages(
     # instead of staying at one batch. Validate itself takes whole blocks: a batch may not span two
     # files, whose text columns can have different (bad) types until validate has made them strings.
     rows = dict(batch_size=compute.block_rows, num_cpus=cpus)
-    stages = [Stage("validate", ValidateStage(src.id_column, src.text_column, lineage_key),
-                    map_kwargs=dict(num_cpus=cpus))]
+    stages = [
+        Stage("validate", ValidateStage(src.id_column, src.text_column, lineage_key), map_kwargs=dict(num_cpus=cpus))
+    ]
     if existing is not None:
         revision = None if config.sink.revision_by == "path" else config.sink.revision_by
-        stages.append(Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column, revision, latest),
-                            map_kwargs=rows))
+        stages.append(
+            Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column, revision, latest), map_kwargs=rows)
+        )
     return stages + [
         # A Parquet file is one block up to here (validate needs whole files). From here on blocks
         # are compute.block_rows rows: the encoder actors share a big file batch by batch, and a
         # lost actor or node costs the batches it held, not the file.
-        Stage("tokenize", TokenizeStage(model, src.id_column, src.text_column, max_tokens, model.document_prompt,
-                                        chunk=chunk, overlap=config.embed.chunk_overlap, storage=storage),
-              map_kwargs=rows, split_rows=compute.block_rows),
+        Stage(
+            "tokenize",
+            TokenizeStage(
+                model,
+                src.id_column,
+                src.text_column,
+                max_tokens,
+                model.document_prompt,
+                chunk=chunk,
+                overlap=config.embed.chunk_overlap,
+                storage=storage,
+            ),
+            map_kwargs=rows,
+            split_rows=compute.block_rows,
+        ),
         Stage(
             "encode",
             EncodeStage,

@@ -29,8 +29,14 @@ def duration(seconds: Optional[float]) -> str:
 class Progress:
     """Rows of this run seen and checkpointed, against ``total`` (the rows of the files it reads)."""
 
-    def __init__(self, total: int, stream: Optional[TextIO] = None, tty: Optional[bool] = None,
-                 clock: Callable[[], float] = time.monotonic, redraw_s: float = 0.5):
+    def __init__(
+        self,
+        total: int,
+        stream: Optional[TextIO] = None,
+        tty: Optional[bool] = None,
+        clock: Callable[[], float] = time.monotonic,
+        redraw_s: float = 0.5,
+    ):
         self.total = total
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -48,8 +54,9 @@ class Progress:
     def checkpoint_line(self, number: int, rows_done: int) -> str:
         rate, eta = self._rate_eta(rows_done)
         share = f" ({rows_done / self.total:.0%})" if self.total else ""
-        return (f"checkpoint {number}: {rows_done:,} / {self.total:,} rows{share}, {rate:,.0f} docs/s, "
-                f"ETA {duration(eta)}")
+        return (
+            f"checkpoint {number}: {rows_done:,} / {self.total:,} rows{share}, {rate:,.0f} docs/s, ETA {duration(eta)}"
+        )
 
     def rows_seen(self, rows: int) -> None:
         """Rows the sink has written so far (committed or not): moves the bar."""
@@ -60,8 +67,9 @@ class Progress:
             rate, eta = self._rate_eta(rows)
             share = rows / self.total if self.total else 0.0
             bar = "#" * int(30 * min(share, 1.0))
-            self.stream.write(f"\r[{bar:<30}] {share:4.0%} {rows:,}/{self.total:,} rows, {rate:,.0f} docs/s, "
-                              f"ETA {duration(eta)} ")
+            self.stream.write(
+                f"\r[{bar:<30}] {share:4.0%} {rows:,}/{self.total:,} rows, {rate:,.0f} docs/s, ETA {duration(eta)} "
+            )
             self.stream.flush()
 
     def checkpoint(self, number: int, rows_done: int) -> None:

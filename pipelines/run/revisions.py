@@ -29,8 +29,9 @@ class RepeatedIdsError(UserError):
     """Too many ids repeat across one upsert run's files to resolve their revisions in memory."""
 
 
-def latest_revisions(source, id_column: str, revision_column: Optional[str], files: list[str],
-                     limit: int = MAX_REPEATED_IDS) -> dict:
+def latest_revisions(
+    source, id_column: str, revision_column: Optional[str], files: list[str], limit: int = MAX_REPEATED_IDS
+) -> dict:
     """``{id: latest revision}`` for each id the files hold more than once (revision: path or column)."""
     from ray.data.aggregate import Count, Max
     from ray.data.context import DataContext, ShuffleStrategy
@@ -57,7 +58,8 @@ def latest_revisions(source, id_column: str, revision_column: Optional[str], fil
                 raise RepeatedIdsError(
                     f"more than {limit} ids appear in more than one file of this upsert run (sink.revision_by="
                     f"{revision_column or 'path'} decides between them): run one upsert per partition, oldest "
-                    "first, which gives the same table")
+                    "first, which gives the same table"
+                )
     finally:
         context.shuffle_strategy = previous
     return out

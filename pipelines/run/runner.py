@@ -27,25 +27,25 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from connectors import columns as C
 from connectors import lance_sink
-from connectors.model_store import model_fingerprint, resolve_model_dir
-from connectors.parquet_source import ParquetSource, open_source
 from connectors.lance_dedup import drop_duplicate_ids
 from connectors.lance_table import open_dataset, open_table
-from pipelines.vector_index.params import index_workers
+from connectors.model_store import model_fingerprint, resolve_model_dir
+from connectors.parquet_source import ParquetSource, open_source
 from connectors.run_log import RunLog
 from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
-from connectors import columns as C
-from pipelines.run.checkpoints import Checkpointer
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
+from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.lineage import check_compatible, make_lineage, vector_key
-from pipelines.run.progress import Progress
+from pipelines.run.checkpoints import Checkpointer
 from pipelines.run.plan import Stage, apply_stages, embedding_stages, task_cpus
+from pipelines.run.progress import Progress
 from pipelines.run.revisions import latest_revisions
 from pipelines.run.summary import RunSummary
-from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
+from pipelines.vector_index.params import index_workers
 from pipelines.vector_index.step import check_tuning_queries, index_table, read_tuning_queries
 from pipelines.vector_index.tuning import index_lineage
 
@@ -103,8 +103,9 @@ def preflight(config: PipelineConfig) -> RunPlan:
     """Check the run can work, before any embedding starts; raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
-    storage = Storage.resolve(config.storage, paths=[src.path, sink.uri, config.model.path,
-                                                     config.index.tuning_queries_path])
+    storage = Storage.resolve(
+        config.storage, paths=[src.path, sink.uri, config.model.path, config.index.tuning_queries_path]
+    )
     source = open_source(src.path, columns, src.text_column, src.on_bad_file, storage, src.id_column)
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")  # a missing bucket or refused credentials, before any work
@@ -124,8 +125,11 @@ def preflight(config: PipelineConfig) -> RunPlan:
         eos_id = eos_to_append(tokenizer, config.model.append_eos, config.model.pooling)
         chunk_window(tokenizer, max_tokens, config.model.document_prompt, eos_id, config.embed.chunk_overlap)
     lineage = make_lineage(
-        config, fingerprint=model_fingerprint(model_dir), hidden_size=hidden,
-        max_tokens=max_tokens, dimension=dimension,
+        config,
+        fingerprint=model_fingerprint(model_dir),
+        hidden_size=hidden,
+        max_tokens=max_tokens,
+        dimension=dimension,
         append_eos=eos_to_append(tokenizer, config.model.append_eos, config.model.pooling) is not None,
     )
 
@@ -135,17 +139,23 @@ def preflight(config: PipelineConfig) -> RunPlan:
     if config.run.resume:
         run_id = runlog.last_unfinished()
         if run_id is None:
-            raise ConfigError(f"run.resume=true: table {sink.table!r} in {sink.uri} has no unfinished run "
-                              "(every run in its log finished)")
+            raise ConfigError(
+                f"run.resume=true: table {sink.table!r} in {sink.uri} has no unfinished run "
+                "(every run in its log finished)"
+            )
     run_id = run_id or uuid.uuid4().hex[:12]
     resuming = runlog.started(run_id)
     if resuming and runlog.mode(run_id) not in (None, sink.mode):
-        raise ConfigError(f"run {run_id} was started with sink.mode={runlog.mode(run_id)}; resume it with "
-                          f"the same mode (this config has sink.mode={sink.mode})")
+        raise ConfigError(
+            f"run {run_id} was started with sink.mode={runlog.mode(run_id)}; resume it with "
+            f"the same mode (this config has sink.mode={sink.mode})"
+        )
     version = lance_sink.table_version(sink.uri, sink.table, options)
     if sink.mode == "create" and version is not None and not resuming:
-        raise lance_sink.SinkError(f"sink.table={sink.table} already exists in {sink.uri} "
-                                   "(sink.mode=create); use sink.mode=overwrite, append or upsert")
+        raise lance_sink.SinkError(
+            f"sink.table={sink.table} already exists in {sink.uri} "
+            "(sink.mode=create); use sink.mode=overwrite, append or upsert"
+        )
     if version is not None and (sink.mode in ("append", "upsert") or resuming):
         existing = lance_sink.read_lineage(sink.uri, sink.table, options)
         check_compatible(existing, lineage, "this run's config")
@@ -178,12 +188,21 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     plan = preflight(config)
     c = config
     actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
-    log.info(f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
-             f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
-             f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
-             f"(or --set run.resume=true)")
-    lease = TableLease(c.sink.uri, c.sink.table, plan.run_id, storage=plan.storage, timeout_s=c.sink.lease_timeout_s,
-                       on_busy=c.sink.on_busy, log=log.info)
+    log.info(
+        f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
+        f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
+        f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
+        f"(or --set run.resume=true)"
+    )
+    lease = TableLease(
+        c.sink.uri,
+        c.sink.table,
+        plan.run_id,
+        storage=plan.storage,
+        timeout_s=c.sink.lease_timeout_s,
+        on_busy=c.sink.on_busy,
+        log=log.info,
+    )
     with lease:
         if not ray.is_initialized():
             ray.init()
@@ -212,8 +231,13 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     import ray
 
     c = plan.config
-    summary = RunSummary(table_uri=c.sink.uri, table=c.sink.table, rejects_table=lance_sink.rejects_table(c.sink.table),
-                         run_id=plan.run_id, skipped_files=dict(plan.source.skipped))
+    summary = RunSummary(
+        table_uri=c.sink.uri,
+        table=c.sink.table,
+        rejects_table=lance_sink.rejects_table(c.sink.table),
+        run_id=plan.run_id,
+        skipped_files=dict(plan.source.skipped),
+    )
     options = plan.sink_options
     runlog = RunLog(c.sink.uri, c.sink.table, options)
     staged = c.sink.mode in ("create", "overwrite")
@@ -233,21 +257,30 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     committed = staged and "committed" in runlog.kinds(plan.run_id)
 
     checkpointer = Checkpointer(
-        run_id=plan.run_id, runlog=runlog, table_uri=plan.table_uri, rejects_uri=plan.rejects_uri,
-        table_schema=plan.table_schema, expected_rows=plan.source.rows, identity=plan.source.identity,
-        staged=staged, checkpoint_rows=c.sink.checkpoint_rows,
+        run_id=plan.run_id,
+        runlog=runlog,
+        table_uri=plan.table_uri,
+        rejects_uri=plan.rejects_uri,
+        table_schema=plan.table_schema,
+        expected_rows=plan.source.rows,
+        identity=plan.source.identity,
+        staged=staged,
+        checkpoint_rows=c.sink.checkpoint_rows,
         table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
         rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
         on_batch=lambda row: _count_batch(summary, row),
-        before_commit=lease.check, storage_options=options,
-        progress=Progress(sum(plan.source.rows.get(f, 0) for f in todo)))
+        before_commit=lease.check,
+        storage_options=options,
+        progress=Progress(sum(plan.source.rows.get(f, 0) for f in todo)),
+    )
     embed_started = time.perf_counter()
     if todo and not committed:
         existing = None
         if c.sink.mode == "upsert" and checkpointer.table_version is not None:
             key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
-            existing = lance_sink.ExistingRows(plan.table_uri, checkpointer.table_version, key, options,
-                                               revision_column=_revision_column(c))
+            existing = lance_sink.ExistingRows(
+                plan.table_uri, checkpointer.table_version, key, options, revision_column=_revision_column(c)
+            )
         latest = None
         if c.sink.mode == "upsert" and existing is not None and len(plan.source.files) > 1:
             revision = None if c.sink.revision_by == "path" else c.sink.revision_by
@@ -255,10 +288,20 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         lineage_key = vector_key(plan.lineage, c)
 
         def stages(pool: Optional[int], cpus: float) -> list[Stage]:
-            return [*embedding_stages(c, max_tokens=plan.max_tokens, dimension=plan.dimension,
-                                      lineage_key=lineage_key, existing=existing, storage=plan.storage,
-                                      latest=latest, pool=pool, cpus=cpus),
-                    _sink_stage(plan, cpus)]
+            return [
+                *embedding_stages(
+                    c,
+                    max_tokens=plan.max_tokens,
+                    dimension=plan.dimension,
+                    lineage_key=lineage_key,
+                    existing=existing,
+                    storage=plan.storage,
+                    latest=latest,
+                    pool=pool,
+                    cpus=cpus,
+                ),
+                _sink_stage(plan, cpus),
+            ]
 
         try:
             _stream(plan, todo, stages, checkpointer, summary)
@@ -275,10 +318,16 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     if c.sink.duplicate_ids == "reject":
         dedup_started = time.perf_counter()
         removed = drop_duplicate_ids(
-            plan.table_uri, plan.rejects_uri, key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
-            id_column=c.source.id_column, text_column=c.source.text_column, run_id=plan.run_id,
+            plan.table_uri,
+            plan.rejects_uri,
+            key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
+            id_column=c.source.id_column,
+            text_column=c.source.text_column,
+            run_id=plan.run_id,
             revision_column=_revision_column(c),
-            older_rows=not staged and checkpointer.start_version is not None, storage_options=options)
+            older_rows=not staged and checkpointer.start_version is not None,
+            storage_options=options,
+        )
         summary.rows_written -= sum(removed.values())
         summary.rejected.update(removed)
         summary.dedup_seconds = round(time.perf_counter() - dedup_started, 3)
@@ -299,11 +348,20 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
     index_started = time.perf_counter()
     try:
-        params, tuning = ray.get(task.remote(
-            c.sink.uri, c.sink.table, c.index, id_column=c.source.id_column, dimension=plan.dimension,
-            incremental=c.sink.mode in ("append", "upsert") or plan.resuming, lineage=plan.lineage,
-            storage=plan.storage, query_texts=queries, cpus=cpus,
-        ))
+        params, tuning = ray.get(
+            task.remote(
+                c.sink.uri,
+                c.sink.table,
+                c.index,
+                id_column=c.source.id_column,
+                dimension=plan.dimension,
+                incremental=c.sink.mode in ("append", "upsert") or plan.resuming,
+                lineage=plan.lineage,
+                storage=plan.storage,
+                query_texts=queries,
+                cpus=cpus,
+            )
+        )
     except ray.exceptions.RayTaskError as exc:  # the task's own error, not Ray's wrapper and traceback
         raise exc.cause if isinstance(exc.cause, Exception) else exc
     summary.index_seconds = round(time.perf_counter() - index_started, 2)
@@ -313,8 +371,12 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     lineage = dict(plan.lineage)
     lineage.update(index_lineage(params, tuning))
     lineage["counts"] = {
-        "read": summary.rows_read, "written": summary.rows_written, "skipped_unchanged": summary.skipped,
-        "rejected": dict(summary.rejected), "truncated": summary.truncated, "table_rows": summary.table_rows,
+        "read": summary.rows_read,
+        "written": summary.rows_written,
+        "skipped_unchanged": summary.skipped,
+        "rejected": dict(summary.rejected),
+        "truncated": summary.truncated,
+        "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
     lease.check()
@@ -328,8 +390,10 @@ def _check_index_workers(workers, cpus: float) -> None:
     """Before any work: Ray's pool for a distributed index build refuses more tasks than the cluster
     has CPUs, which would fail the run after every document was embedded."""
     if workers != "auto" and workers > 1 and workers > cpus:
-        raise ConfigError(f"index.workers={workers}: the Ray cluster has {cpus:g} CPUs, and each index build "
-                          f"task takes one; give at most {int(cpus)}, or auto")
+        raise ConfigError(
+            f"index.workers={workers}: the Ray cluster has {cpus:g} CPUs, and each index build "
+            f"task takes one; give at most {int(cpus)}, or auto"
+        )
 
 
 MAX_PASSES = 4  # 1 + the times a run starts over on the files it had not finished, after losing workers
@@ -353,7 +417,8 @@ def lost_worker(exc: BaseException) -> bool:
     # footer-reader actor) arrives as RayTaskError, or as UnserializableException when Ray cannot
     # rebuild the error: only its text names the cause. Seen when a worker node was killed mid-run.
     return isinstance(exc, (rx.RayTaskError, rx.UnserializableException)) and any(
-        name in str(exc) for name in ("ActorDiedError", "NodeDiedError", "ObjectLostError", "its node has died"))
+        name in str(exc) for name in ("ActorDiedError", "NodeDiedError", "ObjectLostError", "its node has died")
+    )
 
 
 def pool_that_fits(compute) -> int:
@@ -398,17 +463,22 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
                 raise
             pool = pool_that_fits(c.compute)
             summary.passes += 1
-            what = (f"the stream made no progress for compute.stall_timeout_s={c.compute.stall_timeout_s:g}s"
-                    if isinstance(exc, ExecutionTimeoutError) else
-                    f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})")
-            log.info(f"{what}; reading the {len(files)} unfinished files again with {pool} encoder actor(s), what "
-                 f"the cluster has room for")
+            what = (
+                f"the stream made no progress for compute.stall_timeout_s={c.compute.stall_timeout_s:g}s"
+                if isinstance(exc, ExecutionTimeoutError)
+                else f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+            )
+            log.info(
+                f"{what}; reading the {len(files)} unfinished files again with {pool} encoder actor(s), what "
+                f"the cluster has room for"
+            )
 
 
 def _count_batch(summary: RunSummary, row: dict) -> None:
     """One sink stats row (a file's rows of one batch) into the summary."""
-    summary.add_batch(row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"],
-                      row["skipped"])
+    summary.add_batch(
+        row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"], row["skipped"]
+    )
     summary.add_placement(json.loads(row["encoders"]), row["writer_node"])
 
 
@@ -449,7 +519,7 @@ def _missing_share(plan: RunPlan, table, key: str, key_type: pa.DataType, sample
     n = ds.count_rows()
     if n == 0:
         return 0.0
-    sample = (ds.to_table(columns=[key]) if n <= sample_rows else ds.sample(sample_rows, columns=[key]))
+    sample = ds.to_table(columns=[key]) if n <= sample_rows else ds.sample(sample_rows, columns=[key])
     keys = sample.column(key).combine_chunks()
     found = np.zeros(len(keys), dtype=bool)
     for batch in _source_ids(plan, key, key_type):
@@ -468,8 +538,10 @@ def _delete_missing(table, plan: RunPlan, summary: RunSummary) -> int:
     """
     c = plan.config
     if plan.source.skipped:
-        summary.delete_missing_skipped = (f"{len(plan.source.skipped)} unreadable source files were skipped, "
-                                          "so the source is not a full snapshot; nothing was deleted")
+        summary.delete_missing_skipped = (
+            f"{len(plan.source.skipped)} unreadable source files were skipped, "
+            "so the source is not a full snapshot; nothing was deleted"
+        )
         return 0
     key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
     key_type = plan.table_schema.field(key).type
@@ -479,7 +551,8 @@ def _delete_missing(table, plan: RunPlan, summary: RunSummary) -> int:
             f"sink.delete_missing would delete {share:.1%} of table {c.sink.table!r}, more than "
             f"sink.max_delete_fraction={c.sink.max_delete_fraction:g}: is the source ({c.source.path}) complete? "
             f"Nothing was deleted (this run's new and changed rows are committed). If the deletion is "
-            f"intended, resume with --set run.id={plan.run_id} --set sink.max_delete_fraction=<share>")
+            f"intended, resume with --set run.id={plan.run_id} --set sink.max_delete_fraction=<share>"
+        )
     schema = pa.schema([pa.field(key, key_type)])
     reader = pa.RecordBatchReader.from_batches(schema, _source_ids(plan, key, key_type))
     result = table.merge_insert(key).when_not_matched_by_source_delete().execute(reader)

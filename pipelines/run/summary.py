@@ -62,8 +62,12 @@ class RunSummary:
         per_node = Counter()
         for tag, rows in self.encoders.items():
             per_node[tag.split("/")[0]] += rows
-        return {"encoder_actors": len(self.encoders), "encoder_nodes": len(per_node),
-                "rows_per_node": dict(per_node), "writer_nodes": len(self.writer_nodes)}
+        return {
+            "encoder_actors": len(self.encoders),
+            "encoder_nodes": len(per_node),
+            "rows_per_node": dict(per_node),
+            "writer_nodes": len(self.writer_nodes),
+        }
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -92,7 +96,8 @@ class RunSummary:
             f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.table_rows} rows)",
             f"run          {self.run_id} ({self.checkpoints} checkpoints"
             + (f", resumed: {self.resumed_files} files already done" if self.resumed_files else "")
-            + (f", {self.passes} restart(s) after lost workers" if self.passes else "") + ")",
+            + (f", {self.passes} restart(s) after lost workers" if self.passes else "")
+            + ")",
             f"rows read    {self.rows_read}"
             + (f" ({len(self.skipped_files)} unreadable files skipped)" if self.skipped_files else ""),
             f"embedded     {self.rows_written}",
@@ -116,14 +121,22 @@ class RunSummary:
 
 def _placement_line(p: dict) -> str:
     rows = ", ".join(f"{node[:8]} {n}" for node, n in sorted(p["rows_per_node"].items()))
-    return (f"{p['encoder_actors']} encoder actor(s) on {p['encoder_nodes']} node(s) (rows per node: {rows}); "
-            f"writes on {p['writer_nodes']} node(s)")
+    return (
+        f"{p['encoder_actors']} encoder actor(s) on {p['encoder_nodes']} node(s) (rows per node: {rows}); "
+        f"writes on {p['writer_nodes']} node(s)"
+    )
 
 
 def _tuning_line(t: dict) -> str:
     verdict = "reached" if t["reached"] else "NOT reached, highest setting tried"
-    what = ("sampled documents, each left out of its own results (index.tuning_queries_path: real queries "
-            "are a truer measure)" if t["query_source"] == "documents" else t["query_source"])
+    what = (
+        "sampled documents, each left out of its own results (index.tuning_queries_path: real queries "
+        "are a truer measure)"
+        if t["query_source"] == "documents"
+        else t["query_source"]
+    )
     low = f", 95% lower bound {t['recall_low']:.3f}" if t.get("recall_low") is not None else ""
-    return (f"recall@{t['k']} {t['recall']:.3f}{low} vs exact search (target {t['target_recall']:g}, {verdict}) "
-            f"on {t['queries']} {what}; {len(t['tried'])} settings tried in {t['seconds']}s")
+    return (
+        f"recall@{t['k']} {t['recall']:.3f}{low} vs exact search (target {t['target_recall']:g}, {verdict}) "
+        f"on {t['queries']} {what}; {len(t['tried'])} settings tried in {t['seconds']}s"
+    )

@@ -21,8 +21,18 @@ from connectors.sql import identifier, string_literal
 
 __all__ = ["FilterError", "build_filter"]
 
-_OPERATORS = {"=": "=", "==": "=", "!=": "!=", "<>": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=",
-              "in": "IN", "not in": "NOT IN"}
+_OPERATORS = {
+    "=": "=",
+    "==": "=",
+    "!=": "!=",
+    "<>": "!=",
+    "<": "<",
+    "<=": "<=",
+    ">": ">",
+    ">=": ">=",
+    "in": "IN",
+    "not in": "NOT IN",
+}
 
 
 class FilterError(UserError):
@@ -49,8 +59,7 @@ def _kind(t: pa.DataType) -> Optional[str]:
 
 def _literal(column: str, kind: str, value: Any) -> str:
     """One SQL literal of the column's type; anything else is refused, never stringified."""
-    bad = FilterError(f"filter on {column!r}: {type(value).__name__} value {value!r} does not fit its "
-                      f"{kind} column")
+    bad = FilterError(f"filter on {column!r}: {type(value).__name__} value {value!r} does not fit its {kind} column")
     if kind == "string":
         if not isinstance(value, str):
             raise bad

@@ -7,7 +7,8 @@
 
 ``filters`` is the way to filter on values that come from users: column names are checked against
 the table's schema and values are typed and quoted (:func:`pipelines.search.filters.build_filter`),
-so no value can change the meaning of the filter. ``where=`` takes raw LanceDB SQL and is for trusted, hand-written filters.
+so no value can change the meaning of the filter. ``where=`` takes raw LanceDB SQL and is for trusted,
+hand-written filters.
 
 The query goes through the same tokenizer, encoder, pooling and post-processing code as the
 documents. Any model or dimension given here is checked against the table's lineage; a mismatch
@@ -22,22 +23,28 @@ import numpy as np
 import pyarrow as pa
 
 from connectors import lance_sink
-from connectors.model_store import (is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint,
-                                    resolve_model_dir)
 from connectors.lance_table import open_table
+from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint, resolve_model_dir
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
-from pipelines.lineage import LineageMismatchError
 from pipelines.embed.postprocess import postprocess
+from pipelines.lineage import LineageMismatchError
 from pipelines.search.filters import FilterError, build_filter
 
 __all__ = ["FilterError", "LineageMismatchError", "Searcher", "build_filter"]
 
+
 class Searcher:
     """An open table plus the encoder that made it; search by text or by vector."""
 
-    def __init__(self, table, lineage: dict, model_path: Optional[str] = None, device: str = "auto",
-                 storage: Optional[Storage] = None):
+    def __init__(
+        self,
+        table,
+        lineage: dict,
+        model_path: Optional[str] = None,
+        device: str = "auto",
+        storage: Optional[Storage] = None,
+    ):
         self.table = table
         self.storage = storage
         self.lineage = lineage
@@ -58,9 +65,16 @@ class Searcher:
                 f"({m['path']}, fingerprint {m['fingerprint']})"
             )
         self.model_config = ModelConfig(
-            path=path, revision=m.get("revision"), backend=m["backend"], pooling=m["pooling"],
-            max_tokens=m["max_tokens"], query_prompt=m["query_prompt"], document_prompt=m["document_prompt"],
-            dtype=m.get("dtype", "float32"), padding_side=m.get("padding_side", "auto"), device=device,
+            path=path,
+            revision=m.get("revision"),
+            backend=m["backend"],
+            pooling=m["pooling"],
+            max_tokens=m["max_tokens"],
+            query_prompt=m["query_prompt"],
+            document_prompt=m["document_prompt"],
+            dtype=m.get("dtype", "float32"),
+            padding_side=m.get("padding_side", "auto"),
+            device=device,
             append_eos=bool(m.get("append_eos", False)),
         )
         self._encoder = None
@@ -94,8 +108,7 @@ class Searcher:
             raise lance_sink.SinkError(f"no table {table!r} in {uri}")
         if dimension is not None and dimension != lineage["dimension"]:
             raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage['dimension']}")
-        return cls(open_table(uri, table, options), lineage,
-                   model_path=model_path, device=device, storage=storage)
+        return cls(open_table(uri, table, options), lineage, model_path=model_path, device=device, storage=storage)
 
     def _encode(self):
         # Queries always go through the hf backend, also for tables a vLLM run made: a vLLM engine
@@ -107,7 +120,9 @@ class Searcher:
 
             self._encoder = HFEncoder(self.model_config, storage=self.storage)
             self._tokenizer = load_tokenizer(
-                self.model_config.path, self.model_config.revision, padding_side_for(self.model_config),
+                self.model_config.path,
+                self.model_config.revision,
+                padding_side_for(self.model_config),
                 self.storage,
             )
         return self._encoder
@@ -153,8 +168,9 @@ class Searcher:
         else:
             vector = np.asarray(query, dtype=np.float32)
             if vector.shape != (self.dimension,):
-                raise LineageMismatchError(f"query vector has shape {vector.shape}, the table holds "
-                                           f"{self.dimension}-dimensional vectors")
+                raise LineageMismatchError(
+                    f"query vector has shape {vector.shape}, the table holds {self.dimension}-dimensional vectors"
+                )
         q = self.table.search(vector, vector_column_name="vector").distance_type(self.metric).limit(k)
         if exact:
             q = q.bypass_vector_index()

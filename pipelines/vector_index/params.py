@@ -69,8 +69,15 @@ def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Op
     )
 
 
-def maintain_index(table, rows: int, dimension: int, config: IndexConfig, column: str = "vector",
-                   cpus: Optional[float] = None, storage_options: Optional[dict] = None) -> IndexParams:
+def maintain_index(
+    table,
+    rows: int,
+    dimension: int,
+    config: IndexConfig,
+    column: str = "vector",
+    cpus: Optional[float] = None,
+    storage_options: Optional[dict] = None,
+) -> IndexParams:
     """After an append or upsert: keep the vector index useful without always retraining it.
 
     New rows are searchable at once either way (LanceDB scans unindexed rows exactly and merges them

@@ -22,9 +22,9 @@ import numpy as np
 from connectors.lance_index import IndexParams, build_index
 from connectors.lance_table import create_id_index, open_table
 from connectors.query_files import QueryFileError, read_queries
-from pipelines.vector_index.params import derive_index_params, maintain_index
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig
+from pipelines.vector_index.params import derive_index_params, maintain_index
 from pipelines.vector_index.tuning import TuningResult, tune_index
 
 __all__ = ["check_tuning_queries", "index_table", "read_tuning_queries"]
@@ -89,7 +89,15 @@ def index_table(
         from pipelines.search.searcher import Searcher
 
         vectors = Searcher(table, lineage, storage=storage).embed_queries(query_texts)
-    tuning = tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension,
-                        vectors=vectors, source=f"queries from {config.tuning_queries_path}")
+    tuning = tune_index(
+        table,
+        params,
+        config,
+        id_column=id_column,
+        rows=rows,
+        dimension=dimension,
+        vectors=vectors,
+        source=f"queries from {config.tuning_queries_path}",
+    )
     create_id_index(table, id_column)
     return params, tuning

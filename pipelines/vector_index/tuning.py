@@ -45,11 +45,19 @@ from typing import Optional, Sequence
 import numpy as np
 
 from connectors.lance_index import IndexParams, build_index, code_bytes, exact_search, sample_vectors, search_batch
-from pipelines.vector_index.params import derive_index_params
 from pipelines.config import IndexConfig
+from pipelines.vector_index.params import derive_index_params
 
-__all__ = ["TuningResult", "build_tuned_index", "index_lineage", "nprobes_grid", "knn_recall", "recall_lower_bound",
-           "tune_index", "tune_query_defaults"]
+__all__ = [
+    "TuningResult",
+    "build_tuned_index",
+    "index_lineage",
+    "nprobes_grid",
+    "knn_recall",
+    "recall_lower_bound",
+    "tune_index",
+    "tune_query_defaults",
+]
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +105,7 @@ def _recall(hits: list[int], k: int) -> float:
     return sum(hits) / (len(hits) * k) if hits else 0.0
 
 
-def recall_lower_bound(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int,
-                       z: float = CONFIDENCE_Z) -> float:
+def recall_lower_bound(approx: Sequence[Sequence], exact: Sequence[Sequence], k: int, z: float = CONFIDENCE_Z) -> float:
     """One-sided lower confidence bound of :func:`knn_recall`: the mean minus ``z`` standard errors
     of the per-query recalls (the mean for fewer than two queries)."""
     return _bounds(_hits(approx, exact, k), k, z)[1]
@@ -170,36 +177,61 @@ def tune_query_defaults(
             found = search_batch(table, vectors, k + extra, nprobes=nprobes, refine_factor=refine, **search)
             found = [_drop(ids, x, k) for ids, x in zip(found, exclude)]
             recall, low = _bounds(_hits(found, truth, k), k, confidence_z)
-            tried.append({"nprobes": nprobes, "refine_factor": refine, "recall": round(recall, 4),
-                          "recall_low": round(low, 4)})
+            tried.append(
+                {"nprobes": nprobes, "refine_factor": refine, "recall": round(recall, 4), "recall_low": round(low, 4)}
+            )
             if low >= target:
                 best = (cost(nprobes, refine), tried[-1])
                 break
     if best is None:  # nothing reaches the target: the most thorough setting measured
-        last = tried[-1] if tried else {"nprobes": probes[-1], "refine_factor": refines[-1], "recall": 0.0,
-                                        "recall_low": 0.0}
+        last = (
+            tried[-1]
+            if tried
+            else {"nprobes": probes[-1], "refine_factor": refines[-1], "recall": 0.0, "recall_low": 0.0}
+        )
         chosen = max(tried, key=lambda t: (t["recall_low"], t["nprobes"], t["refine_factor"] or 0), default=last)
-        log.warning("index recall@%d target %.2f not reached; best measured %.3f (lower bound %.3f)", k, target,
-                    chosen["recall"], chosen["recall_low"])
+        log.warning(
+            "index recall@%d target %.2f not reached; best measured %.3f (lower bound %.3f)",
+            k,
+            target,
+            chosen["recall"],
+            chosen["recall_low"],
+        )
         reached = False
     else:
         chosen, reached = best[1], True
     return TuningResult(
-        target_recall=target, recall=chosen["recall"], recall_low=chosen["recall_low"], nprobes=chosen["nprobes"],
-        refine_factor=chosen["refine_factor"], reached=reached, queries=len(vectors), query_source=source, k=k,
-        seconds=round(time.perf_counter() - started, 2), tried=tried,
+        target_recall=target,
+        recall=chosen["recall"],
+        recall_low=chosen["recall_low"],
+        nprobes=chosen["nprobes"],
+        refine_factor=chosen["refine_factor"],
+        reached=reached,
+        queries=len(vectors),
+        query_source=source,
+        k=k,
+        seconds=round(time.perf_counter() - started, 2),
+        tried=tried,
     )
 
 
 def tune_index(
-    table, params: IndexParams, config: IndexConfig, *, id_column: str, rows: int, dimension: int,
-    vectors: Optional[np.ndarray] = None, source: str = "given",
+    table,
+    params: IndexParams,
+    config: IndexConfig,
+    *,
+    id_column: str,
+    rows: int,
+    dimension: int,
+    vectors: Optional[np.ndarray] = None,
+    source: str = "given",
 ) -> Optional[TuningResult]:
     """Tune a built index when ``config.target_recall`` asks for it; the chosen defaults go into ``params``."""
     if params.type == "none" or config.target_recall is None:
         return None
-    tuning = tune_query_defaults(table, params, config, id_column=id_column, rows=rows, dimension=dimension,
-                                 vectors=vectors, source=source)
+    tuning = tune_query_defaults(
+        table, params, config, id_column=id_column, rows=rows, dimension=dimension, vectors=vectors, source=source
+    )
     params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
     return tuning
 

@@ -34,7 +34,7 @@ def documented_submit_command() -> list[str]:
 def replace_value(argv: list[str], flag: str, value: str) -> list[str]:
     """``argv`` with the value after ``flag`` replaced."""
     i = argv.index(flag)
-    return [*argv[:i + 1], value, *argv[i + 2:]]
+    return [*argv[: i + 1], value, *argv[i + 2 :]]
 
 
 def replace_set(argv: list[str], key: str, value: str) -> list[str]:

@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Optional
 
 # `ray start` for a worker node that joins a head on 127.0.0.1 (see LocalRayNode).
-JOIN_ON_LOOPBACK = ("import ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
-                    "from ray.scripts.scripts import main; main()")
+JOIN_ON_LOOPBACK = (
+    "import ray._private.services as s; s.resolve_ip_for_localhost = lambda host: host; "
+    "from ray.scripts.scripts import main; main()"
+)
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
 
 
@@ -46,9 +48,16 @@ def free_port() -> int:
 class LocalRayHead:
     """``ray start --head --block`` with its own temp dir and ports; ``address`` is the dashboard URL."""
 
-    def __init__(self, num_cpus: int = 2, python: Optional[str] = None, env: Optional[dict] = None,
-                 timeout: float = 180, attempts: int = 3, resources: Optional[dict] = None,
-                 object_store_mb: Optional[int] = None):
+    def __init__(
+        self,
+        num_cpus: int = 2,
+        python: Optional[str] = None,
+        env: Optional[dict] = None,
+        timeout: float = 180,
+        attempts: int = 3,
+        resources: Optional[dict] = None,
+        object_store_mb: Optional[int] = None,
+    ):
         self.resources = resources or {}
         self.object_store_mb = object_store_mb
         self.python = python or sys.executable
@@ -72,19 +81,35 @@ class LocalRayHead:
         self.dashboard_port = free_port()
         self.gcs_port = free_port()
         ports = {
-            "--port": self.gcs_port, "--dashboard-port": self.dashboard_port,
-            "--ray-client-server-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
-            "--metrics-export-port": free_port(), "--node-manager-port": free_port(),
+            "--port": self.gcs_port,
+            "--dashboard-port": self.dashboard_port,
+            "--ray-client-server-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--node-manager-port": free_port(),
             "--object-manager-port": free_port(),
         }
         ray_cli = str(Path(self.python).parent / "ray")
-        cmd = [ray_cli, "start", "--head", "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
-               *(["--resources", json.dumps(self.resources)] if self.resources else []),
-               *([f"--object-store-memory={self.object_store_mb * 2**20}"] if self.object_store_mb else []),
-               "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-               f"--temp-dir={self.temp_dir}", "--min-worker-port=0", "--max-worker-port=0",
-               "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
+        cmd = [
+            ray_cli,
+            "start",
+            "--head",
+            "--block",
+            f"--num-cpus={self.num_cpus}",
+            "--num-gpus=0",
+            *(["--resources", json.dumps(self.resources)] if self.resources else []),
+            *([f"--object-store-memory={self.object_store_mb * 2**20}"] if self.object_store_mb else []),
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--temp-dir={self.temp_dir}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ]
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self._launch(cmd, timeout)
 
@@ -92,8 +117,9 @@ class LocalRayHead:
         """Run ``ray start ... --block`` as the leader of a new process group; wait until it is up."""
         self.log_path = Path(self.temp_dir) / "ray-start.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self._started: list = []  # what stop() found, so leftovers() also checks detached ones
         self.stop_seconds: dict = {}
         self.pgid = self.proc.pid  # start_new_session: the ray start process leads its own group
@@ -128,8 +154,7 @@ class LocalRayHead:
 
     def nodes(self) -> list[dict]:
         """The cluster's nodes as the head's state API lists them (``[]`` while it does not answer)."""
-        req = urllib.request.Request(f"{self.address}/api/v0/nodes?limit=100&detail=true",
-                                     headers=self.auth_headers())
+        req = urllib.request.Request(f"{self.address}/api/v0/nodes?limit=100&detail=true", headers=self.auth_headers())
         try:
             with urllib.request.urlopen(req, timeout=10) as resp:
                 return json.load(resp)["data"]["result"]["result"]
@@ -219,30 +244,58 @@ class LocalRayNode(LocalRayHead):
     everything else it started, at once. ``node_id`` is Ray's id for it, read from the head.
     """
 
-    def __init__(self, head: LocalRayHead, num_cpus: int = 1, resources: Optional[dict] = None,
-                 timeout: float = 120, attempts: int = 3):
+    def __init__(
+        self,
+        head: LocalRayHead,
+        num_cpus: int = 1,
+        resources: Optional[dict] = None,
+        timeout: float = 120,
+        attempts: int = 3,
+    ):
         self.head = head
         # `ray start --address` refuses to join with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 ("multi-node
         # clusters are not supported"), and with 1 it swaps the head's 127.0.0.1 for the machine's
         # outer address, where the head (on loopback) does not listen. So the node's `ray start` runs
         # with 1 and with Ray's localhost swap turned off (JOIN_ON_LOOPBACK).
-        super().__init__(num_cpus=num_cpus, python=head.python, timeout=timeout, attempts=attempts,
-                         resources=resources, env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"})
+        super().__init__(
+            num_cpus=num_cpus,
+            python=head.python,
+            timeout=timeout,
+            attempts=attempts,
+            resources=resources,
+            env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+        )
 
     def _start(self, timeout: float) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="ep-rayn-", dir="/tmp")
         ports = {
-            "--node-manager-port": free_port(), "--object-manager-port": free_port(),
-            "--metrics-export-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-            "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
         }
         # A resource only this node has: how the head's node list tells this node from the others.
         self.marker = f"test_node_{Path(self.temp_dir).name}"
-        cmd = [self.python, "-c", JOIN_ON_LOOPBACK, "start", f"--address=127.0.0.1:{self.head.gcs_port}",
-               "--block", f"--num-cpus={self.num_cpus}", "--num-gpus=0",
-               "--resources", json.dumps({**self.resources, self.marker: 1}),
-               "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}", "--min-worker-port=0",
-               "--max-worker-port=0", "--disable-usage-stats", *(f"{k}={v}" for k, v in ports.items())]
+        cmd = [
+            self.python,
+            "-c",
+            JOIN_ON_LOOPBACK,
+            "start",
+            f"--address=127.0.0.1:{self.head.gcs_port}",
+            "--block",
+            f"--num-cpus={self.num_cpus}",
+            "--num-gpus=0",
+            "--resources",
+            json.dumps({**self.resources, self.marker: 1}),
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp_dir}",
+            "--min-worker-port=0",
+            "--max-worker-port=0",
+            "--disable-usage-stats",
+            *(f"{k}={v}" for k, v in ports.items()),
+        ]
         self.address = self.head.address
         self.node_id = ""
         self._launch(cmd, timeout)

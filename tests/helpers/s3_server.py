@@ -19,8 +19,17 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
 
-_HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer",
-               "upgrade", "expect", "content-length"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "expect",
+    "content-length",
+}
 REGION = "us-east-1"
 
 
@@ -38,14 +47,20 @@ class S3Server:
         host, port = self._server.get_host_and_port()
         self.port = port
         self.endpoint = f"http://{host}:{port}"
-        setup = dict(endpoint_url=self.endpoint, region_name=REGION,
-                     aws_access_key_id="setup", aws_secret_access_key="setup")
+        setup = dict(
+            endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id="setup", aws_secret_access_key="setup"
+        )
         iam = boto3.client("iam", **setup)
         iam.create_user(UserName="embedpipe")
-        policy = iam.create_policy(PolicyName="s3-all", PolicyDocument=json.dumps({
-            "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
-        }))
+        policy = iam.create_policy(
+            PolicyName="s3-all",
+            PolicyDocument=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+                }
+            ),
+        )
         iam.attach_user_policy(UserName="embedpipe", PolicyArn=policy["Policy"]["Arn"])
         access = iam.create_access_key(UserName="embedpipe")["AccessKey"]
         self.key, self.secret = access["AccessKeyId"], access["SecretAccessKey"]
@@ -55,14 +70,23 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, region_name=REGION,
-                            aws_access_key_id=self.key, aws_secret_access_key=self.secret)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+        )
 
     def filesystem(self, endpoint: Optional[str] = None):
         import s3fs
 
-        return s3fs.S3FileSystem(key=self.key, secret=self.secret, skip_instance_cache=True,
-                                 client_kwargs={"endpoint_url": endpoint or self.endpoint, "region_name": REGION})
+        return s3fs.S3FileSystem(
+            key=self.key,
+            secret=self.secret,
+            skip_instance_cache=True,
+            client_kwargs={"endpoint_url": endpoint or self.endpoint, "region_name": REGION},
+        )
 
     def env(self, endpoint: Optional[str] = None) -> dict[str, str]:
         """The standard AWS variables that point a job at this server (and nowhere else)."""
@@ -149,8 +173,10 @@ class Proxy:
             def _forward(self):
                 body = self._body()  # read it even when failing, so the connection stays usable
                 if proxy._count(self.command, self.path):
-                    error = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SlowDown</Code>"
-                             b"<Message>Please reduce your request rate.</Message></Error>")
+                    error = (
+                        b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
+                        b"<Message>Please reduce your request rate.</Message></Error>"
+                    )
                     self._reply(503, "Slow Down", [("Content-Type", "application/xml")], error)
                     return
                 upstream = http.client.HTTPConnection("127.0.0.1", proxy.target_port, timeout=120)

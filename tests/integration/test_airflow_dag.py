@@ -1,7 +1,8 @@
 """The daily Airflow DAG, run by a real Airflow (`airflow dags test`) against a real Ray head.
 
 Airflow lives in its own virtual environment (.venv-airflow, built by scripts/test_airflow.sh, which
-runs this file and points EMBEDPIPE_AIRFLOW_VENV at it); without that variable these tests are skipped. The DAG's tasks submit jobs to a head this
+runs this file and points EMBEDPIPE_AIRFLOW_VENV at it); without that variable these tests are skipped.
+The DAG's tasks submit jobs to a head this
 module starts on 127.0.0.1 (tests/helpers/ray_head.py), with the cluster's token in the Airflow connection.
 
 Two days of partitions: day one has 30 documents; day two adds 10 and revises 5 of day one's.
@@ -45,8 +46,11 @@ def source(sample_table, tmp_path_factory) -> Path:
     docs = sample_table.select(["id", "title", "text", "length_chars"])
     day1 = docs.slice(0, 30)
     revised = docs.slice(0, 5)
-    revised = revised.set_column(revised.schema.get_field_index("text"), "text",
-                                 pc.binary_join_element_wise(revised.column("text"), " (revised)", ""))
+    revised = revised.set_column(
+        revised.schema.get_field_index("text"),
+        "text",
+        pc.binary_join_element_wise(revised.column("text"), " (revised)", ""),
+    )
     day2 = pa.concat_tables([docs.slice(30, 10), revised.cast(docs.schema)])
     for day, table in ((DAY1, day1), (DAY2, day2)):
         (root / f"date={day}").mkdir()
@@ -60,29 +64,44 @@ def airflow(head, source, tmp_path_factory):
     home = tmp_path_factory.mktemp("airflow-home")
     db = tmp_path_factory.mktemp("daily-db")
     token = head.auth_headers().get("Authorization", "").removeprefix("Bearer ")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AIRFLOW", "RAY_AUTH", "RAY_ADDRESS", "VIRTUAL_ENV", "PYTHON"))}
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "infra" / "airflow" / "dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW_CONN_EMBEDPIPE_RAY": json.dumps(
-            {"conn_type": "generic", "extra": {"address": head.address}, "password": token}),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-    })
-    migrate = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True,
-                             timeout=600)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AIRFLOW", "RAY_AUTH", "RAY_ADDRESS", "VIRTUAL_ENV", "PYTHON"))
+    }
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "infra" / "airflow" / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW_CONN_EMBEDPIPE_RAY": json.dumps(
+                {"conn_type": "generic", "extra": {"address": head.address}, "password": token}
+            ),
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
+    )
+    migrate = subprocess.run([str(AIRFLOW), "db", "migrate"], env=env, capture_output=True, text=True, timeout=600)
     assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
     conf = {
         "source_root": str(source),
         "config": "jobs/configs/demo.yaml",
-        "overrides": [f"sink.uri={db}", "sink.table=daily", "source.metadata_columns=[title, length_chars, date]",
-                      "compute.block_rows=16"],
+        "overrides": [
+            f"sink.uri={db}",
+            "sink.table=daily",
+            "source.metadata_columns=[title, length_chars, date]",
+            "compute.block_rows=16",
+        ],
     }
 
     def run(day: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(AIRFLOW), "dags", "test", DAG_ID, day, "--conf", json.dumps(conf)],
-                              env=env, cwd=home, capture_output=True, text=True, timeout=900)
+        return subprocess.run(
+            [str(AIRFLOW), "dags", "test", DAG_ID, day, "--conf", json.dumps(conf)],
+            env=env,
+            cwd=home,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
 
     run.home, run.db = home, db
     return run
@@ -110,7 +129,9 @@ def test_first_day_is_indexed_and_recorded(airflow, source):
     maintenance = record["maintain_job"]["summary"]
     assert maintenance["duplicate_ids"] == 0 and maintenance["rows"] == 30
     table = _table(airflow)
-    assert sorted(table.column("id").to_pylist()) == sorted(pq.read_table(source / f"date={DAY1}").column("id").to_pylist())
+    assert sorted(table.column("id").to_pylist()) == sorted(
+        pq.read_table(source / f"date={DAY1}").column("id").to_pylist()
+    )
     assert set(table.column("date").to_pylist()) == {DAY1}  # the partition value became a column
     assert "embedded     30" in out  # the job's own output is in the task log
     assert out.index("submitted Ray job daily-") < out.index("submitted Ray job maintain-")

@@ -13,9 +13,9 @@ import pytest
 from connectors import lance_sink
 from pipelines.config import ConfigError, load_config
 from pipelines.embed.hf_encoder import HFEncoder
+from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
 from pipelines.run.runner import run_index
 from pipelines.search.searcher import Searcher
-from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
 
 QUERY_PROMPT = "Instruct: Given a question, retrieve the Wikipedia article that answers it\nQuery: "
 
@@ -64,9 +64,15 @@ def test_eos_is_not_doubled_when_the_tokenizer_adds_it(tiny_qwen3_dir):
     assert len(ids[1]) == 16 and truncated == [False, True]
 
 
-@pytest.mark.parametrize("setting, pooling, appends", [
-    ("auto", "last", True), ("auto", "mean", False), (True, "mean", True), (False, "last", False),
-])
+@pytest.mark.parametrize(
+    "setting, pooling, appends",
+    [
+        ("auto", "last", True),
+        ("auto", "mean", False),
+        (True, "mean", True),
+        (False, "last", False),
+    ],
+)
 def test_append_eos_setting(tiny_llama_dir, setting, pooling, appends):
     tokenizer = load_tokenizer(str(tiny_llama_dir), None, "left")
     assert (eos_to_append(tokenizer, setting, pooling) is not None) == appends
@@ -98,10 +104,18 @@ def test_decoder_index_and_instruction_query(ray_cluster, tiny_llama_dir, sample
     docs = sample_table.slice(0, 40)
     pq.write_table(docs, tmp_path / "docs.parquet")
     db = str(tmp_path / "db")
-    config = load_config(overrides=[
-        f"source.path={tmp_path / 'docs.parquet'}", f"sink.uri={db}", "sink.table=dec",
-        f"model.path={tiny_llama_dir}", "model.pooling=last", "model.max_tokens=128", "index.type=none",
-    ], data={"model": {"query_prompt": QUERY_PROMPT}})
+    config = load_config(
+        overrides=[
+            f"source.path={tmp_path / 'docs.parquet'}",
+            f"sink.uri={db}",
+            "sink.table=dec",
+            f"model.path={tiny_llama_dir}",
+            "model.pooling=last",
+            "model.max_tokens=128",
+            "index.type=none",
+        ],
+        data={"model": {"query_prompt": QUERY_PROMPT}},
+    )
     summary = run_index(config)
     assert summary.rows_written == 40
 
@@ -129,13 +143,21 @@ def test_vllm_config_is_checked_before_anything_runs():
     with pytest.raises(ConfigError, match="gpus_per_actor=1 must equal model.vllm.tensor_parallel_size=2"):
         load_config(overrides=["model.backend=vllm", "model.vllm.tensor_parallel_size=2", "compute.gpus_per_actor=1"])
     with pytest.raises(ConfigError, match="in_process needs vllm.tensor_parallel_size=1"):
-        load_config(overrides=["model.backend=vllm", "model.vllm.tensor_parallel_size=2",
-                               "compute.gpus_per_actor=2", "model.vllm.in_process=true"])
+        load_config(
+            overrides=[
+                "model.backend=vllm",
+                "model.vllm.tensor_parallel_size=2",
+                "compute.gpus_per_actor=2",
+                "model.vllm.in_process=true",
+            ]
+        )
     with pytest.raises(ConfigError, match="cuda:N is not supported by backend vllm"):
         load_config(overrides=["model.backend=vllm", "model.device=cuda:1"])
     with pytest.raises(ConfigError, match="model.vllm.gpu_memory_utilization"):
         load_config(overrides=["model.vllm.gpu_memory_utilization=1.5"])
-    config = load_config(overrides=["model.backend=vllm", "model.vllm.tensor_parallel_size=2", "compute.gpus_per_actor=2"])
+    config = load_config(
+        overrides=["model.backend=vllm", "model.vllm.tensor_parallel_size=2", "compute.gpus_per_actor=2"]
+    )
     assert config.model.vllm.tensor_parallel_size == 2
 
 

@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.lance_index import build_index, search_batch
-from pipelines.vector_index.params import derive_index_params, index_workers, maintain_index
 from pipelines.config import IndexConfig, load_config
 from pipelines.run.runner import run_index
+from pipelines.vector_index.params import derive_index_params, index_workers, maintain_index
 
 ROWS, DIM = 65536, 32  # lance-ray trains PQ on 256 * sample_rate (256) vectors
 
@@ -36,8 +36,12 @@ def _table(path, vectors):
     import lance
     import lancedb
 
-    data = pa.table({"id": [f"v{i}" for i in range(ROWS)],
-                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)})
+    data = pa.table(
+        {
+            "id": [f"v{i}" for i in range(ROWS)],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
+        }
+    )
     lance.write_dataset(data, str(path / "t.lance"), max_rows_per_file=8192)  # 8 fragments
     return lancedb.connect(str(path)).open_table("t")
 
@@ -70,13 +74,20 @@ def test_two_tasks_build_one_index_of_two_segments_as_good_as_one_task(ray_clust
     for nprobes in (4, 64):
         for refine in (5, 20):
             assert _recall(table, vectors, nprobes, refine) == pytest.approx(
-                _recall(one_table, vectors, nprobes, refine), abs=0.03)
+                _recall(one_table, vectors, nprobes, refine), abs=0.03
+            )
     assert _recall(table, vectors, 64, 20) >= 0.9
 
     # Rows appended later are added to the segmented index in place, as to a one-task index.
     more = vectors[:2000]
-    table.add(pa.table({"id": [f"w{i}" for i in range(len(more))],
-                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(more.ravel()), DIM)}))
+    table.add(
+        pa.table(
+            {
+                "id": [f"w{i}" for i in range(len(more))],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(more.ravel()), DIM),
+            }
+        )
+    )
     after = maintain_index(table, ROWS + len(more), DIM, config)
     assert after.reason.startswith("optimized in place")
     stats = table.index_stats("vector_idx")
@@ -89,9 +100,20 @@ def test_the_job_builds_with_several_tasks_and_tunes_the_result(ray_cluster, sam
     for k in range(4):
         pq.write_table(sample_table.slice(400 * k, 400).select(["id", "text"]), src / f"p{k}.parquet")
     db = tmp_path / "db"
-    summary = run_index(load_config(overrides=[
-        f"source.path={src}", f"sink.uri={db}", "sink.table=docs", f"model.path={tiny_bert_dir}",
-        "compute.block_rows=64", "sink.rows_per_fragment=200", "index.workers=2", "index.num_partitions=4"]))
+    summary = run_index(
+        load_config(
+            overrides=[
+                f"source.path={src}",
+                f"sink.uri={db}",
+                "sink.table=docs",
+                f"model.path={tiny_bert_dir}",
+                "compute.block_rows=64",
+                "sink.rows_per_fragment=200",
+                "index.workers=2",
+                "index.num_partitions=4",
+            ]
+        )
+    )
     assert summary.index["workers"] == 2 and "by 2 tasks" in summary.format()
     import lancedb
 

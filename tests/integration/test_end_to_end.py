@@ -14,8 +14,8 @@ import pytest
 
 from connectors import lance_sink
 from pipelines.config import load_config
-from pipelines.run.runner import run_index
 from pipelines.lineage import LineageMismatchError
+from pipelines.run.runner import run_index
 from pipelines.search.searcher import Searcher
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/integration/ -> repo root
@@ -87,8 +87,16 @@ def test_vectors_have_dimension_and_unit_norm(indexed):
     vectors = np.stack(data.column("vector").to_numpy(zero_copy_only=False))
     assert vectors.shape == (300, 384)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    assert set(data.column_names) == {"id", "text", "title", "length_chars", "vector", "content_hash",
-                                      "source_file", "run_id"}
+    assert set(data.column_names) == {
+        "id",
+        "text",
+        "title",
+        "length_chars",
+        "vector",
+        "content_hash",
+        "source_file",
+        "run_id",
+    }
 
 
 def test_vectors_match_sentence_transformers(indexed, minilm_dir):
@@ -125,8 +133,10 @@ def test_lineage_is_stored_with_the_table(indexed):
     assert tuning["reached"] and tuning["recall"] >= tuning["target_recall"] == 0.95
     assert summary.tuning["recall"] == tuning["recall"]
     assert tuning["recall"] >= tuning["recall_low"] >= 0.95
-    assert (f"tuning       recall@10 {tuning['recall']:.3f}, 95% lower bound {tuning['recall_low']:.3f} vs exact "
-            "search (target 0.95, reached)") in summary.format()
+    assert (
+        f"tuning       recall@10 {tuning['recall']:.3f}, 95% lower bound {tuning['recall_low']:.3f} vs exact "
+        "search (target 0.95, reached)"
+    ) in summary.format()
 
 
 def test_query_with_a_documents_own_text_returns_it_first(indexed, sample_table):
@@ -200,22 +210,30 @@ def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_tabl
     queries = tmp_path / "queries.parquet"
     pq.write_table(pa.table({"text": texts + ["", None, "   "]}), queries)  # blanks are skipped
     db = str(tmp_path / "db")
-    summary = run_index(_config(corpus_dir, db, **{"index.tuning_queries_path": str(queries),
-                                                    "index.tuning_queries": 30}))
+    summary = run_index(
+        _config(corpus_dir, db, **{"index.tuning_queries_path": str(queries), "index.tuning_queries": 30})
+    )
     tuning = summary.tuning
     assert tuning["query_source"] == f"queries from {queries}" and tuning["queries"] == 30
     assert tuning["reached"] and tuning["recall"] >= 0.95
     assert lance_sink.read_lineage(db, "docs")["tuning"]["query_source"] == tuning["query_source"]
 
     # The recorded recall is what these queries get at the stored defaults, measured here apart.
-    from pipelines.vector_index.step import read_tuning_queries
     from connectors.storage import Storage
+    from pipelines.vector_index.step import read_tuning_queries
 
     searcher = Searcher.open(db, "docs")
     vectors = searcher.embed_queries(read_tuning_queries(str(queries), 30, Storage.resolve()))
     exact = search_batch(searcher.table, vectors, 10, metric="cosine", id_column="id", exact=True)
-    found = search_batch(searcher.table, vectors, 10, metric="cosine", id_column="id",
-                         nprobes=tuning["nprobes"], refine_factor=tuning["refine_factor"])
+    found = search_batch(
+        searcher.table,
+        vectors,
+        10,
+        metric="cosine",
+        id_column="id",
+        nprobes=tuning["nprobes"],
+        refine_factor=tuning["refine_factor"],
+    )
     assert knn_recall(found, exact, 10) == pytest.approx(tuning["recall"], abs=1e-4)
 
 
@@ -223,8 +241,11 @@ def test_tuning_query_file_without_text_column_fails_before_work(ray_cluster, co
     queries = tmp_path / "queries.parquet"
     pq.write_table(pa.table({"query": ["a", "b"]}), queries)
     db = tmp_path / "db"
-    with pytest.raises(ValueError, match=r"index.tuning_queries_path=.*queries.parquet has no 'text' column "
-                                         r"\(columns: query\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"index.tuning_queries_path=.*queries.parquet has no 'text' column "
+        r"\(columns: query\)",
+    ):
         run_index(_config(corpus_dir, str(db), **{"index.tuning_queries_path": str(queries)}))
     assert not db.exists()  # nothing was written
     with pytest.raises(ValueError, match="index.tuning_queries_path=.*missing.parquet: cannot read it"):
@@ -233,8 +254,9 @@ def test_tuning_query_file_without_text_column_fails_before_work(ray_cluster, co
 
 def _run(args, **env):
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **env}
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=full_env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600
+    )
 
 
 def test_cli_config_error_names_key_and_exits_nonzero():
@@ -247,9 +269,18 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
     corpus = tmp_path / "small.parquet"
     pq.write_table(sample_table.slice(300, 40), corpus)
     db = tmp_path / "db"
-    result = _run(["jobs.index", "--set", f"source.path={corpus}", "--set", f"sink.uri={db}",
-                   "--summary-json", str(tmp_path / "summary.json")],
-                  RAY_ADDRESS=ray_cluster.address_info["address"])
+    result = _run(
+        [
+            "jobs.index",
+            "--set",
+            f"source.path={corpus}",
+            "--set",
+            f"sink.uri={db}",
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+        ],
+        RAY_ADDRESS=ray_cluster.address_info["address"],
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "embedded     40" in result.stdout
     # The log a user reads: a start line, a line per checkpoint, and not Ray Data's operator dump.
@@ -262,10 +293,15 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
 
     queries = tmp_path / "q.jsonl"
     target = sample_table.slice(305, 1).to_pylist()[0]
-    queries.write_text(json.dumps({"id": "q1", "text": target["text"]}) + "\n"
-                       + json.dumps({"id": 7, "text": "rivers and mountains"}) + "\n")
-    result = _run(["jobs.query", "--uri", str(db), "--table", "documents", "-k", "3", "--json",
-                   "--queries", str(queries)])
+    queries.write_text(
+        json.dumps({"id": "q1", "text": target["text"]})
+        + "\n"
+        + json.dumps({"id": 7, "text": "rivers and mountains"})
+        + "\n"
+    )
+    result = _run(
+        ["jobs.query", "--uri", str(db), "--table", "documents", "-k", "3", "--json", "--queries", str(queries)]
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(h["query_id"], h["rank"]) for h in lines] == [("q1", 1), ("q1", 2), ("q1", 3), (7, 1), (7, 2), (7, 3)]
@@ -274,15 +310,31 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
 
     # The one command (pyproject's [project.scripts]) runs the same job.
     embedpipe = os.path.join(os.path.dirname(sys.executable), "embedpipe")
-    same = subprocess.run([embedpipe, "query", "--uri", str(db), "--table", "documents", "-k", "3", "--json",
-                           "--queries", str(queries)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    same = subprocess.run(
+        [embedpipe, "query", "--uri", str(db), "--table", "documents", "-k", "3", "--json", "--queries", str(queries)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert same.returncode == 0, same.stderr[-2000:]
     assert [json.loads(line) for line in same.stdout.splitlines()] == lines
 
     # The project's own evaluation queries (BEIR's "_id") are a queries file too.
-    beir = _run(["jobs.query", "--uri", str(db), "--table", "documents", "-k", "1", "--json",
-                 "--queries", os.path.join(ROOT, "data", "eval", "wiki_desc", "queries.jsonl")])
+    beir = _run(
+        [
+            "jobs.query",
+            "--uri",
+            str(db),
+            "--table",
+            "documents",
+            "-k",
+            "1",
+            "--json",
+            "--queries",
+            os.path.join(ROOT, "data", "eval", "wiki_desc", "queries.jsonl"),
+        ]
+    )
     assert beir.returncode == 0, beir.stderr[-2000:]
     assert [json.loads(line)["query_id"] for line in beir.stdout.splitlines()][:2] == ["q000", "q001"]
 

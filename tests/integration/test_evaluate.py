@@ -24,16 +24,34 @@ DIMS = (384, 128)
 
 
 def _run(args, **env):
-    return subprocess.run([sys.executable, "-m", "jobs.evaluate", *args], cwd=ROOT, capture_output=True,
-                          text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.evaluate", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        timeout=900,
+    )
 
 
 @pytest.fixture(scope="module")
 def evaluated(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
-    result = _run(["--dataset", str(DATASET), "--dimensions", ",".join(map(str, DIMS)), "--index-types", "ivf_rq",
-                   "--out", str(out), "--set", "compute.block_rows=128"],
-                  RAY_ADDRESS=ray_cluster.address_info["address"])
+    result = _run(
+        [
+            "--dataset",
+            str(DATASET),
+            "--dimensions",
+            ",".join(map(str, DIMS)),
+            "--index-types",
+            "ivf_rq",
+            "--out",
+            str(out),
+            "--set",
+            "compute.block_rows=128",
+        ],
+        RAY_ADDRESS=ray_cluster.address_info["address"],
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result, out, json.loads((out / "results.json").read_text())
 
@@ -70,19 +88,32 @@ def _numpy_metrics(order: np.ndarray, doc_ids: list, qids: list, qrels: dict) ->
     hit = ranked > 0
     first = np.where(hit[:, :10].any(1), 1 / (hit[:, :10].argmax(1) + 1), 0.0)
     n_rel = (rel > 0).sum(1)
-    return {"ndcg@10": float((dcg / idcg).mean()), "recall@10": float((hit[:, :10].sum(1) / n_rel).mean()),
-            "recall@100": float((hit[:, :100].sum(1) / n_rel).mean()), "mrr@10": float(first.mean())}
+    return {
+        "ndcg@10": float((dcg / idcg).mean()),
+        "recall@10": float((hit[:, :10].sum(1) / n_rel).mean()),
+        "recall@100": float((hit[:, :100].sum(1) / n_rel).mean()),
+        "mrr@10": float(first.mean()),
+    }
 
 
 def _rows(report, dim=None, search=None):
-    return [r for r in report["results"] if (dim is None or r["dimension"] == dim)
-            and (search is None or r["search"] == search)]
+    return [
+        r
+        for r in report["results"]
+        if (dim is None or r["dimension"] == dim) and (search is None or r["search"] == search)
+    ]
 
 
 def test_cli_prints_the_table_and_writes_json_and_plot(evaluated):
     result, out, report = evaluated
     assert [(r["dimension"], r["search"]) for r in report["results"]] == [
-        (384, "exact"), (384, "ivf_pq"), (384, "ivf_rq"), (128, "exact"), (128, "ivf_pq"), (128, "ivf_rq")]
+        (384, "exact"),
+        (384, "ivf_pq"),
+        (384, "ivf_rq"),
+        (128, "exact"),
+        (128, "ivf_pq"),
+        (128, "ivf_rq"),
+    ]
     table = (out / "results.md").read_text()
     assert table in result.stdout
     rows = [line for line in table.splitlines() if line.startswith("| ")]
@@ -90,8 +121,14 @@ def test_cli_prints_the_table_and_writes_json_and_plot(evaluated):
     assert "| 128 | IVF-RQ 1-bit | 16 |" in table
     png = (out / "quality_vs_bytes.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    assert report["dataset"] == {"path": str(DATASET), "name": "wiki_desc", "split": "test",
-                                 "documents": 400, "queries": 100, "judgments": 100}
+    assert report["dataset"] == {
+        "path": str(DATASET),
+        "name": "wiki_desc",
+        "split": "test",
+        "documents": 400,
+        "queries": 100,
+        "judgments": 100,
+    }
     assert result.stderr.count("tuning       recall@10") == len(DIMS)  # each run's summary
 
 
@@ -129,8 +166,10 @@ def test_index_row_matches_a_direct_search_at_the_stored_defaults(evaluated, dat
     lineage = lance_sink.read_lineage(str(out / "lancedb"), f"wiki_desc_d{dim}")
     row = _rows(report, dim, "ivf_rq")[0]
     assert lineage["index"]["type"] == "ivf_rq"
-    assert (row["nprobes"], row["refine_factor"]) == (lineage["query_defaults"]["nprobes"],
-                                                       lineage["query_defaults"]["refine_factor"])
+    assert (row["nprobes"], row["refine_factor"]) == (
+        lineage["query_defaults"]["nprobes"],
+        lineage["query_defaults"]["refine_factor"],
+    )
     assert lineage["tuning"]["reached"] and lineage["tuning"]["recall"] >= 0.95
     assert row["tuned_recall_at_10"] == lineage["tuning"]["recall"]
 
@@ -144,8 +183,14 @@ def test_index_row_matches_a_direct_search_at_the_stored_defaults(evaluated, dat
     column = {d: i for i, d in enumerate(doc_ids)}
     ann = []
     for q in queries:
-        hits = table.search(q).distance_type("cosine").nprobes(row["nprobes"]) \
-            .refine_factor(row["refine_factor"]).limit(100).to_arrow()
+        hits = (
+            table.search(q)
+            .distance_type("cosine")
+            .nprobes(row["nprobes"])
+            .refine_factor(row["refine_factor"])
+            .limit(100)
+            .to_arrow()
+        )
         ann.append([column[i] for i in hits.column("id").to_pylist()])
     overlap = np.mean([len(set(a[:10]) & set(e)) / 10 for a, e in zip(ann, exact_top10)])
     assert row["recall_at_10_vs_exact"] == pytest.approx(overlap, abs=1e-4)
@@ -188,7 +233,8 @@ def test_dataset_and_dimension_errors_exit_2_with_one_line(tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nope' / 'corpus.jsonl'}: file not found (expected the BEIR layout: corpus.jsonl, "
-        "queries.jsonl, qrels/<split>.tsv)"]
+        "queries.jsonl, qrels/<split>.tsv)"
+    ]
     bad = _run(["--dataset", str(DATASET), "--dimensions", "384,abc"])
     assert bad.returncode == 2 and "--dimensions '384,abc'" in bad.stderr
     # The job sets the source and the tables itself: a --set for them is refused, not ignored.
@@ -202,9 +248,27 @@ def test_query_cli_exact_flag_scans_every_vector(evaluated, dataset):
     data = _table(out, 128).to_arrow()
     docs = np.asarray(data.column("vector").to_pylist(), dtype=np.float32)
     text = dataset.queries["q007"]
-    result = subprocess.run([sys.executable, "-m", "jobs.query", "--uri", str(out / "lancedb"), "--table",
-                             "wiki_desc_d128", "-k", "5", "--exact", "--json", text], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.query",
+            "--uri",
+            str(out / "lancedb"),
+            "--table",
+            "wiki_desc_d128",
+            "-k",
+            "5",
+            "--exact",
+            "--json",
+            text,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     from pipelines.search.searcher import Searcher

@@ -43,8 +43,16 @@ def _split(table, root: Path, parts: int, prefix="part"):
 
 
 def _config(src, db, *extra):
-    return load_config(overrides=[f"source.path={src}", f"sink.uri={db}", "sink.table=docs",
-                                  "compute.block_rows=32", "sink.rows_per_fragment=64", *extra])
+    return load_config(
+        overrides=[
+            f"source.path={src}",
+            f"sink.uri={db}",
+            "sink.table=docs",
+            "compute.block_rows=32",
+            "sink.rows_per_fragment=64",
+            *extra,
+        ]
+    )
 
 
 def _table_ids(db, table="docs"):
@@ -94,9 +102,25 @@ def test_killed_encoder_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_clus
 def test_killed_driver_resumes_with_same_run_id_without_redoing_finished_files(ray_cluster, sample_table, tmp_path):
     corpus = _split(_docs(sample_table, 500, 480), tmp_path / "src", 12)
     db = tmp_path / "db"
-    args = [sys.executable, "-m", "jobs.index", "--set", f"source.path={corpus}", "--set", f"sink.uri={db}",
-            "--set", "sink.table=docs", "--set", "run.id=nightly-1", "--set", "compute.block_rows=16",
-            "--set", "sink.rows_per_fragment=40", "--set", "sink.checkpoint_rows=40"]
+    args = [
+        sys.executable,
+        "-m",
+        "jobs.index",
+        "--set",
+        f"source.path={corpus}",
+        "--set",
+        f"sink.uri={db}",
+        "--set",
+        "sink.table=docs",
+        "--set",
+        "run.id=nightly-1",
+        "--set",
+        "compute.block_rows=16",
+        "--set",
+        "sink.rows_per_fragment=40",
+        "--set",
+        "sink.checkpoint_rows=40",
+    ]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address_info["address"], "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     runlog = RunLog(str(db), "docs")
@@ -116,8 +140,9 @@ def test_killed_driver_resumes_with_same_run_id_without_redoing_finished_files(r
     assert 3 <= len(done_before) < 12
 
     summary_file = tmp_path / "summary.json"
-    second = subprocess.run(args + ["--summary-json", str(summary_file)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=600)
+    second = subprocess.run(
+        args + ["--summary-json", str(summary_file)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(summary_file.read_text())
     done_rows = sum(d.rows for d in done_before.values())
@@ -128,8 +153,9 @@ def test_killed_driver_resumes_with_same_run_id_without_redoing_finished_files(r
     assert set(ids) == set(pq.read_table(corpus).column("id").to_pylist())
 
     # Running the finished run id again is a no-op: no duplicates, nothing embedded.
-    third = subprocess.run(args + ["--summary-json", str(summary_file)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=600)
+    third = subprocess.run(
+        args + ["--summary-json", str(summary_file)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert third.returncode == 0, third.stderr[-3000:]
     assert json.loads(summary_file.read_text())["rows_read"] == 0
     assert sorted(_table_ids(db)) == sorted(ids)
@@ -187,11 +213,14 @@ def test_bad_rows_are_rejected_with_id_file_and_reason(ray_cluster, sample_table
     huge = {"id": "huge", "text": "word " * 25600}  # 100x the model's 256-token limit
     dup = {"id": docs[0]["id"], "text": "a second row with an id already used"}
     pq.write_table(pa.Table.from_pylist(docs + [huge, dup, {"id": "ws", "text": " \n "}]), src / "a.parquet")
-    pq.write_table(pa.table({"id": ["bin-ok", "bin-bad"], "text": pa.array([b"valid bytes", b"\xff\xfe bad"],
-                                                                            pa.binary())}), src / "b.parquet")
+    pq.write_table(
+        pa.table({"id": ["bin-ok", "bin-bad"], "text": pa.array([b"valid bytes", b"\xff\xfe bad"], pa.binary())}),
+        src / "b.parquet",
+    )
     pq.write_table(pa.table({"id": ["int-1", "int-2"], "text": [1, 2]}), src / "c.parquet")
-    pq.write_table(pa.table({"id": ["ls-1"], "text": pa.array(["large string row"], pa.large_string())}),
-                   src / "d.parquet")
+    pq.write_table(
+        pa.table({"id": ["ls-1"], "text": pa.array(["large string row"], pa.large_string())}), src / "d.parquet"
+    )
     (src / "e.parquet").write_bytes(b"PAR1 this is not parquet at all")
     db = tmp_path / "db"
 
@@ -217,8 +246,10 @@ def test_bad_rows_are_rejected_with_id_file_and_reason(ray_cluster, sample_table
     # rejected (the check looks up this run's ids among the older rows, not the whole table).
     more = tmp_path / "more"
     more.mkdir()
-    pq.write_table(pa.table({"id": [docs[1]["id"], "fresh-1"], "text": ["again, with a known id", "a new document"]}),
-                   more / "f.parquet")
+    pq.write_table(
+        pa.table({"id": [docs[1]["id"], "fresh-1"], "text": ["again, with a known id", "a new document"]}),
+        more / "f.parquet",
+    )
     third = run_index(_config(more, db, "sink.mode=append"))
     assert dict(third.rejected) == {"duplicate_id": 1} and third.rows_written == 1
     rows = lancedb.connect(str(db)).open_table("docs").to_arrow().to_pylist()

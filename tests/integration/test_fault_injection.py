@@ -25,10 +25,31 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_kills_of_driver_actor_and_writer_lose_and_double_nothing(tmp_path):
     out = tmp_path / "results.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "fault_injection.py"), "--docs", "600",
-                           "--files", "20", "--seeds", "3", "--seed-start", "0", "--attempt-timeout", "300",
-                           "--workdir", str(tmp_path / "work"), "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "fault_injection.py"),
+            "--docs",
+            "600",
+            "--files",
+            "20",
+            "--seeds",
+            "3",
+            "--seed-start",
+            "0",
+            "--attempt-timeout",
+            "300",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith(("seed", "total", "  "))]
     assert out.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
     total = json.loads(out.read_text())["totals"]

@@ -17,15 +17,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import load_config
-from pipelines.run.runner import run_index
 from pipelines.lineage import VECTOR_FIELDS, make_lineage, vector_key
+from pipelines.run.runner import run_index
 from pipelines.run.stages.validate import content_hash
 
 
 def _config(src, db, *extra):
-    return load_config(overrides=[f"source.path={src}", f"sink.uri={db}", "sink.table=docs",
-                                  "compute.block_rows=32", "sink.rows_per_fragment=64", "index.type=none",
-                                  *extra])
+    return load_config(
+        overrides=[
+            f"source.path={src}",
+            f"sink.uri={db}",
+            "sink.table=docs",
+            "compute.block_rows=32",
+            "sink.rows_per_fragment=64",
+            "index.type=none",
+            *extra,
+        ]
+    )
 
 
 def _rows(db, table="docs"):
@@ -67,22 +75,26 @@ def _key(overrides=(), **lineage_args):
     return vector_key(make_lineage(config, **{**_BASE, **lineage_args}), config)
 
 
-@pytest.mark.parametrize("overrides, lineage_args", [
-    ([], dict(fingerprint="e" * 16)),
-    (["model.pooling=cls"], {}),
-    ([], dict(max_tokens=128)),
-    (["model.query_prompt=query: "], {}),
-    (["model.document_prompt=passage: "], {}),
-    ([], dict(append_eos=True)),
-    ([], dict(dimension=256)),
-    (["embed.normalize=false"], {}),
-    (["index.metric=dot"], {}),
-    (["model.dtype=bfloat16"], {}),
-    (["model.backend=vllm"], {}),
-    (["model.padding_side=left"], {}),
-    (["embed.vector_dtype=float16"], {}),
-    (["embed.long_text=chunk"], {}),
-], ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "overrides, lineage_args",
+    [
+        ([], dict(fingerprint="e" * 16)),
+        (["model.pooling=cls"], {}),
+        ([], dict(max_tokens=128)),
+        (["model.query_prompt=query: "], {}),
+        (["model.document_prompt=passage: "], {}),
+        ([], dict(append_eos=True)),
+        ([], dict(dimension=256)),
+        (["embed.normalize=false"], {}),
+        (["index.metric=dot"], {}),
+        (["model.dtype=bfloat16"], {}),
+        (["model.backend=vllm"], {}),
+        (["model.padding_side=left"], {}),
+        (["embed.vector_dtype=float16"], {}),
+        (["embed.long_text=chunk"], {}),
+    ],
+    ids=lambda v: str(v),
+)
 def test_every_setting_that_changes_a_stored_vector_changes_the_key(overrides, lineage_args):
     assert _key(overrides, **lineage_args) != _key()
 
@@ -248,10 +260,25 @@ def test_unreachable_endpoint_exits_2_with_one_line_in_seconds(tmp_path):
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "AKIAEXAMPLEKEY0000", "AWS_SECRET_ACCESS_KEY": "secret-0123456789"}
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "jobs.index", "--set", "source.path=s3://corpus/docs/",
-         "--set", f"storage.endpoint_url=http://127.0.0.1:{port}", "--set", "storage.allow_http=true",
-         "--set", f"sink.uri={tmp_path / 'db'}"],
-        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "jobs.index",
+            "--set",
+            "source.path=s3://corpus/docs/",
+            "--set",
+            f"storage.endpoint_url=http://127.0.0.1:{port}",
+            "--set",
+            "storage.allow_http=true",
+            "--set",
+            f"sink.uri={tmp_path / 'db'}",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     assert result.returncode == 2, result.stderr[-2000:]
     [line] = result.stderr.strip().splitlines()
@@ -284,8 +311,9 @@ def test_id_column_must_be_a_plain_identifier(name):
         load_config(overrides=[f"source.id_column={name}"])
 
 
-@pytest.mark.parametrize("ids", [pa.array([1.5, 2.5]), pa.array([b"a", b"b"]), pa.array([True, False])],
-                         ids=["double", "binary", "bool"])
+@pytest.mark.parametrize(
+    "ids", [pa.array([1.5, 2.5]), pa.array([b"a", b"b"]), pa.array([True, False])], ids=["double", "binary", "bool"]
+)
 def test_id_types_other_than_string_or_integer_fail_in_preflight(ids, tmp_path):
     from connectors.parquet_source import SourceError
     from pipelines.run.runner import preflight
@@ -313,21 +341,39 @@ def test_chunk_overlap_at_or_over_the_token_budget_fails_before_work(tiny_bert_d
     pq.write_table(pa.table({"id": ["a"], "text": ["one"]}), tmp_path / "a.parquet")
     # Below max_tokens, but not below the text tokens a window has once [CLS] and [SEP] are in.
     with pytest.raises(ConfigError, match=r"embed.chunk_overlap=63 must be below the 62 text tokens"):
-        preflight(_config(tmp_path / "a.parquet", tmp_path / "db", f"model.path={tiny_bert_dir}",
-                          "embed.long_text=chunk", "model.max_tokens=64", "embed.chunk_overlap=63"))
+        preflight(
+            _config(
+                tmp_path / "a.parquet",
+                tmp_path / "db",
+                f"model.path={tiny_bert_dir}",
+                "embed.long_text=chunk",
+                "model.max_tokens=64",
+                "embed.chunk_overlap=63",
+            )
+        )
     # The model's own limit (128 positions here) counts when model.max_tokens is not set.
     with pytest.raises(ConfigError, match=r"embed.chunk_overlap=500 must be below"):
-        preflight(_config(tmp_path / "a.parquet", tmp_path / "db", f"model.path={tiny_bert_dir}",
-                          "embed.long_text=chunk", "embed.chunk_overlap=500"))
+        preflight(
+            _config(
+                tmp_path / "a.parquet",
+                tmp_path / "db",
+                f"model.path={tiny_bert_dir}",
+                "embed.long_text=chunk",
+                "embed.chunk_overlap=500",
+            )
+        )
 
 
-@pytest.mark.parametrize("item, expected", [
-    ("model.query_prompt=query #1: ", {"model": {"query_prompt": "query #1: "}}),
-    ("model.document_prompt=[passage] ", {"model": {"document_prompt": "[passage] "}}),
-    ("run.id=0123", {"run": {"id": "0123"}}),
-    ("model.revision=null", {"model": {"revision": None}}),
-    ("compute.actors=2", {"compute": {"actors": 2}}),
-])
+@pytest.mark.parametrize(
+    "item, expected",
+    [
+        ("model.query_prompt=query #1: ", {"model": {"query_prompt": "query #1: "}}),
+        ("model.document_prompt=[passage] ", {"model": {"document_prompt": "[passage] "}}),
+        ("run.id=0123", {"run": {"id": "0123"}}),
+        ("model.revision=null", {"model": {"revision": None}}),
+        ("compute.actors=2", {"compute": {"actors": 2}}),
+    ],
+)
 def test_set_keeps_string_values_verbatim(item, expected):
     from pipelines.config import parse_overrides
 

@@ -34,10 +34,14 @@ def _rows(ids: list[str], seed: int) -> pa.Table:
     rng = np.random.default_rng(seed)
     v = rng.normal(size=(len(ids), DIM)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32(), DIM))],
-                       metadata={lance_sink.LINEAGE_KEY: json.dumps(LINEAGE)})
-    return pa.table({"id": ids, "text": [f"text {i}" for i in ids],
-                     "vector": pa.FixedSizeListArray.from_arrays(v.ravel(), DIM)}, schema=schema)
+    schema = pa.schema(
+        [("id", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32(), DIM))],
+        metadata={lance_sink.LINEAGE_KEY: json.dumps(LINEAGE)},
+    )
+    return pa.table(
+        {"id": ids, "text": [f"text {i}" for i in ids], "vector": pa.FixedSizeListArray.from_arrays(v.ravel(), DIM)},
+        schema=schema,
+    )
 
 
 def _add(db: Path, ids: list[str], seed: int) -> None:
@@ -47,8 +51,13 @@ def _add(db: Path, ids: list[str], seed: int) -> None:
 
 
 def _maintain(db: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "jobs.maintain", "--set", f"sink.uri={db}", "--set", "sink.table=t",
-                           *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.maintain", "--set", f"sink.uri={db}", "--set", "sink.table=t", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_upkeep_builds_optimizes_rebuilds_and_reports(tmp_path):
@@ -120,8 +129,9 @@ def _opens(db: Path, version: int, name: str = "t") -> bool:
     return True
 
 
-def test_real_runs_leave_many_fragments_that_maintain_compacts_and_prunes(ray_cluster, tiny_bert_dir, sample_table,
-                                                                         tmp_path):
+def test_real_runs_leave_many_fragments_that_maintain_compacts_and_prunes(
+    ray_cluster, tiny_bert_dir, sample_table, tmp_path
+):
     db = tmp_path / "db"
     docs = sample_table.select(["id", "text"])
     docs = docs.cast(pa.schema([f.with_nullable(True) for f in docs.schema]))
@@ -132,15 +142,28 @@ def test_real_runs_leave_many_fragments_that_maintain_compacts_and_prunes(ray_cl
         pq.write_table(pa.Table.from_pylist(rows, schema=docs.schema), src / "part.parquet")
         from pipelines.run.runner import run_index
 
-        summary = run_index(load_config(overrides=[
-            f"source.path={src}", f"sink.uri={db}", "sink.table=docs", "sink.mode=append", f"model.path={tiny_bert_dir}",
-            "compute.block_rows=4", "sink.rows_per_fragment=4", "sink.checkpoint_rows=4"]))
+        summary = run_index(
+            load_config(
+                overrides=[
+                    f"source.path={src}",
+                    f"sink.uri={db}",
+                    "sink.table=docs",
+                    "sink.mode=append",
+                    f"model.path={tiny_bert_dir}",
+                    "compute.block_rows=4",
+                    "sink.rows_per_fragment=4",
+                    "sink.checkpoint_rows=4",
+                ]
+            )
+        )
         # An append run commits at each checkpoint, and the summary times the commit apart from the run log.
-        assert summary.checkpoint_timings and all(t["commit_s"] > 0 and t["runlog_s"] > 0
-                                                  for t in summary.checkpoint_timings)
+        assert summary.checkpoint_timings and all(
+            t["commit_s"] > 0 and t["runlog_s"] > 0 for t in summary.checkpoint_timings
+        )
     names = ["docs", "docs_rejects", "docs_runs"]
-    before = {n: (_fragments(db, n), _content(db, n), lance.dataset(_uri(db, n)).versions()[0]["version"])
-              for n in names}
+    before = {
+        n: (_fragments(db, n), _content(db, n), lance.dataset(_uri(db, n)).versions()[0]["version"]) for n in names
+    }
     assert before["docs"][0] >= 6 and before["docs_rejects"][0] >= 2 and before["docs_runs"][0] >= 4
     assert len(before["docs"][1]) == 24 and len(before["docs_rejects"][1]) == 2
 
@@ -149,8 +172,11 @@ def test_real_runs_leave_many_fragments_that_maintain_compacts_and_prunes(ray_cl
     done = {h.table: h for h in report.housekeeping}
     assert list(done) == names
     for n in names:
-        assert (done[n].fragments_before, done[n].fragments_after) == (before[n][0], 1) == (before[n][0],
-                                                                                             _fragments(db, n))
+        assert (
+            (done[n].fragments_before, done[n].fragments_after)
+            == (before[n][0], 1)
+            == (before[n][0], _fragments(db, n))
+        )
         assert _content(db, n) == before[n][1]  # the same rows, vectors included
         assert done[n].versions_removed >= 2 and done[n].bytes_freed > 0
         assert not _opens(db, before[n][2], n)  # time travel to a pruned version fails
@@ -195,8 +221,9 @@ def test_pruning_keeps_uncommitted_fragments_of_a_running_job(tmp_path):
 
     assert report.housekeeping[0].versions_removed >= 4 and not _opens(db, 1)
     assert all(f.exists() for f in files)  # Lance cannot tell them from leftovers: delete_unverified stays off
-    lance_sink.commit_checkpoint(_uri(db), _rows([], 0).schema, pending, np.zeros(0, np.uint64),
-                                 lance.dataset(_uri(db)).version)
+    lance_sink.commit_checkpoint(
+        _uri(db), _rows([], 0).schema, pending, np.zeros(0, np.uint64), lance.dataset(_uri(db)).version
+    )
     assert {"p1", "p2"} <= set(lance.dataset(_uri(db)).to_table(columns=["id"]).column("id").to_pylist())
 
 
@@ -245,5 +272,7 @@ def test_keep_versions_must_be_a_duration(value):
     for good, days in (("7d", 7), ("36h", 1.5), ("0", 0)):
         from pipelines.config import parse_duration
 
-        assert parse_duration(load_config(overrides=[f"sink.keep_versions={good}"]).sink.keep_versions).total_seconds() \
+        assert (
+            parse_duration(load_config(overrides=[f"sink.keep_versions={good}"]).sink.keep_versions).total_seconds()
             == days * 86400
+        )

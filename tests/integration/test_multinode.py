@@ -33,13 +33,18 @@ def test_only_a_lost_worker_makes_a_run_start_over():
     assert lost_worker(rx.ActorDiedError())
     assert lost_worker(rx.RayTaskError("read", "Traceback ...", rx.ActorDiedError()))
     # What a killed node's footer-reader actor gave Ray Data's file listing (seen in the test below).
-    assert lost_worker(rx.UnserializableException(
-        "Original exception: ray.exceptions.RayTaskError: ray::ListFiles() ... ray.exceptions.ActorDiedError: "
-        "The actor died unexpectedly before finishing this task. The actor died because its node has died."))
+    assert lost_worker(
+        rx.UnserializableException(
+            "Original exception: ray.exceptions.RayTaskError: ray::ListFiles() ... ray.exceptions.ActorDiedError: "
+            "The actor died unexpectedly before finishing this task. The actor died because its node has died."
+        )
+    )
     assert not lost_worker(ValueError("source.path: no Parquet files"))
     init_failed = rx.ActorDiedError()  # an encoder whose constructor raised: raised at once
-    init_failed.error_msg = ("The actor died because of an error raised in its creation task, "
-                             "ray::MapWorker.__init__() ... ValueError: bad weights")
+    init_failed.error_msg = (
+        "The actor died because of an error raised in its creation task, "
+        "ray::MapWorker.__init__() ... ValueError: bad weights"
+    )
     assert not lost_worker(init_failed)
     assert not lost_worker(rx.RayTaskError("encode", "Traceback ...", RuntimeError("CUDA error: out of memory")))
 
@@ -110,15 +115,22 @@ def submit_argv(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, 
 
 
 def submit(head: LocalRayHead, corpus: Path, db: Path, summary_file: Path, *sets: str) -> subprocess.CompletedProcess:
-    return subprocess.run(submit_argv(head, corpus, db, summary_file, *sets), cwd=ROOT, env=head.client_env(),
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        submit_argv(head, corpus, db, summary_file, *sets),
+        cwd=ROOT,
+        env=head.client_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_encoder_actors_and_writes_run_on_the_worker_nodes(cluster, corpus, tmp_path):
     head, nodes = cluster
     db, summary_file = tmp_path / "lancedb", tmp_path / "summary.json"
-    done = submit(head, corpus, db, summary_file, "compute.actors=2", "compute.block_rows=64",
-                  "index.target_recall=null")
+    done = submit(
+        head, corpus, db, summary_file, "compute.actors=2", "compute.block_rows=64", "index.target_recall=null"
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
 
@@ -158,10 +170,12 @@ def test_a_lost_worker_node_shrinks_the_pool_and_the_job_finishes(cluster, corpu
     the job made no progress for as long as it was watched.)"""
     head, nodes = cluster  # runs last: the node it kills stays dead
     db, summary_file = tmp_path / "lancedb", tmp_path / "summary.json"
-    argv = submit_argv(head, corpus, db, summary_file, "compute.actors=2", "compute.block_rows=32",
-                       "index.target_recall=null")
-    job = subprocess.Popen(argv, cwd=ROOT, env=head.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
+    argv = submit_argv(
+        head, corpus, db, summary_file, "compute.actors=2", "compute.block_rows=32", "index.target_recall=null"
+    )
+    job = subprocess.Popen(
+        argv, cwd=ROOT, env=head.client_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     victim, deadline = None, time.time() + 600
     while victim is None and job.poll() is None and time.time() < deadline:
         victim = next((n for n in nodes if _runs_an_encoder(n)), None)
@@ -201,7 +215,7 @@ def test_a_two_cpu_head_with_a_small_object_store_does_not_stall(sample_table, t
     corpus.mkdir()
     for k in range(30):
         at, n = rng.integers(0, len(words) - 12, 10_000), rng.integers(4, 12, 10_000)
-        texts = [" ".join(words[a:a + m]) for a, m in zip(at.tolist(), n.tolist())]
+        texts = [" ".join(words[a : a + m]) for a, m in zip(at.tolist(), n.tolist())]
         ids = [f"d{k:02d}-{i:05d}" for i in range(10_000)]
         pq.write_table(pa.table({"id": ids, "text": texts}), corpus / f"part-{k:02d}.parquet")
 
@@ -211,13 +225,24 @@ def test_a_two_cpu_head_with_a_small_object_store_does_not_stall(sample_table, t
         # A driver of its own on the head (not `ray job submit`: its runtime env would take longer
         # to install than the run takes).
         argv = [sys.executable, "-m", "jobs.index", "--summary-json", str(summary_file)]
-        for item in (f"source.path={corpus}", f"sink.uri={db}", f"model.path={tiny_bert_dir}", "index.type=none",
-                     "embed.dimension=32", "compute.actors=1"):
+        for item in (
+            f"source.path={corpus}",
+            f"sink.uri={db}",
+            f"model.path={tiny_bert_dir}",
+            "index.type=none",
+            "embed.dimension=32",
+            "compute.actors=1",
+        ):
             argv += ["--set", item]
         try:
-            done = subprocess.run(argv, cwd=ROOT, env=head.client_env(RAY_ADDRESS=f"127.0.0.1:{head.gcs_port}",
-                                                                      HF_HUB_OFFLINE="1"),
-                                  capture_output=True, text=True, timeout=420)
+            done = subprocess.run(
+                argv,
+                cwd=ROOT,
+                env=head.client_env(RAY_ADDRESS=f"127.0.0.1:{head.gcs_port}", HF_HUB_OFFLINE="1"),
+                capture_output=True,
+                text=True,
+                timeout=420,
+            )
         except subprocess.TimeoutExpired as exc:
             raise AssertionError(f"the run stalled:\n{str(exc.stdout)[-3000:]}") from None
         assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]

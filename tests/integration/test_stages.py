@@ -5,14 +5,13 @@ import pytest
 
 from connectors import columns as C
 from pipelines.config import load_config
+from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
 from pipelines.run.plan import embedding_stages
 from pipelines.run.stages.validate import ValidateStage
-from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
 
 
 def test_validate_marks_reasons_and_keeps_every_row():
-    batch = pa.table({"id": ["a", "b", "c", None, "e"], "text": ["ok", None, " \t", "x", "fine"],
-                      "path": ["f1"] * 5})
+    batch = pa.table({"id": ["a", "b", "c", None, "e"], "text": ["ok", None, " \t", "x", "fine"], "path": ["f1"] * 5})
     out = ValidateStage("id", "text")(batch)
     assert out.num_rows == 5
     assert out.column(C.REJECT).to_pylist() == [None, "null_text", "empty_text", "null_id", None]
@@ -35,8 +34,9 @@ def test_tokenize_truncates_at_limit_and_reports_it():
 
 
 def test_plan_takes_actor_resources_from_config(ray_cluster):
-    config = load_config(overrides=["compute.actors=2", "compute.max_actors=4", "compute.gpus_per_actor=1",
-                                    "compute.cpus_per_actor=0.5"])
+    config = load_config(
+        overrides=["compute.actors=2", "compute.max_actors=4", "compute.gpus_per_actor=1", "compute.cpus_per_actor=0.5"]
+    )
     stages = embedding_stages(config, max_tokens=256, dimension=384)
     assert [s.name for s in stages] == ["validate", "tokenize", "encode"]
     encode = stages[-1]

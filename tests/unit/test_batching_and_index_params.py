@@ -1,8 +1,8 @@
 import pytest
 
-from pipelines.vector_index.params import derive_index_params
-from pipelines.embed.batching import token_budget_batches
 from pipelines.config import IndexConfig
+from pipelines.embed.batching import token_budget_batches
+from pipelines.vector_index.params import derive_index_params
 
 
 def test_token_budget_batches_cover_every_row_once_within_budget():
@@ -21,7 +21,13 @@ def test_row_longer_than_budget_gets_its_own_batch():
 
 @pytest.mark.parametrize(
     "rows, dim, partitions, sub_vectors",
-    [(1_000_000, 256, 1000, 32), (3000, 384, 11, 48), (300, 384, 1, 48), (100_000, 384, 316, 48), (50_000, 100, 195, 10)],
+    [
+        (1_000_000, 256, 1000, 32),
+        (3000, 384, 11, 48),
+        (300, 384, 1, 48),
+        (100_000, 384, 316, 48),
+        (50_000, 100, 195, 10),
+    ],
 )
 def test_derived_ivf_pq_params(rows, dim, partitions, sub_vectors):
     p = derive_index_params(rows, dim, IndexConfig())

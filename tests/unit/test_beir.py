@@ -38,14 +38,17 @@ def test_reads_the_layout_and_keeps_only_judged_queries(tmp_path):
     assert table.column("text").to_pylist() == ["Rivers Water flows.", "No title here."]
 
 
-@pytest.mark.parametrize("corpus, qrels, message", [
-    (CORPUS, "q1\td9\t1\n", r"test.tsv:1: document 'd9' is not in corpus.jsonl"),
-    (CORPUS, "query-id\tcorpus-id\tscore\nq7\td1\t1\n", r"test.tsv:2: query 'q7' is not in queries.jsonl"),
-    (CORPUS, "q1\td1\thigh\n", r"test.tsv:1: score 'high' is not an integer"),
-    (CORPUS, "q1 d1 1\n", r"test.tsv:1: expected query-id, corpus-id and score"),
-    (CORPUS + [{"_id": "d1", "text": "again"}], "q1\td1\t1\n", r"corpus.jsonl:3: duplicate _id 'd1'"),
-    ([{"id": "d1", "text": "x"}], "q1\td1\t1\n", r"corpus.jsonl:1: expected an object with '_id'"),
-])
+@pytest.mark.parametrize(
+    "corpus, qrels, message",
+    [
+        (CORPUS, "q1\td9\t1\n", r"test.tsv:1: document 'd9' is not in corpus.jsonl"),
+        (CORPUS, "query-id\tcorpus-id\tscore\nq7\td1\t1\n", r"test.tsv:2: query 'q7' is not in queries.jsonl"),
+        (CORPUS, "q1\td1\thigh\n", r"test.tsv:1: score 'high' is not an integer"),
+        (CORPUS, "q1 d1 1\n", r"test.tsv:1: expected query-id, corpus-id and score"),
+        (CORPUS + [{"_id": "d1", "text": "again"}], "q1\td1\t1\n", r"corpus.jsonl:3: duplicate _id 'd1'"),
+        ([{"id": "d1", "text": "x"}], "q1\td1\t1\n", r"corpus.jsonl:1: expected an object with '_id'"),
+    ],
+)
 def test_problems_name_the_file_and_line(tmp_path, corpus, qrels, message):
     root = _write(tmp_path / "set", corpus, QUERIES, qrels)
     with pytest.raises(DatasetError, match=message):
@@ -59,8 +62,11 @@ def test_missing_file_is_named(tmp_path):
 
 def test_shipped_set_is_what_the_build_script_makes(tmp_path):
     out = tmp_path / "rebuilt"
-    subprocess.run([sys.executable, str(ROOT / "scripts" / "build_eval_set.py"), "--out", str(out)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_eval_set.py"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
     for name in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
         assert (out / name).read_bytes() == (SHIPPED / name).read_bytes(), name
     ds = load_beir(SHIPPED)

@@ -59,7 +59,10 @@ def test_max_actors_not_below_actors():
 
 def test_parse_overrides_nesting_and_types():
     assert parse_overrides(["a.b=1", "a.c=x", "d=true", "e=[1, 2]"]) == {
-        "a": {"b": 1, "c": "x"}, "d": True, "e": [1, 2]}
+        "a": {"b": 1, "c": "x"},
+        "d": True,
+        "e": [1, 2],
+    }
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["novalue"])
 

@@ -43,7 +43,8 @@ def test_configuration_reference_is_generated_from_the_schema():
     expected = _generator().render()
     assert CONFIG_DOC.is_file(), "docs/configuration.md is missing: run `python scripts/config_docs.py`"
     assert CONFIG_DOC.read_text() == expected, (
-        "docs/configuration.md is stale (pipelines/config.py changed): run `python scripts/config_docs.py`")
+        "docs/configuration.md is stale (pipelines/config.py changed): run `python scripts/config_docs.py`"
+    )
 
 
 def test_config_docs_check_flags_a_stale_file(tmp_path, capsys):
@@ -69,7 +70,8 @@ def test_every_config_key_is_documented():
 def test_readme_is_short():
     size = len(README.read_text())
     assert size < README_LIMIT, (
-        f"README.md is {size} characters (limit {README_LIMIT}): move detail into a page under docs/ and link it")
+        f"README.md is {size} characters (limit {README_LIMIT}): move detail into a page under docs/ and link it"
+    )
 
 
 def test_readme_starts_with_the_demo_and_test_commands():
@@ -93,8 +95,10 @@ def relative_links(text: str) -> list[str]:
 
 
 def test_link_finder():
-    text = ("[a](docs/x.md#part) ![img](y.png) [web](https://e.org/a.md) [anchor](#top) "
-            "`[code](nope.md)`\n```\n[block](nope.md)\n```\n[ref]: ../z.md\n")
+    text = (
+        "[a](docs/x.md#part) ![img](y.png) [web](https://e.org/a.md) [anchor](#top) "
+        "`[code](nope.md)`\n```\n[block](nope.md)\n```\n[ref]: ../z.md\n"
+    )
     assert relative_links(text) == ["docs/x.md#part", "y.png", "../z.md"]
 
 

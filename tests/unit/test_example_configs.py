@@ -21,8 +21,10 @@ EXAMPLES = {"demo.yaml", "s3_production.yaml", "gpu.yaml", "qwen3_vllm.yaml"}
 def test_every_file_in_jobs_configs_is_an_example_checked_here():
     names = {p.name for p in CONFIGS}
     assert names, "jobs/configs/ holds no *.yaml"
-    assert names == EXAMPLES, (f"not checked here: {sorted(names - EXAMPLES)}; gone: {sorted(EXAMPLES - names)} "
-                               "(add a test of what the new example claims, and its name to EXAMPLES)")
+    assert names == EXAMPLES, (
+        f"not checked here: {sorted(names - EXAMPLES)}; gone: {sorted(EXAMPLES - names)} "
+        "(add a test of what the new example claims, and its name to EXAMPLES)"
+    )
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -34,8 +36,13 @@ def test_every_config_file_validates_keeps_no_secrets_and_prints(path):
     # file is a plain mapping of sections.
     assert set(yaml.safe_load(text)) <= set(type(config).model_fields)
     # The job's own command line accepts it (`--print-config` exits before any work or Ray).
-    done = subprocess.run([sys.executable, "-m", "jobs.index", "--config", str(path), "--print-config"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.index", "--config", str(path), "--print-config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, f"{path.name}: {done.stderr}"
     assert yaml.safe_load(done.stdout) == yaml.safe_load(yaml.safe_dump(config.model_dump()))
 

@@ -13,10 +13,10 @@ import importlib
 import importlib.util
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from pipelines.config import load_config
@@ -45,7 +45,7 @@ def check_job_command(command: str, workdir: Path = ROOT):
     argv = shlex.split(command, comments=True)  # a trailing "# ..." in a docs block is not an argument
     start = argv.index("python")
     assert argv[start + 1] == "-m", command
-    module_name, args = argv[start + 2], argv[start + 3:]
+    module_name, args = argv[start + 2], argv[start + 3 :]
     assert importlib.util.find_spec(module_name) is not None, f"no module {module_name}"
     module = importlib.import_module(module_name)
     parsed = module.parse_args(args)  # argparse exits (SystemExit) on an unknown option
@@ -94,8 +94,9 @@ def test_cluster_has_cpu_head_and_autoscaling_gpu_workers(cluster):
     assert gpu["resources"]["GPU"] >= 1 and gpu["min_workers"] == 0 < gpu["max_workers"]
     # One logical CPU: the encoder actor takes it, so CPU-only tasks cannot land on GPU nodes.
     assert gpu["resources"]["CPU"] == 1
-    assert cluster["max_workers"] >= sum(t.get("max_workers", 0) for name, t in types.items()
-                                         if name != cluster["head_node_type"])
+    assert cluster["max_workers"] >= sum(
+        t.get("max_workers", 0) for name, t in types.items() if name != cluster["head_node_type"]
+    )
 
 
 def _pip_installs(commands):
@@ -156,8 +157,10 @@ def test_rayjob_entrypoint_is_a_valid_index_job(rayjob):
     config = check_job_command(rayjob["spec"]["entrypoint"])
     assert config.model.backend == "vllm"
     assert config.compute.gpus_per_actor == int(
-        {g["groupName"]: g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]}["gpu"]
-        ["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+        {g["groupName"]: g for g in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]}["gpu"]["template"]["spec"][
+            "containers"
+        ][0]["resources"]["limits"]["nvidia.com/gpu"]
+    )
 
 
 def _dockerfile_workdir() -> str:

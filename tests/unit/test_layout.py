@@ -6,8 +6,18 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-STORAGE_LIBRARIES = {"lance", "lancedb", "lance_ray", "pyarrow.parquet", "pyarrow.json", "pyarrow.dataset",
-                     "s3fs", "fsspec", "boto3", "botocore"}
+STORAGE_LIBRARIES = {
+    "lance",
+    "lancedb",
+    "lance_ray",
+    "pyarrow.parquet",
+    "pyarrow.json",
+    "pyarrow.dataset",
+    "s3fs",
+    "fsspec",
+    "boto3",
+    "botocore",
+}
 
 
 def _modules(package: str) -> list[Path]:
@@ -31,24 +41,41 @@ def test_the_packages_hold_modules():  # the rules below would pass on an empty 
 
 
 def test_connectors_import_nothing_from_pipelines_or_jobs():
-    arrows = {f"{p.relative_to(ROOT)} -> {name}" for p in _modules("connectors") for name in _imports(p)
-              if name.split(".")[0] in ("pipelines", "jobs")}
+    arrows = {
+        f"{p.relative_to(ROOT)} -> {name}"
+        for p in _modules("connectors")
+        for name in _imports(p)
+        if name.split(".")[0] in ("pipelines", "jobs")
+    }
     assert not arrows, sorted(arrows)
 
 
 def test_only_connectors_open_parquet_lance_or_object_storage():
-    direct = {f"{p.relative_to(ROOT)} -> {name}" for package in ("pipelines", "jobs") for p in _modules(package)
-              for name in _imports(p) if name in STORAGE_LIBRARIES or name.split(".")[0] in STORAGE_LIBRARIES - {"pyarrow"}}
+    direct = {
+        f"{p.relative_to(ROOT)} -> {name}"
+        for package in ("pipelines", "jobs")
+        for p in _modules(package)
+        for name in _imports(p)
+        if name in STORAGE_LIBRARIES or name.split(".")[0] in STORAGE_LIBRARIES - {"pyarrow"}
+    }
     assert not direct, sorted(direct)
 
 
 def test_pipelines_never_import_the_jobs():
-    arrows = {f"{p.relative_to(ROOT)} -> {name}" for p in _modules("pipelines") for name in _imports(p)
-              if name.split(".")[0] == "jobs"}
+    arrows = {
+        f"{p.relative_to(ROOT)} -> {name}"
+        for p in _modules("pipelines")
+        for name in _imports(p)
+        if name.split(".")[0] == "jobs"
+    }
     assert not arrows, sorted(arrows)
 
 
 def test_every_module_states_its_job_in_its_first_docstring_line():
-    missing = [str(p.relative_to(ROOT)) for package in ("connectors", "pipelines", "jobs") for p in _modules(package)
-               if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()]
+    missing = [
+        str(p.relative_to(ROOT))
+        for package in ("connectors", "pipelines", "jobs")
+        for p in _modules(package)
+        if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()
+    ]
     assert not missing, missing

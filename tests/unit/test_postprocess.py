@@ -29,7 +29,7 @@ def test_equals_normalize_of_truncate_of_full():
 
 def test_full_dimension_is_plain_normalize():
     v = np.array([[1.0, 1.0]], dtype=np.float32)
-    assert np.allclose(postprocess(v, 2), [[2 ** -0.5, 2 ** -0.5]])
+    assert np.allclose(postprocess(v, 2), [[2**-0.5, 2**-0.5]])
 
 
 def test_without_normalize_only_truncates():

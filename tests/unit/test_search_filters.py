@@ -14,66 +14,101 @@ import pytest
 
 from pipelines.search.filters import FilterError, build_filter
 
-SCHEMA = pa.schema([
-    ("id", pa.string()), ("title", pa.string()), ("length_chars", pa.int32()), ("score_f", pa.float32()),
-    ("ok", pa.bool_()), ("day", pa.date32()), ("at", pa.timestamp("us")), ("date", pa.string()),
-    ("odd name", pa.string()), ("vector", pa.list_(pa.float32(), 4)),
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("title", pa.string()),
+        ("length_chars", pa.int32()),
+        ("score_f", pa.float32()),
+        ("ok", pa.bool_()),
+        ("day", pa.date32()),
+        ("at", pa.timestamp("us")),
+        ("date", pa.string()),
+        ("odd name", pa.string()),
+        ("vector", pa.list_(pa.float32(), 4)),
+    ]
+)
 
 HOSTILE = [
-    "O'Brien", "' OR 1=1 --", "x' OR 'a'='a", "x'; DROP TABLE docs; --", "'", "''", "a''b", "back\\",
-    "back\\'", "\\' OR '1'='1", "new\nline' OR 1=1", "tab\t", "nul\x00byte", "dq\" OR \"1\"=\"1", "`title`",
-    "; DELETE FROM docs", "1) OR (1=1", "$$ x $$", "E'\\x27'", "% _ wildcards", "☃ é ünï",
-    "title = 'x' OR 1=1", "/* comment */", "--",
+    "O'Brien",
+    "' OR 1=1 --",
+    "x' OR 'a'='a",
+    "x'; DROP TABLE docs; --",
+    "'",
+    "''",
+    "a''b",
+    "back\\",
+    "back\\'",
+    "\\' OR '1'='1",
+    "new\nline' OR 1=1",
+    "tab\t",
+    "nul\x00byte",
+    'dq" OR "1"="1',
+    "`title`",
+    "; DELETE FROM docs",
+    "1) OR (1=1",
+    "$$ x $$",
+    "E'\\x27'",
+    "% _ wildcards",
+    "☃ é ünï",
+    "title = 'x' OR 1=1",
+    "/* comment */",
+    "--",
 ]
 
 
-@pytest.mark.parametrize("filters, sql", [
-    ({"title": "O'Brien"}, "(`title` = 'O''Brien')"),
-    ({"length_chars": (">", 500)}, "(`length_chars` > 500)"),
-    ({"length_chars": [(">=", 300), ("<", 900)]}, "(`length_chars` >= 300) AND (`length_chars` < 900)"),
-    ({"id": ["a", "b'c"]}, "(`id` IN ('a', 'b''c'))"),
-    ({"id": ("not in", ["a"])}, "(`id` NOT IN ('a'))"),
-    ({"title": None}, "(`title` IS NULL)"),
-    ({"title": ("!=", None)}, "(`title` IS NOT NULL)"),
-    ({"score_f": ("<", 0.5), "ok": True}, "(`score_f` < 0.5) AND (`ok` = TRUE)"),
-    ({"score_f": 2}, "(`score_f` = 2.0)"),
-    ({"day": dt.date(2026, 11, 28)}, "(`day` = date '2026-11-28')"),
-    ({"at": (">=", dt.datetime(2026, 11, 28, 6, 30))}, "(`at` >= timestamp '2026-11-28 06:30:00')"),
-    ({"date": "2026-11-28"}, "(`date` = '2026-11-28')"),  # a keyword as a column name
-    ({"odd name": "x"}, "(`odd name` = 'x')"),
-    ({"length_chars": np.int64(3)}, "(`length_chars` = 3)"),
-])
+@pytest.mark.parametrize(
+    "filters, sql",
+    [
+        ({"title": "O'Brien"}, "(`title` = 'O''Brien')"),
+        ({"length_chars": (">", 500)}, "(`length_chars` > 500)"),
+        ({"length_chars": [(">=", 300), ("<", 900)]}, "(`length_chars` >= 300) AND (`length_chars` < 900)"),
+        ({"id": ["a", "b'c"]}, "(`id` IN ('a', 'b''c'))"),
+        ({"id": ("not in", ["a"])}, "(`id` NOT IN ('a'))"),
+        ({"title": None}, "(`title` IS NULL)"),
+        ({"title": ("!=", None)}, "(`title` IS NOT NULL)"),
+        ({"score_f": ("<", 0.5), "ok": True}, "(`score_f` < 0.5) AND (`ok` = TRUE)"),
+        ({"score_f": 2}, "(`score_f` = 2.0)"),
+        ({"day": dt.date(2026, 11, 28)}, "(`day` = date '2026-11-28')"),
+        ({"at": (">=", dt.datetime(2026, 11, 28, 6, 30))}, "(`at` >= timestamp '2026-11-28 06:30:00')"),
+        ({"date": "2026-11-28"}, "(`date` = '2026-11-28')"),  # a keyword as a column name
+        ({"odd name": "x"}, "(`odd name` = 'x')"),
+        ({"length_chars": np.int64(3)}, "(`length_chars` = 3)"),
+    ],
+)
 def test_sql_for_each_form(filters, sql):
     assert build_filter(filters, SCHEMA) == sql
 
 
-@pytest.mark.parametrize("filters, message", [
-    ({"nope": 1}, "unknown column 'nope'"),
-    ({"title = 'x' OR 1=1 --": "x"}, "unknown column"),
-    ({"title; DROP TABLE docs": "x"}, "unknown column"),
-    ({"`title`": "x"}, "unknown column"),
-    ({"vector": [1.0]}, "cannot be filtered"),
-    ({"length_chars": "500"}, "does not fit its integer column"),
-    ({"length_chars": "500 OR 1=1"}, "does not fit its integer column"),
-    ({"length_chars": 2.5}, "does not fit its integer column"),
-    ({"length_chars": True}, "does not fit its integer column"),
-    ({"title": 5}, "does not fit its string column"),
-    ({"title": b"bytes"}, "does not fit its string column"),
-    ({"ok": "true"}, "does not fit its bool column"),
-    ({"day": "2026-11-28"}, "does not fit its date column"),
-    ({"day": dt.datetime(2026, 11, 28)}, "does not fit its date column"),
-    ({"score_f": float("nan")}, "not a finite number"),
-    ({"score_f": "1 OR 1=1"}, "does not fit its float column"),
-    ({"title": ("LIKE", "%")}, "unknown operator 'LIKE'"),
-    ({"title": ("= 'x' OR 1=1 --", "x")}, "unknown operator"),
-    ({"title": ("in", [])}, "non-empty list"),
-    ({"title": ("in", "abc")}, "non-empty list"),
-    ({"title": (">", None)}, "None only goes with"),
-    ({"title": ("=", "a", "b")}, "a tuple is (operator, value)"),
-    ({"title": [("=", "a"), "b"]}, "does not fit its string column"),
-    ("title = 'x'", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "filters, message",
+    [
+        ({"nope": 1}, "unknown column 'nope'"),
+        ({"title = 'x' OR 1=1 --": "x"}, "unknown column"),
+        ({"title; DROP TABLE docs": "x"}, "unknown column"),
+        ({"`title`": "x"}, "unknown column"),
+        ({"vector": [1.0]}, "cannot be filtered"),
+        ({"length_chars": "500"}, "does not fit its integer column"),
+        ({"length_chars": "500 OR 1=1"}, "does not fit its integer column"),
+        ({"length_chars": 2.5}, "does not fit its integer column"),
+        ({"length_chars": True}, "does not fit its integer column"),
+        ({"title": 5}, "does not fit its string column"),
+        ({"title": b"bytes"}, "does not fit its string column"),
+        ({"ok": "true"}, "does not fit its bool column"),
+        ({"day": "2026-11-28"}, "does not fit its date column"),
+        ({"day": dt.datetime(2026, 11, 28)}, "does not fit its date column"),
+        ({"score_f": float("nan")}, "not a finite number"),
+        ({"score_f": "1 OR 1=1"}, "does not fit its float column"),
+        ({"title": ("LIKE", "%")}, "unknown operator 'LIKE'"),
+        ({"title": ("= 'x' OR 1=1 --", "x")}, "unknown operator"),
+        ({"title": ("in", [])}, "non-empty list"),
+        ({"title": ("in", "abc")}, "non-empty list"),
+        ({"title": (">", None)}, "None only goes with"),
+        ({"title": ("=", "a", "b")}, "a tuple is (operator, value)"),
+        ({"title": [("=", "a"), "b"]}, "does not fit its string column"),
+        ("title = 'x'", "must be a mapping"),
+    ],
+)
 def test_refuses_what_it_cannot_make_safe(filters, message):
     with pytest.raises(FilterError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_filter(filters, SCHEMA)
@@ -87,10 +122,14 @@ def hostile_table(tmp_path_factory):
     n = len(titles)
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(n, 4)).astype(np.float32)
-    data = pa.table({
-        "id": [f"r{i}" for i in range(n)], "title": titles, "length_chars": pa.array(range(n), pa.int32()),
-        "vector": pa.FixedSizeListArray.from_arrays(vectors.ravel(), 4),
-    })
+    data = pa.table(
+        {
+            "id": [f"r{i}" for i in range(n)],
+            "title": titles,
+            "length_chars": pa.array(range(n), pa.int32()),
+            "vector": pa.FixedSizeListArray.from_arrays(vectors.ravel(), 4),
+        }
+    )
     db = lancedb.connect(str(tmp_path_factory.mktemp("hostile")))
     return db.create_table("t", data)
 

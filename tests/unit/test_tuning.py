@@ -9,7 +9,7 @@ import pytest
 from connectors.lance_index import code_bytes, index_size_bytes, sample_vectors, search_batch
 from pipelines.config import IndexConfig
 from pipelines.run.summary import RunSummary
-from pipelines.vector_index.tuning import build_tuned_index, index_lineage, nprobes_grid, knn_recall, recall_lower_bound
+from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall, nprobes_grid, recall_lower_bound
 
 ROWS, DIM = 2048, 32
 
@@ -26,8 +26,12 @@ def vectors() -> np.ndarray:
 def table(tmp_path, vectors):
     import lancedb
 
-    data = pa.table({"id": [f"v{i}" for i in range(ROWS)],
-                     "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM)})
+    data = pa.table(
+        {
+            "id": [f"v{i}" for i in range(ROWS)],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), DIM),
+        }
+    )
     return lancedb.connect(str(tmp_path)).create_table("t", data)
 
 
@@ -51,8 +55,68 @@ def test_nprobes_grid():
 def test_recall_at_k_is_exact_on_the_target():
     # 570 of 600 hits, spread so that a mean of per-query fractions gives 0.9499999999999998: CI once
     # saw the tuner pass over a setting that reached 0.95 exactly.
-    hits = [8, 8, 10, 10, 9, 9, 10, 9, 10, 10, 9, 10, 10, 10, 10, 9, 10, 9, 10, 10, 10, 10, 9, 9, 9, 9, 10, 9, 9, 10,
-            10, 9, 9, 10, 10, 10, 9, 10, 9, 9, 9, 9, 10, 10, 10, 9, 10, 10, 9, 10, 9, 9, 10, 10, 10, 10, 10, 9, 9, 9]
+    hits = [
+        8,
+        8,
+        10,
+        10,
+        9,
+        9,
+        10,
+        9,
+        10,
+        10,
+        9,
+        10,
+        10,
+        10,
+        10,
+        9,
+        10,
+        9,
+        10,
+        10,
+        10,
+        10,
+        9,
+        9,
+        9,
+        9,
+        10,
+        9,
+        9,
+        10,
+        10,
+        9,
+        9,
+        10,
+        10,
+        10,
+        9,
+        10,
+        9,
+        9,
+        9,
+        9,
+        10,
+        10,
+        10,
+        9,
+        10,
+        10,
+        9,
+        10,
+        9,
+        9,
+        10,
+        10,
+        10,
+        10,
+        10,
+        9,
+        9,
+        9,
+    ]
     exact = [list(range(10))] * len(hits)
     approx = [list(range(h)) + [100 + j for j in range(10 - h)] for h in hits]
     assert float(np.mean([h / 10 for h in hits])) < 0.95
@@ -96,27 +160,32 @@ def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert not tuning.reached and tuning.recall < 1.0
     assert (params.nprobes, params.refine_factor) == (1, None)
-    assert tuning.tried == [{"nprobes": 1, "refine_factor": None, "recall": tuning.recall,
-                             "recall_low": tuning.recall_low}]
+    assert tuning.tried == [
+        {"nprobes": 1, "refine_factor": None, "recall": tuning.recall, "recall_low": tuning.recall_low}
+    ]
     summary = RunSummary(index=params.to_dict(), tuning=tuning.to_dict())
     assert "NOT reached" in summary.format() and "on 40 sampled documents" in summary.format()
 
 
 def test_numbers_given_in_the_config_are_kept_and_measured(table):
-    params, tuning = build_tuned_index(table, ROWS, DIM, IndexConfig(num_partitions=8, nprobes=3, refine_factor=2),
-                                       id_column="id")
+    params, tuning = build_tuned_index(
+        table, ROWS, DIM, IndexConfig(num_partitions=8, nprobes=3, refine_factor=2), id_column="id"
+    )
     assert (params.nprobes, params.refine_factor) == (3, 2)
     assert [(t["nprobes"], t["refine_factor"]) for t in tuning.tried] == [(3, 2)]
 
 
 def test_no_target_means_no_tuning_and_the_rule_of_thumb(table):
-    params, tuning = build_tuned_index(table, ROWS, DIM, IndexConfig(num_partitions=8, target_recall=None),
-                                       id_column="id")
+    params, tuning = build_tuned_index(
+        table, ROWS, DIM, IndexConfig(num_partitions=8, target_recall=None), id_column="id"
+    )
     assert tuning is None and (params.nprobes, params.refine_factor) == (8, 5)
 
 
-@pytest.mark.parametrize("index_type, lance_name, bytes_per_vector", [
-    ("ivf_sq", "IvfSq", 32.0), ("ivf_rq", "IvfRq", 4.0), ("ivf_pq", "IvfPq", 4.0)])
+@pytest.mark.parametrize(
+    "index_type, lance_name, bytes_per_vector",
+    [("ivf_sq", "IvfSq", 32.0), ("ivf_rq", "IvfRq", 4.0), ("ivf_pq", "IvfPq", 4.0)],
+)
 def test_quantised_index_types(table, vectors, index_type, lance_name, bytes_per_vector):
     config = IndexConfig(type=index_type, num_partitions=4, tuning_queries=40)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
@@ -124,21 +193,30 @@ def test_quantised_index_types(table, vectors, index_type, lance_name, bytes_per
     assert code_bytes(index_type, DIM, params.num_sub_vectors) == bytes_per_vector
     assert tuning.reached and tuning.refine_factor >= 1  # re-scored against the float vectors
     # With re-scoring, the returned order follows the exact float distances.
-    hits = table.search(vectors[0]).distance_type("cosine").nprobes(params.nprobes) \
-        .refine_factor(params.refine_factor).limit(10).to_arrow()
+    hits = (
+        table.search(vectors[0])
+        .distance_type("cosine")
+        .nprobes(params.nprobes)
+        .refine_factor(params.refine_factor)
+        .limit(10)
+        .to_arrow()
+    )
     rows = [int(i[1:]) for i in hits.column("id").to_pylist()]
     exact = 1 - vectors[rows] @ vectors[0]
     assert np.allclose(hits.column("_distance").to_numpy(), exact, atol=1e-5)
     assert index_size_bytes(table) > 0
 
 
-@pytest.mark.parametrize("override, key", [
-    ("index.target_recall=1.5", "index.target_recall"),
-    ("index.target_recall=0", "index.target_recall"),
-    ("index.refine_factor=0", "index.refine_factor"),
-    ("index.tuning_queries=0", "index.tuning_queries"),
-    ("index.type=ivf_bq", "index.type"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("index.target_recall=1.5", "index.target_recall"),
+        ("index.target_recall=0", "index.target_recall"),
+        ("index.refine_factor=0", "index.refine_factor"),
+        ("index.tuning_queries=0", "index.tuning_queries"),
+        ("index.type=ivf_bq", "index.type"),
+    ],
+)
 def test_tuning_keys_are_validated(override, key):
     from pipelines.config import ConfigError, load_config
 
@@ -166,8 +244,12 @@ def test_tuning_queries_read_from_parquet_or_jsonl(tmp_path):
 
     storage = Storage.resolve()
     beir = tmp_path / "queries.jsonl"  # BEIR's layout, as data/eval/wiki_desc/queries.jsonl
-    beir.write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n"
-                            for i, t in enumerate(["capital of France", " ", "largest planet", ""])))
+    beir.write_text(
+        "".join(
+            json.dumps({"_id": f"q{i}", "text": t}) + "\n"
+            for i, t in enumerate(["capital of France", " ", "largest planet", ""])
+        )
+    )
     check_tuning_queries(str(beir), storage)
     assert read_tuning_queries(str(beir), 10, storage) == ["capital of France", "largest planet"]
 
@@ -183,7 +265,9 @@ def test_tuning_queries_read_from_parquet_or_jsonl(tmp_path):
         read_tuning_queries(str(blank), 5, storage)
     broken = tmp_path / "broken.jsonl"
     broken.write_text("{not json\n")
-    with pytest.raises(ConfigError, match=r"index.tuning_queries_path=.*broken.jsonl:1: expected a JSON object with a string 'text'"):
+    with pytest.raises(
+        ConfigError, match=r"index.tuning_queries_path=.*broken.jsonl:1: expected a JSON object with a string 'text'"
+    ):
         check_tuning_queries(str(broken), storage)
 
 
@@ -195,16 +279,30 @@ def test_exact_search_reads_the_table_once_and_matches_numpy(tmp_path, metric):
 
     rng = np.random.default_rng(3)
     base = rng.normal(size=(700, 8)).astype(np.float32)  # not unit length: the metrics differ
-    table = lancedb.connect(str(tmp_path)).create_table("t", pa.table(
-        {"id": [f"r{i}" for i in range(500)], "vector": pa.FixedSizeListArray.from_arrays(pa.array(base[:500].ravel()), 8)}))
-    table.add(pa.table({"id": [f"r{i}" for i in range(500, 700)],
-                        "vector": pa.FixedSizeListArray.from_arrays(pa.array(base[500:].ravel()), 8)}))
+    table = lancedb.connect(str(tmp_path)).create_table(
+        "t",
+        pa.table(
+            {
+                "id": [f"r{i}" for i in range(500)],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(base[:500].ravel()), 8),
+            }
+        ),
+    )
+    table.add(
+        pa.table(
+            {
+                "id": [f"r{i}" for i in range(500, 700)],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(base[500:].ravel()), 8),
+            }
+        )
+    )
     table.delete("id IN ('r3', 'r650')")  # deleted rows are not neighbours
     alive = [i for i in range(700) if i not in (3, 650)]
     queries = rng.normal(size=(7, 8)).astype(np.float32)
     if metric == "cosine":
-        score = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ \
-            (base / np.linalg.norm(base, axis=1, keepdims=True)).T
+        score = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ (
+            base / np.linalg.norm(base, axis=1, keepdims=True)
+        ).T
     elif metric == "dot":
         score = queries @ base.T
     else:

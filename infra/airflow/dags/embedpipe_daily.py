@@ -32,11 +32,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import embedpipe_ray
 import pendulum
 from airflow.sdk import DAG, BaseHook, BaseOperator, Param, task
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
-import embedpipe_ray
 
 DAG_ID = "embedpipe_daily"
 _HERE = Path(__file__).resolve()
@@ -54,10 +53,19 @@ class EmbedpipeRayJobOperator(BaseOperator):
     template_fields: Sequence[str] = ("job_args", "run_key", "working_dir", "runtime_env_file")
     ui_color = "#e8f1fa"
 
-    def __init__(self, *, job: str, job_args: Sequence[str], run_key: str, ray_conn_id: str = "embedpipe_ray",
-                 working_dir: str = "{{ params.working_dir }}",
-                 runtime_env_file: str = "{{ params.runtime_env }}", poll_seconds: float = 5,
-                 job_timeout: Optional[timedelta] = timedelta(hours=6), **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        job: str,
+        job_args: Sequence[str],
+        run_key: str,
+        ray_conn_id: str = "embedpipe_ray",
+        working_dir: str = "{{ params.working_dir }}",
+        runtime_env_file: str = "{{ params.runtime_env }}",
+        poll_seconds: float = 5,
+        job_timeout: Optional[timedelta] = timedelta(hours=6),
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.job, self.job_args, self.run_key = job, list(job_args), run_key
         self.ray_conn_id, self.working_dir, self.runtime_env_file = ray_conn_id, working_dir, runtime_env_file
@@ -77,19 +85,28 @@ class EmbedpipeRayJobOperator(BaseOperator):
 
     def execute(self, context) -> dict:
         if not self.working_dir or not Path(self.working_dir, "jobs", f"{self.job}.py").exists():
-            raise AirflowFailException(f"params.working_dir={self.working_dir!r} is not an embedpipe checkout "
-                                       f"(no jobs/{self.job}.py); set it or EMBEDPIPE_CHECKOUT")
+            raise AirflowFailException(
+                f"params.working_dir={self.working_dir!r} is not an embedpipe checkout "
+                f"(no jobs/{self.job}.py); set it or EMBEDPIPE_CHECKOUT"
+            )
         self._client = self._connect()
         env = embedpipe_ray.runtime_env(self.working_dir, self.runtime_env_file or None)
         # params.overrides go first: a later --set wins, so the task's own (source.path, sink.mode, run.id) hold.
         overrides = [x for o in context["params"].get("overrides") or [] for x in ("--set", str(o))]
         entrypoint = ["python", "-m", f"jobs.{self.job}", *overrides, *self.job_args, "--summary-json", "-"]
-        self._job_id, attached = embedpipe_ray.submit_or_attach(self._client, self.run_key, entrypoint, env,
-                                                                log=self._log_line)
+        self._job_id, attached = embedpipe_ray.submit_or_attach(
+            self._client, self.run_key, entrypoint, env, log=self._log_line
+        )
         timeout = self.job_timeout.total_seconds() if self.job_timeout else None
         try:
-            result = embedpipe_ray.wait(self._client, self._job_id, attached=attached, log=self._log_line,
-                                        poll_seconds=self.poll_seconds, timeout_seconds=timeout)
+            result = embedpipe_ray.wait(
+                self._client,
+                self._job_id,
+                attached=attached,
+                log=self._log_line,
+                poll_seconds=self.poll_seconds,
+                timeout_seconds=timeout,
+            )
         except embedpipe_ray.JobFailed as exc:
             self.log.error("%s", exc)
             if exc.exit_code == 2:  # config or input error found before any work: retrying cannot help
@@ -119,22 +136,45 @@ with DAG(
     max_active_runs=1,
     default_args={"retries": 2, "retry_delay": timedelta(minutes=5), "depends_on_past": True},
     params={
-        "source_root": Param(_param_default("source_root", "s3://corpora/wiki"), type="string",
-                             description="Prefix holding the date=YYYY-MM-DD/ partitions."),
-        "config": Param(_param_default("config", "jobs/configs/s3_production.yaml"), type="string",
-                        description="Job config, relative to working_dir (sink, model, index, storage)."),
-        "overrides": Param([], type="array", items={"type": "string"},
-                           description="Extra --set key=value for both jobs, e.g. sink.table=wiki."),
-        "working_dir": Param(_param_default("checkout", _CHECKOUT), type="string",
-                             description="embedpipe checkout on this worker, shipped as the job's working_dir."),
-        "runtime_env": Param(_param_default("runtime_env", "infra/ray/runtime_env.yaml"), type="string",
-                             description="Runtime env YAML (pip packages) relative to working_dir; '' when "
-                                         "the cluster's image has the dependencies."),
-        "run_id_suffix": Param("", type="string", pattern=r"^[A-Za-z0-9_.\-]*$",
-                               description="Appended to daily-<ds>: a new suffix re-reads the partition's "
-                                           "files (upsert still skips unchanged documents)."),
-        "records_dir": Param(_param_default("records_dir", ""), type="string",
-                             description="Where run records are written; default $AIRFLOW_HOME/embedpipe-runs."),
+        "source_root": Param(
+            _param_default("source_root", "s3://corpora/wiki"),
+            type="string",
+            description="Prefix holding the date=YYYY-MM-DD/ partitions.",
+        ),
+        "config": Param(
+            _param_default("config", "jobs/configs/s3_production.yaml"),
+            type="string",
+            description="Job config, relative to working_dir (sink, model, index, storage).",
+        ),
+        "overrides": Param(
+            [],
+            type="array",
+            items={"type": "string"},
+            description="Extra --set key=value for both jobs, e.g. sink.table=wiki.",
+        ),
+        "working_dir": Param(
+            _param_default("checkout", _CHECKOUT),
+            type="string",
+            description="embedpipe checkout on this worker, shipped as the job's working_dir.",
+        ),
+        "runtime_env": Param(
+            _param_default("runtime_env", "infra/ray/runtime_env.yaml"),
+            type="string",
+            description="Runtime env YAML (pip packages) relative to working_dir; '' when "
+            "the cluster's image has the dependencies.",
+        ),
+        "run_id_suffix": Param(
+            "",
+            type="string",
+            pattern=r"^[A-Za-z0-9_.\-]*$",
+            description="Appended to daily-<ds>: a new suffix re-reads the partition's "
+            "files (upsert still skips unchanged documents).",
+        ),
+        "records_dir": Param(
+            _param_default("records_dir", ""),
+            type="string",
+            description="Where run records are written; default $AIRFLOW_HOME/embedpipe-runs.",
+        ),
     },
     tags=["embedpipe", "ray"],
     doc_md=__doc__,
@@ -146,8 +186,15 @@ with DAG(
         task_id="index",
         job="index",
         run_key=run_key,
-        job_args=[*common, "--set", "source.path={{ params.source_root }}/date={{ ds }}/",
-                  "--set", "sink.mode=upsert", "--set", f"run.id={run_key}"],
+        job_args=[
+            *common,
+            "--set",
+            "source.path={{ params.source_root }}/date={{ ds }}/",
+            "--set",
+            "sink.mode=upsert",
+            "--set",
+            f"run.id={run_key}",
+        ],
     )
     maintain = EmbedpipeRayJobOperator(
         task_id="maintain",
@@ -169,16 +216,19 @@ with DAG(
             "maintain_job": maintain_result,
         }
         root = context["params"]["records_dir"] or os.path.join(
-            os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "embedpipe-runs")
+            os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "embedpipe-runs"
+        )
         path = Path(root) / record["dag_id"] / f"{context['ds']}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         tmp.replace(path)  # a reader never sees half a record
         summary = index_result.get("summary") or {}
-        print(f"run record {path}: read={summary.get('rows_read')} embedded={summary.get('rows_written')} "
-              f"unchanged={summary.get('skipped')} rejected={summary.get('rows_rejected')} "
-              f"table_rows={summary.get('table_rows')} index_after={maintain_result.get('summary', {}).get('after')}")
+        print(
+            f"run record {path}: read={summary.get('rows_read')} embedded={summary.get('rows_written')} "
+            f"unchanged={summary.get('skipped')} rejected={summary.get('rows_rejected')} "
+            f"table_rows={summary.get('table_rows')} index_after={maintain_result.get('summary', {}).get('after')}"
+        )
         return record
 
     index >> maintain  # upkeep and checks see the table the index job left

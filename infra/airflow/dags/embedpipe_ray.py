@@ -21,8 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-__all__ = ["ACTIVE", "JobFailed", "JobResult", "connect", "job_error", "runtime_env", "submit_or_attach",
-           "summary_from_logs", "wait"]
+__all__ = [
+    "ACTIVE",
+    "JobFailed",
+    "JobResult",
+    "connect",
+    "job_error",
+    "runtime_env",
+    "submit_or_attach",
+    "summary_from_logs",
+    "wait",
+]
 
 ACTIVE = ("PENDING", "RUNNING")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -47,8 +56,13 @@ class JobResult:
     log_tail: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"job_id": self.job_id, "status": self.status, "attached": self.attached,
-                "seconds": round(self.seconds, 1), "summary": self.summary}
+        return {
+            "job_id": self.job_id,
+            "status": self.status,
+            "attached": self.attached,
+            "seconds": round(self.seconds, 1),
+            "summary": self.summary,
+        }
 
 
 def connect(address: str, token: Optional[str] = None):
@@ -78,8 +92,9 @@ def runtime_env(working_dir: str, env_file: Optional[str] = None) -> dict:
     return env
 
 
-def submit_or_attach(client, run_key: str, entrypoint: Sequence[str], env: dict,
-                     log: Callable[[str], None] = print) -> tuple[str, bool]:
+def submit_or_attach(
+    client, run_key: str, entrypoint: Sequence[str], env: dict, log: Callable[[str], None] = print
+) -> tuple[str, bool]:
     """Follow a pending/running job of ``run_key`` if there is one, else submit a new job.
 
     Returns:
@@ -87,12 +102,15 @@ def submit_or_attach(client, run_key: str, entrypoint: Sequence[str], env: dict,
     """
     for job in client.list_jobs():
         if (job.metadata or {}).get(RUN_KEY) == run_key and str(job.status.value) in ACTIVE:
-            log(f"following Ray job {job.submission_id} ({job.status.value}): an earlier attempt of "
-                f"{run_key} submitted it and it is still running")
+            log(
+                f"following Ray job {job.submission_id} ({job.status.value}): an earlier attempt of "
+                f"{run_key} submitted it and it is still running"
+            )
             return job.submission_id, True
     job_id = f"{run_key}-{uuid.uuid4().hex[:8]}"  # submission ids are unique for the cluster's lifetime
-    client.submit_job(entrypoint=shlex.join(entrypoint), submission_id=job_id, runtime_env=env,
-                      metadata={RUN_KEY: run_key})
+    client.submit_job(
+        entrypoint=shlex.join(entrypoint), submission_id=job_id, runtime_env=env, metadata={RUN_KEY: run_key}
+    )
     log(f"submitted Ray job {job_id}: {shlex.join(entrypoint)}")
     return job_id, False
 
@@ -119,8 +137,15 @@ def job_error(logs: str, message: str = "") -> str:
     return (message or "no error line in the job's output").strip().splitlines()[0]
 
 
-def wait(client, job_id: str, *, attached: bool = False, log: Callable[[str], None] = print,
-         poll_seconds: float = 5, timeout_seconds: Optional[float] = None) -> JobResult:
+def wait(
+    client,
+    job_id: str,
+    *,
+    attached: bool = False,
+    log: Callable[[str], None] = print,
+    poll_seconds: float = 5,
+    timeout_seconds: Optional[float] = None,
+) -> JobResult:
     """Follow ``job_id`` to the end, passing each new line of its output to ``log``.
 
     Raises:
@@ -134,22 +159,29 @@ def wait(client, job_id: str, *, attached: bool = False, log: Callable[[str], No
         logs = client.get_job_logs(job_id)
         # Whole lines only while the job runs (the rest of a half-written line comes next time).
         upto = len(logs) if status in TERMINAL else logs.rfind("\n", printed) + 1
-        for line in logs[printed:max(upto, printed)].splitlines():
+        for line in logs[printed : max(upto, printed)].splitlines():
             log(line)
         printed = max(upto, printed)
         if status in TERMINAL:
             break
         if timeout_seconds is not None and time.monotonic() - started > timeout_seconds:
             client.stop_job(job_id)
-            raise JobFailed(f"Ray job {job_id} ran past {timeout_seconds:.0f}s and was stopped; "
-                            "started again with the same run id it resumes", None)
+            raise JobFailed(
+                f"Ray job {job_id} ran past {timeout_seconds:.0f}s and was stopped; "
+                "started again with the same run id it resumes",
+                None,
+            )
         time.sleep(poll_seconds)
     info = client.get_job_info(job_id)
-    result = JobResult(job_id, status, attached, time.monotonic() - started, summary_from_logs(logs),
-                       logs.splitlines()[-20:])
+    result = JobResult(
+        job_id, status, attached, time.monotonic() - started, summary_from_logs(logs), logs.splitlines()[-20:]
+    )
     if status != "SUCCEEDED":
         code = getattr(info, "driver_exit_code", None)
-        raise JobFailed(f"Ray job {job_id} {status}"
-                        + (f" (exit code {code})" if code is not None else "")
-                        + f": {job_error(logs, info.message or '')}", code)
+        raise JobFailed(
+            f"Ray job {job_id} {status}"
+            + (f" (exit code {code})" if code is not None else "")
+            + f": {job_error(logs, info.message or '')}",
+            code,
+        )
     return result

@@ -35,8 +35,15 @@ def placement() -> tuple[str, str]:
         return "local", ""
 
 
-def load_encoder(model: ModelConfig, *, dimension: int, normalize: bool, threads: Optional[int] = None,
-                 max_tokens: Optional[int] = None, storage=None):
+def load_encoder(
+    model: ModelConfig,
+    *,
+    dimension: int,
+    normalize: bool,
+    threads: Optional[int] = None,
+    max_tokens: Optional[int] = None,
+    storage=None,
+):
     """The encoder ``model.backend`` names; both have ``embed(token_ids, batch_tokens)``."""
     if model.backend == "vllm":
         from pipelines.embed.vllm_encoder import VLLMEncoder
@@ -69,8 +76,9 @@ class EncodeStage:
         storage=None,
         max_tokens: Optional[int] = None,
     ):
-        self.encoder = load_encoder(model, dimension=dimension, normalize=normalize, threads=threads,
-                                    max_tokens=max_tokens, storage=storage)
+        self.encoder = load_encoder(
+            model, dimension=dimension, normalize=normalize, threads=threads, max_tokens=max_tokens, storage=storage
+        )
         self.dimension = dimension
         self.normalize = normalize
         self.batch_tokens = batch_tokens

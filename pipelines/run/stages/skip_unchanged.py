@@ -36,8 +36,9 @@ class SkipUnchangedStage:
         if self._latest is None:
             import ray
 
-            self._latest = {} if self.latest is None else (
-                self.latest if isinstance(self.latest, dict) else ray.get(self.latest))
+            self._latest = (
+                {} if self.latest is None else (self.latest if isinstance(self.latest, dict) else ray.get(self.latest))
+            )
         return self._latest
 
     def __call__(self, batch: pa.Table) -> pa.Table:

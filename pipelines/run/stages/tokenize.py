@@ -87,12 +87,15 @@ class TokenizeStage:
         order = take + rejected
         out = batch.take(pa.array(order, pa.int64()))
         doc_ids = out.column(self.id_column)
-        new_ids = [f"{d}#{k}" if k is not None else (str(d) if d is not None else None)
-                   for d, k in zip(doc_ids.to_pylist(), chunk_no + [None] * len(rejected))]
+        new_ids = [
+            f"{d}#{k}" if k is not None else (str(d) if d is not None else None)
+            for d, k in zip(doc_ids.to_pylist(), chunk_no + [None] * len(rejected))
+        ]
         out = out.set_column(out.schema.get_field_index(self.id_column), self.id_column, pa.array(new_ids, pa.string()))
         text_col = spans + [texts[i] for i in rejected]
-        out = out.set_column(out.schema.get_field_index(self.text_column), self.text_column,
-                             pa.array(text_col, pa.string()))
+        out = out.set_column(
+            out.schema.get_field_index(self.text_column), self.text_column, pa.array(text_col, pa.string())
+        )
         out = out.append_column("doc_id", doc_ids)
         out = out.append_column("chunk", pa.array(chunk_no + [None] * len(rejected), pa.int32()))
         out = out.append_column(C.INPUT_IDS, pa.array(ids + [[]] * len(rejected), pa.list_(pa.int32())))

@@ -13,17 +13,17 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from connectors import lance_sink  # noqa: E402
 from connectors import columns as C  # noqa: E402
+from connectors import lance_sink  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.embed.hf_encoder import HFEncoder  # noqa: E402
-from pipelines.run.runner import run_index  # noqa: E402
 from pipelines.embed.postprocess import postprocess  # noqa: E402
-from pipelines.search.searcher import Searcher  # noqa: E402
+from pipelines.embed.vllm_encoder import VLLMEncoder, matryoshka_dimensions  # noqa: E402
+from pipelines.run.runner import run_index  # noqa: E402
 from pipelines.run.stages.encode import EncodeStage  # noqa: E402
 from pipelines.run.stages.tokenize import TokenizeStage  # noqa: E402
 from pipelines.run.stages.validate import ValidateStage  # noqa: E402
-from pipelines.embed.vllm_encoder import VLLMEncoder, matryoshka_dimensions  # noqa: E402
+from pipelines.search.searcher import Searcher  # noqa: E402
 
 # What a CPU test machine can give an engine: ~5% of RAM for its KV cache, no compile step.
 VLLM_CPU = ["model.vllm.in_process=true", "model.vllm.enforce_eager=true", "model.vllm.gpu_memory_utilization=0.1"]
@@ -112,7 +112,9 @@ def test_decoder_with_eos_and_query_prompt_matches_hf(sample_table, tiny_llama_d
     model = config_for("vllm").model
     tokenizer = load_tokenizer(model.path, None, "left")
     queries = ["Which planet is the largest?", "Who painted the Mona Lisa?", "How do vaccines work?"]
-    q_ids, _ = tokenize_texts(tokenizer, [QUERY_PROMPT + q for q in queries], 128, eos_to_append(tokenizer, "auto", "last"))
+    q_ids, _ = tokenize_texts(
+        tokenizer, [QUERY_PROMPT + q for q in queries], 128, eos_to_append(tokenizer, "auto", "last")
+    )
     hf = postprocess(HFEncoder(config_for("hf").model).embed(q_ids, 2048), 64)
     engine = VLLMEncoder(model, dimension=64, normalize=True, max_tokens=128)
     try:
@@ -124,8 +126,9 @@ def test_decoder_with_eos_and_query_prompt_matches_hf(sample_table, tiny_llama_d
 
 def test_matryoshka_through_vllm_dimensions_where_the_model_declares_it(sample_table, tiny_qwen3_dir):
     assert matryoshka_dimensions(tiny_qwen3_dir) == []  # is_matryoshka: any dimension
-    model = load_config(overrides=[*VLLM_CPU, "model.backend=vllm", f"model.path={tiny_qwen3_dir}",
-                                   "model.pooling=last"]).model
+    model = load_config(
+        overrides=[*VLLM_CPU, "model.backend=vllm", f"model.path={tiny_qwen3_dir}", "model.pooling=last"]
+    ).model
     from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
 
     tokenizer = load_tokenizer(model.path, None, "left")
@@ -150,7 +153,9 @@ def test_matryoshka_by_truncation_where_the_model_does_not_declare_it(sample_tab
     model = _config("vllm").model
     from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
 
-    ids, _ = tokenize_texts(load_tokenizer(model.path, None, "right"), sample_table.column("text").to_pylist()[:12], 256)
+    ids, _ = tokenize_texts(
+        load_tokenizer(model.path, None, "right"), sample_table.column("text").to_pylist()[:12], 256
+    )
     engine = VLLMEncoder(model, dimension=128, normalize=True, max_tokens=256)
     try:
         assert not engine.native_dimensions
@@ -167,15 +172,22 @@ def test_index_job_with_vllm_matches_hf(ray_cluster, sample_table, tmp_path):
     """The whole job in Ray actors: same table, rows, rejects, counts and lineage as hf."""
     docs = sample_table.slice(0, 60).select(["id", "title", "text"])
     docs = docs.cast(pa.schema([f.with_nullable(True) for f in docs.schema]))
-    bad = pa.table({"id": ["bad-null", "bad-empty"], "title": ["n", "e"], "text": [None, ""]},
-                   schema=docs.schema)
+    bad = pa.table({"id": ["bad-null", "bad-empty"], "title": ["n", "e"], "text": [None, ""]}, schema=docs.schema)
     pq.write_table(pa.concat_tables([docs, bad]), tmp_path / "docs.parquet")
 
     def run(backend):
         db = str(tmp_path / backend)
-        summary = run_index(_config(backend, f"source.path={tmp_path / 'docs.parquet'}", f"sink.uri={db}",
-                                    "sink.table=docs", "source.metadata_columns=[title]", "index.type=none",
-                                    "compute.block_rows=32"))
+        summary = run_index(
+            _config(
+                backend,
+                f"source.path={tmp_path / 'docs.parquet'}",
+                f"sink.uri={db}",
+                "sink.table=docs",
+                "source.metadata_columns=[title]",
+                "index.type=none",
+                "compute.block_rows=32",
+            )
+        )
         import lancedb
 
         return summary, db, lancedb.connect(db).open_table("docs").to_arrow()
