@@ -98,7 +98,8 @@ def drop_duplicate_ids(
     """
     import lance
 
-    from connectors.lance_sink import REJECT_SCHEMA, delete_rows
+    from connectors.lance_commits import delete_rows
+    from connectors.lance_sink import REJECT_SCHEMA
 
     try:
         ds = lance.dataset(uri, storage_options=storage_options)

@@ -5,7 +5,7 @@ driver, which holds them per file until the file is complete (all its rows seen)
 ``sink.checkpoint_rows`` rows it checkpoints the complete files:
 
 - ``append``/``upsert``: one commit adds their rows and deletes the rows they replace
-  (:func:`connectors.lance_sink.commit_checkpoint`), then ``<table>_runs`` records them as done. A
+  (:func:`connectors.lance_commits.commit_checkpoint`), then ``<table>_runs`` records them as done. A
   ``committing`` event before the commit names them, so a resumed run knows which files may have
   rows from a commit whose bookkeeping died, and deletes those rows before redoing the files.
 - ``overwrite``/``create``: nothing is committed to the table; ``<table>_runs`` records the files
@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from connectors import lance_sink
+from connectors import lance_commits, lance_sink
 from connectors.run_log import DoneFile, RunLog
 from pipelines.run.progress import Progress
 
@@ -141,7 +141,7 @@ class Checkpointer:
             fragments = [x for d in done for x in d.fragments]
             replaced = [a for f in files for a in self.pending[f].replaced]
             commit_started = time.perf_counter()
-            self.table_version = lance_sink.commit_checkpoint(
+            self.table_version = lance_commits.commit_checkpoint(
                 self.table_uri,
                 self.table_schema,
                 fragments,
@@ -149,7 +149,7 @@ class Checkpointer:
                 self.table_version,
                 self.options,
             )
-            self.rejects_version = lance_sink.commit_checkpoint(
+            self.rejects_version = lance_commits.commit_checkpoint(
                 self.rejects_uri,
                 lance_sink.REJECT_SCHEMA,
                 [x for d in done for x in d.reject_fragments],
@@ -203,11 +203,11 @@ class Checkpointer:
         """Staged runs: commit every staged fragment of the run (all its done files) in one Overwrite."""
         self.before_commit()
         done = self.runlog.done_files(self.run_id, with_fragments=True).values()
-        lance_sink.check_version(self.table_uri, self.table_version, "the table", self.options)
-        lance_sink.commit_overwrite(
+        lance_commits.check_version(self.table_uri, self.table_version, "the table", self.options)
+        lance_commits.commit_overwrite(
             self.rejects_uri, schema_of_rejects, [x for d in done for x in d.reject_fragments], self.options
         )
-        self.table_version = lance_sink.commit_overwrite(
+        self.table_version = lance_commits.commit_overwrite(
             self.table_uri, self.table_schema, [x for d in done for x in d.fragments], self.options
         )
         self.runlog.mark(self.run_id, "committed")

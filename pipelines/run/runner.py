@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors import columns as C
-from connectors import lance_sink
+from connectors import lance_commits, lance_lookup, lance_sink, lance_writer
 from connectors.lance_dedup import drop_duplicate_ids
 from connectors.lance_table import open_dataset, open_table
 from connectors.model_store import model_fingerprint, resolve_model_dir
@@ -228,8 +228,8 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
 
 
 def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
-    import ray
-
+    """The run's steps in order: what is left to do, embed and commit it, one row per id, deletes,
+    the index step, the lineage."""
     c = plan.config
     summary = RunSummary(
         table_uri=c.sink.uri,
@@ -238,10 +238,30 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         run_id=plan.run_id,
         skipped_files=dict(plan.source.skipped),
     )
-    options = plan.sink_options
-    runlog = RunLog(c.sink.uri, c.sink.table, options)
-    staged = c.sink.mode in ("create", "overwrite")
+    runlog = RunLog(c.sink.uri, c.sink.table, plan.sink_options)
     runlog.mark_started(plan.run_id, c.sink.mode)
+    todo, committed = _files_to_do(plan, runlog, summary)
+    checkpointer = _embed_and_commit(plan, runlog, lease, todo, committed, summary)
+    lease.check()
+    _resolve_duplicates(plan, checkpointer, summary)
+    if c.sink.delete_missing:
+        # Opened after the duplicate check: a handle opened before it would read the older version.
+        summary.deleted_missing = _delete_missing(_open_table(plan), plan, summary)
+    summary.table_rows = _open_table(plan).count_rows()  # what readers see now: after dedup and deletes
+    params, tuning = _index_step(plan, summary)
+    lease.check()
+    _write_lineage(plan, params, tuning, summary)
+    runlog.mark(plan.run_id, "finished")
+    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, plan.sink_options)
+    return summary
+
+
+def _files_to_do(plan: RunPlan, runlog: RunLog, summary: RunSummary) -> tuple[list[str], bool]:
+    """The files this run still has to embed (all, or what a resumed run has not finished), after
+    removing what a resumed run's unfinished commits left; and whether a staged run was committed."""
+    c = plan.config
+    options = plan.sink_options
+    staged = c.sink.mode in ("create", "overwrite")
     done = runlog.done_files(plan.run_id)
     # A finished file that was rewritten since is done again; one that is gone stays done (it was read whole).
     changed = [f for f, d in done.items() if f in plan.source.identity and d.identity != plan.source.identity[f]]
@@ -252,10 +272,20 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     if plan.resuming and not staged:
         # Rows of files whose commit died before its bookkeeping, and of finished files redone now.
         redo = sorted(runlog.uncertain_files(plan.run_id) | set(changed))
-        lance_sink.delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
-        lance_sink.delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
-    committed = staged and "committed" in runlog.kinds(plan.run_id)
+        lance_commits.delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
+        lance_commits.delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
+    return todo, staged and "committed" in runlog.kinds(plan.run_id)
 
+
+def _embed_and_commit(
+    plan: RunPlan, runlog: RunLog, lease: TableLease, todo: list[str], committed: bool, summary: RunSummary
+) -> Checkpointer:
+    """Stream ``todo`` through the stages into checkpoints; a staged run is published at the end."""
+    import ray
+
+    c = plan.config
+    options = plan.sink_options
+    staged = c.sink.mode in ("create", "overwrite")
     checkpointer = Checkpointer(
         run_id=plan.run_id,
         runlog=runlog,
@@ -278,7 +308,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         existing = None
         if c.sink.mode == "upsert" and checkpointer.table_version is not None:
             key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
-            existing = lance_sink.ExistingRows(
+            existing = lance_lookup.ExistingRows(
                 plan.table_uri, checkpointer.table_version, key, options, revision_column=_revision_column(c)
             )
         latest = None
@@ -313,8 +343,13 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     summary.checkpoints = checkpointer.checkpoints
     summary.checkpoint_timings = checkpointer.timings
     summary.embed_seconds = time.perf_counter() - embed_started
+    return checkpointer
 
-    lease.check()
+
+def _resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer, summary: RunSummary) -> None:
+    """One row per id (``sink.duplicate_ids=reject``): the run's duplicates go to the rejects table."""
+    c = plan.config
+    staged = c.sink.mode in ("create", "overwrite")
     if c.sink.duplicate_ids == "reject":
         dedup_started = time.perf_counter()
         removed = drop_duplicate_ids(
@@ -326,15 +361,18 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
             run_id=plan.run_id,
             revision_column=_revision_column(c),
             older_rows=not staged and checkpointer.start_version is not None,
-            storage_options=options,
+            storage_options=plan.sink_options,
         )
         summary.rows_written -= sum(removed.values())
         summary.rejected.update(removed)
         summary.dedup_seconds = round(time.perf_counter() - dedup_started, 3)
-    if c.sink.delete_missing:
-        # Opened after the duplicate check: a handle opened before it would read the older version.
-        summary.deleted_missing = _delete_missing(_open_table(plan), plan, summary)
-    summary.table_rows = _open_table(plan).count_rows()  # what readers see now: after dedup and deletes
+
+
+def _index_step(plan: RunPlan, summary: RunSummary):
+    """The vector index, its tuned query defaults and the id index, built in one Ray task."""
+    import ray
+
+    c = plan.config
     # Off the driver: index training and the tuning's exact searches grow with the table.
     queries = None
     if c.index.tuning_queries_path and c.index.target_recall is not None:
@@ -367,7 +405,12 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     summary.index_seconds = round(time.perf_counter() - index_started, 2)
     summary.index = params.to_dict()
     summary.tuning = tuning.to_dict() if tuning else {}
+    return params, tuning
 
+
+def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
+    """What made the table's vectors, its index and this run's counts, stored with the table."""
+    c = plan.config
     lineage = dict(plan.lineage)
     lineage.update(index_lineage(params, tuning))
     lineage["counts"] = {
@@ -379,11 +422,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
-    lease.check()
-    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage, options)
-    runlog.mark(plan.run_id, "finished")
-    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, options)
-    return summary
+    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage, plan.sink_options)
 
 
 def _check_index_workers(workers, cpus: float) -> None:
@@ -484,7 +523,7 @@ def _count_batch(summary: RunSummary, row: dict) -> None:
 
 def _sink_stage(plan: RunPlan, cpus: float = 1.0) -> Stage:
     c = plan.config
-    writer = lance_sink.FragmentWriter(
+    writer = lance_writer.FragmentWriter(
         table_uri=plan.table_uri,
         rejects_uri=plan.rejects_uri,
         schema=plan.table_schema,

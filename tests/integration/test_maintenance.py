@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_sink
+from connectors import lance_commits, lance_sink
 from pipelines.config import ConfigError, load_config
 from pipelines.maintenance import DuplicateIdsError, run_maintenance
 
@@ -221,7 +221,7 @@ def test_pruning_keeps_uncommitted_fragments_of_a_running_job(tmp_path):
 
     assert report.housekeeping[0].versions_removed >= 4 and not _opens(db, 1)
     assert all(f.exists() for f in files)  # Lance cannot tell them from leftovers: delete_unverified stays off
-    lance_sink.commit_checkpoint(
+    lance_commits.commit_checkpoint(
         _uri(db), _rows([], 0).schema, pending, np.zeros(0, np.uint64), lance.dataset(_uri(db)).version
     )
     assert {"p1", "p2"} <= set(lance.dataset(_uri(db)).to_table(columns=["id"]).column("id").to_pylist())

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_sink
+from connectors import lance_commits
 from pipelines.config import ConfigError, load_config
 from pipelines.run.runner import run_index
 
@@ -278,11 +278,11 @@ def test_a_commit_onto_a_table_another_writer_changed_is_refused(tmp_path):
 
     new = write_fragments(pa.table({"id": ["d1", "e0"], "x": [100, 101]}, schema=schema), uri, schema=schema)
     ds.optimize.compact_files()  # another process compacts: rows move to new addresses
-    with pytest.raises(lance_sink.ConcurrentWriteError, match=r"expected version 2, found [3-9]"):
-        lance_sink.commit_checkpoint(uri, schema, new, replaced, started)
+    with pytest.raises(lance_commits.ConcurrentWriteError, match=r"expected version 2, found [3-9]"):
+        lance_commits.commit_checkpoint(uri, schema, new, replaced, started)
     assert lance.dataset(uri).count_rows() == 12  # nothing deleted, nothing added
     # Without the foreign commit the same checkpoint replaces both rows in one version.
-    v = lance_sink.commit_checkpoint(
+    v = lance_commits.commit_checkpoint(
         uri,
         schema,
         new,

@@ -26,7 +26,7 @@ def _rank(value) -> tuple:
 
 class SkipUnchangedStage:
     def __init__(self, existing, id_column: str, revision_column: Optional[str] = None, latest: Any = None):
-        self.existing = existing  # connectors.lance_sink.ExistingRows: doc id -> (hash, [addresses], revision)
+        self.existing = existing  # connectors.lance_lookup.ExistingRows: doc id -> (hash, [addresses], revision)
         self.id_column = id_column
         self.revision_column = revision_column  # None: revision by path (the row's file)
         self.latest = latest  # ObjectRef (or dict) of {repeated id: latest revision in this run}

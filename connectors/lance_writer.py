@@ -1,0 +1,161 @@
+"""The sink's write stage: rows and rejects to uncommitted Lance fragments in Ray tasks, counts back.
+
+This is the pattern of Ray Data's own Lance writer (``write_fragments`` in tasks, then
+``LanceDataset.commit``), done in a ``map_batches`` stage instead of a ``Datasink`` so that the same
+pass also writes rejected rows to ``<table>_rejects`` and returns per-batch counts and per-file
+progress: one read of the source gives the table, the rejects, the run summary and the resume state.
+Nothing is visible until the driver commits; a task that died after writing files leaves only
+unreferenced files behind, never rows. The result is an ordinary LanceDB table.
+
+Why checkpoints by file and not Ray Data's checkpointing: Ray's row-level checkpoint keeps the id of
+every finished row (gigabytes at 100M documents). Here the resume state is one row per finished
+input file in ``<table>_runs``, and every table row carries ``run_id`` and ``source_file``, so a
+resumed run deletes the partial rows of unfinished files and redoes only those files.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from collections import Counter
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from connectors import columns as C
+from connectors.lance_sink import REJECT_SCHEMA
+
+__all__ = ["FragmentWriter", "STATS_SCHEMA"]
+
+
+STATS_SCHEMA = pa.schema(
+    [
+        ("file", pa.string()),  # the source file: one stats row per file and batch
+        ("rows", pa.int64()),  # source rows (documents) of the file in this batch
+        ("written", pa.int64()),  # table rows written (chunks when chunking)
+        ("skipped", pa.int64()),  # unchanged documents an upsert left alone
+        ("rejected", pa.string()),  # JSON {reason: count}
+        ("files", pa.string()),  # JSON {source file: source rows in this batch}
+        ("tokens", pa.int64()),
+        ("truncated", pa.int64()),
+        # Pickled {source file: ...}: a fragment never mixes files, so a file's rows can be committed
+        # (or staged) when, and only when, the whole file is done.
+        ("fragments", pa.binary()),  # list[FragmentMetadata]
+        ("reject_fragments", pa.binary()),
+        ("replaced_rowids", pa.binary()),  # upsert: uint64 addresses of the rows this file's rows replace
+        ("encoders", pa.string()),  # JSON {"<node id>/<actor id>": rows} of the actors that embedded them
+        ("writer_node", pa.string()),  # node id of the task that wrote this batch
+    ]
+)
+
+
+def _by_file(table: pa.Table, files: pa.ChunkedArray) -> dict[str, pa.Table]:
+    """``table`` split by the values of ``files`` (its source file column), in order of appearance."""
+    names = list(dict.fromkeys(files.to_pylist()))
+    if len(names) == 1:
+        return {names[0]: table}
+    return {f: table.filter(pc.equal(files, f)) for f in names}
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    except Exception:  # noqa: BLE001 - a report, never a reason to fail
+        return "local"
+
+
+class FragmentWriter:
+    """Final stage: writes accepted rows and rejects as uncommitted Lance fragments; returns counts.
+
+    Fragments are written per source file, so that the driver can make a file's rows visible (or
+    stage them) exactly when the whole file is done, never a part of it.
+    """
+
+    def __init__(
+        self,
+        table_uri: str,
+        rejects_uri: str,
+        schema: pa.Schema,
+        id_column: str,
+        text_column: str,
+        run_id: str,
+        storage_options: Optional[dict] = None,
+    ):
+        self.table_uri = table_uri
+        self.rejects_uri = rejects_uri
+        self.schema = schema
+        self.id_column = id_column
+        self.text_column = text_column
+        self.run_id = run_id
+        self.storage_options = storage_options
+
+    def _write(self, table: pa.Table, uri: str, file_column: str) -> dict[str, list]:
+        from lance.fragment import write_fragments
+
+        if table.num_rows == 0:
+            return {}
+        return {
+            f: write_fragments(part, uri, schema=part.schema, storage_options=self.storage_options)
+            for f, part in _by_file(table, table.column(file_column)).items()
+        }
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """One stats row per source file in the batch (a batch may hold rows of several files)."""
+        if batch.num_rows == 0:
+            return STATS_SCHEMA.empty_table()
+        return pa.concat_tables([self._write_file(part) for part in _by_file(batch, batch.column(C.FILE)).values()])
+
+    def _write_file(self, batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        reject = batch.column(C.REJECT)
+        unchanged = pc.fill_null(pc.equal(reject, C.SKIP_UNCHANGED), False)
+        accepted = batch.filter(pc.is_null(reject))
+        rejected = batch.filter(pc.and_(pc.is_valid(reject), pc.invert(unchanged)))
+        run = pa.array([self.run_id] * accepted.num_rows, pa.string())
+        accepted = accepted.append_column(C.SOURCE_FILE, accepted.column(C.FILE)).append_column("run_id", run)
+        rows = accepted.select(self.schema.names).cast(self.schema)
+        rejects = pa.table(
+            {
+                "id": rejected.column(self.id_column).cast(pa.string()),
+                "file": rejected.column(C.FILE),
+                "reason": rejected.column(C.REJECT),
+                "text": rejected.column(self.text_column),
+                "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string()),
+            },
+            schema=REJECT_SCHEMA,
+        )
+        # A chunked document is one source row however many windows it became.
+        is_doc = (
+            pc.fill_null(pc.equal(batch.column("chunk"), 0), True)
+            if "chunk" in batch.column_names
+            else pa.array(np.ones(n, dtype=bool))
+        )
+        files = Counter(f for f, d in zip(batch.column(C.FILE).to_pylist(), is_doc.to_pylist()) if d)
+        replaced: dict[str, np.ndarray] = {}
+        if C.OLD_ROWID in accepted.column_names:
+            for f, part in _by_file(accepted, accepted.column(C.FILE)).items():
+                old = pc.list_flatten(part.column(C.OLD_ROWID).drop_null())
+                if len(old):
+                    replaced[f] = np.unique(old.to_numpy(zero_copy_only=False).astype(np.uint64))
+        stats = {
+            "file": [batch.column(C.FILE)[0].as_py()],
+            "rows": [int(pc.sum(pc.cast(is_doc, pa.int64())).as_py() or 0)],
+            "written": [rows.num_rows],
+            "skipped": [int(pc.sum(pc.cast(unchanged, pa.int64())).as_py() or 0)],
+            "rejected": [json.dumps(Counter(rejected.column(C.REJECT).to_pylist()))],
+            "files": [json.dumps(files)],
+            "tokens": [pc.sum(batch.column(C.N_TOKENS)).as_py() or 0],
+            "truncated": [pc.sum(pc.cast(batch.column(C.TRUNCATED), pa.int64())).as_py() or 0],
+            "fragments": [pickle.dumps(self._write(rows, self.table_uri, C.SOURCE_FILE))],
+            "reject_fragments": [pickle.dumps(self._write(rejects, self.rejects_uri, "file"))],
+            "replaced_rowids": [pickle.dumps(replaced)],
+            "encoders": [
+                json.dumps(Counter(batch.column(C.ENCODER).to_pylist()) if C.ENCODER in batch.column_names else {})
+            ],
+            "writer_node": [_node_id()],
+        }
+        return pa.table(stats, schema=STATS_SCHEMA)
