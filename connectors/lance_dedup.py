@@ -1,22 +1,6 @@
 """One row per document: after a run's last commit, its duplicate ids are resolved.
 
-Which row of an id stays:
-- a row an *earlier* run wrote stays (``append`` never replaces; ``upsert`` replaced those rows
-  already, in the commit that added the new ones);
-- among this run's rows, the **latest revision** wins: the highest value of the revision column
-  (``source_file`` for ``sink.revision_by=path``, so ``date=2026-11-20/`` beats ``date=2026-11-05/``;
-  else the named metadata column; null is lowest); the others are rejected as ``superseded``;
-- rows of one id with the same revision are true duplicates: the first written (lowest row address)
-  stays, the others are rejected as ``duplicate_id``.
-
-In a chunked table the unit is the document (``doc_id``): the winning revision keeps all of its
-chunks and the losers lose all of theirs, so a document is never a mix of two revisions.
-
-Cost is bounded by the run, not the table, and so is memory: this run's rows are scanned (``run_id``
-filter) in hash partitions of at most ``rows_per_pass`` rows (16 bytes a row: a 64-bit hash of the id
-and the row address), and older rows sharing their ids are looked up (``id IN (...)``, answered by the
-id's BTREE index) only when older rows can exist at all: not on a table's first run, not after an
-overwrite. Rows are compared by their real id, so a hash collision never drops a document.
+The reasoning behind it: docs/design.md, section connectors/lance_dedup.py.
 """
 
 from __future__ import annotations

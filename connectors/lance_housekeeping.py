@@ -1,29 +1,6 @@
 """Compaction and version pruning of the Lance datasets that scheduled runs keep committing to.
 
-Every checkpoint of a run commits to ``<table>``, ``<table>_rejects`` and ``<table>_runs``: after
-months of daily runs they hold thousands of small fragments (slow scans and manifests that list them
-all) and thousands of versions, and an overwritten table keeps every old copy of its data until its
-versions are pruned. :func:`compact_and_prune` does both for one dataset:
-
-- **compaction** (``optimize.compact_files``) merges small fragments into ones of
-  ``target_rows_per_fragment`` rows and drops soft-deleted rows; indices are remapped in the same
-  commit. Rows keep their content and order but get new addresses (``_rowid``), so a run that
-  deletes superseded rows by address (upsert) must not run at the same time: the caller holds the
-  table's lease around this call.
-- **pruning** (``cleanup_old_versions(older_than=keep)``) removes versions whose commit is older
-  than ``keep``, with the files that only they reference. Lance never removes the latest version;
-  tagged versions are kept too. The version the vector index was built on is kept as well, with
-  every version after it (whatever their age): Lance itself searches, reports and optimizes the
-  index without that version, but the table can still be read as the index saw it. The cost: a
-  table whose index is only ever optimized, never rebuilt, keeps its versions since the build.
-
-Never ``delete_unverified=True``. A data file that no manifest references is either the leftover of
-a failed write or part of a write still in progress: a run's fragments written but not committed yet
-(every checkpoint's, and an overwrite run's for the whole run). Lance cannot tell which, so it only
-deletes such a file when it is at least 7 days old; ``delete_unverified=True`` drops that guard and
-would delete a running or resumable job's files, corrupting its next commit. The guard's 7 days
-are Lance's and fixed: a run that keeps fragments uncommitted for longer must not overlap a prune
-(the lease again).
+The reasoning behind it: docs/design.md, section connectors/lance_housekeeping.py.
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """``<table>_runs``: what each run has finished, so a run that died can be resumed.
 
-One row per event of a run, never updated in place (each ``record`` is one Lance append):
-
-- ``started``: the run began (written before any work).
-- ``file``: an input file the run finished, with its identity (size and ETag or mtime) and, for
-  ``overwrite``/``create`` runs, the Lance fragments that hold its rows and rejects. Those runs
-  *stage* their rows: nothing reaches the table until the last file is done, then one Overwrite
-  commit publishes every staged fragment at once, so readers see the old table until then.
-- ``committing``: append/upsert runs write this just before a checkpoint commits files into the
-  table and their ``file`` rows just after. A file with a ``committing`` row and no ``file`` row
-  may have rows in the table from a commit whose bookkeeping died; a resumed run deletes them.
-- ``committed``: an overwrite/create run published its staged fragments.
-- ``finished``: the run finished (table, index, lineage).
-
-Resume state is one row per input file (not per row), and a file counts as done only while its
-identity is unchanged: a file rewritten after it was read is done again.
+The reasoning behind it: docs/design.md, section connectors/run_log.py.
 """
 
 from __future__ import annotations

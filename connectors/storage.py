@@ -1,31 +1,6 @@
 """Object storage settings: config + AWS conventions -> clients for fsspec, pyarrow and Lance.
 
-Only this module knows endpoints, regions, credentials and retry policies. It resolves them once, in
-the driver, into a small picklable :class:`Storage` that travels with the work (inside the source's
-filesystem, the Lance writer's ``storage_options`` and the encoder's model location), so Ray worker
-processes need no environment of their own: the same job runs from ``python -m jobs.index`` on a
-laptop, from ``ray job submit`` on a cluster, and from a test whose Ray started before the test set
-any ``AWS_*`` variable.
-
-Resolution follows the AWS conventions, config keys winning over the environment:
-
-- endpoint: ``storage.endpoint_url``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``, else AWS.
-- region: ``storage.region``, else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's region; on
-  AWS itself without any of these, the bucket's own region is looked up.
-- plain HTTP: only when ``storage.allow_http`` or ``AWS_ALLOW_HTTP=true`` says so.
-- credentials: botocore's chain. *Static* keys found on the driver (``AWS_ACCESS_KEY_ID`` /
-  ``AWS_SECRET_ACCESS_KEY`` / ``AWS_SESSION_TOKEN``, or the ``[profile]`` keys of the shared credentials
-  and config files, ``AWS_PROFILE`` choosing the profile) travel with the job. Refreshable ones
-  (instance or container roles, SSO, assume-role) are not frozen into it: each node's clients resolve
-  them through their own default chain, so they keep refreshing on long jobs.
-
-Credentials are held in fields excluded from ``repr`` and :meth:`Storage.redact` masks them in any text
-that leaves the program (error lines); nothing here logs them.
-
-Transient errors (HTTP 5xx including 503 SlowDown, timeouts, connection resets) are retried with
-exponential backoff by every client, up to ``storage.max_attempts`` attempts per request: botocore's
-``standard`` retry mode for s3fs, the AWS SDK's standard strategy for pyarrow, object_store's
-``client_max_retries`` / ``client_retry_timeout`` for Lance.
+The reasoning behind it: docs/design.md, section connectors/storage.py.
 """
 
 from __future__ import annotations

@@ -1,22 +1,6 @@
 """One writer per table: a lease object beside the table that every writing job holds while it runs.
 
-Lance itself merges concurrent appends without complaint, and a run that commits against a version
-other than the one it planned on (an overwrite to another dimension, a compaction that moved the
-rows an upsert is about to delete) can leave a table that is wrong or unreadable. So every job that
-writes a table (``jobs.index``, ``jobs.maintain``) first takes ``<db>/<table>.lease``:
-
-- created atomically (``O_EXCL`` locally, a conditional ``If-None-Match: *`` PUT on S3), holding
-  the run id, host, pid, a random token and a heartbeat time;
-- refreshed by a background thread every ``heartbeat_s`` seconds; a holder that finds someone
-  else's token in it has lost the lease and stops before its next commit;
-- stale when the heartbeat is older than ``sink.lease_timeout_s``, or at once when the holder ran
-  on this host and its pid is gone (a killed driver is resumed without waiting); a stale lease is
-  taken over, and the taker says whose it was;
-- released (deleted) when the job ends, whether it succeeded or failed.
-
-A second job finds the lease held and fails at once naming the running run (``sink.on_busy=fail``),
-or waits for it (``sink.on_busy=wait``). The lease is a guard, not the only one: commits also check
-that the table is still at the version the run last saw (:mod:`connectors.lance_sink`).
+The reasoning behind it: docs/design.md, section connectors/table_lease.py.
 """
 
 from __future__ import annotations

@@ -1,19 +1,6 @@
 """Checkpoints: the driver turns the sink's per-file fragments into commits a crash cannot tear.
 
-The sink writes Lance fragments per source file and sends their descriptions (never rows) to the
-driver, which holds them per file until the file is complete (all its rows seen). Every
-``sink.checkpoint_rows`` rows it checkpoints the complete files:
-
-- ``append``/``upsert``: one commit adds their rows and deletes the rows they replace
-  (:func:`connectors.lance_commits.commit_checkpoint`), then ``<table>_runs`` records them as done. A
-  ``committing`` event before the commit names them, so a resumed run knows which files may have
-  rows from a commit whose bookkeeping died, and deletes those rows before redoing the files.
-- ``overwrite``/``create``: nothing is committed to the table; ``<table>_runs`` records the files
-  with their fragments (staged). :meth:`Checkpointer.publish` commits every staged fragment of the
-  run in one Overwrite at the end, so readers see the old table until the run has finished.
-
-Rows of a file that was not complete when the run died are in no commit and no record: a resumed
-run simply redoes the file; its orphaned data files are removed by ``jobs.maintain``'s cleanup.
+The reasoning behind it: docs/design.md, section pipelines/run/checkpoints.py.
 """
 
 from __future__ import annotations

@@ -1,37 +1,6 @@
 """Recall-targeted query defaults: measure the index against exact search and keep the cheapest setting.
 
-An IVF index's quality at query time depends on two knobs, ``nprobes`` (lists scanned) and
-``refine_factor`` (candidates re-scored against the float vectors). Rules of thumb set them blind; here
-they are measured on the table itself: sample query vectors, take the exact top-10 (flat scan) as
-ground truth, and walk a grid of settings until the index's top-10 overlaps it by ``target_recall``.
-
-The exact neighbours come from one streamed read of the table for all the queries at once
-(:func:`connectors.lance_index.exact_search`: a matrix product per batch of rows), so their cost is one
-scan of the vector column, about what the index build itself reads, whatever the number of queries
-(LanceDB's flat search scans once per query). A flat-cost alternative, tuning on a uniform sample of
-the rows indexed with the table's own lists, was built and measured and is not used: a sample holds
-a fraction f of the rows, so the PQ ranking error it sees is f times smaller than the table's and the
-refine factor it picks is too small for the table (1M rows, 100k-row sample: held-out recall 0.928
-for a 0.95 target; docs/scaling.md, bench/tuning.py).
-
-Queries are real query vectors when the caller has them (``index.tuning_queries_path``: see
-:mod:`pipelines.vector_index.step`), else documents drawn from the table, each removed from its own result
-lists (a document always finds itself). Documents are the optimistic choice: a document's near-copies
-share its list, while a real query lands between documents (on the 1M-vector benchmark the setting
-tuned on documents gave held-out queries recall 0.35; see bench/index.py). Of the settings
-that reach the target, the one that reads the fewest bytes per query wins:
-
-    cost = rows * nprobes / partitions * code_bytes  +  k * refine_factor * float_vector_bytes
-
-(the lists scanned plus the vectors fetched for re-scoring). Recall grows with ``nprobes``, so for each
-refine factor the grid is walked upwards and stops at the first setting that reaches the target or costs
-more than the best found so far.
-
-"Reaches the target" means the recall's one-sided 95% lower confidence bound over the queries
-(mean - 1.645 x standard error of the per-query recalls) does, not the mean: the setting must hold
-on the next queries, not only on these. Picking the cheapest setting whose mean just clears the
-target picks the one whose sample happened to flatter it, and on new queries that setting lands
-below the target about as often as above (bench/tuning.py shows both on held-out queries).
+The reasoning behind it: docs/design.md, section pipelines/vector_index/tuning.py.
 """
 
 from __future__ import annotations
