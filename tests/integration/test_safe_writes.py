@@ -448,8 +448,8 @@ def test_revision_column_decides_which_row_wins(ray_cluster, sample_table, tiny_
 
 def test_a_checkpoint_that_found_no_complete_file_is_due_again_at_the_next_batch():
     """Batches of several files interleave; a checkpoint due while no file was complete used to
-    wait another sink.checkpoint_rows rows, so runs made far fewer checkpoints than configured
-    (a 1M run with checkpoint_rows=50,000: 5 checkpoints, 250k rows apart)."""
+    wait another sink.checkpoint_rows rows before it looked again, although a file completed in
+    between."""
     import json
     import pickle
 
