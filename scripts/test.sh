@@ -9,4 +9,4 @@ export HF_HUB_OFFLINE=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # Lint and format first (ruff, configured in pyproject.toml): seconds, and a clear line when it fails.
 .venv/bin/ruff check --quiet . && .venv/bin/ruff format --check --quiet . || {
   echo "test: ruff found problems (fix: .venv/bin/ruff check --fix . && .venv/bin/ruff format .)" >&2; exit 1; }
-exec .venv/bin/python -m pytest -q "$@"
+exec .venv/bin/python -m pytest -q --durations=15 "$@"
