@@ -1,17 +1,22 @@
-"""Reproduces a stalled run: read tasks holding the only free CPU while no tokenize task can start.
+"""Reproduces the two ways a run stalled on a 2-CPU head: a paused read holding the free CPU, a sink never given one.
 
-    python bench/read_starvation.py [--docs 300000] [--object-store-mb 80] [--timeout 150]
+    python bench/read_starvation.py [--docs 300000] [--file-rows 50000] [--object-store-mb 80] [--timeout 150]
 
 Starts its own local Ray with 2 CPUs and a small object store, writes ``--docs`` short documents
-(bench/scale.py's corpus, files of 50,000 rows) and indexes them with the tiny model (one encoder
-actor, 1 CPU) in a subprocess, and reports whether the run finished within ``--timeout`` seconds,
-with Ray Data's last progress lines. Before the fix (commit 8810ae9 and earlier) it did not finish:
-the read -> validate -> repartition operator's task kept the second CPU, paused, while Ray Data,
-its object store budget full, no longer took its blocks, so no tokenize task ever got a CPU. The
-same happened to a 10M-document run of bench/scale.py on a 2-CPU head (3.5M rows read, 2,048
-tokenized, then nothing). The job now lets a task run to its end instead of pausing
-(pipelines/run/runner.py, ``_max_num_blocks_in_streaming_gen_buffer``); 300k documents take about
-45 s here. tests/integration/test_multinode.py has the same case at 100k documents.
+(bench/scale.py's corpus, files of ``--file-rows`` rows) and indexes them with the tiny model (one
+encoder actor, 1 CPU) in a subprocess, and reports whether the run finished within ``--timeout``
+seconds, with Ray Data's last progress lines.
+
+1. Files of 50,000 rows, on commit 8810ae9 and earlier: NOT FINISHED. The read -> validate ->
+   repartition task kept the second CPU, paused, while Ray Data, its object store budget full, no
+   longer took its blocks, so no tokenize task ever got a CPU (a 10M run of bench/scale.py: 3.5M
+   rows read, 2,048 tokenized, then nothing). Fixed by letting a task run to its end
+   (pipelines/run/runner.py, ``_max_num_blocks_in_streaming_gen_buffer``).
+2. ``--file-rows 10000``, with only that fix: NOT FINISHED. Ray Data reserves each operator a whole
+   task's CPU upstream first, so the sink got none until every file was read, and the encoder's
+   output filled the object store. Fixed by task stages asking for a share of the free CPUs
+   (pipelines/run/plan.py, ``task_cpus``): 300k documents then took 72 s here.
+tests/integration/test_multinode.py runs case 2 on a 2-CPU head.
 """
 
 from __future__ import annotations
