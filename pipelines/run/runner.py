@@ -77,6 +77,11 @@ class RunPlan:
         return lance_sink.dataset_uri(self.config.sink.uri, self.config.sink.table)
 
     @property
+    def staged(self) -> bool:
+        """create/overwrite runs stage their fragments and publish them in one commit at the end."""
+        return self.config.sink.mode in ("create", "overwrite")
+
+    @property
     def rejects_uri(self) -> str:
         return lance_sink.dataset_uri(self.config.sink.uri, lance_sink.rejects_table(self.config.sink.table))
 
@@ -259,9 +264,8 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
 def _files_to_do(plan: RunPlan, runlog: RunLog, summary: RunSummary) -> tuple[list[str], bool]:
     """The files this run still has to embed (all, or what a resumed run has not finished), after
     removing what a resumed run's unfinished commits left; and whether a staged run was committed."""
-    c = plan.config
     options = plan.sink_options
-    staged = c.sink.mode in ("create", "overwrite")
+    staged = plan.staged
     done = runlog.done_files(plan.run_id)
     # A finished file that was rewritten since is done again; one that is gone stays done (it was read whole).
     changed = [f for f, d in done.items() if f in plan.source.identity and d.identity != plan.source.identity[f]]
@@ -285,7 +289,7 @@ def _embed_and_commit(
 
     c = plan.config
     options = plan.sink_options
-    staged = c.sink.mode in ("create", "overwrite")
+    staged = plan.staged
     checkpointer = Checkpointer(
         run_id=plan.run_id,
         runlog=runlog,
@@ -349,7 +353,7 @@ def _embed_and_commit(
 def _resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer, summary: RunSummary) -> None:
     """One row per id (``sink.duplicate_ids=reject``): the run's duplicates go to the rejects table."""
     c = plan.config
-    staged = c.sink.mode in ("create", "overwrite")
+    staged = plan.staged
     if c.sink.duplicate_ids == "reject":
         dedup_started = time.perf_counter()
         removed = drop_duplicate_ids(
