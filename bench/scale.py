@@ -169,7 +169,8 @@ def spilled_bytes(address: str, env: dict) -> int:
 
 def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout: float) -> dict:
     import psutil
-    from tests.ray_head import LocalRayHead
+
+    from tests.helpers.ray_head import LocalRayHead
 
     head = LocalRayHead(num_cpus=2)  # a head of its own: the spill figure is this run's alone
     try:
@@ -182,10 +183,13 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
         log = open(workdir / f"job-{n}.log", "w")
         started = time.time()
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        driver, peak = psutil.Process(proc.pid), 0
+        driver, peak, series = psutil.Process(proc.pid), 0, []
         while proc.poll() is None:
             try:
-                peak = max(peak, driver.memory_info().rss)
+                rss = driver.memory_info().rss
+                peak = max(peak, rss)
+                if time.time() - started >= 10 * len(series):  # every 10 s: where in the run it grows
+                    series.append(round(rss / 2**20))
             except psutil.NoSuchProcess:
                 pass
             if time.time() - started > timeout:  # a stalled stream (docs/scaling.md) would wait forever
@@ -208,6 +212,11 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
     def mean(rows, key):
         return 1e3 * sum(t[key] for t in rows) / max(1, len(rows))
 
+    def rate(rows):  # docs/s between the first and the last checkpoint of ``rows``
+        return (rows[-1]["rows"] - rows[0]["rows"]) / max(1e-9, rows[-1]["at_s"] - rows[0]["at_s"])
+
+    tenth = max(2, len(timings) // 10)
+
     return dict(
         docs=n,
         wall_s=wall,
@@ -216,11 +225,14 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
         written=s["rows_written"],
         table_rows=s["table_rows"],
         driver_peak_rss_mib=peak / 2**20,
+        driver_rss_every_10s_mib=series,
         checkpoints=len(timings),
         commit_ms_first=mean(timings[:10], "commit_s"),
         commit_ms_last=mean(timings[-10:], "commit_s"),
         runlog_ms_first=mean(timings[:10], "runlog_s"),
         runlog_ms_last=mean(timings[-10:], "runlog_s"),
+        docs_per_s_first=rate(timings[:tenth]) if len(timings) >= 4 else None,
+        docs_per_s_last=rate(timings[-tenth:]) if len(timings) >= 4 else None,
         dedup_s=s["dedup_seconds"],
         index_s=s["index_seconds"],
         index_build_s=s["index"].get("build_seconds"),
@@ -265,9 +277,12 @@ def main() -> None:
         for n in args.sizes:
             runs.append(run_job(n, corpora[n], work / "db", model, work, args.job_timeout))
             r = runs[-1]
+            rss = r["driver_rss_every_10s_mib"]
             print(
-                f"\n{n} docs: job {r['wall_s']:.0f}s, {r['docs_per_s']:,.0f} docs/s, driver peak RSS "
-                f"{r['driver_peak_rss_mib']:.0f} MiB, {r['checkpoints']} checkpoints, commit "
+                f"\n{n} docs: job {r['wall_s']:.0f}s, {r['docs_per_s']:,.0f} docs/s (first tenth of the checkpoints "
+                f"{r['docs_per_s_first'] or 0:,.0f}, last tenth {r['docs_per_s_last'] or 0:,.0f}), driver RSS "
+                f"{rss[len(rss) // 10] if rss else 0} MiB a tenth into the run, {rss[-1] if rss else 0} at the end, "
+                f"peak {r['driver_peak_rss_mib']:.0f} MiB, {r['checkpoints']} checkpoints, commit "
                 f"{r['commit_ms_first']:.0f} -> {r['commit_ms_last']:.0f} ms, run log {r['runlog_ms_first']:.0f} -> "
                 f"{r['runlog_ms_last']:.0f} ms, dedup {r['dedup_s']:.1f}s, index step {r['index_s']:.0f}s "
                 f"(build {r['index_build_s']}s"

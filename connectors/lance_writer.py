@@ -16,6 +16,7 @@ resumed run deletes the partial rows of unfinished files and redoes only those f
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from collections import Counter
 from typing import Optional
@@ -94,6 +95,11 @@ class FragmentWriter:
         self.storage_options = storage_options
 
     def _write(self, table: pa.Table, uri: str, file_column: str) -> dict[str, list]:
+        # Lance warns "No existing dataset at <uri>, it will be created" for every fragment written
+        # before a table's first commit: every write of a new table's run, in the user's log. Only
+        # that line is muted (Lance reads LANCE_LOG when it is first imported in this worker; a
+        # LANCE_LOG of the user's own wins).
+        os.environ.setdefault("LANCE_LOG", "warn,lance::dataset::write::insert=error")
         from lance.fragment import write_fragments
 
         if table.num_rows == 0:

@@ -73,7 +73,7 @@ class ParquetSource:
                 filesystem=filesystem,
                 include_paths=True,
                 partitioning=Partitioning("hive"),
-                ray_remote_args={} if num_cpus is None else {"num_cpus": num_cpus},
+                num_cpus=num_cpus,
             )
             # Ray pushes the projection into the Parquet reader: other columns are never read.
             datasets.append(dataset.select_columns([*columns, PATH_COLUMN]))

@@ -73,9 +73,11 @@ class Checkpointer:
         self.rows_since = 0
         self.checkpoints = 0
         self.rows_done = 0  # source rows of the files checkpointed so far
-        # Per checkpoint: rows done after it, seconds in table commits and in run-log records (a
-        # 100M-row run makes thousands; both must stay flat as the table and the log grow).
+        # Per checkpoint: rows done after it, seconds since the checkpointer began (``at_s``: the rate
+        # between two checkpoints), seconds in table commits and in run-log records (a 100M-row run
+        # makes thousands; both must stay flat as the table and the log grow).
         self.timings: list[dict] = []
+        self.began = time.perf_counter()
 
     def add(self, row: dict) -> None:
         """One sink stats row (one source file's rows of one batch)."""
@@ -151,6 +153,7 @@ class Checkpointer:
         self.timings.append(
             {
                 "rows": self.rows_done,
+                "at_s": round(time.perf_counter() - self.began, 2),
                 "commit_s": round(commit_s, 4),
                 "runlog_s": round(time.perf_counter() - started - commit_s, 4),
             }

@@ -40,6 +40,7 @@ from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.lineage import check_compatible, make_lineage, vector_key
+from pipelines.run import data_context
 from pipelines.run.checkpoints import Checkpointer
 from pipelines.run.plan import Stage, apply_stages, embedding_stages, task_cpus
 from pipelines.run.progress import Progress
@@ -211,21 +212,12 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     with lease:
         if not ray.is_initialized():
             ray.init()
-        # Blocks are bounded in bytes (Ray's default is 128 MiB): a file's rows and the encoder's vectors
-        # then stream through in pieces of this size instead of one block per file.
-        context = ray.data.DataContext.get_current()
-        context.target_max_block_size = c.compute.max_block_mb * 2**20
-        context.execution_no_progress_timeout_s = c.compute.stall_timeout_s  # see _stream
-        context.enable_progress_bars = verbose  # else the run's own lines (pipelines.run.progress)
-        if not verbose:  # Ray Data's start-of-execution notes and the "progress bars disabled" hint
-            logging.getLogger("ray.data").setLevel(logging.WARNING)
-        # A task runs to its end instead of pausing, CPU held, when Ray Data stops taking its blocks
-        # (its downstream's object-store budget is full): a paused read task on a head whose other
-        # CPUs the encoders hold left no CPU for tokenize, so nothing drained and the run stalled
-        # (bench/read_starvation.py; seen at 10M rows). A task's output is then bounded by its input
-        # (a read task: the files it reads), and what does not fit in the object store spills.
-        # Ray Data does the same for its own file listing and download operators.
-        context._max_num_blocks_in_streaming_gen_buffer = None
+        data_context.configure(
+            ray.data.DataContext.get_current(),
+            max_block_mb=c.compute.max_block_mb,
+            stall_timeout_s=c.compute.stall_timeout_s,
+            verbose=verbose,
+        )
         _check_index_workers(c.index.workers, ray.cluster_resources().get("CPU", 0))
         summary = _run(plan, lease)
     summary.seconds = time.perf_counter() - started

@@ -1,0 +1,25 @@
+"""Ray Data's execution settings for an indexing run (the driver's ``DataContext``)."""
+
+from __future__ import annotations
+
+import logging
+
+__all__ = ["configure"]
+
+
+def configure(context, *, max_block_mb: int, stall_timeout_s: float, verbose: bool) -> None:
+    """Set ``context`` (a ``ray.data.DataContext``) for an indexing run."""
+    # Blocks are bounded in bytes (Ray's default is 128 MiB): a file's rows and the encoder's vectors
+    # then stream through in pieces of this size instead of one block per file.
+    context.target_max_block_size = max_block_mb * 2**20
+    context.execution_no_progress_timeout_s = stall_timeout_s  # see pipelines.run.runner._stream
+    context.enable_progress_bars = verbose  # else the run's own lines (pipelines.run.progress)
+    if not verbose:  # Ray Data's start-of-execution notes and the "progress bars disabled" hint
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # A task runs to its end instead of pausing, CPU held, when Ray Data stops taking its blocks
+    # (its downstream's object-store budget is full): a paused read task on a head whose other
+    # CPUs the encoders hold left no CPU for tokenize, so nothing drained and the run stalled
+    # (bench/read_starvation.py; seen at 10M rows). A task's output is then bounded by its input
+    # (a read task: the files it reads), and what does not fit in the object store spills.
+    # Ray Data does the same for its own file listing and download operators.
+    context._max_num_blocks_in_streaming_gen_buffer = None
