@@ -61,6 +61,8 @@ def test_summary_times_checkpoints_dedup_and_the_index_step(indexed):
     assert len(timings) == summary.checkpoints >= 1
     assert [t["rows"] for t in timings] == sorted(t["rows"] for t in timings) and timings[-1]["rows"] == 303
     assert all(t["commit_s"] == 0 and t["runlog_s"] > 0 for t in timings)
+    at = [t["at_s"] for t in timings]  # when, in the stream: the rate between checkpoints
+    assert at == sorted(at) and 0 < at[-1] <= summary.embed_seconds + 0.1
     assert summary.dedup_seconds > 0 and summary.index_seconds >= summary.index["build_seconds"] > 0
     assert json.loads(summary.to_json())["checkpoint_timings"] == timings
 
