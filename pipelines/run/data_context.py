@@ -30,5 +30,6 @@ def configure(context, *, max_block_mb: int, stall_timeout_s: float, verbose: bo
     # complete until the end: 1M documents in 20 files made their first checkpoint at 350 s of a
     # 414 s stream, so a crash before it lost the run's work. Measured (bench/scale.py's corpus,
     # 2-CPU head): 300k documents in 6 files, first checkpoint at 107 s of 120 s unordered, at 23 s
-    # of 70 s ordered (pipelines.run.checkpoints; tests/integration/test_end_to_end.py).
+    # of 70 s ordered (bench/checkpoint_cadence.py compares both; tests/integration/test_multinode.py
+    # checks the cadence).
     context.execution_options.preserve_order = True
