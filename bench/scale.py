@@ -14,9 +14,9 @@ documents; all but a handful distinct), in Parquet files of ``--file-rows`` rows
    and of the tiny encoder for reference. A cluster needs (docs/s target) / (rate) cores per stage.
 2. **The whole job** (``jobs.index``, ``sink.mode=append`` so every checkpoint is a table commit)
    on a Ray head this script starts, for each size: wall time, docs/s, the driver's peak RSS (every
-   0.2 s), the mean time of a checkpoint's commits and of its run-log records over the first and the
-   last ten checkpoints, the duplicate-id check and the index step, and the bytes Ray's object store
-   spilled to disk (``ray memory --stats-only``).
+   0.2 s), the median time of a checkpoint's commits and of its run-log records over the first and
+   the last ten checkpoints (and the slowest), the duplicate-id check and the index step, and the
+   bytes Ray's object store spilled to disk (``ray memory --stats-only``).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def write_corpus(n: int, file_rows: int, out: Path) -> None:
         )
 
 
-def job_config(corpus: Path, db: Path, table: str, model: Path) -> list[str]:
+def job_config(corpus: Path, db: Path, table: str, model: Path, extra: tuple[str, ...] = ()) -> list[str]:
     # No recall tuning: the tiny model's random-weight 32-dim vectors are not separable enough for
     # 4-byte PQ codes to reach 0.95 at any setting, so tuning would walk its whole grid (140
     # settings, 159 s at 1M); bench/tuning.py measures tuning on real vectors.
@@ -77,6 +77,7 @@ def job_config(corpus: Path, db: Path, table: str, model: Path) -> list[str]:
         "sink.mode=append",
         f"model.path={model}",
         "index.target_recall=null",
+        *extra,
     ]
 
 
@@ -167,7 +168,7 @@ def spilled_bytes(address: str, env: dict) -> int:
     return int(found.group(1)) * 2**20 if found else 0
 
 
-def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout: float) -> dict:
+def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout: float, extra=()) -> dict:
     import psutil
 
     from tests.helpers.ray_head import LocalRayHead
@@ -178,7 +179,7 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
         env = {**head.env, "RAY_ADDRESS": address, "HF_HUB_OFFLINE": "1"}
         summary_path = workdir / f"summary-{n}.json"
         cmd = [sys.executable, "-m", "jobs.index", "--summary-json", str(summary_path)]
-        for item in job_config(corpus, db, f"scale{n}", model):
+        for item in job_config(corpus, db, f"scale{n}", model, tuple(extra)):
             cmd += ["--set", item]
         log = open(workdir / f"job-{n}.log", "w")
         started = time.time()
@@ -209,8 +210,9 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
     s = json.loads(summary_path.read_text())
     timings = s["checkpoint_timings"]
 
-    def mean(rows, key):
-        return 1e3 * sum(t[key] for t in rows) / max(1, len(rows))
+    def median(rows, key):  # ms; a median, so one garbage-collection pause does not read as growth
+        values = sorted(t[key] for t in rows) or [0.0]
+        return 1e3 * values[len(values) // 2]
 
     def rate(rows):  # docs/s between the first and the last checkpoint of ``rows``
         return (rows[-1]["rows"] - rows[0]["rows"]) / max(1e-9, rows[-1]["at_s"] - rows[0]["at_s"])
@@ -227,10 +229,13 @@ def run_job(n: int, corpus: Path, db: Path, model: Path, workdir: Path, timeout:
         driver_peak_rss_mib=peak / 2**20,
         driver_rss_every_10s_mib=series,
         checkpoints=len(timings),
-        commit_ms_first=mean(timings[:10], "commit_s"),
-        commit_ms_last=mean(timings[-10:], "commit_s"),
-        runlog_ms_first=mean(timings[:10], "runlog_s"),
-        runlog_ms_last=mean(timings[-10:], "runlog_s"),
+        commit_ms_first=median(timings[:10], "commit_s"),
+        commit_ms_last=median(timings[-10:], "commit_s"),
+        runlog_ms_first=median(timings[:10], "runlog_s"),
+        runlog_ms_last=median(timings[-10:], "runlog_s"),
+        commit_ms_max=1e3 * max((t["commit_s"] for t in timings), default=0.0),
+        runlog_ms_max=1e3 * max((t["runlog_s"] for t in timings), default=0.0),
+        checkpoint_timings=timings,
         docs_per_s_first=rate(timings[:tenth]) if len(timings) >= 4 else None,
         docs_per_s_last=rate(timings[-tenth:]) if len(timings) >= 4 else None,
         dedup_s=s["dedup_seconds"],
@@ -248,6 +253,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="keep corpora and tables here (default: a temp dir)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     ap.add_argument("--job-timeout", type=float, default=3 * 3600, help="stop a job still running after this many s")
+    ap.add_argument("--set", action="append", default=[], help="one more job override (KEY=VALUE), repeatable")
     ap.add_argument("--rates-only", action="store_true", help="only the per-stage rates (one file of the first size)")
     args = ap.parse_args()
     import signal
@@ -275,7 +281,7 @@ def main() -> None:
             return
         runs = []
         for n in args.sizes:
-            runs.append(run_job(n, corpora[n], work / "db", model, work, args.job_timeout))
+            runs.append(run_job(n, corpora[n], work / "db", model, work, args.job_timeout, args.set))
             r = runs[-1]
             rss = r["driver_rss_every_10s_mib"]
             print(
@@ -284,7 +290,9 @@ def main() -> None:
                 f"{rss[len(rss) // 10] if rss else 0} MiB a tenth into the run, {rss[-1] if rss else 0} at the end, "
                 f"peak {r['driver_peak_rss_mib']:.0f} MiB, {r['checkpoints']} checkpoints, commit "
                 f"{r['commit_ms_first']:.0f} -> {r['commit_ms_last']:.0f} ms, run log {r['runlog_ms_first']:.0f} -> "
-                f"{r['runlog_ms_last']:.0f} ms, dedup {r['dedup_s']:.1f}s, index step {r['index_s']:.0f}s "
+                f"{r['runlog_ms_last']:.0f} ms (medians of the first and last ten; slowest "
+                f"{r['commit_ms_max']:.0f} and {r['runlog_ms_max']:.0f} ms), dedup {r['dedup_s']:.1f}s, "
+                f"index step {r['index_s']:.0f}s "
                 f"(build {r['index_build_s']}s"
                 + (f", tuning {r['tuning_s']}s" if r["tuning_s"] is not None else "")
                 + f"), spilled {r['spilled_bytes']} B",
@@ -308,7 +316,9 @@ def main() -> None:
         )
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(dict(cpu=cpu(), stage_rates=rates, runs=runs), indent=2))
+        Path(args.out).write_text(
+            json.dumps(dict(cpu=cpu(), overrides=args.set, stage_rates=rates, runs=runs), indent=2)
+        )
 
 
 if __name__ == "__main__":
