@@ -17,9 +17,12 @@ from typing import Optional
 
 import pyarrow as pa
 
+from connectors import columns as C
 from connectors.errors import UserError
 
 __all__ = [
+    "EMBEDDING_FUNCTION",
+    "EMBEDDING_FUNCTIONS_KEY",
     "LINEAGE_KEY",
     "REJECT_SCHEMA",
     "SinkError",
@@ -28,11 +31,17 @@ __all__ = [
     "rejects_table",
     "runs_table",
     "table_version",
+    "table_metadata",
     "write_lineage",
 ]
 
 
 LINEAGE_KEY = "embedpipe.lineage"
+# LanceDB's own schema key for the embedding function of a vector column, and the name this project's
+# function is registered under (connectors/lancedb_function.py): with it, plain LanceDB's
+# ``table.search("text")`` embeds the query with the table's model.
+EMBEDDING_FUNCTIONS_KEY = "embedding_functions"
+EMBEDDING_FUNCTION = "embedpipe"
 REJECT_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -95,6 +104,23 @@ def read_lineage(db_uri: str, table: str, storage_options: Optional[dict] = None
     return json.loads(raw)
 
 
+def table_metadata(lineage: dict) -> dict[str, str]:
+    """The schema metadata that goes with ``lineage``: the lineage itself, and the embedding function
+    entry LanceDB reads (``embedding_functions``: name, its arguments, source and vector column),
+    whose argument is what embeds a text exactly as the table's documents were embedded."""
+    embedding = {k: lineage[k] for k in ("model", "dimension", "normalize", "metric")}
+    function = {
+        "name": EMBEDDING_FUNCTION,
+        "model": {"lineage": embedding},
+        "source_column": lineage["source"]["text_column"],
+        "vector_column": C.VECTOR,
+    }
+    return {
+        LINEAGE_KEY: json.dumps(lineage, sort_keys=True),
+        EMBEDDING_FUNCTIONS_KEY: json.dumps([function], sort_keys=True),
+    }
+
+
 def write_lineage(db_uri: str, table: str, lineage: dict, storage_options: Optional[dict] = None) -> None:
     ds = _open(dataset_uri(db_uri, table), storage_options)
-    ds.update_schema_metadata({LINEAGE_KEY: json.dumps(lineage, sort_keys=True)})
+    ds.update_schema_metadata(table_metadata(lineage))

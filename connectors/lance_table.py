@@ -11,6 +11,10 @@ def open_table(uri: str, name: str, storage_options: Optional[dict] = None):
     """A LanceDB handle on table ``name`` in database ``uri``, at its latest version."""
     import lancedb
 
+    # The table's schema names its embedding function (connectors.lance_sink.table_metadata), which
+    # LanceDB looks up in its registry on writes through its API (merge_insert): registered here.
+    import connectors.lancedb_function  # noqa: F401
+
     return lancedb.connect(uri, storage_options=storage_options).open_table(name)
 
 

@@ -79,6 +79,27 @@ class ParquetSource:
             datasets.append(dataset.select_columns([*columns, PATH_COLUMN]))
         return datasets[0].union(*datasets[1:]) if len(datasets) > 1 else datasets[0]
 
+    def sample(self, columns: Sequence[str], rows: int, files: int) -> list[pa.Table]:
+        """Up to ``rows`` rows of ``columns`` plus the path column, from the first row group of up to
+        ``files`` files spread over the source (a dry run's sample; no Ray): one table per file, each
+        with its own file's types (as the run's blocks: validate makes the text a string)."""
+        picked = self.files[:: max(1, len(self.files) // files)][:files]
+        per_file = max(1, rows // len(picked))
+        parts = []
+        for f in picked:
+            with self.fs.open(f, "rb") as fh:
+                parquet = pq.ParquetFile(fh)
+                if not parquet.num_row_groups:
+                    continue
+                present = [c for c in columns if c in parquet.schema_arrow.names]
+                part = parquet.read_row_group(0, columns=present).slice(0, per_file)
+            partitions = partition_values(f)
+            for c in columns:  # a hive partition column: not in the file, one value for all its rows
+                if c not in part.column_names:
+                    part = part.append_column(c, pa.array([partitions.get(c)] * part.num_rows, pa.string()))
+            parts.append(part.select(list(columns)).append_column(PATH_COLUMN, pa.array([f] * part.num_rows)))
+        return parts
+
 
 def partition_values(file: str) -> dict[str, str]:
     """Hive partition values in a file's folders: ``a/date=2026-11-28/x.parquet`` -> ``{"date": ...}``.

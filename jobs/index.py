@@ -1,6 +1,6 @@
 """Bulk indexing job.
 
-    python -m jobs.index [--config FILE] [--set key=value ...] [--summary-json FILE]
+    python -m jobs.index [--config FILE] [--set key=value ...] [--summary-json FILE] [--dry-run]
     ray job submit --working-dir . -- python -m jobs.index --config jobs/configs/demo.yaml
 
 Exit 0 only when the table and its index are written; otherwise one line on stderr and exit 1
@@ -25,6 +25,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "stdout, for schedulers that read the job's output)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write nothing: list files and rows, sample texts (tokens, truncation, chunks), time the encoder on "
+        "its device, and estimate the run's time and the table's size",
+    )
     return parser.parse_args(argv)
 
 
@@ -40,9 +46,14 @@ def main(argv=None) -> int:
 
             print(yaml.safe_dump(config.model_dump(), sort_keys=False))
             return 0
-        from pipelines.run.runner import run_index
+        if args.dry_run:
+            from pipelines.run.dry_run import dry_run
 
-        summary = run_index(config, verbose=args.verbose)
+            summary = dry_run(config)
+        else:
+            from pipelines.run.runner import run_index
+
+            summary = run_index(config, verbose=args.verbose)
     except Exception as exc:  # noqa: BLE001 - the job's contract is one clear line and an exit code
         return fail(exc)
     report(summary, args.summary_json)

@@ -72,6 +72,7 @@ def embedding_stages(
     latest=None,
     pool: Optional[int] = None,
     cpus: float = 1.0,
+    run_id: str = "",
 ) -> list[Stage]:
     """Validate, [skip unchanged,] tokenize and encode stages for ``config`` (the job adds the sink).
 
@@ -83,6 +84,7 @@ def embedding_stages(
     ``pool`` fixes the number of encoder actors (a run that lost workers starts over on what fits);
     by default the pool is ``compute.actors`` .. ``compute.max_actors``. ``cpus`` is what each task
     stage asks for (:func:`task_cpus`); the read must ask for the same, so it fuses with validate.
+    ``run_id`` tags the encoder actors' metrics (:mod:`pipelines.run.metrics`); none without it.
 
     Placement comes from resources: read and validate run as tasks that ask for a CPU and no GPU
     (tokenize is a task stage of its own after the repartition, so it scales with the CPU workers,
@@ -140,6 +142,8 @@ def embedding_stages(
                 threads=_encoder_threads(config),
                 storage=storage,
                 max_tokens=max_tokens,
+                run_id=run_id,
+                table=config.sink.table,
             ),
             map_kwargs=dict(
                 batch_size=compute.block_rows,

@@ -42,6 +42,7 @@ from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to
 from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.run import data_context
 from pipelines.run.checkpoints import Checkpointer
+from pipelines.run.metrics import RunMetrics
 from pipelines.run.plan import Stage, apply_stages, embedding_stages, task_cpus
 from pipelines.run.progress import Progress
 from pipelines.run.revisions import latest_revisions
@@ -102,7 +103,7 @@ def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int,
         pa.field(C.SOURCE_FILE, pa.string()),
         pa.field("run_id", pa.string()),
     ]
-    return pa.schema(fields, metadata={lance_sink.LINEAGE_KEY: json.dumps(lineage, sort_keys=True)})
+    return pa.schema(fields, metadata=lance_sink.table_metadata(lineage))
 
 
 def preflight(config: PipelineConfig) -> RunPlan:
@@ -282,6 +283,8 @@ def _embed_and_commit(
     c = plan.config
     options = plan.sink_options
     staged = plan.staged
+    total = sum(plan.source.rows.get(f, 0) for f in todo)
+    metrics = RunMetrics(plan.run_id, c.sink.table, total)
     checkpointer = Checkpointer(
         run_id=plan.run_id,
         runlog=runlog,
@@ -294,10 +297,13 @@ def _embed_and_commit(
         checkpoint_rows=c.sink.checkpoint_rows,
         table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
         rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
-        on_batch=lambda row: _count_batch(summary, row),
+        on_batch=lambda row: _count_batch(summary, row, metrics),
         before_commit=lease.check,
         storage_options=options,
-        progress=Progress(sum(plan.source.rows.get(f, 0) for f in todo)),
+        progress=Progress(total),
+        on_checkpoint=lambda timing, data_bytes: metrics.checkpoint(
+            timing["rows"], timing["commit_s"], data_bytes, len(summary.encoders)
+        ),
     )
     embed_started = time.perf_counter()
     if todo and not committed:
@@ -325,6 +331,7 @@ def _embed_and_commit(
                     latest=latest,
                     pool=pool,
                     cpus=cpus,
+                    run_id=plan.run_id,
                 ),
                 _sink_stage(plan, cpus),
             ]
@@ -347,17 +354,25 @@ def _resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer, summary: RunS
     c = plan.config
     staged = plan.staged
     if c.sink.duplicate_ids == "reject":
+        import ray
+
         dedup_started = time.perf_counter()
-        removed = drop_duplicate_ids(
-            plan.table_uri,
-            plan.rejects_uri,
-            key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
-            id_column=c.source.id_column,
-            text_column=c.source.text_column,
-            run_id=plan.run_id,
-            revision_column=_revision_column(c),
-            older_rows=not staged and checkpointer.start_version is not None,
-            storage_options=plan.sink_options,
+        # In a Ray task, not the driver: the check reads every id of the run (2M rows a pass), which
+        # at 10M documents added ~140 MiB to the driver's peak (bench/scale.py). Not retried: a lost
+        # worker fails the run, whose resume checks again (what a lost driver did before).
+        task = ray.remote(num_cpus=1, max_retries=0)(drop_duplicate_ids)
+        removed = _get(
+            task.remote(
+                plan.table_uri,
+                plan.rejects_uri,
+                key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
+                id_column=c.source.id_column,
+                text_column=c.source.text_column,
+                run_id=plan.run_id,
+                revision_column=_revision_column(c),
+                older_rows=not staged and checkpointer.start_version is not None,
+                storage_options=plan.sink_options,
+            )
         )
         summary.rows_written -= sum(removed.values())
         summary.rejected.update(removed)
@@ -381,27 +396,34 @@ def _index_step(plan: RunPlan, summary: RunSummary):
     one_task = index_workers(c.index.workers, summary.table_rows, cpus) == 1
     task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
     index_started = time.perf_counter()
-    try:
-        params, tuning = ray.get(
-            task.remote(
-                c.sink.uri,
-                c.sink.table,
-                c.index,
-                id_column=c.source.id_column,
-                dimension=plan.dimension,
-                incremental=c.sink.mode in ("append", "upsert") or plan.resuming,
-                lineage=plan.lineage,
-                storage=plan.storage,
-                query_texts=queries,
-                cpus=cpus,
-            )
+    params, tuning = _get(
+        task.remote(
+            c.sink.uri,
+            c.sink.table,
+            c.index,
+            id_column=c.source.id_column,
+            dimension=plan.dimension,
+            incremental=c.sink.mode in ("append", "upsert") or plan.resuming,
+            lineage=plan.lineage,
+            storage=plan.storage,
+            query_texts=queries,
+            cpus=cpus,
         )
-    except ray.exceptions.RayTaskError as exc:  # the task's own error, not Ray's wrapper and traceback
-        raise exc.cause if isinstance(exc.cause, Exception) else exc
+    )
     summary.index_seconds = round(time.perf_counter() - index_started, 2)
     summary.index = params.to_dict()
     summary.tuning = tuning.to_dict() if tuning else {}
     return params, tuning
+
+
+def _get(ref):
+    """``ray.get`` of one task, raising the task's own error (not Ray's wrapper and its traceback)."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        raise exc.cause if isinstance(exc.cause, Exception) else exc
 
 
 def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
@@ -509,11 +531,11 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
             )
 
 
-def _count_batch(summary: RunSummary, row: dict) -> None:
-    """One sink stats row (a file's rows of one batch) into the summary."""
-    summary.add_batch(
-        row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"], row["skipped"]
-    )
+def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics) -> None:
+    """One sink stats row (a file's rows of one batch) into the summary and the run's metrics."""
+    counts = (row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"], row["skipped"])
+    summary.add_batch(*counts)
+    metrics.batch(*counts)
     summary.add_placement(json.loads(row["encoders"]), row["writer_node"])
 
 

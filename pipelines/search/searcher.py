@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from connectors import lance_sink
 from connectors.lance_table import open_table
+from connectors.lancedb_function import TableEmbedding
 from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint, resolve_model_dir
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
@@ -129,10 +130,16 @@ class Searcher:
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors exactly as the table's documents were made, with the query prompt."""
+        return self._embed(texts, self.model_config.query_prompt)
+
+    def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of texts as documents (the document prompt), cut at the model's token limit."""
+        return self._embed(texts, self.model_config.document_prompt)
+
+    def _embed(self, texts: Sequence[str], prompt: str) -> np.ndarray:
         from pipelines.embed.tokenizer import eos_to_append, tokenize_texts
 
         encoder = self._encode()
-        prompt = self.model_config.query_prompt
         eos_id = eos_to_append(self._tokenizer, self.model_config.append_eos, self.model_config.pooling)
         ids, _ = tokenize_texts(self._tokenizer, [prompt + t for t in texts], self.model_config.max_tokens, eos_id)
         pooled = encoder.embed(ids)
@@ -190,3 +197,11 @@ class Searcher:
         distance = hits.column("_distance").to_numpy()
         score = 1.0 - distance if self.metric == "cosine" else -distance
         return hits.append_column("score", pa.array(score.astype(np.float32)))
+
+
+def _embedder(lineage: dict, device: str) -> Searcher:
+    """What LanceDB's ``search("text")`` on the table embeds with (connectors.lancedb_function)."""
+    return Searcher(None, lineage, device=device, storage=Storage.resolve())
+
+
+TableEmbedding.embedder = _embedder

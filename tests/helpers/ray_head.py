@@ -87,7 +87,7 @@ class LocalRayHead:
             "--dashboard-agent-listen-port": free_port(),
             "--dashboard-agent-grpc-port": free_port(),
             "--runtime-env-agent-port": free_port(),
-            "--metrics-export-port": free_port(),
+            "--metrics-export-port": (metrics_port := free_port()),
             "--node-manager-port": free_port(),
             "--object-manager-port": free_port(),
         }
@@ -111,6 +111,7 @@ class LocalRayHead:
             *(f"{k}={v}" for k, v in ports.items()),
         ]
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # the node's Prometheus endpoint
         self._launch(cmd, timeout)
 
     def _launch(self, cmd: list[str], timeout: float) -> None:
@@ -271,11 +272,12 @@ class LocalRayNode(LocalRayHead):
         ports = {
             "--node-manager-port": free_port(),
             "--object-manager-port": free_port(),
-            "--metrics-export-port": free_port(),
+            "--metrics-export-port": (metrics_port := free_port()),
             "--dashboard-agent-listen-port": free_port(),
             "--dashboard-agent-grpc-port": free_port(),
             "--runtime-env-agent-port": free_port(),
         }
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"  # this node's processes' metrics
         # A resource only this node has: how the head's node list tells this node from the others.
         self.marker = f"test_node_{Path(self.temp_dir).name}"
         cmd = [

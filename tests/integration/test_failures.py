@@ -60,11 +60,16 @@ def _table_ids(db, table="docs"):
 
 
 def _encoder_pids():
+    """Encoder actors of this test session's Ray only (ray.init started it below this process): never
+    another cluster's on the machine, whose loss this test would then take for its own."""
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
+    for proc in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            cmd = " ".join(proc.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
         if "MapWorker" in cmd and "EncodeStage" in cmd:
-            found.append(proc.info["pid"])
+            found.append(proc.pid)
     return found
 
 

@@ -2,12 +2,13 @@
 
 The code blocks are read from the README (so what it shows is what runs) and executed in a fresh
 interpreter whose working directory holds ``out/lancedb`` with table ``wiki``: 60 sample documents
-indexed with ``jobs/configs/demo.yaml``. Then ``Searcher.search(filters=...)`` on the same table
-with hostile values.
+indexed with ``jobs/configs/demo.yaml``. Then plain LanceDB's text search in a fresh interpreter
+against ``Searcher``'s hits, and ``Searcher.search(filters=...)`` on the same table with hostile values.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -59,6 +60,46 @@ def test_readme_python_example_runs_as_written(demo_dir):
     assert '["A Doll\'s House"]' in out  # the filter with a quote in its value found the one document
     assert "all-MiniLM-L6-v2 384 cosine" in out  # the lineage read with plain lancedb
     assert "60 [" in out  # count_rows and the column names
+    assert "wiki-" in out  # the text searches found documents
+
+
+# Plain LanceDB, nothing of the project but the import its embedding registry needs.
+PLAIN_TEXT_SEARCH = """
+import json
+import lancedb
+import pipelines.search.searcher  # noqa: F401
+
+table = lancedb.connect("out/lancedb").open_table("wiki")
+print(json.dumps(table.search("how do vaccines work").limit(5).to_pandas()["id"].tolist()))
+"""
+
+
+def test_plain_lancedb_text_search_embeds_with_the_tables_model(demo_dir):
+    """``open_table(...).search("text")`` in a fresh process: the query embedded with the table's
+    model, prompt, dimension and normalisation, the same hits as ``Searcher`` (60 rows: no index,
+    both search exactly)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", PLAIN_TEXT_SEARCH], cwd=demo_dir, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    plain = json.loads(done.stdout.strip().splitlines()[-1])
+    searcher = Searcher.open(str(demo_dir / "out" / "lancedb"), "wiki")
+    assert not searcher.has_index  # else LanceDB's default nprobes and Searcher's tuned ones would differ
+    assert plain == searcher.search("how do vaccines work", k=5).column("id").to_pylist()
+    # The same vector, not merely the same ranking: LanceDB's function against Searcher's embedding.
+    function = searcher.table.embedding_functions["vector"].function
+    np.testing.assert_allclose(
+        function.compute_query_embeddings("how do vaccines work")[0],
+        searcher.embed_queries(["how do vaccines work"])[0],
+        atol=1e-6,
+    )
+    documents = searcher.table.to_arrow().slice(0, 3)
+    np.testing.assert_allclose(  # documents: the document prompt, as the job embedded them
+        np.stack(function.compute_source_embeddings(documents.column("text"))),
+        np.stack(documents.column("vector").to_numpy(zero_copy_only=False)),
+        atol=1e-5,
+    )
 
 
 def test_searcher_filters_are_typed_and_quoted(demo_dir):

@@ -225,3 +225,25 @@ def test_job_commands_in_docs_are_valid(doc):
         assert check_job_command(command) is not None, command
     missing = SHOWN.get(doc, set()) - {how for how, _ in commands}
     assert not missing, f"{doc} shows no checkable {sorted(missing)} command (found: {commands})"
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_job_exports():
+    """infra/grafana/embedpipe.json: valid JSON, and every ``ray_embedpipe_*`` series it queries is one
+    that pipelines/run/metrics.py makes (a counter gains ``_total``, a histogram ``_bucket``;
+    tests/integration/test_run_metrics.py reads the same names off a real head's endpoint)."""
+    import json
+
+    dashboard = json.loads((ROOT / "infra" / "grafana" / "embedpipe.json").read_text())
+    source = (ROOT / "pipelines" / "run" / "metrics.py").read_text()
+    counters = {f"ray_embedpipe_{n}_total" for n in re.findall(r'counter\(\s*"(\w+)"', source)}
+    others = set(re.findall(r'"(embedpipe_\w+)"', source))
+    exported = counters | {f"ray_{n}" for n in others} | {f"ray_{n}_bucket" for n in others}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"ray_embedpipe_\w+", target["expr"])
+    }
+    assert len(counters) >= 8 and len(queried) >= 10
+    assert queried <= exported, sorted(queried - exported)
+    assert all(panel["targets"] for panel in dashboard["panels"])

@@ -8,6 +8,7 @@ vllm``), then pooling output -> normalise -> Matryoshka truncation -> normalise
 
 from __future__ import annotations
 
+import time
 from typing import Optional, Union
 
 import numpy as np
@@ -18,6 +19,7 @@ from connectors import columns as C
 from pipelines.config import ModelConfig
 from pipelines.embed.hf_encoder import HFEncoder
 from pipelines.embed.postprocess import postprocess
+from pipelines.run.metrics import EncodeMetrics
 
 __all__ = ["EncodeStage", "load_encoder", "placement", "vectors_to_arrow"]
 
@@ -75,7 +77,10 @@ class EncodeStage:
         threads: Optional[int] = None,
         storage=None,
         max_tokens: Optional[int] = None,
+        run_id: Optional[str] = None,
+        table: Optional[str] = None,
     ):
+        self.metrics = EncodeMetrics(run_id, table)  # seconds per block on Ray's metrics endpoint
         self.encoder = load_encoder(
             model, dimension=dimension, normalize=normalize, threads=threads, max_tokens=max_tokens, storage=storage
         )
@@ -86,6 +91,12 @@ class EncodeStage:
         self.tag = "/".join(placement())  # which actor on which node embedded a row (the run's summary)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        started = time.perf_counter()
+        out = self._encode(batch)
+        self.metrics.observe(time.perf_counter() - started)
+        return out
+
+    def _encode(self, batch: pa.Table) -> pa.Table:
         ids = batch.column(C.INPUT_IDS).to_pylist()
         reject = batch.column(C.REJECT).to_pylist()
         rows = [i for i, r in enumerate(reject) if r is None and ids[i]]
