@@ -38,7 +38,7 @@ class RunMetrics:
         self.on = _ray_up()
         if not self.on:
             return
-        from ray.util.metrics import Counter, Gauge, Histogram
+        from ray.util.metrics import Counter, Histogram
 
         def counter(name: str, description: str, keys=TAGS):
             return Counter(f"embedpipe_{name}", description=description, tag_keys=keys)
@@ -53,19 +53,17 @@ class RunMetrics:
         self.truncated = counter("documents_truncated", "Texts cut at the model's token limit")
         self.bytes = counter("bytes_written", "Bytes of the table's data files committed by the run")
         self.checkpoints = counter("checkpoints", "Checkpoints committed (or staged)")
+        self.expected = counter("rows_expected", "Source rows this run set out to read (progress: read / expected)")
         self.commit = Histogram(
             "embedpipe_commit_seconds",
             description="Seconds of a checkpoint's table commits",
             boundaries=COMMIT_BOUNDARIES,
             tag_keys=TAGS,
         )
-        self.total = Gauge("embedpipe_rows_total", description="Source rows this run reads", tag_keys=TAGS)
-        self.done = Gauge("embedpipe_rows_done", description="Source rows of committed files", tag_keys=TAGS)
-        self.encoders = Gauge(
-            "embedpipe_encoder_actors", description="Encoder actors that have embedded rows of this run", tag_keys=TAGS
-        )
-        self.total.set(total_rows, tags=self.tags)
-        self.done.set(0, tags=self.tags)
+        # Counters and histograms only: Ray drops a process's gauges when it exits, so a finished
+        # run's last values would be gone from the endpoint (counters and histograms stay).
+        if total_rows:
+            self.expected.inc(total_rows, tags=self.tags)
 
     def batch(self, rows: int, written: int, rejected: dict, tokens: int, truncated: int, skipped: int) -> None:
         """One committed sink batch's counts (as :meth:`RunSummary.add_batch` takes them)."""
@@ -83,27 +81,30 @@ class RunMetrics:
         for reason, n in rejected.items():
             self.rejected.inc(n, tags={**self.tags, "reason": reason})
 
-    def checkpoint(self, rows_done: int, commit_s: float, bytes_written: int, encoder_actors: int) -> None:
+    def checkpoint(self, commit_s: float, bytes_written: int) -> None:
         if not self.on:
             return
         self.checkpoints.inc(1, tags=self.tags)
         self.commit.observe(commit_s, tags=self.tags)
         if bytes_written:
             self.bytes.inc(bytes_written, tags=self.tags)
-        self.done.set(rows_done, tags=self.tags)
-        self.encoders.set(encoder_actors, tags=self.tags)
 
 
 class EncodeMetrics:
-    """An encoder actor's per-call histogram (seconds per block, documents per block)."""
+    """An encoder actor's metrics: it counts itself once, and the seconds of each block it embeds."""
 
     def __init__(self, run_id: Optional[str], table: Optional[str]):
         self.on = bool(run_id) and _ray_up()
         if not self.on:
             return
-        from ray.util.metrics import Histogram
+        from ray.util.metrics import Counter, Histogram
 
         self.tags = {"run_id": run_id, "table": table or ""}
+        Counter(
+            "embedpipe_encoder_actors_started",
+            description="Encoder actors started for the run (a replaced actor counts again)",
+            tag_keys=TAGS,
+        ).inc(1, tags=self.tags)
         self.seconds = Histogram(
             "embedpipe_encode_batch_seconds",
             description="Seconds an encoder actor took for one block (forward passes and post-processing)",

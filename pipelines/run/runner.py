@@ -301,9 +301,7 @@ def _embed_and_commit(
         before_commit=lease.check,
         storage_options=options,
         progress=Progress(total),
-        on_checkpoint=lambda timing, data_bytes: metrics.checkpoint(
-            timing["rows"], timing["commit_s"], data_bytes, len(summary.encoders)
-        ),
+        on_checkpoint=lambda timing, data_bytes: metrics.checkpoint(timing["commit_s"], data_bytes),
     )
     embed_started = time.perf_counter()
     if todo and not committed:

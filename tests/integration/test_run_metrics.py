@@ -37,6 +37,7 @@ def test_the_jobs_counters_reach_the_heads_metrics_endpoint(sample_table, tmp_pa
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     docs = sample_table.slice(0, 60).select(["id", "text"])
+    docs = docs.cast(pa.schema([f.with_nullable(True) for f in docs.schema]))  # the sample's are not nullable
     pq.write_table(docs.slice(0, 30), corpus / "a.parquet")
     bad = pa.table({"id": ["bad-null", "bad-empty"], "text": [None, ""]}, schema=docs.schema)
     pq.write_table(pa.concat_tables([docs.slice(30), bad]), corpus / "b.parquet")
@@ -67,14 +68,14 @@ def test_the_jobs_counters_reach_the_heads_metrics_endpoint(sample_table, tmp_pa
         assert _value(text, "ray_embedpipe_documents_rejected_total", run_id, reason="null_text") == 1
         assert _value(text, "ray_embedpipe_documents_rejected_total", run_id, reason="empty_text") == 1
         assert _value(text, "ray_embedpipe_tokens_total", run_id) == summary["tokens"] > 0
-        assert _value(text, "ray_embedpipe_rows_total", run_id) == 62
-        assert _value(text, "ray_embedpipe_rows_done", run_id) == 62
+        names = " ".join(sorted({line.split("{")[0] for line in text.splitlines() if line.startswith("ray_embedpipe")}))
+        assert _value(text, "ray_embedpipe_rows_expected_total", run_id) == 62, names
         checkpoints = summary["checkpoints"]
         assert checkpoints >= 1 and _value(text, "ray_embedpipe_checkpoints_total", run_id) == checkpoints
         assert _value(text, "ray_embedpipe_commit_seconds_count", run_id) == checkpoints
         assert _value(text, "ray_embedpipe_bytes_written_total", run_id) > 60 * 384 * 4  # the vectors at least
-        assert _value(text, "ray_embedpipe_encoder_actors", run_id) == len(summary["encoders"]) >= 1
-        # Recorded in the encoder actors, one per block they embedded.
+        # Recorded in the encoder actors: each counts itself once, and each block it embedded.
+        assert _value(text, "ray_embedpipe_encoder_actors_started_total", run_id) == len(summary["encoders"]) >= 1
         assert _value(text, "ray_embedpipe_encode_batch_seconds_count", run_id) >= 1
     finally:
         head.stop()

@@ -237,7 +237,7 @@ def test_the_grafana_dashboard_queries_only_metrics_the_job_exports():
     source = (ROOT / "pipelines" / "run" / "metrics.py").read_text()
     counters = {f"ray_embedpipe_{n}_total" for n in re.findall(r'counter\(\s*"(\w+)"', source)}
     others = set(re.findall(r'"(embedpipe_\w+)"', source))
-    exported = counters | {f"ray_{n}" for n in others} | {f"ray_{n}_bucket" for n in others}
+    exported = counters | {f"ray_{n}{suffix}" for n in others for suffix in ("_total", "_bucket")}
     queried = {
         name
         for panel in dashboard["panels"]
