@@ -107,18 +107,20 @@ def read_lineage(db_uri: str, table: str, storage_options: Optional[dict] = None
 def table_metadata(lineage: dict) -> dict[str, str]:
     """The schema metadata that goes with ``lineage``: the lineage itself, and the embedding function
     entry LanceDB reads (``embedding_functions``: name, its arguments, source and vector column),
-    whose argument is what embeds a text exactly as the table's documents were embedded."""
-    embedding = {k: lineage[k] for k in ("model", "dimension", "normalize", "metric")}
+    whose argument is what embeds a text exactly as the table's documents were embedded. A lineage
+    without a model (a table this pipeline did not embed, say) gets no function."""
+    metadata = {LINEAGE_KEY: json.dumps(lineage, sort_keys=True)}
+    if not all(k in lineage for k in ("model", "dimension", "metric", "source")):
+        return metadata
+    embedding = {k: lineage[k] for k in ("model", "dimension", "metric")}
+    embedding["normalize"] = lineage.get("normalize", True)
     function = {
         "name": EMBEDDING_FUNCTION,
         "model": {"lineage": embedding},
         "source_column": lineage["source"]["text_column"],
         "vector_column": C.VECTOR,
     }
-    return {
-        LINEAGE_KEY: json.dumps(lineage, sort_keys=True),
-        EMBEDDING_FUNCTIONS_KEY: json.dumps([function], sort_keys=True),
-    }
+    return {**metadata, EMBEDDING_FUNCTIONS_KEY: json.dumps([function], sort_keys=True)}
 
 
 def write_lineage(db_uri: str, table: str, lineage: dict, storage_options: Optional[dict] = None) -> None:

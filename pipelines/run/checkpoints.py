@@ -56,10 +56,10 @@ class Checkpointer:
         before_commit: Callable[[], None] = lambda: None,
         storage_options: Optional[dict] = None,
         progress: Optional[Progress] = None,
-        on_checkpoint: Callable[[dict, int], None] = lambda timing, data_bytes: None,
+        on_checkpoint: Callable[[dict, list], None] = lambda timing, done: None,
     ):
         self.run_id, self.runlog = run_id, runlog
-        self.on_checkpoint = on_checkpoint  # (this checkpoint's timings, bytes of its table data files)
+        self.on_checkpoint = on_checkpoint  # (this checkpoint's timings, its DoneFiles)
         self.table_uri, self.rejects_uri, self.table_schema = table_uri, rejects_uri, table_schema
         self.expected_rows, self.identity = expected_rows, identity
         self.staged = staged
@@ -164,9 +164,7 @@ class Checkpointer:
         for f in files:
             for counts in self.pending.pop(f).counts:
                 self.on_batch(counts)
-        self.on_checkpoint(
-            self.timings[-1], sum(f.file_size_bytes or 0 for d in done for x in d.fragments for f in x.files)
-        )
+        self.on_checkpoint(self.timings[-1], done)
         self.checkpoints += 1
         if self.progress:
             self.progress.checkpoint(self.checkpoints, self.rows_done)

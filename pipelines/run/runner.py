@@ -244,7 +244,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     _resolve_duplicates(plan, checkpointer, summary)
     if c.sink.delete_missing:
         # Opened after the duplicate check: a handle opened before it would read the older version.
-        summary.deleted_missing = _delete_missing(_open_table(plan), plan, summary)
+        summary.deleted_missing = _delete_missing(plan, summary)
     summary.table_rows = _open_table(plan).count_rows()  # what readers see now: after dedup and deletes
     params, tuning = _index_step(plan, summary)
     lease.check()
@@ -301,7 +301,7 @@ def _embed_and_commit(
         before_commit=lease.check,
         storage_options=options,
         progress=Progress(total),
-        on_checkpoint=lambda timing, data_bytes: metrics.checkpoint(timing["commit_s"], data_bytes),
+        on_checkpoint=lambda timing, done: metrics.checkpoint(timing["commit_s"], _data_bytes(done)),
     )
     embed_started = time.perf_counter()
     if todo and not committed:
@@ -529,6 +529,11 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
             )
 
 
+def _data_bytes(done) -> int:
+    """Bytes of the table data files of a checkpoint's files (their Lance fragments' files)."""
+    return sum(f.file_size_bytes or 0 for d in done for fragment in d.fragments for f in fragment.files)
+
+
 def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics) -> None:
     """One sink stats row (a file's rows of one batch) into the summary and the run's metrics."""
     counts = (row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"], row["skipped"])
@@ -563,7 +568,7 @@ def _source_ids(plan: RunPlan, key: str, key_type: pa.DataType):
         yield pa.record_batch([b.column(c.source.id_column).combine_chunks().cast(key_type)], names=[key])
 
 
-def _missing_share(plan: RunPlan, table, key: str, key_type: pa.DataType, sample_rows: int = 100_000) -> float:
+def _missing_share(plan: RunPlan, key: str, key_type: pa.DataType, sample_rows: int = 100_000) -> float:
     """The share of the table's rows whose document id is not in the source.
 
     Exact up to ``sample_rows`` rows; above, estimated on a uniform random sample of that many rows
@@ -582,7 +587,7 @@ def _missing_share(plan: RunPlan, table, key: str, key_type: pa.DataType, sample
     return float(1.0 - found.mean())
 
 
-def _delete_missing(table, plan: RunPlan, summary: RunSummary) -> int:
+def _delete_missing(plan: RunPlan, summary: RunSummary) -> int:
     """Delete rows whose document id is absent from the source (a full snapshot).
 
     Never on a partial view of the source: a run that skipped unreadable files
@@ -600,7 +605,7 @@ def _delete_missing(table, plan: RunPlan, summary: RunSummary) -> int:
         return 0
     key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
     key_type = plan.table_schema.field(key).type
-    share = _missing_share(plan, table, key, key_type)
+    share = _missing_share(plan, key, key_type)
     if share > c.sink.max_delete_fraction:
         raise DeleteGuardError(
             f"sink.delete_missing would delete {share:.1%} of table {c.sink.table!r}, more than "
@@ -610,5 +615,7 @@ def _delete_missing(table, plan: RunPlan, summary: RunSummary) -> int:
         )
     schema = pa.schema([pa.field(key, key_type)])
     reader = pa.RecordBatchReader.from_batches(schema, _source_ids(plan, key, key_type))
-    result = table.merge_insert(key).when_not_matched_by_source_delete().execute(reader)
-    return int(result.num_deleted_rows)
+    # Lance's merge_insert, not LanceDB's: LanceDB's would embed the table's text column for the
+    # id-only rows (the schema names the table's embedding function) and fail on the missing column.
+    result = open_dataset(plan.table_uri, plan.sink_options).merge_insert(key).when_not_matched_by_source_delete()
+    return int(result.execute(reader)["num_deleted_rows"])

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+
+from helpers.corpora import two_files_with_bad_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,13 +27,7 @@ def _dry_run(ray_cluster, tmp_path: Path, *overrides: str) -> tuple[subprocess.C
 
 
 def test_dry_run_measures_and_writes_nothing(ray_cluster, sample_table, tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    docs = sample_table.slice(0, 400).select(["id", "text"])
-    docs = docs.cast(pa.schema([f.with_nullable(True) for f in docs.schema]))  # the sample's are not nullable
-    pq.write_table(docs.slice(0, 300), corpus / "a.parquet")
-    bad = pa.table({"id": ["x1", "x2"], "text": [None, " "]}, schema=docs.schema)
-    pq.write_table(pa.concat_tables([docs.slice(300), bad]), corpus / "b.parquet")
+    corpus = two_files_with_bad_rows(sample_table, tmp_path / "corpus", 400, 300)
 
     done, plan = _dry_run(ray_cluster, tmp_path, f"source.path={corpus}", "model.max_tokens=128")
     assert plan["files"] == 2 and plan["rows"] == 402  # from the footers: every row, not the sample

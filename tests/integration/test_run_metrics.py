@@ -10,9 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
+from helpers.corpora import two_files_with_bad_rows
 from helpers.ray_head import LocalRayHead
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,13 +32,7 @@ def _value(text: str, name: str, run_id: str, **labels: str) -> float:
 
 
 def test_the_jobs_counters_reach_the_heads_metrics_endpoint(sample_table, tmp_path):
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    docs = sample_table.slice(0, 60).select(["id", "text"])
-    docs = docs.cast(pa.schema([f.with_nullable(True) for f in docs.schema]))  # the sample's are not nullable
-    pq.write_table(docs.slice(0, 30), corpus / "a.parquet")
-    bad = pa.table({"id": ["bad-null", "bad-empty"], "text": [None, ""]}, schema=docs.schema)
-    pq.write_table(pa.concat_tables([docs.slice(30), bad]), corpus / "b.parquet")
+    corpus = two_files_with_bad_rows(sample_table, tmp_path / "corpus", 60, 30)
 
     head = LocalRayHead(num_cpus=2, env={"RAY_metrics_report_interval_ms": "1000"})
     try:
