@@ -32,6 +32,7 @@ from connectors.lance_index import code_bytes
 from pipelines.config import PipelineConfig
 from pipelines.lineage import vector_key
 from pipelines.run.plan import embedding_stages
+from pipelines.run.progress import duration
 from pipelines.vector_index.params import derive_index_params
 
 __all__ = ["DryRunReport", "dry_run"]
@@ -78,18 +79,12 @@ class DryRunReport:
             f"{self.truncated_share:.1%} cut at the token limit{chunked}, {self.rejected_share:.1%} rejected",
             f"encoder      {self.actor_docs_per_s:,.1f} docs/s per actor on {self.device} (measured on the sample "
             f"after a warm-up)",
-            f"estimate     {_duration(self.estimated_embed_s)} to embed with {self.actors} actor(s), "
+            f"estimate     {duration(self.estimated_embed_s)} to embed with {self.actors} actor(s), "
             "if the CPU stages keep up",
             f"table        {self.table_rows:,} rows, about {self.table_bytes / gib:.2f} GiB; index {self.index}, "
             f"about {self.index_bytes / gib:.2f} GiB",
             f"took         {self.seconds:.1f}s",
         ]
-
-
-def _duration(seconds: float) -> str:
-    minutes, s = divmod(int(round(seconds)), 60)
-    hours, m = divmod(minutes, 60)
-    return f"{hours}h {m:02d}m" if hours else f"{m}m {s:02d}s"
 
 
 def _warm_up(stage, batch: pa.Table, resources: dict) -> tuple[float, str]:
