@@ -29,6 +29,7 @@ __all__ = [
     "ModelConfig",
     "PipelineConfig",
     "RunConfig",
+    "ServiceConfig",
     "SinkConfig",
     "SourceConfig",
     "StorageConfig",
@@ -482,6 +483,39 @@ class PipelineConfig(_Section):
         if dim is not None and isinstance(sub, int) and dim % sub:
             raise ValueError(f"index.num_sub_vectors={sub} must divide embed.dimension={dim}")
         return self
+
+
+class ServiceConfig(_Section):
+    """The query service (``jobs.serve``): which table, and how each replica batches and refreshes."""
+
+    uri: str = Field("out/lancedb", description="LanceDB database (directory or s3://).")
+    table: str = Field("documents", description="Table to search; its model, prompt and dimension are used.")
+    model_path: Optional[str] = Field(
+        None, description="Local path of the table's model, when not at the recorded path (weights checked)."
+    )
+    device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N.")
+    columns: list[str] = Field(
+        default_factory=list,
+        description="Columns returned with each hit besides id, text and score, unless a request names its own.",
+    )
+    max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
+    max_batch_size: int = Field(32, ge=1, le=1024, description="Most queries embedded in one forward pass.")
+    batch_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="How long a replica waits to fill a batch once a query is queued."
+    )
+    refresh_seconds: float = Field(
+        10.0, gt=0, le=3600, description="How often a replica looks for a newer table version and serves it."
+    )
+    max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body; larger ones get 413.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @classmethod
+    def load(cls, args: dict[str, Any]) -> "ServiceConfig":
+        """Validated settings; raises :class:`ConfigError` naming each bad key."""
+        try:
+            return cls.model_validate(args)
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err).replace("config", "service config", 1)) from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -476,11 +476,21 @@ def lost_worker(exc: BaseException) -> bool:
     )
 
 
-def pool_that_fits(compute) -> int:
+def free_resources() -> dict:
+    """What this run may plan with: the cluster's resources less what others hold now (a Serve
+    replica, another job's actors). Planning with the totals on a shared cluster gave the encoders
+    the last free CPU and the read tasks none: the stream never started."""
+    import ray
+
+    total, free = ray.cluster_resources(), ray.available_resources()
+    return {k: min(v, free.get(k, 0.0)) for k, v in total.items()}
+
+
+def pool_that_fits(compute, total: Optional[dict] = None) -> int:
     """Encoder actors the live cluster has room for, leaving a CPU for the read and write tasks."""
     import ray
 
-    total = ray.cluster_resources()
+    total = ray.cluster_resources() if total is None else total
     fits = compute.max_actors or compute.actors
     if compute.gpus_per_actor:
         fits = min(fits, int(total.get("GPU", 0) // compute.gpus_per_actor))
@@ -498,11 +508,26 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
 
     c = plan.config
     columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
-    pool = None
+    pool, resources = None, free_resources()
+    held = ray.cluster_resources().get("CPU", 0) - resources.get("CPU", 0)
+    if held >= 0.5:
+        pool = min(c.compute.actors, pool_that_fits(c.compute, resources))
+        log.info(
+            f"{held:g} of the cluster's CPUs are held by others (a service, another job): planning with the "
+            f"{resources.get('CPU', 0):g} free, {pool} encoder actor(s)"
+        )
+        left = resources.get("CPU", 0) - pool * (c.compute.cpus_per_actor or 0)
+        if left < 0.25:  # the actors would take the last CPU and the read tasks wait for ever
+            raise ConfigError(
+                f"the Ray cluster has {resources.get('CPU', 0):g} CPUs free ({held:g} held by others: a service, "
+                f"another job); {pool} encoder actor(s) at compute.cpus_per_actor={c.compute.cpus_per_actor:g} "
+                f"leave {max(left, 0):g} for the read, tokenize and write tasks: free CPUs, add a node, or "
+                "lower compute.cpus_per_actor"
+            )
     for attempt in range(1, MAX_PASSES + 1):
         try:
             # Only per-file counts and fragment descriptions reach the driver, never rows or vectors.
-            cpus = task_cpus(c.compute, ray.cluster_resources().get("CPU", 0), pool)
+            cpus = task_cpus(c.compute, resources.get("CPU", 0), pool)
             stats = apply_stages(plan.source.read(columns, files, num_cpus=cpus), stages(pool, cpus), read_cpus=cpus)
             for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
@@ -516,7 +541,9 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
                 return
             if attempt == MAX_PASSES:
                 raise
-            pool = pool_that_fits(c.compute)
+            total = ray.cluster_resources()  # what is left of the cluster, less what others held at the start
+            resources = {**total, "CPU": max(0.0, total.get("CPU", 0) - max(held, 0.0))}
+            pool = pool_that_fits(c.compute, resources)
             summary.passes += 1
             what = (
                 f"the stream made no progress for compute.stall_timeout_s={c.compute.stall_timeout_s:g}s"

@@ -19,7 +19,7 @@ import pyarrow as pa
 from connectors.errors import UserError
 from connectors.sql import identifier, string_literal
 
-__all__ = ["FilterError", "build_filter"]
+__all__ = ["FilterError", "build_filter", "filters_from_json"]
 
 _OPERATORS = {
     "=": "=",
@@ -154,3 +154,42 @@ def build_filter(filters: Mapping[str, Any], schema: pa.Schema) -> str:
             conditions = [("=", value)]
         clauses.extend(_condition(name, column, kind, op, v) for op, v in conditions)
     return " AND ".join(f"({c})" for c in clauses)
+
+
+def filters_from_json(filters: Any, schema: pa.Schema) -> dict[str, Any]:
+    """``filters`` as it comes in JSON, in :func:`build_filter`'s form.
+
+    JSON has no tuples or dates, so an ``(operator, value)`` condition is written
+    ``{"op": ">", "value": 500}`` (a list of those: all must hold), and a date or timestamp value is
+    an ISO 8601 string (``"2024-05-01"``, ``"2024-05-01T12:00:00Z"``), read for date and timestamp
+    columns only. A plain value is equality, ``null`` IS NULL and a list IN, as in :func:`build_filter`.
+
+    Raises:
+        FilterError: not an object, a condition object with other keys, or a date that does not parse.
+    """
+    if not isinstance(filters, Mapping):
+        raise FilterError(f"filters must be an object of column to condition, not {type(filters).__name__}")
+
+    def value(column: str, v: Any) -> Any:
+        kind = _kind(schema.field(column).type) if column in schema.names else None
+        if isinstance(v, list):
+            return [value(column, x) for x in v]
+        if kind in ("date", "timestamp") and isinstance(v, str):
+            try:
+                parsed = _dt.datetime.fromisoformat(v.replace("Z", "+00:00"))
+            except ValueError:
+                raise FilterError(f"filter on {column!r}: {v!r} is not an ISO 8601 {kind}") from None
+            return parsed.date() if kind == "date" and len(v) <= 10 else parsed
+        return v
+
+    def condition(column: str, v: Any) -> Any:
+        if isinstance(v, Mapping):
+            if set(v) != {"op", "value"}:
+                shape = '{"op": ..., "value": ...}'
+                raise FilterError(f"filter on {column!r}: a condition object is {shape}, got keys {sorted(v)}")
+            return (v["op"], value(column, v["value"]))
+        if isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v):
+            return [condition(column, x) for x in v]
+        return value(column, v)
+
+    return {column: condition(column, v) for column, v in filters.items()}

@@ -17,6 +17,7 @@ raises :class:`LineageMismatchError` instead of returning meaningless neighbours
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -29,7 +30,7 @@ from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerpri
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
 from pipelines.embed.postprocess import postprocess
-from pipelines.lineage import LineageMismatchError
+from pipelines.lineage import LineageMismatchError, check_compatible
 from pipelines.search.filters import FilterError, build_filter
 
 __all__ = ["FilterError", "LineageMismatchError", "Searcher", "build_filter"]
@@ -48,11 +49,8 @@ class Searcher:
     ):
         self.table = table
         self.storage = storage
-        self.lineage = lineage
-        self.dimension = int(lineage["dimension"])
-        self.metric = lineage["metric"]
-        self.defaults = lineage.get("query_defaults") or {}
-        self.has_index = (lineage.get("index") or {}).get("type", "none") != "none"
+        self._use_lineage(lineage)
+        self._reopen = None  # set by open(): how refresh() opens the table again
         m = lineage["model"]
         path = model_path or m["path"]
         model_dir = resolve_model_dir(path, m.get("revision"), storage)
@@ -109,7 +107,37 @@ class Searcher:
             raise lance_sink.SinkError(f"no table {table!r} in {uri}")
         if dimension is not None and dimension != lineage["dimension"]:
             raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage['dimension']}")
-        return cls(open_table(uri, table, options), lineage, model_path=model_path, device=device, storage=storage)
+        searcher = cls(open_table(uri, table, options), lineage, model_path=model_path, device=device, storage=storage)
+        searcher._reopen = lambda: open_table(uri, table, options)
+        return searcher
+
+    def _use_lineage(self, lineage: dict) -> None:
+        self.lineage = lineage
+        self.dimension = int(lineage["dimension"])
+        self.metric = lineage["metric"]
+        self.defaults = lineage.get("query_defaults") or {}
+        self.has_index = (lineage.get("index") or {}).get("type", "none") != "none"
+
+    def refresh(self) -> bool:
+        """Serve the table's latest version, if a newer one was committed; True when it changed.
+
+        The new version's lineage must be the same embedding space (model weights, pooling, prompts,
+        dimension, metric): a table rebuilt with another model raises :class:`LineageMismatchError`
+        and this searcher keeps the version it had. Its query defaults and index state are taken up.
+        """
+        if self._reopen is None:
+            raise TypeError("refresh() needs a Searcher made by Searcher.open()")
+        table = self._reopen()
+        if table.version == self.table.version:
+            return False
+        raw = (table.schema.metadata or {}).get(lance_sink.LINEAGE_KEY.encode())
+        if raw is None:
+            raise lance_sink.SinkError(f"version {table.version} of the table has no {lance_sink.LINEAGE_KEY} metadata")
+        lineage = json.loads(raw)
+        check_compatible(self.lineage, lineage, f"version {table.version} of the table")
+        self._use_lineage(lineage)
+        self.table = table
+        return True
 
     def _encode(self):
         # Queries always go through the hf backend, also for tables a vLLM run made: a vLLM engine

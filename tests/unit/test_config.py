@@ -82,3 +82,15 @@ def test_a_dumped_config_loads_again():
     config = load_config(overrides=["sink.mode=upsert", "sink.delete_missing=true", "sink.max_delete_fraction=0.3"])
     assert load_config(data=config.model_dump()) == config
     assert load_config(data=load_config().model_dump()) == load_config()
+
+
+def test_the_service_config_names_bad_keys():
+    from jobs.serve import app
+    from pipelines.config import ServiceConfig
+
+    assert ServiceConfig.load({"uri": "db", "table": "wiki"}).max_batch_size == 32
+    both = r"invalid service config: (?=.*tabel: unknown key)(?=.*max_k: Input should be greater)"
+    with pytest.raises(ConfigError, match=both):
+        ServiceConfig.load({"tabel": "wiki", "max_k": 0})
+    with pytest.raises(ConfigError, match="batch_wait_ms"):
+        app({"batch_wait_ms": -1})

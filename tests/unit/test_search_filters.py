@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.search.filters import FilterError, build_filter
+from pipelines.search.filters import FilterError, build_filter, filters_from_json
 
 SCHEMA = pa.schema(
     [
@@ -165,3 +165,36 @@ def test_the_one_quoting_function_doubles_quotes_and_refuses_what_it_cannot_quot
     for bad in (True, 2.5, None, b"x"):
         with pytest.raises(TypeError, match="cannot use"):
             sql_value(bad)
+
+
+@pytest.mark.parametrize(
+    "body, sql",
+    [
+        ({"title": "O'Brien"}, "(`title` = 'O''Brien')"),
+        ({"title": None}, "(`title` IS NULL)"),
+        ({"length_chars": [1, 2]}, "(`length_chars` IN (1, 2))"),
+        ({"length_chars": {"op": ">", "value": 500}}, "(`length_chars` > 500)"),
+        (
+            {"length_chars": [{"op": ">=", "value": 5}, {"op": "<", "value": 9}]},
+            "(`length_chars` >= 5) AND (`length_chars` < 9)",
+        ),
+        ({"day": {"op": ">=", "value": "2024-05-01"}}, "(`day` >= date '2024-05-01')"),
+        ({"at": {"op": "<", "value": "2024-05-01T12:00:00Z"}}, "(`at` < timestamp '2024-05-01 12:00:00')"),
+        ({"date": "2024-05-01"}, "(`date` = '2024-05-01')"),  # a string column keeps the string
+    ],
+)
+def test_json_filters_read_as_the_builder_reads_python_ones(body, sql):
+    assert build_filter(filters_from_json(body, SCHEMA), SCHEMA) == sql
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ([["title", "x"]], "must be an object"),
+        ({"title": {"op": "=", "value": "x", "or": "1=1"}}, "condition object"),
+        ({"day": "yesterday"}, "not an ISO 8601 date"),
+    ],
+)
+def test_json_filters_refuse_what_they_cannot_read(body, message):
+    with pytest.raises(FilterError, match=message):
+        filters_from_json(body, SCHEMA)

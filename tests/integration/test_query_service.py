@@ -1,0 +1,206 @@
+"""The query service (infra/serve/search.yaml) on its own Ray head, over HTTP: the same hits as
+``jobs.query``, concurrent queries batched, 4xx for bad requests, and a new table version served
+without a restart."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from helpers.ray_head import LocalRayHead, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+QUERIES = ["how do vaccines work", "rivers of europe", "the history of the printing press"]
+
+
+def _index(env: dict, corpus: Path, db: Path, *extra: str) -> None:
+    cmd = [sys.executable, "-m", "jobs.index", "--set", f"source.path={corpus}", "--set", f"sink.uri={db}"]
+    cmd += ["--set", "sink.table=docs", "--set", "source.metadata_columns=[title, length_chars]"]
+    for item in extra:
+        cmd += ["--set", item]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _call(url: str, body=None, *, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            status, text = resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        status, text = err.code, err.read()
+    try:
+        return status, json.loads(text)
+    except ValueError:  # Serve's proxy answers plain text while the application deploys
+        return status, {"error": text.decode(errors="replace")}
+
+
+def _job_query(env: dict, db: Path, text: str, k: int) -> list[dict]:
+    cmd = [sys.executable, "-m", "jobs.query", "--uri", str(db), "--table", "docs", "-k", str(k), "--json", text]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def service(sample_table, tmp_path):
+    """A table of 200 documents and the service on it, on a head of its own; yields (url, db, env)."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    docs = sample_table.slice(0, 200).select(["id", "title", "text", "length_chars"])
+    pq.write_table(docs, corpus / "part-0.parquet")
+    head = LocalRayHead(num_cpus=3)  # the replica holds one; the upsert below needs two
+    serve_proc = None
+    try:
+        env = {**head.env, "RAY_ADDRESS": f"127.0.0.1:{head.gcs_port}", "HF_HUB_OFFLINE": "1"}
+        db = tmp_path / "db"
+        _index(env, corpus, db)
+        config = yaml.safe_load((ROOT / "infra/serve/search.yaml").read_text())
+        port = free_port()
+        config["http_options"] = {"host": "127.0.0.1", "port": port}
+        app = config["applications"][0]
+        app["args"].update(uri=str(db), table="docs", refresh_seconds=2, max_k=50, max_body_bytes=4096)
+        (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
+        serve_log = open(tmp_path / "serve.log", "w")
+        serve_proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "serve"), "run", str(tmp_path / "search.yaml")],
+            cwd=ROOT,
+            env=env,
+            stdout=serve_log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            assert serve_proc.poll() is None, (tmp_path / "serve.log").read_text()[-4000:]
+            try:
+                if _call(f"{url}/ready")[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail("service not ready in 240 s:\n" + (tmp_path / "serve.log").read_text()[-4000:])
+        yield url, db, env, corpus
+    finally:
+        if serve_proc is not None:
+            serve_proc.terminate()  # `serve run` shuts its application down on SIGTERM/SIGINT
+            try:
+                serve_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                serve_proc.kill()
+        head.stop()
+
+
+def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_requests(service, sample_table):
+    url, db, env, corpus = service
+    assert _call(f"{url}/healthz") == (200, {"status": "ok"})
+    status, ready = _call(f"{url}/ready")
+    assert status == 200 and ready["ready"] and ready["dimension"] == 384
+
+    # Same hits as jobs.query (same model, prompt, index defaults), one request at a time.
+    expected = {q: _job_query(env, db, q, 5) for q in QUERIES}
+    for q in QUERIES:
+        status, body = _call(f"{url}/search", {"query": q, "k": 5})
+        assert status == 200, body
+        assert [h["id"] for h in body["hits"]] == [h["id"] for h in expected[q]]
+        for hit, want in zip(body["hits"], expected[q]):
+            assert abs(hit["score"] - want["score"]) < 1e-4
+            assert set(hit) == {"id", "text", "score"}
+
+    # Concurrent queries share forward passes and each still gets its own hits.
+    before = _call(f"{url}/stats")[1]
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda q: _call(f"{url}/search", {"query": q, "k": 5}), QUERIES * 16))
+    for q, (status, body) in zip(QUERIES * 16, answers):
+        assert status == 200, body
+        assert [h["id"] for h in body["hits"]] == [h["id"] for h in expected[q]]
+    after = _call(f"{url}/stats")[1]
+    queries = after["queries_embedded"] - before["queries_embedded"]
+    passes = after["forward_passes"] - before["forward_passes"]
+    assert queries == 48 and passes < queries / 2, after
+
+    # Filters through the safe builder, by text and by vector; selected columns.
+    gt = {"length_chars": {"op": ">", "value": 600}}
+    status, body = _call(f"{url}/search", {"query": QUERIES[0], "k": 10, "filters": gt, "columns": ["length_chars"]})
+    assert status == 200 and body["hits"], body
+    assert all(h["length_chars"] > 600 and set(h) == {"id", "length_chars", "score"} for h in body["hits"])
+    status, body = _call(f"{url}/search", {"query": QUERIES[0], "filters": {"title": "x' OR 1=1 --"}})
+    assert (status, body["hits"]) == (200, [])
+    vector = [0.0] * 384
+    vector[0] = 1.0
+    assert _call(f"{url}/search", {"vector": vector, "k": 3})[0] == 200
+
+    bad = [
+        ({"query": "q", "filters": {"nope": 1}}, 400, "nope"),
+        ({"query": "q", "filters": {"length_chars": "500"}}, 400, "length_chars"),
+        ({"query": "q", "filters": {"length_chars": {"op": "LIKE", "value": 1}}}, 400, "LIKE"),
+        ({"query": "q", "columns": ["secret"]}, 400, "secret"),
+        ({"query": "q", "columns": ["vector"]}, 400, "vector"),
+        ({"vector": [0.1] * 12}, 400, "384"),
+        ({"query": "q", "k": 0}, 422, "k"),
+        ({"query": "q", "k": 51}, 422, "50"),
+        ({"query": "q", "k": "ten"}, 422, "k"),
+        ({"query": "q", "vector": vector}, 422, "exactly one"),
+        ({}, 422, "exactly one"),
+        ({"query": "  "}, 422, "empty"),
+        ({"query": "q", "limit": 3}, 422, "limit"),
+        ({"query": "x" * 5000}, 413, "4096"),
+    ]
+    for request, code, word in bad:
+        status, body = _call(f"{url}/search", request)
+        assert (status, word in body.get("error", "")) == (code, True), (request, status, body)
+    status, body = _call(f"{url}/search", raw=b"{not json")
+    assert status == 400 and "not JSON" in body["error"]
+
+    # A new version (an upsert of new documents) is served without a restart, within refresh_seconds.
+    version = ready["table_version"]
+    new = sample_table.slice(200, 5).select(["id", "title", "text", "length_chars"])
+    pq.write_table(new, corpus / "part-1.parquet")
+    _index(env, corpus, db, "sink.mode=upsert")
+    target = new.column("text")[0].as_py()
+    deadline, body = time.time() + 30, {}
+    while time.time() < deadline:
+        status, body = _call(f"{url}/search", {"query": target[:2000], "k": 1})
+        if status == 200 and body["table_version"] > version and body["hits"][0]["id"] == new.column("id")[0].as_py():
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"the upserted version was not served within 30 s (refresh_seconds=2): {body}")
+
+
+def test_a_job_beside_a_service_that_leaves_too_few_cpus_fails_at_once_naming_them(ray_cluster, corpus_dir, tmp_path):
+    """Before: the job planned with the cluster's total CPUs; with a service holding one of two, its
+    encoder took the last CPU and its read tasks waited for ever (a daily upsert hung for 10 minutes
+    beside the query service)."""
+    import ray
+
+    from pipelines.config import ConfigError, load_config
+    from pipelines.run.runner import run_index
+
+    @ray.remote(num_cpus=1)
+    class Replica:
+        def ping(self) -> bool:
+            return True
+
+    replica = Replica.remote()
+    try:
+        assert ray.get(replica.ping.remote(), timeout=60)
+        config = load_config(overrides=[f"source.path={corpus_dir}", f"sink.uri={tmp_path / 'db'}"])
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=r"1 CPUs free \(1 held by others.*compute.cpus_per_actor"):
+            run_index(config)
+        assert time.monotonic() - started < 120
+    finally:
+        ray.kill(replica)
