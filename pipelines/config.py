@@ -499,9 +499,11 @@ class ServiceConfig(_Section):
         description="Columns returned with each hit besides id, text and score, unless a request names its own.",
     )
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
-    max_batch_size: int = Field(32, ge=1, le=1024, description="Most queries embedded in one forward pass.")
-    batch_wait_ms: float = Field(
-        5.0, ge=0, le=1000, description="How long a replica waits to fill a batch once a query is queued."
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Most queries embedded in one forward pass (those that waited while the model was busy).",
     )
     refresh_seconds: float = Field(
         10.0, gt=0, le=3600, description="How often a replica looks for a newer table version and serves it."

@@ -68,6 +68,7 @@ class RunPlan:
     table_schema: pa.Schema
     start_version: Optional[int]  # the table's version when the run began (None: no table)
     storage: Optional[Storage] = None  # endpoint/credentials for s3:// paths, resolved once here
+    others_cpus: float = 0.0  # CPUs others (a service, another job) held when the run started
 
     @property
     def sink_options(self) -> Optional[dict]:
@@ -220,6 +221,10 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
             verbose=verbose,
         )
         _check_index_workers(c.index.workers, ray.cluster_resources().get("CPU", 0))
+        # What others (a Serve replica, another job's actors) hold, taken before this run starts anything.
+        # Planning with the cluster's total CPUs beside a service gave the encoders the last free CPU
+        # and the read tasks none: the stream never started (tests/integration/test_query_service.py).
+        plan.others_cpus = _cpus_held_by_others()
         summary = _run(plan, lease)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -476,14 +481,17 @@ def lost_worker(exc: BaseException) -> bool:
     )
 
 
-def free_resources() -> dict:
-    """What this run may plan with: the cluster's resources less what others hold now (a Serve
-    replica, another job's actors). Planning with the totals on a shared cluster gave the encoders
-    the last free CPU and the read tasks none: the stream never started."""
+def _cpus_held_by_others(settle_s: float = 5.0) -> float:
+    """CPUs in use before this run starts; the lowest seen over ``settle_s`` while any are, so that
+    the actors of a run that just ended in this process (still being released) do not count."""
     import ray
 
-    total, free = ray.cluster_resources(), ray.available_resources()
-    return {k: min(v, free.get(k, 0.0)) for k, v in total.items()}
+    deadline, held = time.monotonic() + settle_s, float("inf")
+    while True:
+        held = min(held, ray.cluster_resources().get("CPU", 0) - ray.available_resources().get("CPU", 0))
+        if held < 0.05 or time.monotonic() > deadline:
+            return max(held, 0.0)
+        time.sleep(0.25)
 
 
 def pool_that_fits(compute, total: Optional[dict] = None) -> int:
@@ -508,8 +516,9 @@ def _stream(plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer,
 
     c = plan.config
     columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
-    pool, resources = None, free_resources()
-    held = ray.cluster_resources().get("CPU", 0) - resources.get("CPU", 0)
+    pool, held = None, plan.others_cpus
+    total = ray.cluster_resources()
+    resources = {**total, "CPU": max(0.0, total.get("CPU", 0) - held)}
     if held >= 0.5:
         pool = min(c.compute.actors, pool_that_fits(c.compute, resources))
         log.info(

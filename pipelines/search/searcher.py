@@ -47,7 +47,7 @@ class Searcher:
         device: str = "auto",
         storage: Optional[Storage] = None,
     ):
-        self.table = table
+        self._use_table(table)
         self.storage = storage
         self._use_lineage(lineage)
         self._reopen = None  # set by open(): how refresh() opens the table again
@@ -111,6 +111,13 @@ class Searcher:
         searcher._reopen = lambda: open_table(uri, table, options)
         return searcher
 
+    def _use_table(self, table) -> None:
+        # Schema and version read once per table version: each read is a round trip through
+        # LanceDB's event loop thread, which a busy service felt on every request.
+        self.table = table
+        self.schema = table.schema if table is not None else None
+        self.version = table.version if table is not None else None
+
     def _use_lineage(self, lineage: dict) -> None:
         self.lineage = lineage
         self.dimension = int(lineage["dimension"])
@@ -128,7 +135,7 @@ class Searcher:
         if self._reopen is None:
             raise TypeError("refresh() needs a Searcher made by Searcher.open()")
         table = self._reopen()
-        if table.version == self.table.version:
+        if table.version == self.version:
             return False
         raw = (table.schema.metadata or {}).get(lance_sink.LINEAGE_KEY.encode())
         if raw is None:
@@ -136,7 +143,7 @@ class Searcher:
         lineage = json.loads(raw)
         check_compatible(self.lineage, lineage, f"version {table.version} of the table")
         self._use_lineage(lineage)
-        self.table = table
+        self._use_table(table)
         return True
 
     def _encode(self):
@@ -206,6 +213,38 @@ class Searcher:
                 raise LineageMismatchError(
                     f"query vector has shape {vector.shape}, the table holds {self.dimension}-dimensional vectors"
                 )
+        q = self._query(vector, k, filters, where, nprobes, refine_factor, columns, exact)
+        return self._scored(q.to_arrow())
+
+    def search_many(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        filters: Optional[Mapping[str, Any]] = None,
+        where: Optional[str] = None,
+        nprobes: Optional[int] = None,
+        refine_factor: Optional[int] = None,
+        columns: Optional[Sequence[str]] = None,
+        exact: bool = False,
+    ) -> list[pa.Table]:
+        """:meth:`search` for each row of ``vectors`` in one index search (one table per vector, the
+        same hits as one search each; several at once cost a fraction of one each)."""
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
+            raise LineageMismatchError(
+                f"query vectors have shape {vectors.shape}, the table holds {self.dimension}-dimensional vectors"
+            )
+        if len(vectors) == 1:  # LanceDB returns no query_index for a single vector
+            return [self.search(vectors[0], k, filters=filters, where=where, nprobes=nprobes,
+                                refine_factor=refine_factor, columns=columns, exact=exact)]  # fmt: skip
+        hits = self._query(vectors, k, filters, where, nprobes, refine_factor, columns, exact).to_arrow()
+        which = hits.column("query_index").to_numpy()
+        hits = self._scored(hits.take(np.lexsort((hits.column("_distance").to_numpy(), which))).drop(["query_index"]))
+        ends = np.cumsum(np.bincount(which, minlength=len(vectors)))
+        return [hits.slice(end - n, n) for end, n in zip(ends, np.diff(ends, prepend=0))]
+
+    def _query(self, vector, k, filters, where, nprobes, refine_factor, columns, exact):
         q = self.table.search(vector, vector_column_name="vector").distance_type(self.metric).limit(k)
         if exact:
             q = q.bypass_vector_index()
@@ -216,12 +255,14 @@ class Searcher:
                 q = q.refine_factor(refine)
         clauses = [f"({where})"] if where else []
         if filters:
-            clauses.append(build_filter(filters, self.table.schema))
+            clauses.append(build_filter(filters, self.schema))
         if clauses:
             q = q.where(" AND ".join(clauses), prefilter=True)
         if columns:  # _distance named: Lance warns on every query whose columns leave it out
             q = q.select([*columns, *(["_distance"] if "_distance" not in columns else [])])
-        hits = q.to_arrow()
+        return q
+
+    def _scored(self, hits: pa.Table) -> pa.Table:
         distance = hits.column("_distance").to_numpy()
         score = 1.0 - distance if self.metric == "cosine" else -distance
         return hits.append_column("score", pa.array(score.astype(np.float32)))

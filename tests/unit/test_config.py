@@ -92,5 +92,5 @@ def test_the_service_config_names_bad_keys():
     both = r"invalid service config: (?=.*tabel: unknown key)(?=.*max_k: Input should be greater)"
     with pytest.raises(ConfigError, match=both):
         ServiceConfig.load({"tabel": "wiki", "max_k": 0})
-    with pytest.raises(ConfigError, match="batch_wait_ms"):
-        app({"batch_wait_ms": -1})
+    with pytest.raises(ConfigError, match="max_batch_size"):
+        app({"max_batch_size": 0})
