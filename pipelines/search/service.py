@@ -189,7 +189,7 @@ class TableSearch:
         finally:
             self._refreshing = None
 
-    def check_health(self) -> None:
+    async def check_health(self) -> None:
         """Serve's health check: fail when the table now holds another embedding space, so that
         Serve replaces this replica with one that loads the table's current model."""
         self._maybe_refresh()
@@ -203,6 +203,7 @@ class TableSearch:
 
     @api.get("/ready")
     async def ready(self) -> JSONResponse:
+        self._maybe_refresh()
         body = {
             "table": self.config.table,
             "table_version": self.searcher.version,

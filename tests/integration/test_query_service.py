@@ -179,6 +179,26 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
     else:
         pytest.fail(f"the upserted version was not served within 30 s (refresh_seconds=2): {body}")
 
+    # A version that records another model is never served with the loaded one: 503 with the reason.
+    from connectors import lance_sink
+    from pipelines.lineage import LineageMismatchError
+    from pipelines.search.searcher import Searcher
+
+    searcher = Searcher.open(str(db), "docs")
+    lineage = lance_sink.read_lineage(str(db), "docs")
+    fingerprint = lineage["model"]["fingerprint"]
+    lineage["model"]["fingerprint"] = fingerprint[:-1] + ("0" if fingerprint[-1] != "0" else "1")  # other weights
+    lance_sink.write_lineage(str(db), "docs", lineage)
+    with pytest.raises(LineageMismatchError, match="model.fingerprint"):
+        searcher.refresh()
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        status, body = _call(f"{url}/ready")
+        if status == 503:
+            break
+        time.sleep(0.5)
+    assert status == 503 and "model.fingerprint" in body.get("reason", body.get("error", "")), body
+
 
 def test_a_job_beside_a_service_that_leaves_too_few_cpus_fails_at_once_naming_them(ray_cluster, corpus_dir, tmp_path):
     """Before: the job planned with the cluster's total CPUs; with a service holding one of two, its
