@@ -198,6 +198,7 @@ def test_a_lost_worker_node_shrinks_the_pool_and_the_job_finishes(cluster, corpu
     assert Counter(ids) == Counter(expected)  # every id exactly once
 
 
+@pytest.mark.slow
 def test_a_two_cpu_head_with_a_small_object_store_does_not_stall(sample_table, tiny_bert_dir, tmp_path):
     """One encoder actor holds one of two CPUs and the object store is small, so Ray Data's budgets
     fill while files are still being read. Two stalls were seen here (bench/read_starvation.py):
@@ -215,6 +216,7 @@ def test_a_two_cpu_head_with_a_small_object_store_does_not_stall(sample_table, t
         head.stop()
 
 
+@pytest.mark.slow
 def test_checkpoints_come_through_the_run_not_at_its_end(sample_table, tiny_bert_dir, tmp_path):
     """Files complete in the order they are read, so a crash loses at most the files in flight.
     Unordered, Ray's Parquet reader packed row groups of several files into one read unit (up to

@@ -46,11 +46,16 @@ def _call(url: str, body=None, *, raw: bytes | None = None) -> tuple[int, dict]:
         return status, {"error": text.decode(errors="replace")}
 
 
-def _job_query(env: dict, db: Path, text: str, k: int) -> list[dict]:
-    cmd = [sys.executable, "-m", "jobs.query", "--uri", str(db), "--table", "docs", "-k", str(k), "--json", text]
+def _job_query(env: dict, db: Path, texts: list[str], k: int, tmp_path: Path) -> dict[str, list[dict]]:
+    """jobs.query --json's hits for each text (one process: the model loads once)."""
+    queries = tmp_path / "queries.jsonl"
+    queries.write_text("".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
+    cmd = [sys.executable, "-m", "jobs.query", "--uri", str(db), "--table", "docs", "-k", str(k), "--json"]
+    cmd += ["--queries", str(queries)]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    hits = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return {t: [h for h in hits if h["query"] == t] for t in texts}
 
 
 @pytest.fixture
@@ -103,14 +108,15 @@ def service(sample_table, tmp_path):
         head.stop()
 
 
-def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_requests(service, sample_table):
+def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_requests(service, sample_table, tmp_path):
     url, db, env, corpus = service
     assert _call(f"{url}/healthz") == (200, {"status": "ok"})
     status, ready = _call(f"{url}/ready")
     assert status == 200 and ready["ready"] and ready["dimension"] == 384
 
     # Same hits as jobs.query (same model, prompt, index defaults), one request at a time.
-    expected = {q: _job_query(env, db, q, 5) for q in QUERIES}
+    expected = _job_query(env, db, QUERIES, 5, tmp_path)
+    assert all(len(expected[q]) == 5 for q in QUERIES), expected
     for q in QUERIES:
         status, body = _call(f"{url}/search", {"query": q, "k": 5})
         assert status == 200, body
