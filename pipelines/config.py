@@ -216,6 +216,13 @@ class ComputeConfig(_Section):
         description="Upper bound of one Ray Data block (read output, encoder output) in MiB: "
         "what a worker holds at once, so memory stays flat however large a file or the corpus is.",
     )
+    rows_per_execution: Optional[int] = Field(
+        10_000_000,
+        ge=1000,
+        description="Files are streamed in Ray Data executions of about this many rows (whole files; "
+        "null: one execution). The driver's memory grows ~30 MiB per million documents within an "
+        "execution and is given back when it ends; each new one starts the encoder pool again.",
+    )
     stall_timeout_s: float = Field(
         600,
         gt=0,
