@@ -26,6 +26,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
   echo "test_vllm: installed in $(( $(date +%s) - started )) s"
 fi
+# EMBEDPIPE_SETUP_ONLY=1: build .venv-vllm and stop (.ci/run does this while the main suite runs).
+[ "${EMBEDPIPE_SETUP_ONLY:-0}" = 1 ] && exit 0
 export HF_HUB_OFFLINE=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 # vLLM's CPU backend reserves a fraction of RAM for its KV cache (tests use gpu_memory_utilization
 # 0.05); these keep its worker threads from pinning the cores other processes on the machine use.

@@ -84,8 +84,8 @@ class _Batcher:
 
     Not ``@serve.batch``: it forms a batch from what arrives within ``batch_wait_timeout_s`` of the
     first query, also while the previous batch still runs, so under load the batches stay as small
-    as the window (1.9 queries per forward pass with 32 clients on the demo table, measured with
-    bench/serve.py) and a longer window delays every query at low load.
+    as the window (1.8-2.7 queries per forward pass with 32 clients waiting, on the demo table; this
+    batcher: 15.8, docs/benchmarks.md) and a longer window delays every query at low load.
     """
 
     def __init__(self, run: Callable[[list], list], max_size: int):
