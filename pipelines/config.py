@@ -217,11 +217,11 @@ class ComputeConfig(_Section):
         "what a worker holds at once, so memory stays flat however large a file or the corpus is.",
     )
     rows_per_execution: Optional[int] = Field(
-        10_000_000,
+        2_000_000,
         ge=1000,
-        description="Files are streamed in Ray Data executions of about this many rows (whole files; "
-        "null: one execution). The driver's memory grows ~30 MiB per million documents within an "
-        "execution and is given back when it ends; each new one starts the encoder pool again.",
+        description="Files stream in Ray Data executions of about this many rows (whole files; null: "
+        "one). The driver grows ~30 MiB per million documents within an execution and gets it back when "
+        "it ends; each execution starts the encoder pool again (a model load: raise this for vLLM).",
     )
     stall_timeout_s: float = Field(
         600,

@@ -213,38 +213,30 @@ class Searcher:
                 raise LineageMismatchError(
                     f"query vector has shape {vector.shape}, the table holds {self.dimension}-dimensional vectors"
                 )
-        q = self._query(vector, k, filters, where, nprobes, refine_factor, columns, exact)
+        q = self._query(vector, k, filters=filters, where=where, nprobes=nprobes, refine_factor=refine_factor,
+                        columns=columns, exact=exact)  # fmt: skip
         return self._scored(q.to_arrow())
 
-    def search_many(
-        self,
-        vectors: np.ndarray,
-        k: int = 10,
-        *,
-        filters: Optional[Mapping[str, Any]] = None,
-        where: Optional[str] = None,
-        nprobes: Optional[int] = None,
-        refine_factor: Optional[int] = None,
-        columns: Optional[Sequence[str]] = None,
-        exact: bool = False,
-    ) -> list[pa.Table]:
+    def search_many(self, vectors: np.ndarray, k: int = 10, **options: Any) -> list[pa.Table]:
         """:meth:`search` for each row of ``vectors`` in one index search (one table per vector, the
-        same hits as one search each; several at once cost a fraction of one each)."""
+        same hits as one search each; several at once cost a fraction of one each). ``options``:
+        :meth:`search`'s keyword arguments."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
             raise LineageMismatchError(
                 f"query vectors have shape {vectors.shape}, the table holds {self.dimension}-dimensional vectors"
             )
         if len(vectors) == 1:  # LanceDB returns no query_index for a single vector
-            return [self.search(vectors[0], k, filters=filters, where=where, nprobes=nprobes,
-                                refine_factor=refine_factor, columns=columns, exact=exact)]  # fmt: skip
-        hits = self._query(vectors, k, filters, where, nprobes, refine_factor, columns, exact).to_arrow()
+            return [self.search(vectors[0], k, **options)]
+        hits = self._query(vectors, k, **options).to_arrow()
         which = hits.column("query_index").to_numpy()
         hits = self._scored(hits.take(np.lexsort((hits.column("_distance").to_numpy(), which))).drop(["query_index"]))
         ends = np.cumsum(np.bincount(which, minlength=len(vectors)))
         return [hits.slice(end - n, n) for end, n in zip(ends, np.diff(ends, prepend=0))]
 
-    def _query(self, vector, k, filters, where, nprobes, refine_factor, columns, exact):
+    def _query(
+        self, vector, k, *, filters=None, where=None, nprobes=None, refine_factor=None, columns=None, exact=False
+    ):
         q = self.table.search(vector, vector_column_name="vector").distance_type(self.metric).limit(k)
         if exact:
             q = q.bypass_vector_index()

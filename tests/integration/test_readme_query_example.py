@@ -21,7 +21,7 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.run.runner import run_index
-from pipelines.search.searcher import FilterError, Searcher
+from pipelines.search.searcher import FilterError, LineageMismatchError, Searcher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,3 +117,20 @@ def test_searcher_filters_are_typed_and_quoted(demo_dir):
         searcher.search(vector, k=5, filters={"title = '' OR 1=1 --": "x"})
     with pytest.raises(FilterError, match="does not fit its integer column"):
         searcher.search(vector, k=5, filters={"length_chars": "500 OR 1=1"})
+
+
+def test_search_many_finds_what_one_search_each_finds(demo_dir):
+    """The query service searches a batch of vectors at once (Searcher.search_many)."""
+    searcher = Searcher.open(str(demo_dir / "out" / "lancedb"), "wiki")
+    vectors = searcher.embed_queries(["a play about a marriage", "rivers", "vaccines", "the solar system", "x"])
+    for options in ({}, {"filters": {"length_chars": (">", 500)}, "columns": ["id", "length_chars"]}):
+        many = searcher.search_many(vectors, k=7, **options)
+        assert len(many) == len(vectors)
+        for vector, hits in zip(vectors, many):
+            one = searcher.search(vector, k=7, **options)
+            assert hits.column("id").to_pylist() == one.column("id").to_pylist() and one.num_rows > 0
+            assert np.allclose(hits.column("score").to_numpy(), one.column("score").to_numpy(), atol=1e-6)
+    nothing = searcher.search_many(vectors[:2], k=3, filters={"length_chars": (">", 10**9)})
+    assert [t.num_rows for t in nothing] == [0, 0]
+    with pytest.raises(LineageMismatchError, match="shape"):
+        searcher.search_many(vectors[:, :10], k=3)
