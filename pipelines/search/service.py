@@ -93,6 +93,7 @@ class _Batcher:
         self.max_size = max_size
         self.waiting: list[tuple[Any, asyncio.Future]] = []
         self.busy = False
+        self._task: Optional[asyncio.Task] = None  # held: the loop keeps only a weak reference to a task
 
     async def submit(self, item: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -100,7 +101,7 @@ class _Batcher:
         self.waiting.append((item, future))
         if not self.busy:  # the task starts on the loop's next turn: queries of this turn join it
             self.busy = True
-            loop.create_task(self._drain())
+            self._task = loop.create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:
