@@ -24,6 +24,7 @@ __all__ = [
     "EMBEDDING_FUNCTION",
     "EMBEDDING_FUNCTIONS_KEY",
     "LINEAGE_KEY",
+    "lineage_in",
     "REJECT_SCHEMA",
     "SinkError",
     "dataset_uri",
@@ -96,11 +97,18 @@ def read_lineage(db_uri: str, table: str, storage_options: Optional[dict] = None
     ds = _open(dataset_uri(db_uri, table), storage_options)
     if ds is None:
         return None
-    raw = (ds.schema.metadata or {}).get(LINEAGE_KEY.encode())
+    return lineage_in(ds.schema, f"table {table!r} in {db_uri}")
+
+
+def lineage_in(schema: pa.Schema, what: str) -> dict:
+    """The lineage in a table's ``schema`` (``what`` names the table in the error).
+
+    Raises:
+        SinkError: the schema has none: the table was not written by this pipeline.
+    """
+    raw = (schema.metadata or {}).get(LINEAGE_KEY.encode())
     if raw is None:
-        raise SinkError(
-            f"table {table!r} in {db_uri} has no {LINEAGE_KEY} metadata: it was not written by this pipeline"
-        )
+        raise SinkError(f"{what} has no {LINEAGE_KEY} metadata: it was not written by this pipeline")
     return json.loads(raw)
 
 

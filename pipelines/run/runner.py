@@ -534,16 +534,21 @@ def execution_groups(files: list[str], rows: dict[str, int], limit: Optional[int
     return groups
 
 
+def _resources_left(others_cpus: float) -> dict:
+    """The cluster's resources now, less the CPUs others held when the run started."""
+    import ray
+
+    total = ray.cluster_resources()
+    return {**total, "CPU": max(0.0, total.get("CPU", 0) - others_cpus)}
+
+
 def _starting_pool(plan: RunPlan) -> tuple[Optional[int], dict]:
     """The encoder pool (None: as configured) and the resources a run starts with: the cluster's,
     less what others held when it started (see ``others_cpus``); an error when that leaves the read
     tasks no CPU."""
-    import ray
-
     c = plan.config
     pool, held = None, plan.others_cpus
-    total = ray.cluster_resources()
-    resources = {**total, "CPU": max(0.0, total.get("CPU", 0) - held)}
+    resources = _resources_left(held)
     if held >= 0.5:
         pool = min(c.compute.actors, pool_that_fits(c.compute, resources))
         log.info(
@@ -568,7 +573,6 @@ def _stream(
     pool and resources. A lost actor, worker or node fails the stream; then the files not finished
     are read again, with as many encoder actors as the cluster has room for now, up to
     ``MAX_PASSES`` times in all."""
-    import ray
     from ray.data.exceptions import ExecutionTimeoutError
 
     c = plan.config
@@ -592,8 +596,7 @@ def _stream(
                 return
             if attempt == MAX_PASSES:
                 raise
-            total = ray.cluster_resources()  # what is left of the cluster, less what others held at the start
-            resources = {**total, "CPU": max(0.0, total.get("CPU", 0) - max(held, 0.0))}
+            resources = _resources_left(held)  # what is left of the cluster now
             pool = pool_that_fits(c.compute, resources)
             summary.passes += 1
             what = (

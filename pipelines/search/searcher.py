@@ -17,7 +17,6 @@ raises :class:`LineageMismatchError` instead of returning meaningless neighbours
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -137,10 +136,7 @@ class Searcher:
         table = self._reopen()
         if table.version == self.version:
             return False
-        raw = (table.schema.metadata or {}).get(lance_sink.LINEAGE_KEY.encode())
-        if raw is None:
-            raise lance_sink.SinkError(f"version {table.version} of the table has no {lance_sink.LINEAGE_KEY} metadata")
-        lineage = json.loads(raw)
+        lineage = lance_sink.lineage_in(table.schema, f"version {table.version} of the table")
         check_compatible(self.lineage, lineage, f"version {table.version} of the table")
         self._use_lineage(lineage)
         self._use_table(table)
