@@ -149,7 +149,11 @@ class ModelConfig(_Section):
     )
     query_prompt: str = Field("", description="Prefix added to queries, e.g. 'query: '.")
     document_prompt: str = Field("", description="Prefix added to documents, e.g. 'passage: '.")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Compute dtype.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Compute dtype; 'auto': bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), "
+        "float32 otherwise (pipelines/embed/precision.py).",
+    )
     device: str = Field("auto", description="'auto' (cuda when the actor has a GPU), 'cpu', 'cuda', 'cuda:N'.")
     padding_side: Literal["auto", "left", "right"] = Field(
         "auto", description="'auto' pads left for last-token pooling, right otherwise."

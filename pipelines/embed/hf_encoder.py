@@ -14,6 +14,7 @@ from connectors.model_store import resolve_model_dir
 from pipelines.config import ModelConfig
 from pipelines.embed.batching import token_budget_batches
 from pipelines.embed.pooling import pool
+from pipelines.embed.precision import planned_device, resolve_dtype, warn_if_emulated
 
 __all__ = ["HFEncoder", "padding_side_for", "pick_device"]
 
@@ -57,6 +58,10 @@ class HFEncoder:
             torch.set_num_threads(threads)
         self.config = model
         self.device = pick_device(model.device)
+        if model.dtype == "auto":  # a job resolves it in preflight; a direct user gets the same rule here
+            model = model.model_copy(update={"dtype": resolve_dtype("auto", planned_device(self.device, 0))[0]})
+            self.config = model
+        warn_if_emulated(model.dtype, self.device)
         dtype = getattr(torch, _DTYPES[model.dtype])
         model_dir = resolve_model_dir(model.path, model.revision, storage)
         self.model = AutoModel.from_pretrained(str(model_dir), dtype=dtype, attn_implementation="sdpa")

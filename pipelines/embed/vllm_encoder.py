@@ -27,6 +27,7 @@ import numpy as np
 
 from connectors.model_store import resolve_model_dir
 from pipelines.config import ModelConfig
+from pipelines.embed.precision import resolve_dtype
 
 __all__ = ["VLLMEncoder", "matryoshka_dimensions"]
 
@@ -88,7 +89,8 @@ class VLLMEncoder:
             model=str(model_dir),
             tokenizer=str(model_dir),
             runner="pooling",
-            dtype=model.dtype,
+            # vLLM's own "auto" means the checkpoint's dtype; ours is the hardware rule (precision.py).
+            dtype=resolve_dtype(model.dtype, "cuda" if _cuda_available() else "cpu")[0],
             tensor_parallel_size=options.tensor_parallel_size,
             gpu_memory_utilization=options.gpu_memory_utilization,
             enforce_eager=options.enforce_eager,
@@ -137,3 +139,9 @@ class VLLMEncoder:
             if shutdown is not None:
                 shutdown()
             del llm
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -38,6 +38,7 @@ from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
+from pipelines.embed.precision import planned_device, resolve_dtype
 from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.run import data_context
@@ -68,6 +69,7 @@ class RunPlan:
     table_schema: pa.Schema
     start_version: Optional[int]  # the table's version when the run began (None: no table)
     storage: Optional[Storage] = None  # endpoint/credentials for s3:// paths, resolved once here
+    dtype_reason: str = ""  # why config.model.dtype (resolved from auto here) is what it is
     others_cpus: float = 0.0  # CPUs others (a service, another job) held when the run started
 
     @property
@@ -132,6 +134,11 @@ def preflight(config: PipelineConfig) -> RunPlan:
     if config.embed.long_text == "chunk":  # before any row is committed, not in the first tokenize task
         eos_id = eos_to_append(tokenizer, config.model.append_eos, config.model.pooling)
         chunk_window(tokenizer, max_tokens, config.model.document_prompt, eos_id, config.embed.chunk_overlap)
+    options = storage.lance_options(sink.uri)
+    version = lance_sink.table_version(sink.uri, sink.table, options)
+    adding = version is not None and sink.mode in ("append", "upsert")
+    existing = lance_sink.read_lineage(sink.uri, sink.table, options) if adding else None
+    config, dtype_reason = _with_dtype(config, existing)
     lineage = make_lineage(
         config,
         fingerprint=model_fingerprint(model_dir),
@@ -141,7 +148,6 @@ def preflight(config: PipelineConfig) -> RunPlan:
         append_eos=eos_to_append(tokenizer, config.model.append_eos, config.model.pooling) is not None,
     )
 
-    options = storage.lance_options(sink.uri)
     runlog = RunLog(sink.uri, sink.table, options)
     run_id = config.run.id
     if config.run.resume:
@@ -158,17 +164,33 @@ def preflight(config: PipelineConfig) -> RunPlan:
             f"run {run_id} was started with sink.mode={runlog.mode(run_id)}; resume it with "
             f"the same mode (this config has sink.mode={sink.mode})"
         )
-    version = lance_sink.table_version(sink.uri, sink.table, options)
     if sink.mode == "create" and version is not None and not resuming:
         raise lance_sink.SinkError(
             f"sink.table={sink.table} already exists in {sink.uri} "
             "(sink.mode=create); use sink.mode=overwrite, append or upsert"
         )
-    if version is not None and (sink.mode in ("append", "upsert") or resuming):
-        existing = lance_sink.read_lineage(sink.uri, sink.table, options)
+    if adding or (version is not None and resuming):
+        existing = existing or lance_sink.read_lineage(sink.uri, sink.table, options)
         check_compatible(existing, lineage, "this run's config")
     schema = _table_schema(config, source, dimension, lineage)
-    return RunPlan(config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version, storage)
+    return RunPlan(
+        config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version, storage, dtype_reason
+    )
+
+
+def _with_dtype(config: PipelineConfig, existing: Optional[dict]) -> tuple[PipelineConfig, str]:
+    """``config`` with ``model.dtype`` resolved (``auto``: pipelines/embed/precision.py), and why.
+
+    ``existing``: the lineage of the table an append or upsert adds to. Adding to a table keeps the
+    dtype its rows were embedded in, so ``auto`` on other hardware does not make every row's content
+    hash stale (an upsert would embed the whole table again)."""
+    m = config.model
+    recorded = (existing or {}).get("model", {}).get("dtype")
+    if m.dtype == "auto" and recorded:
+        dtype, why = recorded, f"auto: the dtype table {config.sink.table!r} was embedded in"
+    else:
+        dtype, why = resolve_dtype(m.dtype, planned_device(m.device, config.compute.gpus_per_actor))
+    return config.model_copy(update={"model": m.model_copy(update={"dtype": dtype})}), why
 
 
 def _open_table(plan: RunPlan):
@@ -240,6 +262,8 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         rejects_table=lance_sink.rejects_table(c.sink.table),
         run_id=plan.run_id,
         skipped_files=dict(plan.source.skipped),
+        dtype=c.model.dtype,
+        dtype_reason=plan.dtype_reason,
     )
     runlog = RunLog(c.sink.uri, c.sink.table, plan.sink_options)
     runlog.mark_started(plan.run_id, c.sink.mode)

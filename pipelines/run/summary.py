@@ -39,6 +39,8 @@ class RunSummary:
     checkpoint_timings: list = field(default_factory=list)  # pipelines.run.checkpoints.Checkpointer.timings
     dedup_seconds: float = 0.0  # the duplicate-id check after the stream
     index_seconds: float = 0.0  # the index task: vector index, tuning, id index
+    dtype: str = ""  # the encoder's compute dtype (model.dtype resolved) and why
+    dtype_reason: str = ""
 
     @property
     def rows_rejected(self) -> int:
@@ -106,6 +108,7 @@ class RunSummary:
             f"truncated    {self.truncated} texts cut at the model's token limit",
             f"throughput   {self.rows_written / secs:.1f} docs/s, {self.tokens / secs:.0f} tokens/s "
             f"({self.tokens} tokens in {self.embed_seconds:.1f}s; job {self.seconds:.1f}s)",
+            *([f"dtype        {self.dtype} ({self.dtype_reason})"] if self.dtype else []),
             f"index        {index_line}",
             *([f"placement    {_placement_line(self.placement)}"] if self.encoders else []),
             *([f"deleted      {self.deleted_missing} rows whose id left the source"] if self.deleted_missing else []),

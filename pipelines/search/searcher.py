@@ -29,6 +29,7 @@ from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerpri
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
 from pipelines.embed.postprocess import postprocess
+from pipelines.embed.precision import query_dtype
 from pipelines.lineage import LineageMismatchError, check_compatible
 from pipelines.search.filters import FilterError, build_filter
 
@@ -70,7 +71,7 @@ class Searcher:
             max_tokens=m["max_tokens"],
             query_prompt=m["query_prompt"],
             document_prompt=m["document_prompt"],
-            dtype=m.get("dtype", "float32"),
+            dtype=query_dtype(m.get("dtype", "float32"), device),
             padding_side=m.get("padding_side", "auto"),
             device=device,
             append_eos=bool(m.get("append_eos", False)),

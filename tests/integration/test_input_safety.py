@@ -130,7 +130,7 @@ def test_upsert_after_changing_the_compute_dtype_embeds_again(ray_cluster, sampl
     pq.write_table(sample_table.slice(0, 8).select(["id", "text"]), src)
     db = tmp_path / "db"
     model = f"model.path={tiny_bert_dir}"
-    first = run_index(_config(src, db, model))
+    first = run_index(_config(src, db, model, "model.dtype=float32"))
     assert first.rows_written == 8
 
     again = run_index(_config(src, db, model, "sink.mode=upsert"))

@@ -58,7 +58,7 @@ def test_s3_production_reads_and_writes_s3_and_upserts():
     assert config.source.path.startswith("s3://") and config.sink.uri.startswith("s3://")
     assert config.sink.mode == "upsert" and config.run.id is None  # run ids come per run (the DAG: daily-<ds>)
     assert "date" in config.source.metadata_columns  # from the date=YYYY-MM-DD/ partition folders
-    assert config.compute.gpus_per_actor >= 1 and config.model.dtype == "bfloat16"
+    assert config.compute.gpus_per_actor >= 1 and _gpu_dtype(config) == "bfloat16"
     # The daily DAG's default config is this file.
     assert "jobs/configs/s3_production.yaml" in (ROOT / "infra" / "airflow" / "dags" / "embedpipe_daily.py").read_text()
 
@@ -66,7 +66,7 @@ def test_s3_production_reads_and_writes_s3_and_upserts():
 def test_gpu_example_puts_each_actor_on_a_gpu_in_bfloat16():
     config = load_config(ROOT / "jobs" / "configs" / "gpu.yaml")
     assert config.compute.gpus_per_actor == 1 and config.compute.actors >= 1
-    assert config.model.dtype == "bfloat16" and config.model.device == "auto"
+    assert _gpu_dtype(config) == "bfloat16" and config.model.device == "auto"
     assert config.model.pooling == "last" and config.model.query_prompt.endswith("Query: ")
     from pipelines.vector_index.params import derive_index_params
 
@@ -78,7 +78,7 @@ def test_qwen3_vllm_runs_the_decoder_on_vllm_one_gpu_per_actor_for_the_cluster_f
     path = ROOT / "jobs" / "configs" / "qwen3_vllm.yaml"
     config = load_config(path)
     assert config.model.backend == "vllm" and config.model.path == "Qwen/Qwen3-Embedding-0.6B"
-    assert config.model.pooling == "last" and config.embed.dimension == 1024 and config.model.dtype == "bfloat16"
+    assert config.model.pooling == "last" and config.embed.dimension == 1024 and _gpu_dtype(config) == "bfloat16"
     # The instruction goes on queries only.
     assert config.model.query_prompt.startswith("Instruct: ") and config.model.document_prompt == ""
     assert config.compute.gpus_per_actor == 1 == config.model.vllm.tensor_parallel_size
@@ -89,3 +89,10 @@ def test_qwen3_vllm_runs_the_decoder_on_vllm_one_gpu_per_actor_for_the_cluster_f
     assert "source" not in written and "uri" not in written["sink"]
     for user in (ROOT / "ray_cluster.yaml", ROOT / "infra" / "rayjob.yaml"):
         assert "--config jobs/configs/qwen3_vllm.yaml" in user.read_text(), user.name
+
+
+def _gpu_dtype(config) -> str:
+    """The dtype the GPU actors run in (model.dtype auto resolves on the planned device)."""
+    from pipelines.embed.precision import planned_device, resolve_dtype
+
+    return resolve_dtype(config.model.dtype, planned_device(config.model.device, config.compute.gpus_per_actor))[0]

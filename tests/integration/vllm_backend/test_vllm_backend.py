@@ -32,7 +32,9 @@ MIN_COSINE = 0.999
 
 
 def _config(backend, *overrides):
-    return load_config(overrides=[f"model.backend={backend}", *(VLLM_CPU if backend == "vllm" else []), *overrides])
+    # float32 on both backends: they are compared to each other (auto picks bf16 on some CPUs)
+    backend_set = [f"model.backend={backend}", "model.dtype=float32", *(VLLM_CPU if backend == "vllm" else [])]
+    return load_config(overrides=[*backend_set, *overrides])
 
 
 def _batch(sample_table, n=24):
@@ -127,7 +129,13 @@ def test_decoder_with_eos_and_query_prompt_matches_hf(sample_table, tiny_llama_d
 def test_matryoshka_through_vllm_dimensions_where_the_model_declares_it(sample_table, tiny_qwen3_dir):
     assert matryoshka_dimensions(tiny_qwen3_dir) == []  # is_matryoshka: any dimension
     model = load_config(
-        overrides=[*VLLM_CPU, "model.backend=vllm", f"model.path={tiny_qwen3_dir}", "model.pooling=last"]
+        overrides=[
+            *VLLM_CPU,
+            "model.backend=vllm",
+            "model.dtype=float32",
+            f"model.path={tiny_qwen3_dir}",
+            "model.pooling=last",
+        ]
     ).model
     from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
 
