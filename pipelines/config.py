@@ -222,10 +222,11 @@ class ComputeConfig(_Section):
     )
     rows_per_execution: Optional[int] = Field(
         2_000_000,
-        ge=1000,
+        ge=100,
         description="Files stream in Ray Data executions of about this many rows (whole files; null: "
-        "one). The driver grows ~30 MiB per million documents within an execution and gets it back when "
-        "it ends; each execution starts the encoder pool again (a model load: raise this for vLLM).",
+        "one). With more than one, each runs in a Ray task of its own whose process exits after it, so "
+        "the driver's memory stays flat (pipelines/run/execution.py); each execution starts the encoder "
+        "pool again (a model load: raise this for vLLM).",
     )
     stall_timeout_s: float = Field(
         600,

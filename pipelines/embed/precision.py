@@ -64,8 +64,8 @@ def resolve_dtype(dtype: str, device: str, flags=None) -> tuple[str, str]:
     flags = _cpu_flags() if flags is None else flags
     have = [f for f in BF16_FLAGS if f in flags]
     if have:
-        return "bfloat16", f"auto: this CPU has native bf16 ({', '.join(have)})"
-    return "float32", f"auto: this CPU has no native bf16 ({' or '.join(BF16_FLAGS)} absent)"
+        return "bfloat16", f"auto: native bf16 on this CPU, {' and '.join(have)}"
+    return "float32", f"auto: no native bf16 on this CPU, {' and '.join(BF16_FLAGS)} absent"
 
 
 def query_dtype(table_dtype: str, device: str, flags=None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-__all__ = ["configure"]
+__all__ = ["configure", "quiet_logs"]
 
 
 def configure(context, *, max_block_mb: int, stall_timeout_s: float, verbose: bool) -> None:
@@ -14,9 +14,7 @@ def configure(context, *, max_block_mb: int, stall_timeout_s: float, verbose: bo
     context.target_max_block_size = max_block_mb * 2**20
     context.execution_no_progress_timeout_s = stall_timeout_s  # see pipelines.run.runner._stream
     context.enable_progress_bars = verbose  # else the run's own lines (pipelines.run.progress)
-    if not verbose:  # Ray Data's start-of-execution notes, and its hint that progress bars are off
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    quiet_logs(context)
     # A task runs to its end instead of pausing, CPU held, when Ray Data stops taking its blocks
     # (its downstream's object-store budget is full): a paused read task on a head whose other
     # CPUs the encoders hold left no CPU for tokenize, so nothing drained and the run stalled
@@ -33,3 +31,11 @@ def configure(context, *, max_block_mb: int, stall_timeout_s: float, verbose: bo
     # of 70 s ordered (bench/checkpoint_cadence.py compares both; tests/integration/test_multinode.py
     # checks the cadence).
     context.execution_options.preserve_order = True
+
+
+def quiet_logs(context) -> None:
+    """Without progress bars (not verbose), also no Ray Data start-of-execution notes nor its hint that
+    progress bars are off, in this process (the driver, or the task an execution runs in)."""
+    if not context.enable_progress_bars:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)

@@ -43,8 +43,9 @@ from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to
 from pipelines.lineage import check_compatible, make_lineage, vector_key
 from pipelines.run import data_context
 from pipelines.run.checkpoints import Checkpointer
+from pipelines.run.execution import stats_batches
 from pipelines.run.metrics import RunMetrics
-from pipelines.run.plan import Stage, apply_stages, embedding_stages, task_cpus
+from pipelines.run.plan import Stage, embedding_stages, task_cpus
 from pipelines.run.progress import Progress
 from pipelines.run.revisions import latest_revisions
 from pipelines.run.summary import RunSummary
@@ -369,7 +370,7 @@ def _embed_and_commit(
             for number, group in enumerate(groups, 1):
                 if len(groups) > 1:
                     log.info(f"execution {number} of {len(groups)}: {len(group)} file(s)")
-                _stream(plan, group, stages, checkpointer, summary, start)
+                _stream(plan, group, stages, checkpointer, summary, start, own_process=len(groups) > 1)
             checkpointer.finish(todo)
         finally:
             checkpointer.progress.clear()
@@ -591,11 +592,18 @@ def _starting_pool(plan: RunPlan) -> tuple[Optional[int], dict]:
 
 
 def _stream(
-    plan: RunPlan, files: list[str], stages, checkpointer: Checkpointer, summary: RunSummary, start: tuple
+    plan: RunPlan,
+    files: list[str],
+    stages,
+    checkpointer: Checkpointer,
+    summary: RunSummary,
+    start: tuple,
+    own_process: bool = False,
 ) -> None:
     """Stream ``files`` through ``stages(pool, cpus)`` into the checkpointer, starting with ``start``'s
-    pool and resources. A lost actor, worker or node fails the stream; then the files not finished
-    are read again, with as many encoder actors as the cluster has room for now, up to
+    pool and resources (``own_process``: the execution runs in a task of its own, see
+    :mod:`pipelines.run.execution`). A lost actor, worker or node fails the stream; then the files
+    not finished are read again, with as many encoder actors as the cluster has room for now, up to
     ``MAX_PASSES`` times in all."""
     from ray.data.exceptions import ExecutionTimeoutError
 
@@ -607,8 +615,7 @@ def _stream(
         try:
             # Only per-file counts and fragment descriptions reach the driver, never rows or vectors.
             cpus = task_cpus(c.compute, resources.get("CPU", 0), pool)
-            stats = apply_stages(plan.source.read(columns, files, num_cpus=cpus), stages(pool, cpus), read_cpus=cpus)
-            for batch in stats.iter_batches(batch_format="pyarrow", batch_size=None):
+            for batch in stats_batches(plan.source, columns, files, stages, pool, cpus, own_process):
                 for row in batch.to_pylist():
                     checkpointer.add(row)
             return

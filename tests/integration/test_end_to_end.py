@@ -137,7 +137,10 @@ def test_lineage_is_stored_with_the_table(indexed):
     flags = open("/proc/cpuinfo").read()
     native = "avx512_bf16" in flags or "amx_bf16" in flags
     assert lineage["model"]["dtype"] == summary.dtype == ("bfloat16" if native else "float32")
-    assert f"dtype        {summary.dtype} (auto: this CPU has " in summary.format()
+    assert (
+        f"dtype        {summary.dtype} (auto: {'native' if native else 'no native'} bf16 on this CPU"
+        in summary.format()
+    )
     assert lineage["counts"]["written"] == 300 and lineage["counts"]["rejected"] == {"null_text": 1, "empty_text": 2}
     assert lineage["index"]["num_partitions"] == 1
     tuning = lineage["tuning"]  # recall-targeted defaults, measured on sampled documents

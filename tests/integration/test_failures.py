@@ -73,14 +73,19 @@ def _encoder_pids():
     return found
 
 
-def test_killed_encoder_actor_is_replaced_and_no_row_is_lost_or_doubled(ray_cluster, sample_table, tmp_path):
+@pytest.mark.parametrize("rows_per_execution", [None, 120], ids=["one execution", "4 executions in their own tasks"])
+def test_killed_encoder_actor_is_replaced_and_no_row_is_lost_or_doubled(
+    ray_cluster, sample_table, tmp_path, rows_per_execution
+):
     corpus = _split(_docs(sample_table, 0, 480), tmp_path / "src", 4)
     db = tmp_path / "db"
     result, error = {}, {}
+    per_execution = f"compute.rows_per_execution={'null' if rows_per_execution is None else rows_per_execution}"
 
     def run():
         try:
-            result["summary"] = run_index(_config(corpus, db, "compute.block_rows=16", "sink.checkpoint_rows=1000000"))
+            config = _config(corpus, db, "compute.block_rows=16", "sink.checkpoint_rows=1000000", per_execution)
+            result["summary"] = run_index(config)
         except Exception as exc:  # surfaced by the assertion below
             error["exc"] = exc
 
