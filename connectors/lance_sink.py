@@ -13,7 +13,7 @@ unfinished files and redoes only those files.
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 
@@ -28,9 +28,11 @@ __all__ = [
     "REJECT_SCHEMA",
     "SinkError",
     "dataset_uri",
+    "map_table",
     "read_lineage",
     "rejects_table",
     "runs_table",
+    "table_schema",
     "table_version",
     "table_metadata",
     "write_lineage",
@@ -88,16 +90,24 @@ def table_version(db_uri: str, table: str, storage_options: Optional[dict] = Non
     return None if ds is None else ds.version
 
 
+def table_schema(
+    db_uri: str, table: str, storage_options: Optional[dict] = None, version: Optional[int] = None
+) -> Optional[pa.Schema]:
+    """The table's schema (with its metadata) at ``version`` (default: the latest), None when it does not exist."""
+    ds = _open(dataset_uri(db_uri, table), storage_options, version)
+    return None if ds is None else ds.schema
+
+
 def read_lineage(db_uri: str, table: str, storage_options: Optional[dict] = None) -> Optional[dict]:
     """The lineage stored with the table, None when the table does not exist.
 
     Raises:
         SinkError: the table exists but was not written by this pipeline.
     """
-    ds = _open(dataset_uri(db_uri, table), storage_options)
-    if ds is None:
+    schema = table_schema(db_uri, table, storage_options)
+    if schema is None:
         return None
-    return lineage_in(ds.schema, f"table {table!r} in {db_uri}")
+    return lineage_in(schema, f"table {table!r} in {db_uri}")
 
 
 def lineage_in(schema: pa.Schema, what: str) -> dict:
@@ -134,3 +144,37 @@ def table_metadata(lineage: dict) -> dict[str, str]:
 def write_lineage(db_uri: str, table: str, lineage: dict, storage_options: Optional[dict] = None) -> None:
     ds = _open(dataset_uri(db_uri, table), storage_options)
     ds.update_schema_metadata(table_metadata(lineage))
+
+
+def map_table(
+    db_uri: str,
+    source: str,
+    table: str,
+    schema: pa.Schema,
+    transform: Callable[[pa.RecordBatch], pa.RecordBatch],
+    *,
+    version: Optional[int] = None,
+    batch_rows: int = 8192,
+    storage_options: Optional[dict] = None,
+) -> int:
+    """Write ``table`` (overwritten) as ``source``'s rows at ``version`` (default: the latest), each
+    batch of at most ``batch_rows`` rows passed through ``transform``, which returns it in ``schema``
+    (whose metadata goes with the table). Streamed: one batch at a time is held, never the table.
+    Returns the rows written. No index is copied."""
+    import lance
+
+    src = lance.dataset(dataset_uri(db_uri, source), version=version, storage_options=storage_options)
+    rows = 0
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        nonlocal rows
+        for batch in src.to_batches(batch_size=batch_rows):
+            out = transform(batch)
+            rows += out.num_rows
+            yield out
+
+    reader = pa.RecordBatchReader.from_batches(schema, batches())
+    lance.write_dataset(
+        reader, dataset_uri(db_uri, table), schema=schema, mode="overwrite", storage_options=storage_options
+    )
+    return rows

@@ -1,10 +1,16 @@
 """Retrieval quality on a BEIR-layout test set: per Matryoshka dimension, exact search against the index.
 
-For each dimension the corpus goes through the ordinary indexing run (:func:`pipelines.run.runner.run_index`:
-same stages, same model, same index build and recall tuning), into its own table. The queries are then
-embedded with the table's model (:class:`pipelines.search.searcher.Searcher`) and searched twice, exactly (every
-vector scanned) and through the index at the query defaults stored with the table, which is what a user
-of ``jobs.query`` gets. Further index types (``ivf_sq``: int8 codes, ``ivf_rq``: 1-bit codes) are built in
+The corpus goes once through the ordinary indexing run (:func:`pipelines.run.runner.run_index`: same
+stages, same model, same index build and recall tuning) at the widest dimension asked for, into its
+own table, and the queries are embedded once with that table's model
+(:class:`pipelines.search.searcher.Searcher`). Each narrower dimension's table is derived from it
+(:func:`pipelines.evaluation.matryoshka.derive_table`: the vectors re-cut and normalised again, as a run
+at that dimension writes them) and indexed by the run's own index step
+(:func:`pipelines.run.runner.index_step`); its query vectors are the wide ones re-cut the same way.
+Configs whose derived tables would differ from a run's (float16 vectors, chunked documents) get one
+indexing run per dimension instead. The queries are searched twice per table, exactly (every vector
+scanned) and through the index at the query defaults stored with the table, which is what a user of
+``jobs.query`` gets. Further index types (``ivf_sq``: int8 codes, ``ivf_rq``: 1-bit codes) are built in
 turn on the same table, tuned and evaluated the same way; the table ends up with the last one.
 
 Each result row carries nDCG@10, Recall@10/100 and MRR@10 (:mod:`pipelines.evaluation.metrics`), the bytes per
@@ -27,6 +33,8 @@ from connectors import lance_sink
 from connectors.beir import BeirDataset, load_beir, write_corpus_parquet
 from connectors.lance_index import code_bytes, index_size_bytes
 from pipelines.config import ConfigError, PipelineConfig, load_config
+from pipelines.embed.postprocess import postprocess
+from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
 from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall
 
@@ -56,6 +64,17 @@ class EvalRow:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class _Table:
+    """One dimension's table, ready to search: its config, rows, searcher, query vectors, report entry."""
+
+    config: PipelineConfig
+    rows: int
+    searcher: object  # pipelines.search.searcher.Searcher
+    queries: np.ndarray
+    run: dict  # its entry in the report's "runs"
 
 
 def parse_dimensions(text: Optional[str]) -> list[Optional[int]]:
@@ -118,6 +137,82 @@ def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, r
     )
 
 
+def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) -> _Table:
+    """The corpus through an indexing run at ``config``'s dimension; the queries through its model."""
+    from pipelines.run.runner import run_index
+    from pipelines.search.searcher import Searcher
+
+    summary = run_index(config, verbose=verbose)
+    if on_run is not None:
+        on_run(summary)
+    searcher = Searcher.open(config.sink.uri, config.sink.table)
+    run = {"dimension": searcher.dimension, "table": config.sink.table, "summary": summary.to_dict()}
+    return _Table(config, summary.table_rows, searcher, searcher.embed_queries(texts), run)
+
+
+def _derived(config: PipelineConfig, wide: _Table) -> _Table:
+    """``wide``'s table and query vectors re-cut to ``config``'s dimension, and indexed as a run indexes."""
+    from pipelines.run.runner import index_step
+    from pipelines.search.searcher import Searcher
+
+    uri, table, dimension = config.sink.uri, config.sink.table, config.embed.dimension
+    started = time.perf_counter()
+    lineage, rows = derive_table(config, wide.config.sink.table, version=wide.searcher.version)
+    derive_seconds = round(time.perf_counter() - started, 2)
+    params, tuning, index_seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
+    lineage.update(index_lineage(params, tuning))
+    lance_sink.write_lineage(uri, table, lineage)
+    log.info(
+        f"table {table!r}: {rows} rows derived from {wide.config.sink.table!r} at dimension {dimension} in "
+        f"{derive_seconds:g}s; index {params.type} built and tuned in {index_seconds:g}s"
+    )
+    run = {
+        "dimension": dimension,
+        "table": table,
+        "derived_from": wide.config.sink.table,
+        "derive_seconds": derive_seconds,
+        "index_seconds": index_seconds,
+        "table_rows": rows,
+        "index": params.to_dict(),
+        "tuning": tuning.to_dict() if tuning else {},
+    }
+    queries = postprocess(wide.queries, dimension, bool(lineage.get("normalize", True)))
+    return _Table(config, rows, Searcher.open(uri, table), queries, run)
+
+
+def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDataset) -> list[EvalRow]:
+    """Exact search, then each index type in turn (the first is the one the table was indexed with)."""
+    from pipelines.search.searcher import Searcher
+
+    cfg, searcher, vectors = t.config, t.searcher, t.queries
+    dim = searcher.dimension
+    exact_ranked, ms = _search_all(searcher, vectors, exact=True)
+    vector_bytes = 2 if searcher.lineage.get("vector_dtype") == "float16" else 4
+    results = [
+        EvalRow(
+            dimension=dim,
+            search="exact",
+            storage=f"float{vector_bytes * 8}",
+            bytes_per_vector=float(dim * vector_bytes),
+            metrics=evaluate_run(dict(zip(qids, exact_ranked)), dataset.qrels),
+            search_ms_per_query=round(ms, 2),
+        )
+    ]
+    for n, index_type in enumerate(types):
+        if index_type == "none" or t.rows < cfg.index.min_rows:
+            break
+        if n > 0:  # the configured type was built by the index step; build the others in turn
+            index_config = cfg.index.model_copy(update={"type": index_type})
+            params, tuning = build_tuned_index(searcher.table, t.rows, dim, index_config, id_column="id")
+            lineage = lance_sink.read_lineage(cfg.sink.uri, cfg.sink.table)
+            lineage.update(index_lineage(params, tuning))
+            lance_sink.write_lineage(cfg.sink.uri, cfg.sink.table, lineage)
+            searcher = Searcher.open(cfg.sink.uri, cfg.sink.table)
+        results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, t.rows))
+        log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)
+    return results
+
+
 def evaluate_dataset(
     dataset_dir: str | Path,
     config: PipelineConfig,
@@ -128,15 +223,16 @@ def evaluate_dataset(
     on_run: Optional[Callable] = None,
     verbose: bool = False,
 ) -> dict:
-    """Index the set once per dimension and measure exact and indexed search; returns the report dict.
+    """Embed the set once at the widest dimension, derive the others, measure exact and indexed search
+    at each; returns the report dict.
 
     Args:
+        dimensions: None stands for the config's ``embed.dimension`` (the model's when unset), and is
+            then the widest.
         index_types: index types to evaluate per dimension; the config's ``index.type`` is always first.
-        on_run: called with each dimension's :class:`~pipelines.run.summary.RunSummary` (progress output).
+        on_run: called with the indexing run's :class:`~pipelines.run.summary.RunSummary` (progress
+            output); once, or once per dimension when tables cannot be derived (:func:`cannot_derive`).
     """
-    from pipelines.run.runner import run_index
-    from pipelines.search.searcher import Searcher
-
     dataset: BeirDataset = load_beir(dataset_dir, split)
     out = Path(out_dir)
     corpus = write_corpus_parquet(dataset, out / "corpus.parquet")
@@ -145,44 +241,24 @@ def evaluate_dataset(
     texts = [dataset.queries[q] for q in qids]
     types = [config.index.type] + [t for t in (index_types or []) if t != config.index.type]
     prefix = re.sub(r"[^A-Za-z0-9_]", "_", dataset.name)
+    dimensions = list(dimensions)
+    # Every dimension's config checked before any work (e.g. index.num_sub_vectors must divide it).
+    configs = [_run_config(config, corpus, db, f"{prefix}_d{d or 'model'}", d) for d in dimensions]
+    why = cannot_derive(config) if len(dimensions) > 1 else None
+    if why is not None:
+        log.info(f"one indexing run per dimension: {why}")
+    widest = None if None in dimensions else max(dimensions)
+    wide = _indexed(configs[dimensions.index(widest)], texts, on_run, verbose) if why is None else None
 
     results: list[EvalRow] = []
     runs = []
-    for dimension in dimensions:
-        cfg = _run_config(config, corpus, db, f"{prefix}_d{dimension or 'model'}", dimension)
-        summary = run_index(cfg, verbose=verbose)
-        if on_run is not None:
-            on_run(summary)
-        searcher = Searcher.open(db, cfg.sink.table)
-        dim = searcher.dimension
-        vectors = searcher.embed_queries(texts)
-        exact_ranked, ms = _search_all(searcher, vectors, exact=True)
-        vector_bytes = 2 if searcher.lineage.get("vector_dtype") == "float16" else 4
-        results.append(
-            EvalRow(
-                dimension=dim,
-                search="exact",
-                storage=f"float{vector_bytes * 8}",
-                bytes_per_vector=float(dim * vector_bytes),
-                metrics=evaluate_run(dict(zip(qids, exact_ranked)), dataset.qrels),
-                search_ms_per_query=round(ms, 2),
-            )
-        )
-        runs.append({"dimension": dim, "table": cfg.sink.table, "summary": summary.to_dict()})
-        for n, index_type in enumerate(types):
-            if index_type == "none" or summary.table_rows < cfg.index.min_rows:
-                break
-            if n > 0:  # the configured type was built by run_index; build the others in turn
-                index_config = cfg.index.model_copy(update={"type": index_type})
-                params, tuning = build_tuned_index(
-                    searcher.table, summary.table_rows, dim, index_config, id_column="id"
-                )
-                lineage = lance_sink.read_lineage(db, cfg.sink.table)
-                lineage.update(index_lineage(params, tuning))
-                lance_sink.write_lineage(db, cfg.sink.table, lineage)
-                searcher = Searcher.open(db, cfg.sink.table)
-            results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, summary.table_rows))
-            log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)
+    for dimension, cfg in zip(dimensions, configs):
+        if why is not None:
+            table = _indexed(cfg, texts, on_run, verbose)
+        else:
+            table = wide if dimension == widest else _derived(cfg, wide)
+        results.extend(_evaluate_table(table, types, qids, dataset))
+        runs.append(table.run)
 
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from connectors import columns as C
 from connectors import lance_commits, lance_lookup, lance_sink, lance_writer
 from connectors.lance_dedup import drop_duplicate_ids
+from connectors.lance_index import IndexParams
 from connectors.lance_table import open_dataset, open_table
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
@@ -51,9 +52,9 @@ from pipelines.run.revisions import latest_revisions
 from pipelines.run.summary import RunSummary
 from pipelines.vector_index.params import index_workers
 from pipelines.vector_index.step import check_tuning_queries, index_table, read_tuning_queries
-from pipelines.vector_index.tuning import index_lineage
+from pipelines.vector_index.tuning import TuningResult, index_lineage
 
-__all__ = ["RunPlan", "preflight", "run_index"]
+__all__ = ["RunPlan", "index_step", "preflight", "run_index"]
 
 log = logging.getLogger(__name__)
 
@@ -413,40 +414,70 @@ def _resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer, summary: RunS
 
 
 def _index_step(plan: RunPlan, summary: RunSummary):
-    """The vector index, its tuned query defaults and the id index, built in one Ray task."""
+    """The run's index step (:func:`index_step`); its parameters, tuning and time go into the summary."""
+    c = plan.config
+    params, tuning, summary.index_seconds = index_step(
+        c,
+        rows=summary.table_rows,
+        dimension=plan.dimension,
+        lineage=plan.lineage,
+        storage=plan.storage,
+        incremental=c.sink.mode in ("append", "upsert") or plan.resuming,
+    )
+    summary.index = params.to_dict()
+    summary.tuning = tuning.to_dict() if tuning else {}
+    return params, tuning
+
+
+def index_step(
+    config: PipelineConfig,
+    *,
+    rows: int,
+    dimension: int,
+    lineage: dict,
+    storage: Optional[Storage] = None,
+    incremental: bool = False,
+) -> tuple[IndexParams, Optional[TuningResult], float]:
+    """The vector index of ``config.sink.table`` (``rows`` rows of ``dimension``, made as ``lineage``
+    says), its tuned query defaults and the id index, built in one Ray task; returns the index
+    parameters, the tuning result (None when not tuned) and the seconds it took. Recording them in
+    the lineage is the caller's (:func:`~pipelines.vector_index.tuning.index_lineage`).
+
+    ``storage``: default resolved from ``config.storage`` for the sink, model and tuning queries.
+    ``incremental``: maintain the index after an append/upsert instead of building it anew.
+    """
     import ray
 
-    c = plan.config
+    c = config
+    if storage is None:
+        storage = Storage.resolve(c.storage, paths=[c.sink.uri, c.model.path, c.index.tuning_queries_path])
     # Off the driver: index training and the tuning's exact searches grow with the table.
     queries = None
     if c.index.tuning_queries_path and c.index.target_recall is not None:
-        queries = read_tuning_queries(c.index.tuning_queries_path, c.index.tuning_queries, plan.storage)
+        queries = read_tuning_queries(c.index.tuning_queries_path, c.index.tuning_queries, storage)
     # Retried when its worker or node is lost (nothing is committed until the build is done), never
     # on its own errors (Ray retries exceptions only when retry_exceptions is set).
     # A distributed build (index.workers) gives every CPU to its build tasks; the task that starts
     # them only trains on a sample and waits, so it holds none (else it could wait for its own CPU).
     cpus = ray.cluster_resources().get("CPU", 1)
-    one_task = index_workers(c.index.workers, summary.table_rows, cpus) == 1
+    one_task = index_workers(c.index.workers, rows, cpus) == 1
     task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
-    index_started = time.perf_counter()
+    started = time.perf_counter()
     params, tuning = _get(
         task.remote(
             c.sink.uri,
             c.sink.table,
             c.index,
             id_column=c.source.id_column,
-            dimension=plan.dimension,
-            incremental=c.sink.mode in ("append", "upsert") or plan.resuming,
-            lineage=plan.lineage,
-            storage=plan.storage,
+            dimension=dimension,
+            incremental=incremental,
+            lineage=lineage,
+            storage=storage,
             query_texts=queries,
             cpus=cpus,
         )
     )
-    summary.index_seconds = round(time.perf_counter() - index_started, 2)
-    summary.index = params.to_dict()
-    summary.tuning = tuning.to_dict() if tuning else {}
-    return params, tuning
+    return params, tuning, round(time.perf_counter() - started, 2)
 
 
 def _get(ref):

@@ -18,6 +18,7 @@ from pipelines.config import IndexConfig
 from pipelines.vector_index.params import derive_index_params
 
 __all__ = [
+    "INDEX_LINEAGE_KEYS",
     "TuningResult",
     "build_tuned_index",
     "index_lineage",
@@ -213,8 +214,12 @@ def build_tuned_index(
     return params, tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension)
 
 
+INDEX_LINEAGE_KEYS = ("index", "query_defaults", "tuning")  # what index_lineage writes
+
+
 def index_lineage(params: IndexParams, tuning: Optional[TuningResult]) -> dict:
-    """The lineage keys that describe the index: its parameters, the query defaults, how they were chosen."""
+    """The lineage keys that describe the index (:data:`INDEX_LINEAGE_KEYS`): its parameters, the query
+    defaults, how they were chosen (``tuning``, only when the index was tuned)."""
     out = {
         "index": params.to_dict(),
         "query_defaults": {"nprobes": params.nprobes, "refine_factor": params.refine_factor},

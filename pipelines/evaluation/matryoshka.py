@@ -1,0 +1,118 @@
+"""Matryoshka tables without the encoder: a narrower table derived from a wider table's vectors.
+
+A vector at dimension d is :func:`pipelines.embed.postprocess.postprocess` of the wider one at d (cut to
+d, normalised again), the function the encode stage applies to pooled vectors; so the derived table
+holds what an indexing run at dimension d would have written, to float32 rounding. What depends on
+the dimension is redone: the vectors, each row's ``content_hash`` (keyed by
+:func:`pipelines.lineage.vector_key`, which covers the dimension) and the lineage's ``dimension`` (and
+the schema's embedding-function entry with it). The rest of each row, ``run_id`` included, is the
+wide table's: those rows came from its run. The index is not copied; the caller builds one
+(:func:`pipelines.run.runner.index_step`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pyarrow as pa
+
+from connectors import columns as C
+from connectors import lance_sink
+from pipelines.config import ConfigError, PipelineConfig
+from pipelines.embed.postprocess import postprocess
+from pipelines.lineage import vector_key
+from pipelines.run.stages.validate import content_hash
+from pipelines.vector_index.tuning import INDEX_LINEAGE_KEYS
+
+__all__ = ["BATCH_ROWS", "cannot_derive", "derive_table"]
+
+BATCH_ROWS = 8192  # rows read, re-cut and written at a time: 12 MiB of 384-dim float32 vectors
+
+
+def cannot_derive(config: PipelineConfig) -> Optional[str]:
+    """Why a table derived from a wider one made with ``config`` would not be what a run at its
+    dimension writes, or None when it would."""
+    if config.embed.vector_dtype != "float32":
+        return (
+            "embed.vector_dtype=float16: a vector cut from a stored float16 one is rounded twice, "
+            "unlike one cut from the pooled float32 vector"
+        )
+    if config.embed.long_text == "chunk":
+        return "embed.long_text=chunk: a chunk's content_hash is of its whole document, which the table does not hold"
+    return None
+
+
+def derive_table(
+    config: PipelineConfig,
+    source: str,
+    *,
+    version: Optional[int] = None,
+    batch_rows: int = BATCH_ROWS,
+    storage_options: Optional[dict] = None,
+) -> tuple[dict, int]:
+    """Write table ``config.sink.table`` of ``config.sink.uri`` (overwritten) from the wider table
+    ``source`` there (at ``version``, default its latest): the same rows, each vector re-cut to
+    ``config.embed.dimension`` by ``postprocess`` and its ``content_hash`` recomputed, read and
+    written ``batch_rows`` at a time. ``config`` is what a run at that dimension would be given.
+
+    Returns the new table's lineage (the source's at the new dimension, without an index, plus
+    ``derived_from``: table, version and dimension) and its row count.
+
+    Raises:
+        ConfigError: ``config`` is one a derived table cannot reproduce (:func:`cannot_derive`), names
+            no dimension or a wider one than the source's, or differs from the source's lineage in
+            normalisation, vector type or metric.
+    """
+    uri, table, dimension = config.sink.uri, config.sink.table, config.embed.dimension
+    why = cannot_derive(config)
+    if why is not None:
+        raise ConfigError(f"table {table!r} cannot be derived from {source!r}: {why}")
+    if table == source:
+        raise ConfigError(f"table {table!r} cannot be derived from itself")
+    if version is None:  # pinned: the schema and the rows are of one version
+        version = lance_sink.table_version(uri, source, storage_options)
+    schema = None if version is None else lance_sink.table_schema(uri, source, storage_options, version)
+    if schema is None:
+        raise lance_sink.SinkError(f"no table {source!r} in {uri}")
+    wide = lance_sink.lineage_in(schema, f"table {source!r} in {uri}")
+    if dimension is None or dimension > wide["dimension"]:
+        raise ConfigError(
+            f"embed.dimension={dimension}: a table derived from {source!r} needs a dimension of at most "
+            f"its {wide['dimension']}"
+        )
+    shared = (
+        ("normalize", "embed.normalize", config.embed.normalize),  # what postprocess does
+        ("vector_dtype", "embed.vector_dtype", config.embed.vector_dtype),
+        ("metric", "index.metric", config.index.metric),
+    )
+    for key, setting, value in shared:
+        if wide.get(key) != value:
+            raise ConfigError(f"{setting}={value}: table {source!r} was made with {key}={wide.get(key)}")
+
+    lineage = {k: v for k, v in wide.items() if k not in INDEX_LINEAGE_KEYS}
+    lineage["dimension"] = dimension
+    lineage["derived_from"] = {"table": source, "version": version, "dimension": wide["dimension"]}
+    field = schema.field(C.VECTOR)
+    vector_type = pa.list_(field.type.value_field, dimension)
+    out_schema = schema.set(schema.get_field_index(C.VECTOR), field.with_type(vector_type))
+    out_schema = out_schema.with_metadata(lance_sink.table_metadata(lineage))
+    key = vector_key(lineage, config)
+    text_column, normalize = config.source.text_column, bool(config.embed.normalize)
+
+    def recut(batch: pa.RecordBatch) -> pa.RecordBatch:
+        vectors = batch.column(C.VECTOR)
+        wide_vectors = vectors.flatten().to_numpy(zero_copy_only=False).reshape(len(vectors), vectors.type.list_size)
+        narrow = postprocess(wide_vectors, dimension, normalize)
+        hashes = [None if t is None else content_hash(t, key) for t in batch.column(text_column).to_pylist()]
+        columns = {
+            C.VECTOR: pa.FixedSizeListArray.from_arrays(pa.array(narrow.ravel(), pa.float32()), type=vector_type),
+            C.HASH: pa.array(hashes, pa.string()),
+        }
+        return pa.RecordBatch.from_arrays(
+            [columns.get(name, batch.column(name)) for name in out_schema.names], schema=out_schema
+        )
+
+    rows = lance_sink.map_table(
+        uri, source, table, out_schema, recut, version=version, batch_rows=batch_rows, storage_options=storage_options
+    )
+    return lineage, rows
