@@ -259,6 +259,7 @@ def evaluate_dataset(
             table = wide if dimension == widest else _derived(cfg, wide)
         results.extend(_evaluate_table(table, types, qids, dataset))
         runs.append(table.run)
+        dtype = table.searcher.lineage["model"]["dtype"]  # model.dtype as resolved (auto) by the run
 
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -270,7 +271,7 @@ def evaluate_dataset(
             "queries": len(dataset.queries),
             "judgments": sum(len(v) for v in dataset.qrels.values()),
         },
-        "model": {"path": config.model.path, "dtype": config.model.dtype},
+        "model": {"path": config.model.path, "dtype": dtype},
         "k": K,
         "results": [r.to_dict() for r in results],
         "runs": runs,

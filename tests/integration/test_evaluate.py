@@ -51,6 +51,8 @@ def evaluated(ray_cluster, tmp_path_factory):
             str(out),
             "--set",
             "compute.block_rows=128",
+            "--set",
+            "model.dtype=float32",  # compared with sentence-transformers in float32 to 1e-4
         ],
         RAY_ADDRESS=ray_cluster.address_info["address"],
     )

@@ -73,7 +73,7 @@ def _encoder_pids():
     return found
 
 
-@pytest.mark.parametrize("rows_per_execution", [None, 120], ids=["one execution", "4 executions in their own tasks"])
+@pytest.mark.parametrize("rows_per_execution", [None, 240], ids=["one execution", "2 executions in their own tasks"])
 def test_killed_encoder_actor_is_replaced_and_no_row_is_lost_or_doubled(
     ray_cluster, sample_table, tmp_path, rows_per_execution
 ):
