@@ -117,6 +117,9 @@ class Searcher:
         self.table = table
         self.schema = table.schema if table is not None else None
         self.version = table.version if table is not None else None
+        # Searches go through the Lance dataset of this version, not LanceDB's query builder: same
+        # results (same engine), ~3 ms less per query on a 2-core box (bench/ann_paths.py).
+        self._dataset = table.to_lance() if table is not None else None
 
     def _use_lineage(self, lineage: dict) -> None:
         self.lineage = lineage
@@ -210,9 +213,9 @@ class Searcher:
                 raise LineageMismatchError(
                     f"query vector has shape {vector.shape}, the table holds {self.dimension}-dimensional vectors"
                 )
-        q = self._query(vector, k, filters=filters, where=where, nprobes=nprobes, refine_factor=refine_factor,
-                        columns=columns, exact=exact)  # fmt: skip
-        return self._scored(q.to_arrow())
+        hits = self._hits(vector, k, filters=filters, where=where, nprobes=nprobes, refine_factor=refine_factor,
+                          columns=columns, exact=exact)  # fmt: skip
+        return self._scored(hits)
 
     def search_many(self, vectors: np.ndarray, k: int = 10, **options: Any) -> list[pa.Table]:
         """:meth:`search` for each row of ``vectors`` in one index search (one table per vector, the
@@ -223,33 +226,34 @@ class Searcher:
             raise LineageMismatchError(
                 f"query vectors have shape {vectors.shape}, the table holds {self.dimension}-dimensional vectors"
             )
-        if len(vectors) == 1:  # LanceDB returns no query_index for a single vector
+        if len(vectors) == 1:  # Lance returns no query_index for a single vector
             return [self.search(vectors[0], k, **options)]
-        hits = self._query(vectors, k, **options).to_arrow()
+        hits = self._hits(vectors, k, **options)
         which = hits.column("query_index").to_numpy()
         hits = self._scored(hits.take(np.lexsort((hits.column("_distance").to_numpy(), which))).drop(["query_index"]))
         ends = np.cumsum(np.bincount(which, minlength=len(vectors)))
         return [hits.slice(end - n, n) for end, n in zip(ends, np.diff(ends, prepend=0))]
 
-    def _query(
+    def _hits(
         self, vector, k, *, filters=None, where=None, nprobes=None, refine_factor=None, columns=None, exact=False
-    ):
-        q = self.table.search(vector, vector_column_name="vector").distance_type(self.metric).limit(k)
+    ) -> pa.Table:
+        """The top ``k`` rows (and ``_distance``) for a vector, or for each row of a 2-D array of them
+        (then with ``query_index``)."""
+        nearest = {"column": "vector", "q": vector, "k": k, "metric": self.metric}
         if exact:
-            q = q.bypass_vector_index()
+            nearest["use_index"] = False
         elif self.has_index:
-            q = q.nprobes(nprobes or self.defaults.get("nprobes") or 20)
+            nearest["nprobes"] = nprobes or self.defaults.get("nprobes") or 20
             refine = refine_factor or self.defaults.get("refine_factor")
             if refine:
-                q = q.refine_factor(refine)
+                nearest["refine_factor"] = refine
         clauses = [f"({where})"] if where else []
         if filters:
             clauses.append(build_filter(filters, self.schema))
-        if clauses:
-            q = q.where(" AND ".join(clauses), prefilter=True)
+        options = {}
         if columns:  # _distance named: Lance warns on every query whose columns leave it out
-            q = q.select([*columns, *(["_distance"] if "_distance" not in columns else [])])
-        return q
+            options = {"columns": [*columns, *(["_distance"] if "_distance" not in columns else [])]}
+        return self._dataset.to_table(nearest=nearest, filter=" AND ".join(clauses) or None, prefilter=True, **options)
 
     def _scored(self, hits: pa.Table) -> pa.Table:
         distance = hits.column("_distance").to_numpy()
