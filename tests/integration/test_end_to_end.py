@@ -43,7 +43,7 @@ def indexed(ray_cluster, corpus_dir, tmp_path_factory):
 
 
 def _dtype(table) -> str:
-    return json.loads(table.schema.metadata[lance_sink.LINEAGE_KEY.encode()])["model"]["dtype"]
+    return lance_sink.lineage_in(table.schema, "the table")["model"]["dtype"]
 
 
 def _input_ids(corpus_dir):
