@@ -9,16 +9,20 @@ each derived vector is ``normalize(a*x_i + (1-a)*x_j + s*e)`` for two random rea
 1.0), e ~ N(0, I/d) and s = 0.15, which keeps the data on the real embeddings' manifold (clusters,
 anisotropy) instead of uniform noise. Queries are real sentence vectors held out of the base set.
 
-Contenders (recall@10 against exact search, build time, single-query p50/p99 latency, QPS):
-  ours, docs    IVF-PQ built as the job builds it (derived lists and sub-vectors), queried with the
-                nprobes/refine_factor the job's recall tuning picks from documents of the table
-  ours, queries the same index, tuned as the job does with index.tuning_queries_path: on real
-                queries (a tuning split of held-out sentences, apart from the measured ones)
-  lancedb-def   IvfPq() with LanceDB's defaults, queried with LanceDB's defaults
-  ivf-hnsw-sq   IvfHnswSq with our list count, queried with the query-tuned nprobes
-  ivf-rq        IvfRq (RaBitQ) with our list count, the query-tuned nprobes and refine_factor
-  faiss-ivfpq   FAISS IndexIVFPQ, same list count and code size, the query-tuned nprobes, and
-                IndexRefineFlat with the same refine factor (needs faiss-cpu)
+Contenders (recall@10 against exact search on 500 held-out real queries, build time, single-query
+p50/p99 latency through the Lance dataset path that ``Searcher`` takes, QPS one query at a time and
+with batches of 100 queries in one search):
+  ours, docs     the job's default index (IVF-RQ, 4 bits a dimension, derived lists) built as the job
+                 builds it, queried with the nprobes/refine_factor the job's tuning picks from documents
+  ours, queries  the same index, tuned as the job does with index.tuning_queries_path: on real queries
+                 (a tuning split of held-out sentences, apart from the measured ones)
+  IVF-PQ         the default until session 13 (dimension / 8 sub-vectors), built and tuned on real
+                 queries the same way
+  lancedb-def    IvfPq() with LanceDB's defaults, queried with LanceDB's defaults
+  faiss-ivfpq    FAISS IndexIVFPQ, IVF-PQ's lists and code size and its query-tuned nprobes, and
+                 IndexRefineFlat with the same refine factor (needs faiss-cpu)
+
+``--workdir DIR`` keeps the vectors (bench/ann_paths.py's layout) for a second run.
 """
 
 from __future__ import annotations
@@ -94,154 +98,157 @@ def time_queries(search, queries: np.ndarray) -> tuple[list, np.ndarray]:
     return found, np.array(lat)
 
 
+def vectors(rows: int, queries: int, tuning: int, workdir) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(base, tuning queries, measured queries); kept in ``workdir`` when given."""
+    held = queries + tuning
+    work = Path(workdir) if workdir else None
+    if work and (work / "base.npy").exists():
+        base, real_held = np.load(work / "base.npy"), np.load(work / "queries.npy")
+        if len(base) >= rows and len(real_held) == held:  # a smaller run takes the first rows
+            return base[:rows], real_held[:tuning], real_held[tuning:]
+    real = real_vectors(20_000 + held)
+    base = derive(real[:-held], rows)
+    if work:
+        work.mkdir(parents=True, exist_ok=True)
+        np.save(work / "base.npy", base)
+        np.save(work / "queries.npy", real[-held:])
+    return base, real[-held:-queries], real[-queries:]
+
+
+def dataset_search(dataset, nprobes, refine):
+    """One query through ``lance.Dataset.to_table(nearest=...)``, as ``Searcher._hits`` asks it."""
+
+    def search(q):
+        nearest = {"column": "vector", "q": q, "k": 10, "metric": "cosine"}
+        if nprobes:
+            nearest["nprobes"] = nprobes
+        if refine:
+            nearest["refine_factor"] = refine
+        return dataset.to_table(columns=["id", "_distance"], nearest=nearest).column("id").to_pylist()
+
+    return search
+
+
+def batch_qps(search, queries: np.ndarray, batch: int = 100) -> float:
+    """Queries per second when ``batch`` queries go to one search (``Searcher.search_many``'s way)."""
+    search(queries[:batch])  # warm
+    started = time.perf_counter()
+    for s in range(0, len(queries), batch):
+        search(queries[s : s + batch])
+    return len(queries) / (time.perf_counter() - started)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--tuning-queries", type=int, default=200)
+    ap.add_argument("--workdir", default=None, help="keep the vectors here for the next run")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "index.json"))
     args = ap.parse_args()
 
     import lancedb
-    from lancedb.index import IvfHnswSq, IvfPq, IvfRq
+    from lancedb.index import IvfPq
 
+    from bench._machine import cpu
     from connectors.lance_index import build_index
     from pipelines.config import IndexConfig
     from pipelines.vector_index.params import derive_index_params
     from pipelines.vector_index.tuning import tune_query_defaults
 
     t0 = time.perf_counter()
-    real = real_vectors(20_000 + args.queries)
-    held = args.queries + args.tuning_queries
-    queries, tuning_queries, real = real[-args.queries :], real[-held : -args.queries], real[:-held]
-    base = derive(real, args.rows)
+    base, tuning_queries, queries = vectors(args.rows, args.queries, args.tuning_queries, args.workdir)
     truth = exact_topk(base, queries)
-    print(f"{len(real)} real vectors embedded, {args.rows} derived, ground truth in {time.perf_counter() - t0:.0f}s")
+    print(f"{cpu()}; {args.rows} x {DIM} vectors, ground truth in {time.perf_counter() - t0:.0f}s", flush=True)
 
     ours = derive_index_params(args.rows, DIM, IndexConfig())
-    lists, subv = ours.num_partitions, ours.num_sub_vectors
-    rows = []
+    pq = derive_index_params(args.rows, DIM, IndexConfig(type="ivf_pq"))
+    data = pa.table(
+        {"id": np.arange(args.rows), "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM)}
+    )
+    rows, tuned = [], {}
+
+    def measure(name, table, build, nprobes, refine):
+        dataset = table.to_lance()
+        search = dataset_search(dataset, nprobes, refine)
+        search(queries[0])  # warm caches
+        found, lat = time_queries(search, queries)
+        batch = batch_qps(search, queries)
+        settings = f"nprobes={nprobes or 'default'}, refine={refine or 'none'}"
+        rows.append((name, build, recall(found, truth), lat, batch, settings))
+
+    def tune(name, table, params, config, on_queries):
+        given = dict(vectors=tuning_queries, source="held-out") if on_queries else {}
+        result = tune_query_defaults(table, params, config, id_column="id", rows=args.rows, dimension=DIM, **given)
+        tuned[name] = result
+        print(f"{name}: tuning in {result.seconds:.0f}s picked nprobes={result.nprobes}, refine_factor="
+              f"{result.refine_factor} (recall {result.recall:.3f} on the tuning queries)", flush=True)  # fmt: skip
+        return result
+
     with tempfile.TemporaryDirectory() as tmp:
         db = lancedb.connect(tmp)
-        data = pa.table(
-            {"id": np.arange(args.rows), "vector": pa.FixedSizeListArray.from_arrays(pa.array(base.ravel()), DIM)}
-        )
-        setups = [
-            (
-                "ours, tuned on documents",
-                IvfPq(distance_type="cosine", num_partitions=lists, num_sub_vectors=subv),
-                dict(nprobes=ours.nprobes, refine=ours.refine_factor),
-            ),
-            ("ours, tuned on real queries", None, dict(nprobes=None, refine=None)),
-            ("lancedb defaults IvfPq()", IvfPq(distance_type="cosine"), dict(nprobes=None, refine=None)),
-            ("IVF-HNSW-SQ", IvfHnswSq(distance_type="cosine", num_partitions=lists), dict(nprobes=1, refine=None)),
-            ("IVF-RQ", IvfRq(distance_type="cosine", num_partitions=lists), dict(nprobes=1, refine=1)),
-        ]
-        tuned, table = {}, None  # the "real queries" row reuses the table and index of the row before it
-        for name, config, query in setups:
+        for label, params, config in (("IVF-RQ", ours, IndexConfig()), ("IVF-PQ", pq, IndexConfig(type="ivf_pq"))):
+            table = db.create_table(label, data)
             t = time.perf_counter()
-            if name.startswith("ours, tuned on real"):  # the same table and index, other query defaults
-                build = rows[-1][1]
-                tuned["queries"] = tune_query_defaults(
-                    table,
-                    ours,
-                    IndexConfig(),
-                    id_column="id",
-                    rows=args.rows,
-                    dimension=DIM,
-                    vectors=tuning_queries,
-                    source="held-out",
-                )
-                query.update(nprobes=tuned["queries"].nprobes, refine=tuned["queries"].refine_factor)
-            elif name.startswith("ours"):  # exactly what the indexing job does after its write
-                table = db.create_table("t", data, mode="overwrite")
-                build_index(table, ours)
-                build = time.perf_counter() - t
-                tuned["docs"] = tune_query_defaults(
-                    table, ours, IndexConfig(), id_column="id", rows=args.rows, dimension=DIM
-                )
-                query.update(nprobes=tuned["docs"].nprobes, refine=tuned["docs"].refine_factor)
-            else:
-                table = db.create_table("t", data, mode="overwrite")
-                table.create_index("vector", config=config)
-                build = time.perf_counter() - t
-                if query["nprobes"]:  # HNSW-SQ and RQ: the query-tuned settings of ours
-                    query["nprobes"] = tuned["queries"].nprobes
-                    query["refine"] = query["refine"] and tuned["queries"].refine_factor
-            if name.startswith("ours"):
-                which = tuned["queries" if "queries" in name else "docs"]
-                print(
-                    f"{name}: built in {build:.0f}s; recall tuning in {which.seconds:.0f}s picked nprobes="
-                    f"{which.nprobes}, refine_factor={which.refine_factor} (recall {which.recall:.3f} on the "
-                    f"tuning queries)",
-                    flush=True,
-                )
-
-            def search(q, table=table, query=query):
-                s = table.search(q).distance_type("cosine").limit(10).select(["id"])
-                if query["nprobes"]:
-                    s = s.nprobes(query["nprobes"])
-                if query["refine"]:
-                    s = s.refine_factor(query["refine"])
-                return s.to_arrow().column("id").to_pylist()
-
-            search(queries[0])  # warm caches
-            found, lat = time_queries(search, queries)
-            rows.append(
-                (
-                    name,
-                    build,
-                    recall(found, truth),
-                    lat,
-                    f"nprobes={query['nprobes'] or 'default'}, refine={query['refine'] or 'none'}",
-                )
-            )
+            build_index(table, params)  # exactly what the indexing job does after its write
+            build = time.perf_counter() - t
+            print(f"{label}: built in {build:.0f}s", flush=True)
+            if label == "IVF-RQ":
+                docs = tune("ours, tuned on documents", table, params, config, on_queries=False)
+                measure(f"ours ({params.num_bits}-bit IVF-RQ), tuned on documents", table, build, docs.nprobes,
+                        docs.refine_factor)  # fmt: skip
+            real = tune(f"{label}, tuned on real queries", table, params, config, on_queries=True)
+            name = "ours, tuned on real queries" if label == "IVF-RQ" else "IVF-PQ (default until s13), real queries"
+            measure(name, table, build, real.nprobes, real.refine_factor)
+            db.drop_table(label)
+        table = db.create_table("lancedb", data)
+        t = time.perf_counter()
+        table.create_index("vector", config=IvfPq(distance_type="cosine"))
+        measure("lancedb defaults IvfPq()", table, time.perf_counter() - t, None, None)
     try:
         import faiss
 
+        pq_tuned = tuned["IVF-PQ, tuned on real queries"]
         faiss.omp_set_num_threads(2)
         quant = faiss.IndexFlatIP(DIM)
-        ivfpq = faiss.IndexIVFPQ(quant, DIM, lists, subv, 8, faiss.METRIC_INNER_PRODUCT)
+        ivfpq = faiss.IndexIVFPQ(quant, DIM, pq.num_partitions, pq.num_sub_vectors, 8, faiss.METRIC_INNER_PRODUCT)
         index = faiss.IndexRefineFlat(ivfpq)  # re-scores k * k_factor candidates on the float vectors
         t = time.perf_counter()
-        index.train(base[np.random.default_rng(1).choice(len(base), min(len(base), 256 * lists), replace=False)])
+        index.train(
+            base[np.random.default_rng(1).choice(len(base), min(len(base), 256 * pq.num_partitions), replace=False)]
+        )
         index.add(base)
         build = time.perf_counter() - t
-        params = faiss.SearchParametersIVF(nprobe=tuned["queries"].nprobes)
-        refine = tuned["queries"].refine_factor or 1
-        found, lat = time_queries(
-            lambda q: index.search(
-                q[None, :], 10, params=faiss.IndexRefineSearchParameters(k_factor=refine, base_index_params=params)
-            )[1][0].tolist(),
-            queries,
+        params = faiss.IndexRefineSearchParameters(
+            k_factor=pq_tuned.refine_factor or 1, base_index_params=faiss.SearchParametersIVF(nprobe=pq_tuned.nprobes)
         )
-        rows.append(
-            (
-                "FAISS IVF-PQ + refine (same lists, codes)",
-                build,
-                recall(found, truth),
-                lat,
-                f"nprobe={params.nprobe}, k_factor={refine}",
-            )
-        )
+
+        def faiss_search(q):
+            q = q[None, :] if q.ndim == 1 else q
+            return index.search(q, 10, params=params)[1].tolist()
+
+        found, lat = time_queries(lambda q: faiss_search(q)[0], queries)
+        settings = f"nprobe={pq_tuned.nprobes}, k_factor={pq_tuned.refine_factor}"
+        rows.append(("FAISS IVF-PQ + refine (IVF-PQ's lists, codes)", build, recall(found, truth), lat,
+                     batch_qps(faiss_search, queries), settings))  # fmt: skip
     except ImportError:
         print("faiss-cpu not installed: pip install faiss-cpu to add FAISS IVF-PQ")
 
     print(
-        f"\n{args.rows} x {DIM} vectors, {args.queries} measured queries ({args.tuning_queries} more to tune "
-        f"on), k=10; ours: {lists} lists, {subv} sub-vectors\n"
+        f"\n{cpu()}; {args.rows} x {DIM} vectors, {args.queries} measured queries ({args.tuning_queries} more to "
+        f"tune on), k=10; {ours.num_partitions} lists; the Lance dataset path (Searcher's)\n"
     )
-    print(f"{'index':<44}{'build s':>9}{'recall@10':>11}{'p50 ms':>9}{'p99 ms':>9}{'QPS':>8}  query settings")
+    head = f"{'index':<46}{'build s':>8}{'recall@10':>10}{'p50 ms':>8}{'p99 ms':>8}{'QPS':>7}{'QPS x100':>9}"
+    print(head + "  query settings")
     out = []
-    for name, build, rec, lat, settings in rows:
+    for name, build, rec, lat, batch, settings in rows:
         p50, p99 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
         qps = len(lat) / lat.sum()
-        print(f"{name:<44}{build:9.1f}{rec:11.3f}{p50:9.2f}{p99:9.2f}{qps:8.0f}  {settings}")
-        out.append(
-            dict(index=name, build_s=build, recall_at_10=rec, p50_ms=p50, p99_ms=p99, qps=qps, settings=settings)
-        )
+        print(f"{name:<46}{build:8.1f}{rec:10.3f}{p50:8.2f}{p99:8.2f}{qps:7.0f}{batch:9.0f}  {settings}")
+        out.append(dict(index=name, build_s=build, recall_at_10=rec, p50_ms=p50, p99_ms=p99, qps=qps,
+                        qps_batch_100=batch, settings=settings))  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
+    Path(args.out).write_text(json.dumps({"cpu": cpu(), "rows": out}, indent=2))
 
 
 if __name__ == "__main__":

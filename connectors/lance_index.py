@@ -2,9 +2,9 @@
 
 The parameters come from :mod:`pipelines.vector_index.params`.
 
-IVF-SQ and IVF-RQ are the quantised-storage choices: the index holds int8 codes (one byte per
-dimension) or binary RaBitQ codes (one bit per dimension); the float vectors stay in the table and a
-query's ``refine_factor`` re-scores its candidates against them.
+The index holds quantised codes: RaBitQ codes of ``num_bits`` per dimension (IVF-RQ), PQ codes (one
+byte per sub-vector, IVF-PQ) or int8 codes (one byte per dimension, IVF-SQ); the float vectors stay in
+the table and a query's ``refine_factor`` re-scores its candidates against them.
 
 With ``index.workers`` above 1 (default 1: LanceDB's ``create_index`` in one task), several Ray tasks
 build the index: lance-ray trains the IVF centroids and PQ codebook once, on a sample of
@@ -48,7 +48,8 @@ class IndexParams:
     type: str  # ivf_pq | ivf_sq | ivf_rq | ivf_hnsw_sq | none
     metric: str
     num_partitions: Optional[int] = None
-    num_sub_vectors: Optional[int] = None
+    num_sub_vectors: Optional[int] = None  # ivf_pq
+    num_bits: Optional[int] = None  # ivf_rq: RaBitQ bits per dimension
     nprobes: Optional[int] = None  # query defaults stored with the table
     refine_factor: Optional[int] = None
     reason: str = ""  # why no index, when type == none
@@ -96,14 +97,14 @@ def _lancedb_config(params: IndexParams):
     if params.type == "ivf_sq":
         return IvfSq(**ivf)
     if params.type == "ivf_rq":
-        return IvfRq(num_bits=1, **ivf)
+        return IvfRq(num_bits=params.num_bits or 1, **ivf)
     return IvfHnswSq(**ivf)
 
 
 def _build_distributed(table, params: IndexParams, column: str, storage_options: Optional[dict]) -> None:
     import lance_ray
 
-    extra = {"num_bits": 1} if params.type == "ivf_rq" else {}
+    extra = {"num_bits": params.num_bits or 1} if params.type == "ivf_rq" else {}
     sample_rate = params.sample_rate or ivf_sample_rate(params.num_partitions or 1)
     if params.type == "ivf_pq":  # lance-ray trains PQ on sample_rate * 256 vectors, so at most all rows
         sample_rate = max(1, min(sample_rate, table.count_rows() // 256))
@@ -140,11 +141,17 @@ def optimize_index(table) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def code_bytes(index_type: str, dimension: int, num_sub_vectors: Optional[int] = None, vector_bytes: int = 4) -> float:
+def code_bytes(
+    index_type: str,
+    dimension: int,
+    num_sub_vectors: Optional[int] = None,
+    vector_bytes: int = 4,
+    num_bits: Optional[int] = None,
+) -> float:
     """Bytes per vector that a search scans: the index's codes, or the stored vector without an index.
 
-    PQ: one byte per sub-vector (8-bit codes); SQ and HNSW-SQ: one byte per dimension; RQ: one bit per
-    dimension. Row ids, codebooks and RaBitQ's per-vector factors come on top (see
+    PQ: one byte per sub-vector (8-bit codes); SQ and HNSW-SQ: one byte per dimension; RQ: ``num_bits``
+    per dimension (1 when not given). Row ids, codebooks and RaBitQ's per-vector factors come on top (see
     :func:`index_size_bytes` for what is actually on disk).
     """
     if index_type == "ivf_pq":
@@ -152,7 +159,7 @@ def code_bytes(index_type: str, dimension: int, num_sub_vectors: Optional[int] =
     if index_type in ("ivf_sq", "ivf_hnsw_sq"):
         return float(dimension)
     if index_type == "ivf_rq":
-        return dimension / 8
+        return dimension * (num_bits or 1) / 8
     return float(dimension * vector_bytes)
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "IndexConfig",
     "ModelConfig",
     "PipelineConfig",
+    "RQ_DIMENSION",
     "RunConfig",
     "ServiceConfig",
     "SinkConfig",
@@ -40,6 +41,11 @@ __all__ = [
 ]
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+# Lance's IVF-RQ packs codes a byte at a time (derive_index_params raises it for a model's own dimension).
+RQ_DIMENSION = (
+    "index.type=ivf_rq needs a dimension divisible by 8, this one is {dim}: set embed.dimension to one "
+    "that is, or index.type to ivf_pq or ivf_sq"
+)
 RESERVED_COLUMNS = ("path", "vector", "source_file", "content_hash", "doc_id", "chunk")
 DEFAULT_SAMPLE = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "wiki_vital.parquet")
 
@@ -312,15 +318,19 @@ class SinkConfig(_Section):
 
 class IndexConfig(_Section):
     type: Literal["ivf_pq", "ivf_sq", "ivf_rq", "ivf_hnsw_sq", "none"] = Field(
-        "ivf_pq",
-        description="Vector index: ivf_pq (product-quantised codes), ivf_sq (int8 codes, 1 byte per "
-        "dimension), ivf_rq (binary RaBitQ codes, 1 bit per dimension), ivf_hnsw_sq, or none; "
-        "the float vectors stay in the table and refine_factor re-scores candidates against them.",
+        "ivf_rq",
+        description="Vector index: ivf_rq (RaBitQ codes of num_bits per dimension; needs a dimension "
+        "divisible by 8), ivf_pq (product-quantised codes), ivf_sq (int8 codes, 1 byte per dimension), "
+        "ivf_hnsw_sq, or none; the float vectors stay in the table and refine_factor re-scores "
+        "candidates against them. ivf_rq with 4 bits answers fastest at recall 0.95 (docs/benchmarks.md).",
     )
     metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Distance for index and search.")
     num_partitions: Union[int, Literal["auto"]] = Field("auto", description="IVF lists; auto ~ sqrt(rows).")
     num_sub_vectors: Union[int, Literal["auto"]] = Field(
-        "auto", description="PQ sub-vectors; auto = dimension / 8 (must divide the dimension)."
+        "auto", description="ivf_pq only: PQ sub-vectors; auto = dimension / 8 (must divide the dimension)."
+    )
+    num_bits: Union[int, Literal["auto"]] = Field(
+        "auto", description="ivf_rq only: RaBitQ bits per dimension, 1-8; auto = 4."
     )
     min_rows: int = Field(256, ge=1, description="Below this many rows no index is built (exact search is used).")
     nprobes: Union[int, Literal["auto"]] = Field("auto", description="Default query nprobes stored with the table.")
@@ -368,6 +378,20 @@ class IndexConfig(_Section):
         if isinstance(value, int) and value < 1:
             raise ValueError("must be >= 1 or 'auto'")
         return value
+
+    @field_validator("num_bits")
+    @classmethod
+    def _bits(cls, value):
+        if isinstance(value, int) and not 1 <= value <= 8:
+            raise ValueError("must be 1 to 8 or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _options_of_this_type(self) -> "IndexConfig":
+        for option, applies_to in (("num_sub_vectors", "ivf_pq"), ("num_bits", "ivf_rq")):
+            if getattr(self, option) != "auto" and self.type != applies_to:
+                raise ValueError(f"index.{option} applies to index.type={applies_to} only, not {self.type}")
+        return self
 
 
 class RunConfig(_Section):
@@ -490,10 +514,12 @@ class PipelineConfig(_Section):
         return self
 
     @model_validator(mode="after")
-    def _dimension_vs_sub_vectors(self) -> "PipelineConfig":
+    def _dimension_vs_index(self) -> "PipelineConfig":
         dim, sub = self.embed.dimension, self.index.num_sub_vectors
         if dim is not None and isinstance(sub, int) and dim % sub:
             raise ValueError(f"index.num_sub_vectors={sub} must divide embed.dimension={dim}")
+        if dim is not None and self.index.type == "ivf_rq" and dim % 8:
+            raise ValueError(RQ_DIMENSION.format(dim=dim))
         return self
 
 

@@ -10,8 +10,9 @@ at that dimension writes them) and indexed by the run's own index step
 Configs whose derived tables would differ from a run's (float16 vectors, chunked documents) get one
 indexing run per dimension instead. The queries are searched twice per table, exactly (every vector
 scanned) and through the index at the query defaults stored with the table, which is what a user of
-``jobs.query`` gets. Further index types (``ivf_sq``: int8 codes, ``ivf_rq``: 1-bit codes) are built in
-turn on the same table, tuned and evaluated the same way; the table ends up with the last one.
+``jobs.query`` gets. Further index types (``ivf_sq``: int8 codes, ``ivf_rq``: RaBitQ codes of
+``index.num_bits`` per dimension) are built in turn on the same table, tuned and evaluated the same
+way; the table ends up with the last one.
 
 Each result row carries nDCG@10, Recall@10/100 and MRR@10 (:mod:`pipelines.evaluation.metrics`), the bytes per
 vector the search scans, and the overlap of the index's top 10 with the exact top 10 on these queries.
@@ -43,7 +44,13 @@ __all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
 log = logging.getLogger(__name__)
 
 K = 100  # Recall@100 needs the top 100
-STORAGE = {"exact": "float", "ivf_pq": "PQ codes", "ivf_sq": "int8", "ivf_rq": "1-bit", "ivf_hnsw_sq": "int8 (HNSW)"}
+STORAGE = {"exact": "float", "ivf_pq": "PQ codes", "ivf_sq": "int8", "ivf_hnsw_sq": "int8 (HNSW)"}
+
+
+def _storage(index: dict) -> str:
+    if index["type"] == "ivf_rq":
+        return f"{index.get('num_bits') or 1}-bit"
+    return STORAGE.get(index["type"], index["type"])
 
 
 @dataclass
@@ -119,8 +126,10 @@ def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, r
     return EvalRow(
         dimension=dimension,
         search=index["type"],
-        storage=STORAGE.get(index["type"], index["type"]),
-        bytes_per_vector=code_bytes(index["type"], dimension, index.get("num_sub_vectors")),
+        storage=_storage(index),
+        bytes_per_vector=code_bytes(
+            index["type"], dimension, index.get("num_sub_vectors"), num_bits=index.get("num_bits")
+        ),
         metrics=evaluate_run(dict(zip(qids, ranked)), dataset.qrels),
         index_bytes_per_row=round(size / rows, 1) if size else None,
         nprobes=lineage["query_defaults"]["nprobes"],
@@ -132,6 +141,7 @@ def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, r
         extra={
             "num_partitions": index.get("num_partitions"),
             "num_sub_vectors": index.get("num_sub_vectors"),
+            "num_bits": index.get("num_bits"),
             "tuning_reached": tuning.get("reached"),
         },
     )

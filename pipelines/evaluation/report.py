@@ -1,7 +1,7 @@
 """The evaluation report in three forms: a Markdown table, a JSON file, a PNG of quality against bytes.
 
 The bytes on the x axis are what a search scans per vector: the float vector for exact search, the
-index's codes otherwise (PQ: one byte per sub-vector, int8: one byte per dimension, 1-bit: one bit per
+index's codes otherwise (PQ: one byte per sub-vector, int8: one byte per dimension, RaBitQ: num_bits per
 dimension). Indexed searches also re-read ``k * refine_factor`` float vectors per query to re-score;
 the table shows both settings next to the scores.
 """
@@ -18,7 +18,7 @@ LABELS = {
     "exact": "exact (float32)",
     "ivf_pq": "IVF-PQ",
     "ivf_sq": "IVF-SQ int8",
-    "ivf_rq": "IVF-RQ 1-bit",
+    "ivf_rq": "IVF-RQ",
     "ivf_hnsw_sq": "IVF-HNSW-SQ",
 }
 STYLES = {"exact": ("o", "-"), "ivf_pq": ("s", "--"), "ivf_sq": ("^", "-."), "ivf_rq": ("D", ":")}
@@ -46,6 +46,8 @@ def format_markdown(report: dict) -> str:
         label = LABELS.get(row["search"], row["search"])
         if row["search"] == "exact":
             label = f"exact ({row['storage']})"
+        elif row["search"] == "ivf_rq":
+            label = f"IVF-RQ {row['storage']}"  # RaBitQ's bits per dimension, e.g. 4-bit
         lines.append(
             f"| {row['dimension']} | {label} | {row['bytes_per_vector']:g} | "
             + " | ".join(f"{m[c]:.3f}" for c in COLUMNS)

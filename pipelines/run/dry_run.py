@@ -156,7 +156,9 @@ def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 
     report.index = params.type
     if params.type != "none":
         report.index += f" ({params.num_partitions} lists)"
-        per_row = code_bytes(params.type, plan.dimension, params.num_sub_vectors) + 8  # codes + row id
+        per_row = (
+            code_bytes(params.type, plan.dimension, params.num_sub_vectors, num_bits=params.num_bits) + 8
+        )  # codes + row id
         report.index_bytes = round(report.table_rows * per_row)
     report.seconds = round(time.perf_counter() - started, 1)
     return report

@@ -89,7 +89,9 @@ class RunSummary:
         else:
             index_line = (
                 f"{idx['type']} metric={idx['metric']} partitions={idx['num_partitions']} "
-                f"sub_vectors={idx.get('num_sub_vectors')} built in {idx.get('build_seconds')}s"
+                + (f"bits={idx['num_bits']} " if idx.get("num_bits") else "")
+                + (f"sub_vectors={idx['num_sub_vectors']} " if idx.get("num_sub_vectors") else "")
+                + f"built in {idx.get('build_seconds')}s"
                 + (f" by {idx['workers']} tasks" if (idx.get("workers") or 1) > 1 else "")
                 + f"; query defaults nprobes={idx.get('nprobes')} refine_factor={idx.get('refine_factor')}"
             )

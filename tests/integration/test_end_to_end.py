@@ -118,12 +118,13 @@ def test_vectors_match_sentence_transformers(indexed, minilm_dir):
     assert cosine.min() >= (0.9999 if _dtype(table) == "float32" else 0.999)
 
 
-def test_ivf_pq_index_with_derived_parameters(indexed):
+def test_ivf_rq_index_with_derived_parameters(indexed):
     summary, _, table = indexed
-    assert summary.index["type"] == "ivf_pq"
+    assert summary.index["type"] == "ivf_rq"
     indices = {i.columns[0]: i.index_type for i in table.list_indices()}
-    assert indices == {"vector": "IvfPq", "id": "BTree"}
-    assert summary.index["num_partitions"] == 1 and summary.index["num_sub_vectors"] == 48
+    assert indices == {"vector": "IvfRq", "id": "BTree"}
+    assert summary.index["num_partitions"] == 1 and summary.index["num_bits"] == 4
+    assert "ivf_rq metric=cosine partitions=1 bits=4 built in" in summary.format()
 
 
 def test_lineage_is_stored_with_the_table(indexed):

@@ -209,7 +209,7 @@ def test_incremental_upsert_embeds_only_new_and_changed_and_deletes_missing(ray_
 
     hits = Searcher.open(str(db), "docs").search(new[0]["text"], k=1)
     assert hits.column("id")[0].as_py() == new[0]["id"]
-    assert second.index["type"] == "ivf_pq"
+    assert second.index["type"] == "ivf_rq"
 
     # A third run over the same snapshot has nothing to do.
     third = run_index(_config(day2, db, "sink.mode=upsert", "sink.delete_missing=true"))

@@ -70,7 +70,7 @@ def test_upkeep_builds_optimizes_rebuilds_and_reports(tmp_path):
     assert first.action == "built" and first.after["indexed_rows"] == 600 and first.after["unindexed_rows"] == 0
     assert first.duplicate_ids == 0
     stored = lance_sink.read_lineage(str(db), "t")
-    assert stored["index"]["type"] == "ivf_pq" and stored["query_defaults"]["nprobes"] >= 1
+    assert stored["index"]["type"] == "ivf_rq" and stored["query_defaults"]["nprobes"] >= 1
 
     _add(db, [f"d{i}" for i in range(600, 700)], seed=1)  # 100 new rows: 17% of the indexed ones
     second = run_maintenance(config)

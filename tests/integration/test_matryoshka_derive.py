@@ -80,8 +80,8 @@ def test_derived_lineage_is_a_runs_at_that_dimension(runs):
     assert got["dimension"] == want["dimension"] == 128
     assert got["derived_from"] == {"table": "wide_d384", "version": wide.searcher.version, "dimension": 384}
     assert set(got) - {"derived_from"} == set(want)
-    assert got["index"]["type"] == want["index"]["type"] == "ivf_pq"
-    assert got["index"]["num_sub_vectors"] == want["index"]["num_sub_vectors"] == 16
+    assert got["index"]["type"] == want["index"]["type"] == "ivf_rq"
+    assert got["index"]["num_bits"] == want["index"]["num_bits"] == 4
     assert got["tuning"]["reached"] and got["query_defaults"]["nprobes"] == got["index"]["nprobes"]
     # LanceDB's embedding function entry (what plain search("text") embeds with) names dimension 128 too.
     metadata = [lance_sink.table_schema(db, t).metadata for t in ("derived_d128", "separate_d128")]

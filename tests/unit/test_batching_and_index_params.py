@@ -30,10 +30,18 @@ def test_row_longer_than_budget_gets_its_own_batch():
     ],
 )
 def test_derived_ivf_pq_params(rows, dim, partitions, sub_vectors):
-    p = derive_index_params(rows, dim, IndexConfig())
+    p = derive_index_params(rows, dim, IndexConfig(type="ivf_pq"))
     assert (p.type, p.num_partitions, p.num_sub_vectors) == ("ivf_pq", partitions, sub_vectors)
     assert dim % p.num_sub_vectors == 0
     assert 1 <= p.nprobes <= p.num_partitions
+
+
+def test_the_default_index_is_ivf_rq_with_4_bits_and_needs_a_dimension_divisible_by_8():
+    p = derive_index_params(1_000_000, 256, IndexConfig())
+    assert (p.type, p.num_partitions, p.num_bits, p.num_sub_vectors) == ("ivf_rq", 1000, 4, None)
+    assert derive_index_params(3000, 384, IndexConfig(num_bits=1)).num_bits == 1
+    with pytest.raises(ValueError, match="divisible by 8, this one is 100"):  # a model's own dimension
+        derive_index_params(50_000, 100, IndexConfig())
 
 
 def test_too_few_rows_means_no_index_with_reason():
@@ -42,5 +50,5 @@ def test_too_few_rows_means_no_index_with_reason():
 
 
 def test_explicit_values_win():
-    p = derive_index_params(10_000, 384, IndexConfig(num_partitions=7, num_sub_vectors=24, nprobes=3))
+    p = derive_index_params(10_000, 384, IndexConfig(type="ivf_pq", num_partitions=7, num_sub_vectors=24, nprobes=3))
     assert (p.num_partitions, p.num_sub_vectors, p.nprobes) == (7, 24, 3)

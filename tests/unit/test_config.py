@@ -8,7 +8,7 @@ def test_defaults_are_valid_and_point_at_packaged_model_and_sample():
     assert config.model.path == "packaged:all-MiniLM-L6-v2"
     assert config.source.path.endswith("data/sample/wiki_vital.parquet")
     assert config.sink.uri == "out/lancedb"
-    assert config.index.type == "ivf_pq"
+    assert (config.index.type, config.index.num_bits) == ("ivf_rq", "auto")
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -48,8 +48,22 @@ def test_unknown_key_in_file_is_named(tmp_path):
 
 
 def test_sub_vectors_must_divide_dimension():
-    with pytest.raises(ConfigError, match="num_sub_vectors"):
-        load_config(overrides=["embed.dimension=100", "index.num_sub_vectors=16"])
+    with pytest.raises(ConfigError, match="num_sub_vectors=16 must divide embed.dimension=100"):
+        load_config(overrides=["embed.dimension=100", "index.type=ivf_pq", "index.num_sub_vectors=16"])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["index.num_bits=2", "index.type=ivf_pq"], "index.num_bits applies to index.type=ivf_rq only, not ivf_pq"),
+        (["index.num_sub_vectors=16"], "index.num_sub_vectors applies to index.type=ivf_pq only, not ivf_rq"),
+        (["index.num_bits=9"], "must be 1 to 8"),
+        (["embed.dimension=100"], "ivf_rq needs a dimension divisible by 8, this one is 100"),
+    ],
+)
+def test_index_options_that_do_not_apply_are_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(overrides=overrides)
 
 
 def test_max_actors_not_below_actors():

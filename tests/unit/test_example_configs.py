@@ -71,7 +71,7 @@ def test_gpu_example_puts_each_actor_on_a_gpu_in_bfloat16():
     from pipelines.vector_index.params import derive_index_params
 
     params = derive_index_params(1_000_000, config.embed.dimension, config.index)  # a full-size table
-    assert (params.num_partitions, params.num_sub_vectors) == (1000, 128)
+    assert (params.type, params.num_partitions, params.num_bits) == ("ivf_rq", 1000, 4)
 
 
 def test_qwen3_vllm_runs_the_decoder_on_vllm_one_gpu_per_actor_for_the_cluster_files():

@@ -25,6 +25,7 @@ def _config(db, dimension, *extra):
             f"sink.uri={db}",
             f"sink.table=d{dimension}",
             f"embed.dimension={dimension}",
+            "index.type=ivf_pq",  # IVF-RQ (the default) needs a dimension divisible by 8
             *extra,
         ]
     )

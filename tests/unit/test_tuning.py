@@ -184,13 +184,13 @@ def test_no_target_means_no_tuning_and_the_rule_of_thumb(table):
 
 @pytest.mark.parametrize(
     "index_type, lance_name, bytes_per_vector",
-    [("ivf_sq", "IvfSq", 32.0), ("ivf_rq", "IvfRq", 4.0), ("ivf_pq", "IvfPq", 4.0)],
+    [("ivf_sq", "IvfSq", 32.0), ("ivf_rq", "IvfRq", 16.0), ("ivf_pq", "IvfPq", 4.0)],
 )
 def test_quantised_index_types(table, vectors, index_type, lance_name, bytes_per_vector):
     config = IndexConfig(type=index_type, num_partitions=4, tuning_queries=40)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert [i.index_type for i in table.list_indices()] == [lance_name]
-    assert code_bytes(index_type, DIM, params.num_sub_vectors) == bytes_per_vector
+    assert code_bytes(index_type, DIM, params.num_sub_vectors, num_bits=params.num_bits) == bytes_per_vector
     assert tuning.reached and tuning.refine_factor >= 1  # re-scored against the float vectors
     # With re-scoring, the returned order follows the exact float distances.
     hits = (
@@ -205,6 +205,17 @@ def test_quantised_index_types(table, vectors, index_type, lance_name, bytes_per
     exact = 1 - vectors[rows] @ vectors[0]
     assert np.allclose(hits.column("_distance").to_numpy(), exact, atol=1e-5)
     assert index_size_bytes(table) > 0
+
+
+def test_num_bits_reaches_lance_the_4_bit_codes_take_more_room_than_1_bit(table):
+    sizes = {}
+    for bits in (1, 4):
+        build_tuned_index(
+            table, ROWS, DIM, IndexConfig(num_partitions=4, num_bits=bits, target_recall=None), id_column="id"
+        )
+        sizes[bits] = index_size_bytes(table)
+    # 3 more bits per dimension, 12 more bytes per vector at 32 dimensions (RaBitQ's per-vector factors alike)
+    assert sizes[4] - sizes[1] >= ROWS * DIM * 3 / 8
 
 
 @pytest.mark.parametrize(
