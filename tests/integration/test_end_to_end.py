@@ -199,6 +199,7 @@ def test_create_mode_refuses_existing_table(indexed, corpus_dir):
         run_index(_config(corpus_dir, db, **{"sink.mode": "create"}))
 
 
+@pytest.mark.slow  # CI: test_matryoshka_derive.py compares a run at 128 with the 384 one cut
 def test_matryoshka_table_equals_truncated_full_vectors(indexed, corpus_dir, tmp_path):
     _, _, full_table = indexed
     db = str(tmp_path / "db128")
@@ -218,6 +219,7 @@ def test_matryoshka_table_equals_truncated_full_vectors(indexed, corpus_dir, tmp
         run_index(_config(corpus_dir, db, **{"embed.dimension": 512}))
 
 
+@pytest.mark.slow  # CI: the tuning unit tests and test_evaluate's tuned tables
 def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_table, tmp_path):
     from connectors.lance_index import search_batch
     from pipelines.vector_index.tuning import knn_recall
@@ -362,6 +364,7 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
     assert refused.returncode == 2 and "bad.jsonl:2: expected a JSON object with a string 'text'" in refused.stderr
 
 
+@pytest.mark.slow  # CI: tests/unit/test_precision.py's rule for append/upsert
 def test_an_upsert_keeps_the_dtype_the_table_was_embedded_in(ray_cluster, corpus_dir, tiny_bert_dir, tmp_path):
     """model.dtype auto on a table embedded in another dtype: the rows' dtype wins (auto on other hardware
     must not make every content hash stale); a dtype set explicitly is used as set."""

@@ -73,7 +73,11 @@ def _encoder_pids():
     return found
 
 
-@pytest.mark.parametrize("rows_per_execution", [None, 240], ids=["one execution", "2 executions in their own tasks"])
+@pytest.mark.parametrize(
+    "rows_per_execution",
+    [pytest.param(None, marks=pytest.mark.slow), 240],  # CI: the task-run path, which the fault injection lacks
+    ids=["one execution", "2 executions in their own tasks"],
+)
 def test_killed_encoder_actor_is_replaced_and_no_row_is_lost_or_doubled(
     ray_cluster, sample_table, tmp_path, rows_per_execution
 ):
@@ -109,6 +113,7 @@ def test_killed_encoder_actor_is_replaced_and_no_row_is_lost_or_doubled(
     assert killed not in _encoder_pids()
 
 
+@pytest.mark.slow  # CI: the fault injection's driver kill and test_safe_writes' crashed overwrite resume
 def test_killed_driver_resumes_with_same_run_id_without_redoing_finished_files(ray_cluster, sample_table, tmp_path):
     corpus = _split(_docs(sample_table, 500, 480), tmp_path / "src", 12)
     db = tmp_path / "db"
@@ -171,6 +176,7 @@ def test_killed_driver_resumes_with_same_run_id_without_redoing_finished_files(r
     assert sorted(_table_ids(db)) == sorted(ids)
 
 
+@pytest.mark.slow  # CI: test_safe_writes' upsert and delete_missing cases
 def test_incremental_upsert_embeds_only_new_and_changed_and_deletes_missing(ray_cluster, sample_table, tmp_path):
     base = _docs(sample_table, 1000, 300)
     corpus = tmp_path / "day1"

@@ -125,6 +125,7 @@ def test_content_hash_uses_the_whole_key():
     assert content_hash("same text", head + "|chunk|8") != content_hash("same text", head + "|chunk|16")
 
 
+@pytest.mark.slow  # CI: the content-hash unit checks of every vector setting
 def test_upsert_after_changing_the_compute_dtype_embeds_again(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
     src = tmp_path / "docs.parquet"
     pq.write_table(sample_table.slice(0, 8).select(["id", "text"]), src)
@@ -142,6 +143,7 @@ def test_upsert_after_changing_the_compute_dtype_embeds_again(ray_cluster, sampl
     assert len(rows) == 8 and {r["run_id"] for r in rows} == {changed.run_id}
 
 
+@pytest.mark.slow  # CI: the content-hash unit checks of every vector setting
 def test_upsert_after_changing_chunk_overlap_embeds_again(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
     src = tmp_path / "docs.parquet"
     pq.write_table(sample_table.slice(0, 8).select(["id", "text"]), src)

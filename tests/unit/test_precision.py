@@ -83,3 +83,17 @@ def test_bfloat16_vectors_are_within_cosine_0999_of_float32(minilm_dir, sample_t
     a, b = vectors["float32"], vectors["bfloat16"]
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert len(cosine) == len(texts) and cosine.min() >= 0.999, cosine.min()
+
+
+def test_append_and_upsert_keep_the_dtype_the_table_was_embedded_in():
+    """The rule tests/integration/test_end_to_end.py (slow) checks through a real upsert."""
+    from pipelines.run.runner import _with_dtype
+
+    auto = load_config(overrides=["model.device=cpu"])
+    table = {"model": {"dtype": "bfloat16"}}
+    config, why = _with_dtype(auto, table)
+    assert config.model.dtype == "bfloat16" and "the dtype table 'documents' was embedded in" in why
+    config, _ = _with_dtype(load_config(overrides=["model.device=cpu", "model.dtype=float32"]), table)
+    assert config.model.dtype == "float32"  # a dtype set in the config is used as set
+    config, why = _with_dtype(auto, None)  # a new table: the hardware's rule
+    assert (config.model.dtype, why) == resolve_dtype("auto", "cpu")
