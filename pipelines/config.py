@@ -332,7 +332,12 @@ class IndexConfig(_Section):
     num_bits: Union[int, Literal["auto"]] = Field(
         "auto", description="ivf_rq only: RaBitQ bits per dimension, 1-8; auto = 4."
     )
-    min_rows: int = Field(256, ge=1, description="Below this many rows no index is built (exact search is used).")
+    min_rows: Union[int, Literal["auto"]] = Field(
+        "auto",
+        description="Below this many rows no index is built (exact search is used). auto: while rows x "
+        "dimension < 1,000,000 (2,605 rows at 384 dimensions, 3,907 at 256), the size up to which exact "
+        "search answered a query in under 5 ms on a 2-core CPU (bench/exact_crossover.py).",
+    )
     nprobes: Union[int, Literal["auto"]] = Field("auto", description="Default query nprobes stored with the table.")
     refine_factor: Union[int, Literal["auto"], None] = Field(
         "auto",
@@ -372,7 +377,7 @@ class IndexConfig(_Section):
         "of indexed rows; below it, optimize() adds them to the existing lists.",
     )
 
-    @field_validator("num_partitions", "num_sub_vectors", "nprobes", "refine_factor", "workers")
+    @field_validator("num_partitions", "num_sub_vectors", "nprobes", "refine_factor", "workers", "min_rows")
     @classmethod
     def _positive(cls, value):
         if isinstance(value, int) and value < 1:

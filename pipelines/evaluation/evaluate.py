@@ -37,6 +37,7 @@ from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
+from pipelines.vector_index.params import min_index_rows
 from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall
 
 __all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
@@ -209,7 +210,7 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
         )
     ]
     for n, index_type in enumerate(types):
-        if index_type == "none" or t.rows < cfg.index.min_rows:
+        if index_type == "none" or t.rows < min_index_rows(cfg.index, dim):
             break
         if n > 0:  # the configured type was built by the index step; build the others in turn
             index_config = cfg.index.model_copy(update={"type": index_type})

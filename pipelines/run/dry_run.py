@@ -139,7 +139,7 @@ def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 
     report.rows_per_doc = kept.num_rows / docs
 
     if not ray.is_initialized():
-        ray.init()
+        ray.init(include_dashboard=False)  # as the job's own Ray (pipelines/run/runner.py)
     encode = stages["encode"]
     resources = {"num_cpus": c.compute.cpus_per_actor or 0, "num_gpus": c.compute.gpus_per_actor or 0}
     seconds, report.device = _warm_up(encode, kept, resources)

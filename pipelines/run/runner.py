@@ -218,6 +218,8 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
 
     started = time.perf_counter()
     plan = preflight(config)
+    preflight_seconds = time.perf_counter() - started
+    ray_start_seconds = 0.0
     c = config
     actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
     log.info(
@@ -237,7 +239,12 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     )
     with lease:
         if not ray.is_initialized():
-            ray.init()
+            ray_started = time.perf_counter()
+            # A Ray of the job's own (no RAY_ADDRESS, no `ray start` here) lives as long as the job: its
+            # dashboard took 4-8 s of a 20k-document run's fixed cost and nobody could open it in time.
+            # Ignored when this connects to a cluster, whose head serves the dashboard and metrics.
+            ray.init(include_dashboard=False)
+            ray_start_seconds = time.perf_counter() - ray_started
         data_context.configure(
             ray.data.DataContext.get_current(),
             max_block_mb=c.compute.max_block_mb,
@@ -251,6 +258,8 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
         plan.others_cpus = _cpus_held_by_others()
         summary = _run(plan, lease)
     summary.seconds = time.perf_counter() - started
+    summary.preflight_seconds = round(preflight_seconds, 3)
+    summary.ray_start_seconds = round(ray_start_seconds, 3)
     return summary
 
 
@@ -316,6 +325,7 @@ def _embed_and_commit(
     staged = plan.staged
     total = sum(plan.source.rows.get(f, 0) for f in todo)
     metrics = RunMetrics(plan.run_id, c.sink.table, total)
+    embed_started = time.perf_counter()
     checkpointer = Checkpointer(
         run_id=plan.run_id,
         runlog=runlog,
@@ -328,13 +338,12 @@ def _embed_and_commit(
         checkpoint_rows=c.sink.checkpoint_rows,
         table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
         rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
-        on_batch=lambda row: _count_batch(summary, row, metrics),
+        on_batch=lambda row: _count_batch(summary, row, metrics, embed_started),
         before_commit=lease.check,
         storage_options=options,
         progress=Progress(total),
         on_checkpoint=lambda timing, done: metrics.checkpoint(timing["commit_s"], _data_bytes(done)),
     )
-    embed_started = time.perf_counter()
     if todo and not committed:
         existing = None
         if c.sink.mode == "upsert" and checkpointer.table_version is not None:
@@ -677,8 +686,10 @@ def _data_bytes(done) -> int:
     return sum(f.file_size_bytes or 0 for d in done for fragment in d.fragments for f in fragment.files)
 
 
-def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics) -> None:
+def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics, stream_started: float) -> None:
     """One sink stats row (a file's rows of one batch) into the summary and the run's metrics."""
+    if summary.first_rows_seconds is None:
+        summary.first_rows_seconds = round(time.perf_counter() - stream_started, 3)
     counts = (row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"], row["skipped"])
     summary.add_batch(*counts)
     metrics.batch(*counts)

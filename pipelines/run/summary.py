@@ -39,6 +39,9 @@ class RunSummary:
     checkpoint_timings: list = field(default_factory=list)  # pipelines.run.checkpoints.Checkpointer.timings
     dedup_seconds: float = 0.0  # the duplicate-id check after the stream
     index_seconds: float = 0.0  # the index task: vector index, tuning, id index
+    preflight_seconds: float = 0.0  # checks and plan before any work (pipelines.run.runner.preflight)
+    ray_start_seconds: float = 0.0  # ray.init() when the job started its own local Ray (0 when connected)
+    first_rows_seconds: Optional[float] = None  # stream start to the first rows written: encoder start, model load
     dtype: str = ""  # the encoder's compute dtype (model.dtype resolved) and why
     dtype_reason: str = ""
 
@@ -78,6 +81,7 @@ class RunSummary:
         out["writer_nodes"] = dict(self.writer_nodes)
         out["placement"] = self.placement
         out["rows_rejected"] = self.rows_rejected
+        out["fixed_seconds"] = round(self.fixed_seconds, 3)
         return out
 
     def format(self) -> str:
@@ -116,9 +120,29 @@ class RunSummary:
             *([f"deleted      {self.deleted_missing} rows whose id left the source"] if self.deleted_missing else []),
             *([f"deleted      none: {self.delete_missing_skipped}"] if self.delete_missing_skipped else []),
             *([f"tuning       {_tuning_line(self.tuning)}"] if self.tuning else []),
+            f"time         {self.time_line()}",
             "=" * 72,
         ]
         return "\n".join(lines)
+
+    @property
+    def fixed_seconds(self) -> float:
+        """The job's time outside the stream: preflight, Ray start, duplicate check, index step, lineage."""
+        return max(self.seconds - self.embed_seconds, 0.0)
+
+    def time_line(self) -> str:
+        """Where the job's wall time went: the stream and each fixed part around it."""
+        idx = self.index or {}
+        build = idx.get("build_seconds") or 0.0
+        tuned = (self.tuning or {}).get("seconds") or 0.0
+        named = self.preflight_seconds + self.ray_start_seconds + self.dedup_seconds + self.index_seconds
+        first = f" (first rows written after {self.first_rows_seconds:.1f}s)" if self.first_rows_seconds else ""
+        return (
+            f"job {self.seconds:.1f}s: stream {self.embed_seconds:.1f}s{first}; fixed {self.fixed_seconds:.1f}s = "
+            f"preflight {self.preflight_seconds:.1f} + ray start {self.ray_start_seconds:.1f} + duplicate check "
+            f"{self.dedup_seconds:.1f} + index step {self.index_seconds:.1f} (build {build:.1f}, tuning {tuned:.1f}) "
+            f"+ other {max(self.fixed_seconds - named, 0.0):.1f}"
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

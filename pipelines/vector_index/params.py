@@ -5,7 +5,9 @@ they would get under 256 vectors each). IVF-RQ (the default): ``num_bits`` = 4 b
 which reached recall 0.95 at a third of IVF-PQ's latency at 1M rows (docs/benchmarks.md). IVF-PQ:
 ``num_sub_vectors`` = dimension / 8, i.e. 8 dimensions per code byte, which keeps recall high for
 sentence embeddings, falling back to dimension / 16 or the largest divisor of the dimension. Fewer
-than ``index.min_rows`` rows get no index: exact search over so few vectors is fast and exact.
+than ``index.min_rows`` rows get no index: exact search over so few vectors is fast and exact
+(``auto``: while rows x dimension < ``EXACT_SEARCH_FLOATS``, where exact search stayed under 5 ms a
+query on a 2-core AMD EPYC: bench/exact_crossover.py, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -16,11 +18,20 @@ from typing import Optional
 from connectors.lance_index import IndexParams, build_index, index_row_counts, ivf_sample_rate, optimize_index
 from pipelines.config import RQ_DIMENSION, IndexConfig
 
-__all__ = ["DEFAULT_REFINE_FACTOR", "DEFAULT_RQ_BITS", "derive_index_params", "index_workers", "maintain_index"]
+__all__ = [
+    "DEFAULT_REFINE_FACTOR",
+    "DEFAULT_RQ_BITS",
+    "derive_index_params",
+    "index_workers",
+    "maintain_index",
+    "min_index_rows",
+]
 
 DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
 DEFAULT_RQ_BITS = 4  # index.num_bits=auto
 ROWS_PER_INDEX_WORKER = 1_000_000  # index.workers=auto: one build task per this many rows
+# index.min_rows=auto: exact search's p50 crossed 5 ms at 3,000 rows x 384 and 5,000 x 256 (~1.1M floats).
+EXACT_SEARCH_FLOATS = 1_000_000
 
 
 def _sub_vectors(dimension: int) -> int:
@@ -39,13 +50,22 @@ def index_workers(setting, rows: int, cpus: Optional[float] = None) -> int:
     return max(1, min(rows // ROWS_PER_INDEX_WORKER, int(cpus or 1)))
 
 
+def min_index_rows(config: IndexConfig, dimension: int) -> int:
+    """The fewest rows that get an ANN index (``index.min_rows``; auto from ``dimension``)."""
+    if config.min_rows != "auto":
+        return config.min_rows
+    return math.ceil(EXACT_SEARCH_FLOATS / dimension)
+
+
 def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Optional[float] = None) -> IndexParams:
     """Index parameters for ``rows`` vectors of ``dimension``; explicit config values win. ``cpus``:
     the cluster's, for ``index.workers=auto``."""
     if config.type == "none":
         return IndexParams("none", config.metric, reason="index.type=none")
-    if rows < config.min_rows:
-        return IndexParams("none", config.metric, reason=f"{rows} rows < index.min_rows={config.min_rows}")
+    least = min_index_rows(config, dimension)
+    if rows < least:
+        setting = f"auto: {least} at dimension {dimension}" if config.min_rows == "auto" else least
+        return IndexParams("none", config.metric, reason=f"{rows} rows < index.min_rows ({setting})")
     partitions = config.num_partitions
     if partitions == "auto":
         # Lance trains each list on at least 256 vectors, so never ask for more than rows / 256.

@@ -111,6 +111,7 @@ def test_the_job_builds_with_several_tasks_and_tunes_the_result(ray_cluster, sam
                 "sink.rows_per_fragment=200",
                 "index.workers=2",
                 "index.num_partitions=4",
+                "index.min_rows=256",  # 1,600 rows of 32 dimensions: auto would search them exactly
             ]
         )
     )

@@ -29,6 +29,7 @@ def _config(corpus_dir, db, **extra):
         "sink.table=docs",
         "compute.block_rows=64",
         "sink.rows_per_fragment=100",
+        "index.min_rows=256",  # the tests read the index of this 300-row table (auto: exact search below 2,605)
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(overrides=overrides)
 

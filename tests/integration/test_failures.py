@@ -182,7 +182,7 @@ def test_incremental_upsert_embeds_only_new_and_changed_and_deletes_missing(ray_
     corpus = tmp_path / "day1"
     _split(base, corpus, 2)
     db = tmp_path / "db"
-    first = run_index(_config(corpus, db))
+    first = run_index(_config(corpus, db, "index.min_rows=256"))  # 300 rows, indexed and maintained below
     assert first.rows_written == 300
     table = lancedb.connect(str(db)).open_table("docs")
     before = {r["id"]: r for r in table.to_arrow().to_pylist()}
@@ -197,7 +197,7 @@ def test_incremental_upsert_embeds_only_new_and_changed_and_deletes_missing(ray_
     day2 = tmp_path / "day2"
     _split(pa.Table.from_pylist(rows + new, schema=base.schema), day2, 2)
 
-    second = run_index(_config(day2, db, "sink.mode=upsert", "sink.delete_missing=true"))
+    second = run_index(_config(day2, db, "sink.mode=upsert", "sink.delete_missing=true", "index.min_rows=256"))
     assert (second.rows_read, second.skipped, second.rows_written) == (300, 290, 10)
     assert second.deleted_missing == 5
     after = {r["id"]: r for r in lancedb.connect(str(db)).open_table("docs").to_arrow().to_pylist()}
@@ -218,7 +218,7 @@ def test_incremental_upsert_embeds_only_new_and_changed_and_deletes_missing(ray_
     assert second.index["type"] == "ivf_rq"
 
     # A third run over the same snapshot has nothing to do.
-    third = run_index(_config(day2, db, "sink.mode=upsert", "sink.delete_missing=true"))
+    third = run_index(_config(day2, db, "sink.mode=upsert", "sink.delete_missing=true", "index.min_rows=256"))
     assert (third.skipped, third.rows_written, third.deleted_missing) == (300, 0, 0)
 
 

@@ -27,6 +27,8 @@ from pipelines.maintenance import DuplicateIdsError, run_maintenance
 
 ROOT = Path(__file__).resolve().parents[2]
 DIM = 32
+# Tables of 600-1,000 rows: index.min_rows=auto (31,250 rows at 32 dimensions) would leave them unindexed.
+INDEXED = "index.min_rows=256"
 LINEAGE = {"dimension": DIM, "metric": "cosine", "source": {"id_column": "id", "text_column": "text"}}
 
 
@@ -62,7 +64,7 @@ def _maintain(db: Path, *args: str) -> subprocess.CompletedProcess:
 
 def test_upkeep_builds_optimizes_rebuilds_and_reports(tmp_path):
     db = tmp_path / "db"
-    config = load_config(overrides=[f"sink.uri={db}", "sink.table=t"])
+    config = load_config(overrides=[f"sink.uri={db}", "sink.table=t", INDEXED])
     _add(db, [f"d{i}" for i in range(600)], seed=0)
 
     first = run_maintenance(config)
@@ -229,7 +231,7 @@ def test_pruning_keeps_uncommitted_fragments_of_a_running_job(tmp_path):
 
 def test_the_version_the_index_was_built_on_and_the_latest_survive_pruning(tmp_path):
     db = tmp_path / "db"
-    config = load_config(overrides=[f"sink.uri={db}", "sink.table=t", "sink.keep_versions=0"])
+    config = load_config(overrides=[f"sink.uri={db}", "sink.table=t", "sink.keep_versions=0", INDEXED])
     _add(db, [f"d{i}" for i in range(600)], seed=0)
     _add(db, [f"d{i}" for i in range(600, 620)], seed=1)  # version 2: the index is built on it
     first = run_maintenance(config)

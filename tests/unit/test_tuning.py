@@ -11,7 +11,7 @@ from pipelines.config import IndexConfig
 from pipelines.run.summary import RunSummary
 from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall, nprobes_grid, recall_lower_bound
 
-ROWS, DIM = 2048, 32
+ROWS, DIM = 2048, 32  # under index.min_rows=auto (31,250 rows at 32 dimensions): each config sets 256
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_recall_lower_bound_is_the_mean_less_1645_standard_errors():
 
 
 def test_tuned_defaults_reach_the_target_and_cheaper_settings_do_not(table, vectors):
-    config = IndexConfig(num_partitions=8, tuning_queries=60)
+    config = IndexConfig(min_rows=256, num_partitions=8, tuning_queries=60)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert tuning.reached and tuning.recall >= tuning.recall_low >= 0.95 and tuning.queries == 60
     assert (params.nprobes, params.refine_factor) == (tuning.nprobes, tuning.refine_factor)
@@ -156,7 +156,9 @@ def test_tuned_defaults_reach_the_target_and_cheaper_settings_do_not(table, vect
 
 
 def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
-    config = IndexConfig(num_partitions=8, nprobes=1, refine_factor=None, target_recall=1.0, tuning_queries=40)
+    config = IndexConfig(
+        min_rows=256, num_partitions=8, nprobes=1, refine_factor=None, target_recall=1.0, tuning_queries=40
+    )
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert not tuning.reached and tuning.recall < 1.0
     assert (params.nprobes, params.refine_factor) == (1, None)
@@ -169,7 +171,7 @@ def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
 
 def test_numbers_given_in_the_config_are_kept_and_measured(table):
     params, tuning = build_tuned_index(
-        table, ROWS, DIM, IndexConfig(num_partitions=8, nprobes=3, refine_factor=2), id_column="id"
+        table, ROWS, DIM, IndexConfig(min_rows=256, num_partitions=8, nprobes=3, refine_factor=2), id_column="id"
     )
     assert (params.nprobes, params.refine_factor) == (3, 2)
     assert [(t["nprobes"], t["refine_factor"]) for t in tuning.tried] == [(3, 2)]
@@ -177,7 +179,7 @@ def test_numbers_given_in_the_config_are_kept_and_measured(table):
 
 def test_no_target_means_no_tuning_and_the_rule_of_thumb(table):
     params, tuning = build_tuned_index(
-        table, ROWS, DIM, IndexConfig(num_partitions=8, target_recall=None), id_column="id"
+        table, ROWS, DIM, IndexConfig(min_rows=256, num_partitions=8, target_recall=None), id_column="id"
     )
     assert tuning is None and (params.nprobes, params.refine_factor) == (8, 5)
 
@@ -187,7 +189,7 @@ def test_no_target_means_no_tuning_and_the_rule_of_thumb(table):
     [("ivf_sq", "IvfSq", 32.0), ("ivf_rq", "IvfRq", 16.0), ("ivf_pq", "IvfPq", 4.0)],
 )
 def test_quantised_index_types(table, vectors, index_type, lance_name, bytes_per_vector):
-    config = IndexConfig(type=index_type, num_partitions=4, tuning_queries=40)
+    config = IndexConfig(min_rows=256, type=index_type, num_partitions=4, tuning_queries=40)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert [i.index_type for i in table.list_indices()] == [lance_name]
     assert code_bytes(index_type, DIM, params.num_sub_vectors, num_bits=params.num_bits) == bytes_per_vector
@@ -211,7 +213,11 @@ def test_num_bits_reaches_lance_the_4_bit_codes_take_more_room_than_1_bit(table)
     sizes = {}
     for bits in (1, 4):
         build_tuned_index(
-            table, ROWS, DIM, IndexConfig(num_partitions=4, num_bits=bits, target_recall=None), id_column="id"
+            table,
+            ROWS,
+            DIM,
+            IndexConfig(min_rows=256, num_partitions=4, num_bits=bits, target_recall=None),
+            id_column="id",
         )
         sizes[bits] = index_size_bytes(table)
     # 3 more bits per dimension, 12 more bytes per vector at 32 dimensions (RaBitQ's per-vector factors alike)
