@@ -338,7 +338,7 @@ def _embed_and_commit(
         checkpoint_rows=c.sink.checkpoint_rows,
         table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
         rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
-        on_batch=lambda row: _count_batch(summary, row, metrics, embed_started),
+        on_batch=lambda row: _count_batch(summary, row, metrics),
         before_commit=lease.check,
         storage_options=options,
         progress=Progress(total),
@@ -686,10 +686,8 @@ def _data_bytes(done) -> int:
     return sum(f.file_size_bytes or 0 for d in done for fragment in d.fragments for f in fragment.files)
 
 
-def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics, stream_started: float) -> None:
+def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics) -> None:
     """One sink stats row (a file's rows of one batch) into the summary and the run's metrics."""
-    if summary.first_rows_seconds is None:
-        summary.first_rows_seconds = round(time.perf_counter() - stream_started, 3)
     counts = (row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"], row["skipped"])
     summary.add_batch(*counts)
     metrics.batch(*counts)

@@ -41,7 +41,6 @@ class RunSummary:
     index_seconds: float = 0.0  # the index task: vector index, tuning, id index
     preflight_seconds: float = 0.0  # checks and plan before any work (pipelines.run.runner.preflight)
     ray_start_seconds: float = 0.0  # ray.init() when the job started its own local Ray (0 when connected)
-    first_rows_seconds: Optional[float] = None  # stream start to the first rows written: encoder start, model load
     dtype: str = ""  # the encoder's compute dtype (model.dtype resolved) and why
     dtype_reason: str = ""
 
@@ -136,9 +135,9 @@ class RunSummary:
         build = idx.get("build_seconds") or 0.0
         tuned = (self.tuning or {}).get("seconds") or 0.0
         named = self.preflight_seconds + self.ray_start_seconds + self.dedup_seconds + self.index_seconds
-        first = f" (first rows written after {self.first_rows_seconds:.1f}s)" if self.first_rows_seconds else ""
         return (
-            f"job {self.seconds:.1f}s: stream {self.embed_seconds:.1f}s{first}; fixed {self.fixed_seconds:.1f}s = "
+            f"job {self.seconds:.1f}s: stream {self.embed_seconds:.1f}s (read to commit, with the encoders' start); "
+            f"fixed {self.fixed_seconds:.1f}s = "
             f"preflight {self.preflight_seconds:.1f} + ray start {self.ray_start_seconds:.1f} + duplicate check "
             f"{self.dedup_seconds:.1f} + index step {self.index_seconds:.1f} (build {build:.1f}, tuning {tuned:.1f}) "
             f"+ other {max(self.fixed_seconds - named, 0.0):.1f}"

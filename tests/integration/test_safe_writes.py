@@ -228,7 +228,12 @@ def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sa
     assert {len(r["vector"]) for r in rows} == {32}
     assert not (db / "docs.lease").exists()  # released
 
-    # sink.on_busy=wait: the second job waits for the first, then runs.
+
+@pytest.mark.slow  # CI: test_a_waiting_lease_is_taken_when_the_holder_releases_it (the lease's wait, no jobs)
+def test_second_job_with_on_busy_wait_runs_after_the_first(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
+    src = _corpus(tmp_path / "src", sample_table, 400, 8, 40)
+    db = tmp_path / "db"
+    env = _env(ray_cluster)
     first = _job(_job_args(src, db, tiny_bert_dir, "run.id=third-run"), env)
     _wait_for(lambda: (db / "docs.lease").exists(), what="the third job's lease")
     waited = subprocess.run(
@@ -264,6 +269,28 @@ def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
         assert lease.took_over["run_id"] == "crashed"
         with pytest.raises(TableBusyError, match="being written by run next-run"):
             TableLease(str(tmp_path), "docs", "other", timeout_s=600).acquire()
+    assert not (tmp_path / "docs.lease").exists()
+
+
+def test_a_waiting_lease_is_taken_when_the_holder_releases_it(tmp_path):
+    import threading
+
+    from connectors.table_lease import TableLease
+
+    said = []
+    holder = TableLease(str(tmp_path), "docs", "first", timeout_s=600).acquire()
+    waiter = TableLease(
+        str(tmp_path), "docs", "second", timeout_s=600, on_busy="wait", wait_poll_s=0.1, log=said.append
+    )
+    got = threading.Event()
+    thread = threading.Thread(target=lambda: (waiter.acquire(), got.set()))
+    thread.start()
+    time.sleep(1.0)
+    assert not got.is_set() and said == [said[0]] and "waiting for run first" in said[0]
+    holder.release()
+    thread.join(timeout=10)
+    assert got.is_set() and waiter.read()["run_id"] == "second"
+    waiter.release()
     assert not (tmp_path / "docs.lease").exists()
 
 

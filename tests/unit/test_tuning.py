@@ -9,7 +9,13 @@ import pytest
 from connectors.lance_index import code_bytes, index_size_bytes, sample_vectors, search_batch
 from pipelines.config import IndexConfig
 from pipelines.run.summary import RunSummary
-from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall, nprobes_grid, recall_lower_bound
+from pipelines.vector_index.tuning import (
+    build_tuned_index,
+    index_lineage,
+    knn_recall,
+    nprobes_grid,
+    recall_lower_bound,
+)
 
 ROWS, DIM = 2048, 32  # under index.min_rows=auto (31,250 rows at 32 dimensions): each config sets 256
 
@@ -167,6 +173,17 @@ def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
     ]
     summary = RunSummary(index=params.to_dict(), tuning=tuning.to_dict())
     assert "NOT reached" in summary.format() and "on 40 sampled documents" in summary.format()
+
+
+def test_a_refine_factor_that_misses_with_every_list_rules_out_the_smaller_ones(table):
+    # One list (every search scans all of it) and 1-bit codes: 10 x 10 candidates miss some neighbour
+    # of some query, so recall 1.0 is out of reach at refine 10 and, re-scoring fewer, at 3, 5, 2 and 1.
+    config = IndexConfig(min_rows=256, num_partitions=1, num_bits=1, target_recall=1.0, tuning_queries=40)
+    params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
+    first = tuning.tried[0]
+    assert (first["nprobes"], first["refine_factor"]) == (1, 10) and first["recall_low"] < 1.0
+    assert [t["refine_factor"] for t in tuning.tried[1:]] == [20, 50][: len(tuning.tried) - 1]
+    assert tuning.recall_low == max(t["recall_low"] for t in tuning.tried)
 
 
 def test_numbers_given_in_the_config_are_kept_and_measured(table):
