@@ -241,7 +241,7 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
         if not ray.is_initialized():
             ray_started = time.perf_counter()
             # A Ray of the job's own (no RAY_ADDRESS, no `ray start` here) lives as long as the job: its
-            # dashboard took 4-8 s of a 20k-document run's fixed cost and nobody could open it in time.
+            # dashboard, which nobody could open in time, took 8 of ray.init's 18.5 s on a loaded 2-core CPU.
             # Ignored when this connects to a cluster, whose head serves the dashboard and metrics.
             ray.init(include_dashboard=False)
             ray_start_seconds = time.perf_counter() - ray_started

@@ -55,8 +55,6 @@ def evaluated(ray_cluster, tmp_path_factory):
             "model.dtype=float32",  # compared with sentence-transformers in float32 to 1e-4
             "--set",
             "index.type=ivf_pq",  # the config's type first, then --index-types: ivf_rq is built last
-            "--set",
-            "index.min_rows=256",  # 400 documents: auto would search them exactly and build nothing
         ],
         RAY_ADDRESS=ray_cluster.address_info["address"],
     )
