@@ -37,12 +37,10 @@ from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
-from pipelines.vector_index.params import min_index_rows
+from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows
 from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall
 
 __all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
-
-EVAL_MIN_ROWS = 256  # index.min_rows=auto here: Lance trains each IVF list on at least 256 vectors
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +107,9 @@ def _run_config(base: PipelineConfig, corpus: Path, db: str, table: str, dimensi
         tree["embed"]["dimension"] = dimension
     if tree["index"]["min_rows"] == "auto":
         # The evaluation measures the indexes it is asked for: auto (no index where exact search is as
-        # fast, 2,605 rows at 384 dimensions) would leave a small evaluation set without them.
-        tree["index"]["min_rows"] = EVAL_MIN_ROWS
+        # fast, 2,605 rows at 384 dimensions) would leave a small evaluation set without them; one list's
+        # worth of rows is the least an IVF index can be trained on.
+        tree["index"]["min_rows"] = ROWS_PER_LIST
     try:
         return load_config(data=tree)
     except ConfigError as exc:  # e.g. index.num_sub_vectors that does not divide this dimension

@@ -25,11 +25,13 @@ __all__ = [
     "index_workers",
     "maintain_index",
     "min_index_rows",
+    "ROWS_PER_LIST",
 ]
 
 DEFAULT_REFINE_FACTOR = 5  # refine_factor=auto when no recall target tunes it
 DEFAULT_RQ_BITS = 4  # index.num_bits=auto
 ROWS_PER_INDEX_WORKER = 1_000_000  # index.workers=auto: one build task per this many rows
+ROWS_PER_LIST = 256  # Lance trains each IVF list on at least this many vectors
 # index.min_rows=auto: exact search's p50 crossed 5 ms at 3,000 rows x 384 and 5,000 x 256 (~1.1M floats).
 EXACT_SEARCH_FLOATS = 1_000_000
 
@@ -68,8 +70,8 @@ def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Op
         return IndexParams("none", config.metric, reason=f"{rows} rows < index.min_rows ({setting})")
     partitions = config.num_partitions
     if partitions == "auto":
-        # Lance trains each list on at least 256 vectors, so never ask for more than rows / 256.
-        partitions = max(1, min(round(math.sqrt(rows)), rows // 256))
+        # Lance trains each list on at least ROWS_PER_LIST vectors, so never ask for more lists than that allows.
+        partitions = max(1, min(round(math.sqrt(rows)), rows // ROWS_PER_LIST))
     sub_vectors = config.num_sub_vectors
     if sub_vectors == "auto":
         sub_vectors = _sub_vectors(dimension)

@@ -17,7 +17,12 @@ from pipelines.vector_index.tuning import (
     recall_lower_bound,
 )
 
-ROWS, DIM = 2048, 32  # under index.min_rows=auto (31,250 rows at 32 dimensions): each config sets 256
+ROWS, DIM = 2048, 32
+
+
+def _config(**settings) -> IndexConfig:
+    """An index config for the test table: 2,048 rows are under index.min_rows=auto (31,250 at 32 dimensions)."""
+    return IndexConfig(min_rows=256, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +145,7 @@ def test_recall_lower_bound_is_the_mean_less_1645_standard_errors():
 
 
 def test_tuned_defaults_reach_the_target_and_cheaper_settings_do_not(table, vectors):
-    config = IndexConfig(min_rows=256, num_partitions=8, tuning_queries=60)
+    config = _config(num_partitions=8, tuning_queries=60)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert tuning.reached and tuning.recall >= tuning.recall_low >= 0.95 and tuning.queries == 60
     assert (params.nprobes, params.refine_factor) == (tuning.nprobes, tuning.refine_factor)
@@ -162,9 +167,7 @@ def test_tuned_defaults_reach_the_target_and_cheaper_settings_do_not(table, vect
 
 
 def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
-    config = IndexConfig(
-        min_rows=256, num_partitions=8, nprobes=1, refine_factor=None, target_recall=1.0, tuning_queries=40
-    )
+    config = _config(num_partitions=8, nprobes=1, refine_factor=None, target_recall=1.0, tuning_queries=40)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert not tuning.reached and tuning.recall < 1.0
     assert (params.nprobes, params.refine_factor) == (1, None)
@@ -178,7 +181,7 @@ def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
 def test_a_refine_factor_that_misses_with_every_list_rules_out_the_smaller_ones(table):
     # One list (every search scans all of it) and 1-bit codes: 10 x 10 candidates miss some neighbour
     # of some query, so recall 1.0 is out of reach at refine 10 and, re-scoring fewer, at 3, 5, 2 and 1.
-    config = IndexConfig(min_rows=256, num_partitions=1, num_bits=1, target_recall=1.0, tuning_queries=40)
+    config = _config(num_partitions=1, num_bits=1, target_recall=1.0, tuning_queries=40)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     first = tuning.tried[0]
     assert (first["nprobes"], first["refine_factor"]) == (1, 10) and first["recall_low"] < 1.0
@@ -188,16 +191,14 @@ def test_a_refine_factor_that_misses_with_every_list_rules_out_the_smaller_ones(
 
 def test_numbers_given_in_the_config_are_kept_and_measured(table):
     params, tuning = build_tuned_index(
-        table, ROWS, DIM, IndexConfig(min_rows=256, num_partitions=8, nprobes=3, refine_factor=2), id_column="id"
+        table, ROWS, DIM, _config(num_partitions=8, nprobes=3, refine_factor=2), id_column="id"
     )
     assert (params.nprobes, params.refine_factor) == (3, 2)
     assert [(t["nprobes"], t["refine_factor"]) for t in tuning.tried] == [(3, 2)]
 
 
 def test_no_target_means_no_tuning_and_the_rule_of_thumb(table):
-    params, tuning = build_tuned_index(
-        table, ROWS, DIM, IndexConfig(min_rows=256, num_partitions=8, target_recall=None), id_column="id"
-    )
+    params, tuning = build_tuned_index(table, ROWS, DIM, _config(num_partitions=8, target_recall=None), id_column="id")
     assert tuning is None and (params.nprobes, params.refine_factor) == (8, 5)
 
 
@@ -206,7 +207,7 @@ def test_no_target_means_no_tuning_and_the_rule_of_thumb(table):
     [("ivf_sq", "IvfSq", 32.0), ("ivf_rq", "IvfRq", 16.0), ("ivf_pq", "IvfPq", 4.0)],
 )
 def test_quantised_index_types(table, vectors, index_type, lance_name, bytes_per_vector):
-    config = IndexConfig(min_rows=256, type=index_type, num_partitions=4, tuning_queries=40)
+    config = _config(type=index_type, num_partitions=4, tuning_queries=40)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert [i.index_type for i in table.list_indices()] == [lance_name]
     assert code_bytes(index_type, DIM, params.num_sub_vectors, num_bits=params.num_bits) == bytes_per_vector
@@ -233,7 +234,7 @@ def test_num_bits_reaches_lance_the_4_bit_codes_take_more_room_than_1_bit(table)
             table,
             ROWS,
             DIM,
-            IndexConfig(min_rows=256, num_partitions=4, num_bits=bits, target_recall=None),
+            _config(num_partitions=4, num_bits=bits, target_recall=None),
             id_column="id",
         )
         sizes[bits] = index_size_bytes(table)
