@@ -1,8 +1,9 @@
 """The bulk indexing run: source -> embedding stages -> Lance fragments -> checkpoints -> index.
 
-Everything that can be checked before the cluster does work is checked in :func:`preflight`:
-the config, the source files and their columns, the model and its dimension, and the sink mode
-(and, for ``s3://``, that buckets exist and the credentials are accepted).
+Everything that can be checked before the cluster does work is checked first: the config, the source
+files and their columns, the model and its dimension (:func:`check_inputs`; for ``s3://``, that
+buckets exist and the credentials are accepted), then, once the run holds the table's lease, what
+depends on the table: exists, lineage, dtype, schema, the run log (:func:`plan_on_table`).
 
 Exactly once, across failures (:mod:`pipelines.run.checkpoints` has the details):
 - a dead encoder actor or writer task: Ray Data retries the block; only fragments of blocks whose
@@ -54,7 +55,7 @@ from pipelines.vector_index.params import index_workers
 from pipelines.vector_index.step import check_tuning_queries, index_table, read_tuning_queries
 from pipelines.vector_index.tuning import TuningResult, index_lineage
 
-__all__ = ["RunPlan", "index_step", "preflight", "run_index"]
+__all__ = ["Inputs", "RunPlan", "check_inputs", "index_step", "plan_on_table", "preflight", "run_index"]
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,24 @@ def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int,
     return pa.schema(fields, metadata=lance_sink.table_metadata(lineage))
 
 
-def preflight(config: PipelineConfig) -> RunPlan:
-    """Check the run can work, before any embedding starts; raises with a message naming the problem."""
+@dataclass
+class Inputs:
+    """What a run learns before it looks at the table: its source, model, dimension and token limit."""
+
+    config: PipelineConfig
+    source: ParquetSource
+    storage: Storage
+    fingerprint: str
+    hidden: int
+    dimension: int
+    max_tokens: int
+    append_eos: bool
+
+
+def check_inputs(config: PipelineConfig) -> Inputs:
+    """The checks that do not depend on the table: config, source files and columns, the model and its
+    dimension, the tokens of a chunk (and, for ``s3://``, that buckets exist and credentials work).
+    Raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
     storage = Storage.resolve(
@@ -133,9 +150,22 @@ def preflight(config: PipelineConfig) -> RunPlan:
     if dimension > hidden:
         raise ConfigError(f"embed.dimension={dimension} is larger than the model's {hidden} dimensions")
     max_tokens = effective_max_tokens(model_dir, tokenizer, config.model.max_tokens)
+    eos_id = eos_to_append(tokenizer, config.model.append_eos, config.model.pooling)
     if config.embed.long_text == "chunk":  # before any row is committed, not in the first tokenize task
-        eos_id = eos_to_append(tokenizer, config.model.append_eos, config.model.pooling)
         chunk_window(tokenizer, max_tokens, config.model.document_prompt, eos_id, config.embed.chunk_overlap)
+    return Inputs(
+        config, source, storage, model_fingerprint(model_dir), hidden, dimension, max_tokens, eos_id is not None
+    )
+
+
+def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
+    """The checks that read the table (exists, lineage, dimension, dtype, schema, the run log) and the
+    plan they give. A job runs this while it holds the table's lease: checks made before a wait for
+    the lease describe a table that another job may have created or changed meanwhile.
+
+    ``new_run_id``: the id of a new run when the config names none (default: a new random id)."""
+    config, storage, source = inputs.config, inputs.storage, inputs.source
+    sink = config.sink
     options = storage.lance_options(sink.uri)
     version = lance_sink.table_version(sink.uri, sink.table, options)
     adding = version is not None and sink.mode in ("append", "upsert")
@@ -143,11 +173,11 @@ def preflight(config: PipelineConfig) -> RunPlan:
     config, dtype_reason = _with_dtype(config, existing)
     lineage = make_lineage(
         config,
-        fingerprint=model_fingerprint(model_dir),
-        hidden_size=hidden,
-        max_tokens=max_tokens,
-        dimension=dimension,
-        append_eos=eos_to_append(tokenizer, config.model.append_eos, config.model.pooling) is not None,
+        fingerprint=inputs.fingerprint,
+        hidden_size=inputs.hidden,
+        max_tokens=inputs.max_tokens,
+        dimension=inputs.dimension,
+        append_eos=inputs.append_eos,
     )
 
     runlog = RunLog(sink.uri, sink.table, options)
@@ -159,7 +189,7 @@ def preflight(config: PipelineConfig) -> RunPlan:
                 f"run.resume=true: table {sink.table!r} in {sink.uri} has no unfinished run "
                 "(every run in its log finished)"
             )
-    run_id = run_id or uuid.uuid4().hex[:12]
+    run_id = run_id or new_run_id or uuid.uuid4().hex[:12]
     resuming = runlog.started(run_id)
     if resuming and runlog.mode(run_id) not in (None, sink.mode):
         raise ConfigError(
@@ -174,10 +204,26 @@ def preflight(config: PipelineConfig) -> RunPlan:
     if adding or (version is not None and resuming):
         existing = existing or lance_sink.read_lineage(sink.uri, sink.table, options)
         check_compatible(existing, lineage, "this run's config")
-    schema = _table_schema(config, source, dimension, lineage)
+    schema = _table_schema(config, source, inputs.dimension, lineage)
     return RunPlan(
-        config, run_id, resuming, source, lineage, max_tokens, dimension, schema, version, storage, dtype_reason
+        config,
+        run_id,
+        resuming,
+        source,
+        lineage,
+        inputs.max_tokens,
+        inputs.dimension,
+        schema,
+        version,
+        storage,
+        dtype_reason,
     )
+
+
+def preflight(config: PipelineConfig) -> RunPlan:
+    """Check the run can work, before any embedding starts; raises with a message naming the problem.
+    (A job checks the inputs first, then the table once it holds the lease: :func:`run_index`.)"""
+    return plan_on_table(check_inputs(config))
 
 
 def _with_dtype(config: PipelineConfig, existing: Optional[dict]) -> tuple[PipelineConfig, str]:
@@ -217,27 +263,35 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     import ray
 
     started = time.perf_counter()
-    plan = preflight(config)
-    preflight_seconds = time.perf_counter() - started
-    ray_start_seconds = 0.0
+    inputs = check_inputs(config)
     c = config
-    actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
-    log.info(
-        f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
-        f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
-        f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
-        f"(or --set run.resume=true)"
-    )
+    # The lease is named after the run; a resumed run's id is read from the run log under the lease.
+    holder = c.run.id or ("resume" if c.run.resume else uuid.uuid4().hex[:12])
     lease = TableLease(
         c.sink.uri,
         c.sink.table,
-        plan.run_id,
-        storage=plan.storage,
+        holder,
+        storage=inputs.storage,
         timeout_s=c.sink.lease_timeout_s,
         on_busy=c.sink.on_busy,
         log=log.info,
     )
+    inputs_checked = time.perf_counter()
     with lease:
+        # Every check that reads the table runs now that no other job can change it (and after a
+        # wait for the lease, on the table as the previous holder left it).
+        leased = time.perf_counter()
+        plan = plan_on_table(inputs, new_run_id=holder)
+        lease.holder = plan.run_id
+        preflight_seconds = (inputs_checked - started) + (time.perf_counter() - leased)  # not the wait
+        ray_start_seconds = 0.0
+        actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
+        log.info(
+            f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
+            f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
+            f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
+            f"(or --set run.resume=true)"
+        )
         if not ray.is_initialized():
             ray_started = time.perf_counter()
             # A Ray of the job's own (no RAY_ADDRESS, no `ray start` here) lives as long as the job: its
@@ -283,9 +337,11 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     lease.check()
     _resolve_duplicates(plan, checkpointer, summary)
     if c.sink.delete_missing:
+        lease.check()
         # Opened after the duplicate check: a handle opened before it would read the older version.
         summary.deleted_missing = _delete_missing(plan, summary)
     summary.table_rows = _open_table(plan).count_rows()  # what readers see now: after dedup and deletes
+    lease.check()
     params, tuning = _index_step(plan, summary)
     lease.check()
     _write_lineage(plan, params, tuning, summary)
