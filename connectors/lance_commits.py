@@ -12,16 +12,51 @@ from connectors.sql import sql_list, sql_value
 
 __all__ = [
     "ConcurrentWriteError",
+    "MissingFilesError",
     "check_version",
     "commit_checkpoint",
     "commit_overwrite",
     "delete_rows",
     "delete_run_leftovers",
+    "missing_files",
+    "require_files",
 ]
 
 
 class ConcurrentWriteError(RuntimeError):
     """The table changed under a running job (another writer): the job stops before committing."""
+
+
+class MissingFilesError(ConcurrentWriteError):
+    """Data files a commit would reference are gone (removed by housekeeping, or by hand)."""
+
+
+def missing_files(uri: str, fragments: Sequence[Any], storage=None, threads: int = 16) -> list[str]:
+    """The data files of ``fragments`` (Lance ``FragmentMetadata`` written for dataset ``uri``) that
+    are not in storage. ``storage``: a :class:`connectors.storage.Storage` for an ``s3://`` uri."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connectors.storage import Storage
+
+    paths = sorted({f.path for fragment in fragments for f in fragment.files})
+    if not paths:
+        return []
+    fs, root = (storage or Storage.resolve()).fsspec(uri)
+    full = [f"{root.rstrip('/')}/data/{p}" for p in paths]
+    with ThreadPoolExecutor(min(threads, len(full))) as pool:  # one HEAD each on object storage
+        there = list(pool.map(fs.exists, full))
+    return [p for p, ok in zip(paths, there) if not ok]
+
+
+def require_files(uri: str, fragments: Sequence[Any], what: str, storage=None) -> None:
+    """Raise :class:`MissingFilesError` when a data file of ``fragments`` is gone: a commit must never
+    reference a file that is not there (every reader of that version would fail)."""
+    gone = missing_files(uri, fragments, storage)
+    if gone:
+        raise MissingFilesError(
+            f"{what}: {len(gone)} data file(s) this commit would reference are gone, e.g. {gone[:3]} "
+            "(removed by housekeeping, or by hand); nothing was committed"
+        )
 
 
 def commit_overwrite(

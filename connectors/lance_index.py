@@ -135,9 +135,19 @@ def index_row_counts(table, column: str = "vector") -> Optional[tuple[int, int]]
 
 
 def optimize_index(table) -> float:
-    """Add the unindexed rows to the existing lists (LanceDB's ``optimize``: no retraining); seconds."""
+    """Compact the table's small fragments and add its unindexed rows to the existing indices (no
+    retraining); seconds. Nothing is pruned.
+
+    Not LanceDB's ``table.optimize()``: that also prunes versions older than 7 days and, with them,
+    every unreferenced file older than 7 days, which includes the staged fragments of an overwrite
+    run that was stopped and not yet resumed (its resume would then commit files that are gone).
+    Pruning is ``jobs.maintain``'s, by ``sink.keep_versions`` (:mod:`connectors.lance_housekeeping`).
+    """
     start = time.perf_counter()
-    table.optimize()
+    dataset = table.to_lance()
+    dataset.optimize.compact_files()
+    dataset.optimize.optimize_indices()
+    table.checkout_latest()  # the LanceDB handle still points at the version before these commits
     return round(time.perf_counter() - start, 2)
 
 

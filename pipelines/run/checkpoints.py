@@ -57,6 +57,7 @@ class Checkpointer:
         storage_options: Optional[dict] = None,
         progress: Optional[Progress] = None,
         on_checkpoint: Callable[[dict, list], None] = lambda timing, done: None,
+        storage=None,
     ):
         self.run_id, self.runlog = run_id, runlog
         self.on_checkpoint = on_checkpoint  # (this checkpoint's timings, its DoneFiles)
@@ -68,6 +69,7 @@ class Checkpointer:
         self.start_version = table_version  # None: the table did not exist when the run began
         self.on_batch, self.before_commit = on_batch, before_commit
         self.options = storage_options
+        self.storage = storage  # connectors.storage.Storage: where to look for the files a commit references
         self.pending: dict[str, _Pending] = {}
         self.progress = progress
         self.rows_seen = 0  # source rows of every batch the sink sent back
@@ -128,8 +130,11 @@ class Checkpointer:
         if self.staged:
             self.runlog.record(self.run_id, done)
         else:
-            self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done], kind="committing")
             fragments = [x for d in done for x in d.fragments]
+            rejects = [x for d in done for x in d.reject_fragments]
+            lance_commits.require_files(self.table_uri, fragments, "the table", self.storage)
+            lance_commits.require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
+            self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done], kind="committing")
             replaced = [a for f in files for a in self.pending[f].replaced]
             commit_started = time.perf_counter()
             self.table_version = lance_commits.commit_checkpoint(
@@ -143,7 +148,7 @@ class Checkpointer:
             self.rejects_version = lance_commits.commit_checkpoint(
                 self.rejects_uri,
                 lance_sink.REJECT_SCHEMA,
-                [x for d in done for x in d.reject_fragments],
+                rejects,
                 np.zeros(0, np.uint64),
                 self.rejects_version,
                 self.options,
@@ -193,14 +198,21 @@ class Checkpointer:
             )
 
     def publish(self, schema_of_rejects) -> None:
-        """Staged runs: commit every staged fragment of the run (all its done files) in one Overwrite."""
+        """Staged runs: commit every staged fragment of the run (all its done files) in one Overwrite,
+        once every data file it references is known to be there."""
         self.before_commit()
         done = self.runlog.done_files(self.run_id, with_fragments=True).values()
         lance_commits.check_version(self.table_uri, self.table_version, "the table", self.options)
-        lance_commits.commit_overwrite(
-            self.rejects_uri, schema_of_rejects, [x for d in done for x in d.reject_fragments], self.options
-        )
-        self.table_version = lance_commits.commit_overwrite(
-            self.table_uri, self.table_schema, [x for d in done for x in d.fragments], self.options
-        )
+        fragments = [x for d in done for x in d.fragments]
+        rejects = [x for d in done for x in d.reject_fragments]
+        try:
+            lance_commits.require_files(self.table_uri, fragments, "the table", self.storage)
+            lance_commits.require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
+        except lance_commits.MissingFilesError as exc:
+            raise lance_commits.MissingFilesError(
+                f"{exc}. Resume the run with --set run.id={self.run_id}: the files whose staged data is gone "
+                "are embedded again"
+            ) from None
+        lance_commits.commit_overwrite(self.rejects_uri, schema_of_rejects, rejects, self.options)
+        self.table_version = lance_commits.commit_overwrite(self.table_uri, self.table_schema, fragments, self.options)
         self.runlog.mark(self.run_id, "committed")

@@ -355,11 +355,15 @@ def _files_to_do(plan: RunPlan, runlog: RunLog, summary: RunSummary) -> tuple[li
     removing what a resumed run's unfinished commits left; and whether a staged run was committed."""
     options = plan.sink_options
     staged = plan.staged
-    done = runlog.done_files(plan.run_id)
+    committed = staged and "committed" in runlog.kinds(plan.run_id)
+    done = runlog.done_files(plan.run_id, with_fragments=staged and not committed)
     # A finished file that was rewritten since is done again; one that is gone stays done (it was read whole).
     changed = [f for f, d in done.items() if f in plan.source.identity and d.identity != plan.source.identity[f]]
     for f in changed:
         del done[f]
+    if staged and not committed and done:
+        for f in _staged_data_gone(plan, done):
+            del done[f]
     todo = [f for f in plan.source.files if f not in done]
     summary.resumed_files = len(plan.source.files) - len(todo)
     if plan.resuming and not staged:
@@ -367,7 +371,30 @@ def _files_to_do(plan: RunPlan, runlog: RunLog, summary: RunSummary) -> tuple[li
         redo = sorted(runlog.uncertain_files(plan.run_id) | set(changed))
         lance_commits.delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
         lance_commits.delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
-    return todo, staged and "committed" in runlog.kinds(plan.run_id)
+    return todo, committed
+
+
+def _staged_data_gone(plan: RunPlan, done: dict) -> list[str]:
+    """The files of a resumed staged run whose staged fragments are no longer all in storage (a prune
+    removed uncommitted files older than Lance's 7 days, or someone did by hand): they are embedded
+    again, so that the final commit never references a file that is not there."""
+    table = lance_commits.missing_files(plan.table_uri, [x for d in done.values() for x in d.fragments], plan.storage)
+    rejects = lance_commits.missing_files(
+        plan.rejects_uri, [x for d in done.values() for x in d.reject_fragments], plan.storage
+    )
+    gone_paths = set(table) | set(rejects)
+    if not gone_paths:
+        return []
+    gone = [
+        f
+        for f, d in done.items()
+        if any(x.path in gone_paths for fragment in (*d.fragments, *d.reject_fragments) for x in fragment.files)
+    ]
+    log.warning(
+        f"run {plan.run_id}: the staged data of {len(gone)} finished file(s) is gone ({len(gone_paths)} data "
+        f"file(s), e.g. {sorted(gone_paths)[:2]}; removed by housekeeping?): embedding them again"
+    )
+    return gone
 
 
 def _embed_and_commit(
@@ -399,6 +426,7 @@ def _embed_and_commit(
         storage_options=options,
         progress=Progress(total),
         on_checkpoint=lambda timing, done: metrics.checkpoint(timing["commit_s"], _data_bytes(done)),
+        storage=plan.storage,
     )
     if todo and not committed:
         existing = None

@@ -8,12 +8,17 @@ by pid (tests/integration/test_safe_writes.py's helpers).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
 from pathlib import Path
 
-from test_safe_writes import _cfg, _corpus, _rows
+import lance
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_safe_writes import _cfg, _corpus, _docs, _env, _job, _job_args, _kill_mid_run, _rows, _runlog, _write
 
 from connectors.table_lease import TableLease
 from pipelines.run.runner import run_index
@@ -103,3 +108,98 @@ def test_an_append_that_waited_for_the_lease_checks_the_lineage_of_the_table_mad
     )
     assert isinstance(got, LineageMismatchError) and "document_prompt" in str(got), got
     assert len(_rows(db)) == 12  # nothing of another embedding space was appended
+
+
+# -- 2. housekeeping between a stopped run and its resume ------------------------------------------------
+
+
+def _age(paths, seconds: float) -> None:
+    then = time.time() - seconds
+    for p in paths:
+        os.utime(p, (then, then))
+
+
+def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
+    """The overwrite's staged files are older than Lance's 7 days for unreferenced files when
+    jobs.maintain prunes: they are removed, and the resume must embed those files again instead of
+    committing a version whose data files do not exist."""
+    from pipelines.maintenance import run_maintenance
+
+    old, new = tmp_path / "old", tmp_path / "new"
+    _write(old, "a.parquet", _docs(sample_table, 2400, 20))
+    _corpus(new, sample_table, 2500, 12, 10)
+    env = _env(ray_cluster)
+    for attempt in range(3):
+        db = tmp_path / f"db{attempt}"
+        run_index(_cfg(old, db, tiny_bert_dir))
+        proc = _job(_job_args(new, db, tiny_bert_dir, "run.id=killed"), env)
+        if _kill_mid_run(proc, db, 2, 12, "killed"):
+            break
+    else:
+        pytest.fail("in three tries the overwrite finished before a kill landed mid-run")
+    staged = [
+        f.path
+        for d in _runlog(db).done_files("killed", with_fragments=True).values()
+        for x in d.fragments
+        for f in x.files
+    ]
+    assert staged
+    # Eight days later: every file of the tables is older than the retention and Lance's 7 days.
+    _age(
+        [p for t in ("docs", "docs_rejects", "docs_runs") for p in (db / f"{t}.lance").rglob("*") if p.is_file()],
+        EIGHT_DAYS_S,
+    )
+    run_maintenance(_cfg(new, db, tiny_bert_dir))  # sink.keep_versions: 7d (the default)
+    assert not any((db / "docs.lance" / "data" / p).exists() for p in staged)  # the premise: pruned
+
+    resumed = run_index(_cfg(new, db, tiny_bert_dir, "run.id=killed"))
+    want = sorted(pq.read_table(new).column("id").to_pylist())
+    rows = _rows(db)
+    assert sorted(r["id"] for r in rows) == want, resumed.format()
+    assert lance.dataset(str(db / "docs.lance")).to_table().num_rows == len(want)  # every data file is there
+    assert resumed.rows_written == len(want)  # the files staged before the kill were embedded again
+
+
+def test_the_index_step_optimizes_without_pruning_what_a_stopped_run_staged(tmp_path):
+    """LanceDB's table.optimize() prunes unreferenced files older than 7 days; the index upkeep of
+    append/upsert runs must compact and optimise the indices without that."""
+    import lancedb
+    import numpy as np
+    from lance.fragment import write_fragments
+    from lancedb.index import IvfPq
+
+    from connectors.lance_index import index_row_counts, optimize_index
+
+    vectors = np.random.default_rng(0).random((600, 16), dtype=np.float32)
+    rows = pa.table(
+        {"id": [str(i) for i in range(600)], "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), 16)}
+    )
+    table = lancedb.connect(str(tmp_path)).create_table("t", rows)
+    table.create_index("vector", config=IvfPq(num_partitions=2, num_sub_vectors=2))
+    table.add(rows.slice(0, 10))
+    table.add(rows.slice(10, 10))
+    staged = write_fragments(rows.slice(0, 5), table.to_lance().uri, schema=rows.schema)  # a stopped run's
+    path = tmp_path / "t.lance" / "data" / staged[0].files[0].path
+    _age([path], EIGHT_DAYS_S)
+
+    optimize_index(table)
+    assert path.exists()
+    assert index_row_counts(table) == (620, 0)  # the new rows went into the index
+    assert len(table.to_lance().get_fragments()) == 2  # and the two small appends compacted into one
+
+
+def test_a_commit_never_references_a_data_file_that_is_gone(tmp_path):
+    from lance.fragment import write_fragments
+
+    from connectors import lance_commits
+
+    uri = str(tmp_path / "t.lance")
+    schema = pa.schema([("id", pa.string())])
+    lance.write_dataset(pa.table({"id": ["a"]}, schema=schema), uri)
+    fragments = write_fragments(pa.table({"id": ["b", "c"]}, schema=schema), uri, schema=schema)
+    assert lance_commits.missing_files(uri, fragments) == []
+    (tmp_path / "t.lance" / "data" / fragments[0].files[0].path).unlink()
+    with pytest.raises(lance_commits.MissingFilesError, match="1 data file"):
+        lance_commits.require_files(uri, fragments, "the table")
