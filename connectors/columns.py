@@ -11,3 +11,4 @@ SOURCE_FILE = "source_file"  # table column: the file a row came from (resume de
 ENCODER = "_encoder"  # "<node id>/<actor id>" of the encoder actor that embedded the row (placement report)
 OLD_ROWID = "_old_rowid"  # upsert: addresses of the rows a changed document replaces (list)
 SKIP_UNCHANGED = "unchanged"  # _reject value for rows an upsert leaves alone (skipped, not rejected)
+METADATA_ONLY = "metadata_only"  # _reject value: same text, other metadata: rewritten with the old vector

@@ -19,7 +19,7 @@ import json
 import os
 import pickle
 from collections import Counter
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +37,7 @@ STATS_SCHEMA = pa.schema(
         ("rows", pa.int64()),  # source rows (documents) of the file in this batch
         ("written", pa.int64()),  # table rows written (chunks when chunking)
         ("skipped", pa.int64()),  # unchanged documents an upsert left alone
+        ("updated", pa.int64()),  # documents an upsert rewrote with new metadata and their old vectors
         ("rejected", pa.string()),  # JSON {reason: count}
         ("files", pa.string()),  # JSON {source file: source rows in this batch}
         ("tokens", pa.int64()),
@@ -85,8 +86,12 @@ class FragmentWriter:
         text_column: str,
         run_id: str,
         storage_options: Optional[dict] = None,
+        existing=None,
+        metadata_columns: Sequence[str] = (),
     ):
         self.table_uri = table_uri
+        self.existing = existing  # connectors.lance_lookup.ExistingRows (upsert): the rows a metadata update rewrites
+        self.metadata_columns = list(metadata_columns)
         self.rejects_uri = rejects_uri
         self.schema = schema
         self.id_column = id_column
@@ -115,15 +120,38 @@ class FragmentWriter:
             return STATS_SCHEMA.empty_table()
         return pa.concat_tables([self._write_file(part) for part in _by_file(batch, batch.column(C.FILE)).values()])
 
+    def _with_new_metadata(self, updates: pa.Table) -> pa.Table:
+        """The table's rows of documents whose text is unchanged but whose metadata changed: read as the
+        run began (vector, text, hash and, in a chunked table, every chunk), with the source's new
+        metadata values, this run's id and file; they replace the old rows in the checkpoint's commit."""
+        owner = {}  # row address -> the update row (source document) it belongs to
+        for k, addresses in enumerate(updates.column(C.OLD_ROWID).to_pylist()):
+            for a in addresses or ():
+                owner[a] = k
+        old = self.existing.rows(np.fromiter(owner, dtype=np.uint64, count=len(owner)), self.schema.names)
+        of_row = pa.array([owner[a] for a in old.column("_rowid").to_pylist()], pa.int64())
+        out = old.drop_columns(["_rowid"])
+        new = {name: updates.column(name).take(of_row) for name in self.metadata_columns}
+        new[C.SOURCE_FILE] = updates.column(C.FILE).take(of_row)
+        new["run_id"] = pa.array([self.run_id] * out.num_rows, pa.string())
+        for name, values in new.items():
+            out = out.set_column(out.schema.get_field_index(name), name, values)
+        return out.select(self.schema.names).cast(self.schema)
+
     def _write_file(self, batch: pa.Table) -> pa.Table:
         n = batch.num_rows
         reject = batch.column(C.REJECT)
         unchanged = pc.fill_null(pc.equal(reject, C.SKIP_UNCHANGED), False)
+        metadata_only = pc.fill_null(pc.equal(reject, C.METADATA_ONLY), False)
         accepted = batch.filter(pc.is_null(reject))
-        rejected = batch.filter(pc.and_(pc.is_valid(reject), pc.invert(unchanged)))
+        rejected = batch.filter(pc.and_(pc.is_valid(reject), pc.invert(pc.or_(unchanged, metadata_only))))
         run = pa.array([self.run_id] * accepted.num_rows, pa.string())
         accepted = accepted.append_column(C.SOURCE_FILE, accepted.column(C.FILE)).append_column("run_id", run)
         rows = accepted.select(self.schema.names).cast(self.schema)
+        embedded = rows.num_rows
+        updates = batch.filter(metadata_only)
+        if updates.num_rows:
+            rows = pa.concat_tables([rows, self._with_new_metadata(updates)])
         rejects = pa.table(
             {
                 "id": rejected.column(self.id_column).cast(pa.string()),
@@ -142,16 +170,18 @@ class FragmentWriter:
         )
         files = Counter(f for f, d in zip(batch.column(C.FILE).to_pylist(), is_doc.to_pylist()) if d)
         replaced: dict[str, np.ndarray] = {}
-        if C.OLD_ROWID in accepted.column_names:
-            for f, part in _by_file(accepted, accepted.column(C.FILE)).items():
+        if C.OLD_ROWID in batch.column_names:
+            replacing = pa.concat_tables([t.select([C.FILE, C.OLD_ROWID]) for t in (accepted, updates)])
+            for f, part in _by_file(replacing, replacing.column(C.FILE)).items():
                 old = pc.list_flatten(part.column(C.OLD_ROWID).drop_null())
                 if len(old):
                     replaced[f] = np.unique(old.to_numpy(zero_copy_only=False).astype(np.uint64))
         stats = {
             "file": [batch.column(C.FILE)[0].as_py()],
             "rows": [int(pc.sum(pc.cast(is_doc, pa.int64())).as_py() or 0)],
-            "written": [rows.num_rows],
+            "written": [embedded],
             "skipped": [int(pc.sum(pc.cast(unchanged, pa.int64())).as_py() or 0)],
+            "updated": [updates.num_rows],
             "rejected": [json.dumps(Counter(rejected.column(C.REJECT).to_pylist()))],
             "files": [json.dumps(files)],
             "tokens": [pc.sum(batch.column(C.N_TOKENS)).as_py() or 0],

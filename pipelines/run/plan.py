@@ -109,7 +109,11 @@ def embedding_stages(
     if existing is not None:
         revision = None if config.sink.revision_by == "path" else config.sink.revision_by
         stages.append(
-            Stage("skip_unchanged", SkipUnchangedStage(existing, src.id_column, revision, latest), map_kwargs=rows)
+            Stage(
+                "skip_unchanged",
+                SkipUnchangedStage(existing, src.id_column, revision, latest, src.metadata_columns),
+                map_kwargs=rows,
+            )
         )
     return stages + [
         # A Parquet file is one block up to here (validate needs whole files). From here on blocks

@@ -433,7 +433,12 @@ def _embed_and_commit(
         if c.sink.mode == "upsert" and checkpointer.table_version is not None:
             key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
             existing = lance_lookup.ExistingRows(
-                plan.table_uri, checkpointer.table_version, key, options, revision_column=_revision_column(c)
+                plan.table_uri,
+                checkpointer.table_version,
+                key,
+                options,
+                revision_column=_revision_column(c),
+                metadata_columns=c.source.metadata_columns,
             )
         latest = None
         if c.sink.mode == "upsert" and existing is not None and len(plan.source.files) > 1:
@@ -455,7 +460,7 @@ def _embed_and_commit(
                     cpus=cpus,
                     run_id=plan.run_id,
                 ),
-                _sink_stage(plan, cpus),
+                _sink_stage(plan, cpus, existing),
             ]
 
         try:
@@ -592,6 +597,7 @@ def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
         "read": summary.rows_read,
         "written": summary.rows_written,
         "skipped_unchanged": summary.skipped,
+        "updated_metadata_only": summary.updated,
         "rejected": dict(summary.rejected),
         "truncated": summary.truncated,
         "table_rows": summary.table_rows,
@@ -773,12 +779,13 @@ def _data_bytes(done) -> int:
 def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics) -> None:
     """One sink stats row (a file's rows of one batch) into the summary and the run's metrics."""
     counts = (row["rows"], row["written"], json.loads(row["rejected"]), row["tokens"], row["truncated"], row["skipped"])
-    summary.add_batch(*counts)
+    summary.add_batch(*counts, updated=row["updated"])
     metrics.batch(*counts)
     summary.add_placement(json.loads(row["encoders"]), row["writer_node"])
 
 
-def _sink_stage(plan: RunPlan, cpus: float = 1.0) -> Stage:
+def _sink_stage(plan: RunPlan, cpus: float = 1.0, existing=None) -> Stage:
+    """The write stage; ``existing`` (upsert runs) is where it reads the rows a metadata-only change rewrites."""
     c = plan.config
     writer = lance_writer.FragmentWriter(
         table_uri=plan.table_uri,
@@ -788,6 +795,8 @@ def _sink_stage(plan: RunPlan, cpus: float = 1.0) -> Stage:
         text_column=c.source.text_column,
         run_id=plan.run_id,
         storage_options=plan.sink_options,
+        existing=existing,
+        metadata_columns=c.source.metadata_columns,
     )
     return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment, num_cpus=cpus))
 

@@ -28,6 +28,7 @@ class RunSummary:
     rejects_table: str = ""
     run_id: str = ""
     skipped: int = 0  # unchanged documents an upsert did not embed again
+    updated: int = 0  # documents an upsert rewrote with new metadata and their old vectors (same text)
     skipped_files: dict = field(default_factory=dict)  # unreadable files skipped (source.on_bad_file=skip)
     resumed_files: int = 0  # files an earlier attempt of this run id had finished
     deleted_missing: int = 0
@@ -48,9 +49,12 @@ class RunSummary:
     def rows_rejected(self) -> int:
         return sum(self.rejected.values())
 
-    def add_batch(self, rows: int, written: int, rejected: dict, tokens: int, truncated: int, skipped: int = 0) -> None:
+    def add_batch(
+        self, rows: int, written: int, rejected: dict, tokens: int, truncated: int, skipped: int = 0, updated: int = 0
+    ) -> None:
         self.rows_read += rows
         self.skipped += skipped
+        self.updated += updated
         self.rows_written += written
         self.rejected.update(rejected)
         self.tokens += tokens
@@ -109,6 +113,7 @@ class RunSummary:
             + (f" ({len(self.skipped_files)} unreadable files skipped)" if self.skipped_files else ""),
             f"embedded     {self.rows_written}",
             f"unchanged    {self.skipped} (skipped, already in the table)",
+            *([f"updated      {self.updated} (metadata only, not embedded again)"] if self.updated else []),
             f"rejected     {self.rows_rejected} ({rejected}) -> {self.rejects_table}",
             f"truncated    {self.truncated} texts cut at the model's token limit",
             f"throughput   {self.rows_written / secs:.1f} docs/s, {self.tokens / secs:.0f} tokens/s "

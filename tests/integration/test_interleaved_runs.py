@@ -203,3 +203,45 @@ def test_a_commit_never_references_a_data_file_that_is_gone(tmp_path):
     (tmp_path / "t.lance" / "data" / fragments[0].files[0].path).unlink()
     with pytest.raises(lance_commits.MissingFilesError, match="1 data file"):
         lance_commits.require_files(uri, fragments, "the table")
+
+
+# -- 4. an upsert whose source changed only metadata ------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["rows", "chunks"])
+def test_an_upsert_that_changed_only_metadata_rewrites_those_rows_without_embedding_them(
+    chunked, ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
+    docs = [
+        {"id": r["id"], "text": r["text"][:400], "title": r["title"]}
+        for r in sample_table.slice(2600, 12).select(["id", "text", "title"]).to_pylist()
+    ]
+    _write(tmp_path / "day1", "a.parquet", docs)
+    withdrawn = {d["id"] for d in docs[::2]}
+    day2 = [{**d, "title": "WITHDRAWN: " + d["title"]} if d["id"] in withdrawn else d for d in docs]
+    day2[1] = {**day2[1], "text": "changed " + day2[1]["text"], "title": "changed too"}  # both: embedded again
+    _write(tmp_path / "day2", "a.parquet", day2)
+    db = tmp_path / "db"
+    opts = ["source.metadata_columns=[title]"]
+    if chunked:
+        opts += ["embed.long_text=chunk", "embed.chunk_overlap=4", "model.max_tokens=32"]
+    run_index(_cfg(tmp_path / "day1", db, tiny_bert_dir, *opts))
+    key = "id"
+    before = {r[key]: r for r in _rows(db)}
+
+    up = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *opts, "sink.mode=upsert"))
+    assert (up.updated, up.skipped, up.rows_read) == (len(withdrawn), len(docs) - len(withdrawn) - 1, len(docs))
+    assert "updated      6 (metadata only, not embedded again)" in up.format()
+    after = _rows(db)
+    assert len(after) == len({r[key] for r in after})  # every row once
+    title = {d["id"]: d["title"] for d in day2}
+    doc = (lambda r: r["doc_id"]) if chunked else (lambda r: r["id"])
+    assert all(r["title"] == title[doc(r)] for r in after)
+    for r in after:
+        if doc(r) != docs[1]["id"]:  # same text: the very vector, text and hash it had
+            old = before[r[key]]
+            assert (r["vector"], r["text"], r["content_hash"]) == (old["vector"], old["text"], old["content_hash"])
+    if chunked:
+        assert max(r["chunk"] for r in after) >= 1  # documents of several chunks were rewritten whole
+    again = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *opts, "sink.mode=upsert"))
+    assert (again.updated, again.skipped, again.rows_written) == (0, len(docs), 0)

@@ -4,18 +4,23 @@
   found up front by :func:`pipelines.run.revisions.latest_revisions`): ``superseded``;
 - with a revision column, a row whose table row has a higher value: ``superseded`` too (replaying
   an old partition never overwrites newer data);
-- same content hash as the table's row: ``unchanged``, skips tokenizing and encoding;
+- same content hash as the table's row and the same metadata: ``unchanged``, skips tokenizing and
+  encoding;
+- same content hash, other metadata (a title, a status column): ``metadata_only``, also not embedded
+  again: the sink rewrites the table's row(s) of the document with their vectors and the new
+  metadata, replacing them in the same commit (:class:`connectors.lance_writer.FragmentWriter`);
 - otherwise the document is new or changed and carries the addresses of the rows it replaces (all
   chunks of a chunked document), which the driver deletes in the commit that adds the new rows.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 
 from connectors import columns as C
+from connectors.lance_lookup import MIXED, same_values
 
 __all__ = ["SkipUnchangedStage"]
 
@@ -25,8 +30,17 @@ def _rank(value) -> tuple:
 
 
 class SkipUnchangedStage:
-    def __init__(self, existing, id_column: str, revision_column: Optional[str] = None, latest: Any = None):
-        self.existing = existing  # connectors.lance_lookup.ExistingRows: doc id -> (hash, [addresses], revision)
+    def __init__(
+        self,
+        existing,
+        id_column: str,
+        revision_column: Optional[str] = None,
+        latest: Any = None,
+        metadata_columns: Sequence[str] = (),
+    ):
+        # connectors.lance_lookup.ExistingRows: doc id -> (hash, [addresses], revision, metadata)
+        self.existing = existing
+        self.metadata_columns = list(metadata_columns)  # in the order ExistingRows reads them
         self.id_column = id_column
         self.revision_column = revision_column  # None: revision by path (the row's file)
         self.latest = latest  # ObjectRef (or dict) of {repeated id: latest revision in this run}
@@ -46,6 +60,7 @@ class SkipUnchangedStage:
         hashes = batch.column(C.HASH).to_pylist()
         reject = batch.column(C.REJECT).to_pylist()
         revisions = batch.column(self.revision_column or C.FILE).to_pylist()
+        metadata = list(zip(*(batch.column(c).to_pylist() for c in self.metadata_columns))) or [()] * len(ids)
         repeated = self._repeated()
         for k, i in enumerate(ids):
             if reject[k] is None and i in repeated and _rank(revisions[k]) < _rank(repeated[i]):
@@ -58,8 +73,9 @@ class SkipUnchangedStage:
                 reject[k] = "superseded"
                 old_rowids.append(None)
             elif hit is not None and hit[0] == h:
-                reject[k] = C.SKIP_UNCHANGED
-                old_rowids.append(None)
+                same = hit[3] is not MIXED and all(same_values(a, b) for a, b in zip(hit[3], metadata[k]))
+                reject[k] = C.SKIP_UNCHANGED if same else C.METADATA_ONLY
+                old_rowids.append(None if same else hit[1])
             else:
                 old_rowids.append(hit[1] if hit is not None else None)
         batch = batch.set_column(batch.schema.get_field_index(C.REJECT), C.REJECT, pa.array(reject, pa.string()))
