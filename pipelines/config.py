@@ -14,11 +14,20 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
+from connectors import columns as C
 from connectors.errors import UserError
 
 __all__ = [
@@ -46,7 +55,25 @@ RQ_DIMENSION = (
     "index.type=ivf_rq needs a dimension divisible by 8, this one is {dim}: set embed.dimension to one "
     "that is, or index.type to ivf_pq or ivf_sq"
 )
-RESERVED_COLUMNS = ("path", "vector", "source_file", "content_hash", "doc_id", "chunk")
+# Every name the pipeline writes into the table or returns with a row, and why: a source column of the
+# same name (id, text or metadata) would fail the write after all the embedding work, or come back twice
+# from a search. Names starting with "_" are refused as well: the stages' internal columns
+# (connectors/columns.py) and Lance's (_distance, _score, _relevance_score, _rowid, _rowaddr).
+RESERVED = {
+    C.VECTOR: "the table's embedding column",
+    C.HASH: "the table's content hash column (upserts compare it)",
+    C.SOURCE_FILE: "the table's column of each row's input file (resumes delete by it)",
+    "run_id": "the table's column of the run that wrote each row (pipelines/run/runner.py _table_schema)",
+    "doc_id": "the table's column of a chunk's document id (embed.long_text=chunk)",
+    "chunk": "the table's column of a chunk's number (embed.long_text=chunk)",
+    # connectors.parquet_source.PATH_COLUMN (not imported: it would load pyarrow to validate a config)
+    "path": "the column Ray Data adds with each row's file (include_paths)",
+    "score": "what a search returns with each hit (pipelines/search/searcher.py, the query service)",
+    "query_index": "what Lance adds to a search of several vectors at once (Searcher.search_many)",
+}
+RESERVED_COLUMNS = tuple(RESERVED)
+# sink.lease_timeout_s: several heartbeats (every sixth of it) above a slow storage write; at most a day.
+LEASE_TIMEOUT_MIN_S, LEASE_TIMEOUT_MAX_S = 10, 86_400
 DEFAULT_SAMPLE = str(Path(__file__).resolve().parent.parent / "data" / "sample" / "wiki_vital.parquet")
 
 
@@ -80,7 +107,39 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SourceConfig(_Section):
+def _leaf_types(annotation: Any) -> set:
+    """The plain types a field's annotation is made of: ``Union[int, Literal["auto"], None]`` -> int, "auto", None."""
+    args = get_args(annotation)
+    return set().union(*map(_leaf_types, args)) if args else {annotation}
+
+
+def _numeric(annotation: Any) -> bool:
+    """A number field (int or float, maybe in a Union with "auto" or None) that takes no boolean."""
+    kinds = _leaf_types(annotation)
+    return bool(kinds & {int, float}) and bool not in kinds
+
+
+class _PipelineSection(_Section):
+    """A section of :class:`PipelineConfig`: numbers are numbers.
+
+    YAML reads ``yes``/``no``, ``true``/``false``, ``on``/``off`` as booleans and pydantic's lax mode
+    turns a boolean into 1 or 0 (``compute.actors=true`` ran one actor): a number field refuses them,
+    ``Union[int, Literal["auto"]]`` ones included. Whole-number fields refuse a fraction (2.5; 2.0 is 2),
+    float fields take whole numbers.
+    """
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _numeric(cls.model_fields[info.field_name].annotation):
+            raise ValueError(
+                f"must be a number, not the boolean {str(value).lower()} (YAML reads yes/no, true/false and "
+                "on/off as booleans)"
+            )
+        return value
+
+
+class SourceConfig(_PipelineSection):
     path: str = Field(DEFAULT_SAMPLE, description="Parquet file, directory or glob (local or s3://).")
     id_column: str = Field("id", description="Column holding a unique document id.")
     text_column: str = Field("text", description="Column holding the text to embed.")
@@ -99,21 +158,34 @@ class SourceConfig(_Section):
             raise ValueError(f"{value!r} is not a plain identifier ([A-Za-z_][A-Za-z0-9_]*); rename the column")
         return value
 
+    @field_validator("id_column", "text_column", "metadata_columns")
+    @classmethod
+    def _not_reserved(cls, value: Union[str, list[str]]) -> Union[str, list[str]]:
+        # Checked here, not when the writer finds the clash after all the embedding work (RESERVED).
+        for name in [value] if isinstance(value, str) else value:
+            if name in RESERVED:
+                raise ValueError(f"column {name!r} is reserved: it is {RESERVED[name]}; rename it in the source")
+            if name.startswith("_"):
+                raise ValueError(
+                    f"column {name!r} is reserved: names starting with '_' are the pipeline's internal columns "
+                    "and Lance's (_distance, _score, _relevance_score, _rowid); rename it in the source"
+                )
+        return value
+
     @model_validator(mode="after")
     def _distinct_columns(self) -> "SourceConfig":
         if self.id_column == self.text_column:
             raise ValueError("id_column and text_column must differ")
         for name in self.metadata_columns:
-            if name in (self.id_column, self.text_column, "vector"):
-                raise ValueError(f"metadata column {name!r} clashes with id, text or vector")
-        for name in (self.id_column, self.text_column, *self.metadata_columns):
-            if name in RESERVED_COLUMNS or name.startswith("_"):
-                # Ray Data's include_paths adds "path"; the others are the pipeline's own columns.
-                raise ValueError(f"column {name!r} is reserved; rename it in the source")
+            if name in (self.id_column, self.text_column):
+                raise ValueError(f"metadata column {name!r} clashes with id_column or text_column")
+        if len(set(self.metadata_columns)) < len(self.metadata_columns):
+            twice = sorted({n for n in self.metadata_columns if self.metadata_columns.count(n) > 1})
+            raise ValueError(f"metadata_columns names {', '.join(map(repr, twice))} more than once")
         return self
 
 
-class VLLMConfig(_Section):
+class VLLMConfig(_PipelineSection):
     """Engine settings for ``model.backend: vllm`` (ignored by the hf backend)."""
 
     tensor_parallel_size: int = Field(
@@ -137,7 +209,7 @@ class VLLMConfig(_Section):
     )
 
 
-class ModelConfig(_Section):
+class ModelConfig(_PipelineSection):
     path: str = Field(
         PACKAGED_MINILM,
         description="Local model directory, s3:// prefix or hub id; 'packaged:all-MiniLM-L6-v2' is the "
@@ -190,7 +262,7 @@ class ModelConfig(_Section):
         return self
 
 
-class EmbedConfig(_Section):
+class EmbedConfig(_PipelineSection):
     dimension: Optional[int] = Field(
         None, ge=1, description="Matryoshka truncation; defaults to the model's hidden size."
     )
@@ -204,7 +276,7 @@ class EmbedConfig(_Section):
     chunk_overlap: int = Field(32, ge=0, description="Tokens shared by consecutive chunks (long_text=chunk).")
 
 
-class ComputeConfig(_Section):
+class ComputeConfig(_PipelineSection):
     actors: int = Field(1, ge=1, description="Encoder actors (minimum size of the pool).")
     max_actors: Optional[int] = Field(None, ge=1, description="Upper bound of an autoscaling pool.")
     gpus_per_actor: float = Field(0, ge=0, description="GPUs each encoder actor reserves.")
@@ -256,7 +328,7 @@ class ComputeConfig(_Section):
         return self
 
 
-class SinkConfig(_Section):
+class SinkConfig(_PipelineSection):
     uri: str = Field("out/lancedb", description="LanceDB database: a local directory or s3:// prefix.")
     table: str = Field("documents", pattern=r"^[A-Za-z0-9_\-.]+$", description="Table name.")
     mode: Literal["create", "overwrite", "append", "upsert"] = Field(
@@ -295,9 +367,10 @@ class SinkConfig(_Section):
     )
     lease_timeout_s: float = Field(
         90,
-        gt=0,
         description="A table lease without a heartbeat for this long belongs to a dead job and is "
-        "taken over (at once when that job ran on this host and its process is gone).",
+        "taken over (at once when that job ran on this host and its process is gone). The holder heartbeats "
+        "every sixth of it and writes both into the lease: another job waits for the longer of the holder's "
+        f"timeout and its own. {LEASE_TIMEOUT_MIN_S:g} s to {LEASE_TIMEOUT_MAX_S:g} s (1 day).",
     )
     keep_versions: Optional[str] = Field(
         "7d",
@@ -306,6 +379,20 @@ class SinkConfig(_Section):
         "deleting the files only they reference: time travel and readers of an older version reach back "
         "this far. null: never prune (compaction still runs; its old files then stay).",
     )
+
+    @field_validator("lease_timeout_s")
+    @classmethod
+    def _lease_timeout(cls, value: float) -> float:
+        if value < LEASE_TIMEOUT_MIN_S:
+            raise ValueError(
+                f"must be >= {LEASE_TIMEOUT_MIN_S:g} s: the holder heartbeats every sixth of it, and several "
+                "heartbeats must fit in it even when a write to the storage takes seconds"
+            )
+        if value > LEASE_TIMEOUT_MAX_S:
+            raise ValueError(
+                f"must be <= {LEASE_TIMEOUT_MAX_S:g} s (1 day): a job that died would keep the table for longer"
+            )
+        return value
 
     @field_validator("keep_versions", mode="before")
     @classmethod
@@ -316,7 +403,7 @@ class SinkConfig(_Section):
         return str(value).strip()
 
 
-class IndexConfig(_Section):
+class IndexConfig(_PipelineSection):
     type: Literal["ivf_pq", "ivf_sq", "ivf_rq", "ivf_hnsw_sq", "none"] = Field(
         "ivf_rq",
         description="Vector index: ivf_rq (RaBitQ codes of num_bits per dimension; needs a dimension "
@@ -399,7 +486,7 @@ class IndexConfig(_Section):
         return self
 
 
-class RunConfig(_Section):
+class RunConfig(_PipelineSection):
     id: Optional[str] = Field(
         None,
         pattern=r"^[A-Za-z0-9_.:\-]+$",
@@ -419,7 +506,7 @@ class RunConfig(_Section):
         return self
 
 
-class StorageConfig(_Section):
+class StorageConfig(_PipelineSection):
     """Object storage (s3://) settings; unset keys follow the AWS environment variables and profiles."""
 
     endpoint_url: Optional[str] = Field(
@@ -469,7 +556,7 @@ class StorageConfig(_Section):
         return self
 
 
-class PipelineConfig(_Section):
+class PipelineConfig(_PipelineSection):
     run: RunConfig = Field(default_factory=RunConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -537,9 +624,10 @@ class ServiceConfig(_Section):
         None, description="Local path of the table's model, when not at the recorded path (weights checked)."
     )
     device: str = Field("auto", description="auto (cuda when present), cpu, cuda, cuda:N.")
-    columns: list[str] = Field(
-        default_factory=list,
-        description="Columns returned with each hit besides id, text and score, unless a request names its own.",
+    columns: Optional[list[str]] = Field(
+        None,
+        description="Columns a request may read and filter on besides the id (an allow-list); default: the "
+        "text column and the source's metadata_columns as the table's lineage records them. Never vector.",
     )
     max_k: int = Field(100, ge=1, le=10_000, description="Largest k a request may ask for.")
     max_batch_size: int = Field(
@@ -552,7 +640,35 @@ class ServiceConfig(_Section):
         10.0, gt=0, le=3600, description="How often a replica looks for a newer table version and serves it."
     )
     max_body_bytes: int = Field(65_536, ge=1024, description="Largest request body; larger ones get 413.")
+    auth_token_env: Optional[str] = Field(
+        None,
+        description="Name of an environment variable on the replicas' nodes holding the bearer token that "
+        "/search and /stats then require (the token itself never goes in the config).",
+    )
+    auth_token_file: Optional[str] = Field(
+        None, description="Path of a file on the replicas' nodes (a mounted secret) holding the bearer token."
+    )
     storage: StorageConfig = Field(default_factory=StorageConfig)
+
+    @field_validator("columns")
+    @classmethod
+    def _never_the_vector(cls, columns: Optional[list[str]]) -> Optional[list[str]]:
+        if columns is not None and "vector" in columns:
+            raise ValueError("the vector column is never served: hits carry a score, clients send a vector")
+        return columns
+
+    @field_validator("auth_token_env")
+    @classmethod
+    def _variable_name(cls, name: Optional[str]) -> Optional[str]:
+        if name is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"{name!r} is not an environment variable name (the variable's name, not the token)")
+        return name
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> "ServiceConfig":
+        if self.auth_token_env and self.auth_token_file:
+            raise ValueError("give auth_token_env or auth_token_file, not both")
+        return self
 
     @classmethod
     def load(cls, args: dict[str, Any]) -> "ServiceConfig":
@@ -626,15 +742,34 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _config_key(loc: tuple, model: Any) -> str:
+    """``section.key`` of an error's location: the fields and list positions, without the tags pydantic
+    adds for the member of a Union it tried (``index.nprobes.int``, ``index.nprobes.literal['auto']``)."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        return ".".join(str(part) for part in loc) or "config"
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, int):  # a list's position
+            parts.append(str(part))
+            model = None
+        elif isinstance(model, type) and issubclass(model, BaseModel):
+            parts.append(str(part))  # a field, or an unknown key (extra_forbidden)
+            field = model.model_fields.get(part)
+            model = field.annotation if field is not None else None
+    return ".".join(parts) or "config"
+
+
 def _format_validation_error(err: ValidationError) -> str:
-    problems = []
+    model = globals().get(err.title)  # the model that was validated: PipelineConfig, ServiceConfig, a section
+    problems: dict[str, list[str]] = {}
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "config"
+        key = _config_key(e["loc"], model)
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        problems.append(f"{key}: {msg}")
-    return "invalid config: " + "; ".join(problems)
+        problems.setdefault(key, []).append(msg)
+    # One key, several messages: what each member of its Union (a number, 'auto') said, either would do.
+    return "invalid config: " + "; ".join(f"{key}: {' or '.join(msgs)}" for key, msgs in problems.items())
 
 
 def load_config(

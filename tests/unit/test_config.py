@@ -108,3 +108,139 @@ def test_the_service_config_names_bad_keys():
         ServiceConfig.load({"tabel": "wiki", "max_k": 0})
     with pytest.raises(ConfigError, match="max_batch_size"):
         app({"max_batch_size": 0})
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["run_id", "score", "vector", "content_hash", "source_file", "doc_id", "chunk", "path", "query_index"],
+)
+@pytest.mark.parametrize(
+    "where", ["source.metadata_columns=[title, {}]", "source.id_column={}", "source.text_column={}"]
+)
+def test_reserved_column_names_are_refused_before_any_work(name, where):
+    """A column the table adds (run_id, vector, ...), a search returns (score, query_index) or Ray Data
+    adds (path) cannot also come from the source: the writer failed after all the embedding, and a
+    metadata column named score made the query service answer two of them."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[where.format(name)])
+    message = str(err.value)
+    assert f"'{name}' is reserved" in message
+    key = where.split("=")[0]
+    assert f"{key}: " in message and "rename it in the source" in message
+
+
+@pytest.mark.parametrize("name", ["_distance", "_score", "_relevance_score", "_rowid", "_rowaddr"])
+def test_lance_result_columns_are_refused(name):
+    with pytest.raises(ConfigError, match=f"'{name}' is reserved"):
+        load_config(overrides=[f"source.metadata_columns=[title, {name}]"])
+
+
+def test_every_reserved_name_says_why():
+    from pipelines.config import RESERVED_COLUMNS
+
+    assert {"run_id", "score", "vector", "content_hash", "source_file", "doc_id", "chunk", "path"} <= set(
+        RESERVED_COLUMNS
+    )
+    with pytest.raises(ConfigError, match="score.*search"):
+        load_config(overrides=["source.metadata_columns=[score]"])
+    with pytest.raises(ConfigError, match="run_id.*table"):
+        load_config(overrides=["source.metadata_columns=[run_id]"])
+
+
+@pytest.mark.parametrize("long_text", ["truncate", "chunk"])
+def test_every_column_the_runner_adds_is_reserved(long_text):
+    """The table's schema (pipelines/run/runner.py) holds the source's columns and reserved names only:
+    a column the runner starts writing must join RESERVED (or start with '_')."""
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from connectors.parquet_source import PATH_COLUMN
+    from pipelines.config import RESERVED
+    from pipelines.run.runner import _table_schema
+
+    assert PATH_COLUMN in RESERVED
+    config = load_config(overrides=["source.metadata_columns=[title]", f"embed.long_text={long_text}"])
+    source = SimpleNamespace(schema=pa.schema([("id", pa.string()), ("text", pa.string()), ("title", pa.string())]))
+    added = set(_table_schema(config, source, 8, {}).names) - {"id", "text", "title"}
+    assert added and added <= set(RESERVED)
+
+
+def _numeric_keys(model=PipelineConfig, prefix=""):
+    """Every numeric option of every section: (key, takes_floats)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    def kinds(annotation):
+        args = typing.get_args(annotation)
+        return set().union(*map(kinds, args)) if args else {annotation}
+
+    keys = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += _numeric_keys(annotation, f"{prefix}{name}.")
+        elif bool not in kinds(annotation) and kinds(annotation) & {int, float}:
+            keys.append((f"{prefix}{name}", float in kinds(annotation)))
+    return keys
+
+
+NUMERIC_KEYS = _numeric_keys()
+
+
+def test_the_numeric_keys_are_found():
+    keys = dict(NUMERIC_KEYS)
+    assert {"compute.actors", "index.nprobes", "index.refine_factor", "sink.lease_timeout_s"} <= set(keys)
+    assert keys["compute.cpus_per_actor"] and not keys["compute.actors"]
+    assert "model.append_eos" not in keys  # Union[bool, "auto"]: a boolean is its value
+
+
+@pytest.mark.parametrize("key", [key for key, _ in NUMERIC_KEYS])
+@pytest.mark.parametrize("value", ["yes", "true", "false", "no", "on"])
+def test_booleans_are_not_numbers(key, value):
+    """YAML reads yes/true/on as a boolean; pydantic's lax mode took it as 1 (compute.actors=true ran one actor)."""
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[f"{key}={value}"])
+    assert f"{key}: " in str(err.value) and "boolean" in str(err.value)
+
+
+@pytest.mark.parametrize("key", [key for key, takes_floats in NUMERIC_KEYS if not takes_floats])
+def test_whole_number_keys_refuse_fractions(key):
+    with pytest.raises(ConfigError, match=f"{key}: "):
+        load_config(overrides=[f"{key}=2.5"])
+
+
+def test_booleans_in_a_yaml_file_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("compute:\n  actors: true\nindex:\n  nprobes: yes\n  workers: no\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    for key in ("compute.actors", "index.nprobes", "index.workers"):
+        assert f"{key}: " in str(err.value)
+
+
+def test_numbers_still_load():
+    config = load_config(
+        overrides=[
+            "compute.cpus_per_actor=2",
+            "compute.gpus_per_actor=0.5",
+            "index.nprobes=16",
+            "sink.lease_timeout_s=30",
+        ]
+    )
+    assert config.compute.cpus_per_actor == 2.0 and isinstance(config.compute.cpus_per_actor, float)
+    assert config.index.nprobes == 16 and config.sink.lease_timeout_s == 30
+    assert load_config(overrides=["model.append_eos=true"]).model.append_eos is True
+
+
+@pytest.mark.parametrize("value, bound", [("5", ">= 10"), ("0", ">= 10"), ("172800", "<= 86400")])
+def test_the_lease_timeout_has_bounds(value, bound):
+    with pytest.raises(ConfigError, match=f"sink.lease_timeout_s: .*{bound}"):
+        load_config(overrides=[f"sink.lease_timeout_s={value}"])
+
+
+def test_a_metadata_column_named_twice_is_refused():
+    """The table's schema would hold the column twice: the writer failed after the embedding work."""
+    with pytest.raises(ConfigError, match="source: .*metadata_columns names 'title' more than once"):
+        load_config(overrides=["source.metadata_columns=[title, date, title]"])
