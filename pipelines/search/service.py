@@ -13,7 +13,13 @@ defaults; it answers JSON:
 ``{"vector": [...]}`` instead of ``"query"`` searches by vector. ``filters`` goes through the same
 injection-safe builder as ``Searcher.search`` (:func:`pipelines.search.filters.filters_from_json`).
 A request the service cannot answer as asked (unknown column, wrong vector dimension, k out of
-range, malformed JSON, an oversized body) gets a 4xx with the reason, never a 500.
+range, malformed JSON, an oversized body, a value the model or Lance cannot take) gets a 4xx with
+the reason, never a 500. Each request is checked on its own before it joins a batch, and a batch
+that fails anyway is answered query by query: one bad query never fails the others.
+
+Clients read only the served columns (``ServiceConfig.columns``; by default the id, the text and
+the source's metadata columns, never ``source_file``, ``run_id``, ``content_hash`` or the vector),
+and with ``auth_token_env`` or ``auth_token_file`` set, /search and /stats need that bearer token.
 
 Every ``refresh_seconds`` a replica looks for a newer table version and serves it (a daily upsert
 shows up without a restart). A version made with another model or dimension is not served: the
@@ -22,10 +28,14 @@ model the table now records. Built by :func:`jobs.serve.app` (``serve run infra/
 """
 
 import asyncio
+import hmac
 import json
 import logging
+import math
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -67,6 +77,142 @@ class _BadRequest(Exception):
         self.reason = reason
 
 
+# ---- one request, on its own: the body, its values, the reply ---------------------------------------
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit``: a chunked body declares no length,
+    and reading it whole before counting would take in any size."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BadRequest(413, f"request body of {declared} bytes is over the limit of {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BadRequest(413, f"request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+_INT64 = 2**63
+
+
+def _unfit_scalar(value: Any) -> Optional[str]:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        digits = str(abs(value))
+        shown = digits if len(digits) <= 24 else f"{digits[:8]}... ({len(digits)} digits)"
+        return f"{'-' * (value < 0)}{shown} is outside the 64-bit integer range"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"text that is not valid UTF-8 (lone surrogate {value[exc.start]!r} at character {exc.start})"
+    return None
+
+
+def _unfit(raw: Any) -> Optional[str]:
+    """The first value that JSON allows but a batch cannot take, as ``field: why``: an integer outside
+    int64 (Lance refuses the literal, 10**400 overflows a float), NaN or infinity (Python's JSON reads
+    them), a string with a lone surrogate (a ``\\ud800`` escape: the tokenizer raises). Found here,
+    before the request joins a batch, it fails only its own request. Iterative: no depth limit."""
+    todo: list[tuple[str, Any]] = [("", raw)]
+    while todo:
+        field, value = todo.pop()
+        if isinstance(value, dict):
+            for key in value:
+                if problem := _unfit_scalar(key):
+                    return f"{field or 'body'}: a key is {problem}"
+            todo.extend((f"{field}.{k}" if field else k, v) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            todo.extend((f"{field}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+        elif problem := _unfit_scalar(value):
+            return f"{field or 'body'}: {problem}"
+    return None
+
+
+def _parse_request(body: bytes, max_k: int) -> SearchRequest:
+    try:
+        raw = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # also a 5000-digit integer, nesting 50 000 deep
+        raise _BadRequest(400, f"request body is not JSON: {exc}") from None
+    if problem := _unfit(raw):
+        raise _BadRequest(400, problem)
+    try:
+        req = SearchRequest.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise _BadRequest(422, problems) from None
+    if (req.query is None) == (req.vector is None):
+        raise _BadRequest(422, 'give exactly one of "query" (text) and "vector"')
+    if req.query is not None and not req.query.strip():
+        raise _BadRequest(422, '"query" is empty')
+    if not 1 <= req.k <= max_k:
+        raise _BadRequest(422, f'"k" must be between 1 and {max_k}, got {req.k}')
+    return req
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    return value
+
+
+def _jsonable(hits: pa.Table) -> list[dict]:
+    """The hits as JSON values, NaN and infinity as null: JSON has no such numbers, and a float
+    metadata column that holds one (a missing rating stored as NaN) would fail the whole reply."""
+    return _finite(jsonable_encoder(hits.to_pylist()))
+
+
+# ---- what a client may read, and who may ask ----------------------------------------------------
+def _served_columns(lineage: dict, schema: pa.Schema, allowed: Optional[list[str]]) -> list[str]:
+    """The columns a request may read and filter on: the id, then the allow-list, by default the text
+    and the source's metadata columns as the lineage records them. Not the rest of the table: the
+    pipeline's own columns say where and when it indexed (``source_file`` is a path on the indexing
+    host), and the vector is the table's bulk."""
+    source = lineage["source"]
+    wanted = allowed if allowed is not None else [source["text_column"], *source.get("metadata_columns", [])]
+    return [c for c in dict.fromkeys([source["id_column"], *wanted]) if c in schema.names and c != "vector"]
+
+
+def _bearer_token(config: ServiceConfig) -> Optional[str]:
+    """The token /search and /stats require, from the variable or file the config names (never from
+    the config: it is in git and on Serve's dashboard). Named but missing or empty: the replica does
+    not start, rather than serve open."""
+    if config.auth_token_env:
+        where, token = f"environment variable {config.auth_token_env}", os.environ.get(config.auth_token_env, "")
+    elif config.auth_token_file:
+        where = f"auth_token_file {config.auth_token_file}"
+        try:
+            token = Path(config.auth_token_file).read_text()
+        except OSError as exc:
+            raise UserError(f"cannot read {where}: {exc.strerror}") from None
+    else:
+        return None
+    if not token.strip():
+        raise UserError(f"{where} is empty or not set on this node: the service would answer without a token")
+    return token.strip()
+
+
+def _unauthorised(request: Request, token: Optional[str]) -> Optional[JSONResponse]:
+    """401 with a ``WWW-Authenticate`` challenge unless the request carries ``Bearer <token>``
+    (compared in constant time); None when it does or no token is configured."""
+    if token is None:
+        return None
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    challenge = 'Bearer realm="embedpipe"' + (', error="invalid_token"' if given else "")
+    reason = "wrong bearer token" if given else 'missing "Authorization: Bearer <token>" header'
+    return JSONResponse({"error": reason}, status_code=401, headers={"WWW-Authenticate": challenge})
+
+
+# ---- batching -------------------------------------------------------------------------------------
 @dataclass
 class _Work:
     """One checked query in a batch: a text to embed or a vector, and what to search with."""
@@ -108,18 +254,26 @@ class _Batcher:
         try:
             while self.waiting:
                 batch, self.waiting = self.waiting[: self.max_size], self.waiting[self.max_size :]
-                try:
-                    answers = await asyncio.to_thread(self.run, [item for item, _ in batch])
-                except Exception as exc:  # noqa: BLE001  each caller gets the error, none waits for ever
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), answer in zip(batch, answers):
-                    if not future.done():  # a client that went away cancelled its future
-                        future.set_result(answer)
+                await self._answer(batch)
         finally:
             self.busy = False
+
+    async def _answer(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
+        """One run for the batch; if it fails, one run per query, so that a query the checks let
+        through but the model or Lance refuses fails alone and the others get their answers."""
+        try:
+            answers = await asyncio.to_thread(self.run, [item for item, _ in batch])
+        except Exception as exc:  # noqa: BLE001  each caller gets its error, none waits for ever
+            if len(batch) > 1:
+                for one in batch:
+                    if not one[1].done():  # a client that went away cancelled its future
+                        await self._answer([one])
+            elif not batch[0][1].done():
+                batch[0][1].set_exception(exc)
+            return
+        for (_, future), answer in zip(batch, answers):
+            if not future.done():
+                future.set_result(answer)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
@@ -130,6 +284,7 @@ class TableSearch:
     def __init__(self, config: dict):
         self.config = ServiceConfig.model_validate(config)
         c = self.config
+        self._token = _bearer_token(c)  # before the model loads: a missing secret fails at once
         storage = Storage.resolve(c.storage, [c.uri, c.model_path])
         self.searcher = Searcher.open(c.uri, c.table, model_path=c.model_path, device=c.device, storage=storage)
         self.searcher.embed_queries(["warm-up"])  # the model is loaded before the replica takes traffic
@@ -200,6 +355,7 @@ class TableSearch:
     # ---- HTTP ---------------------------------------------------------------------------------------
     @api.get("/healthz")
     async def healthz(self) -> dict:
+        """Open, like /ready: load balancers and Serve's probes carry no token."""
         return {"status": "ok"}
 
     @api.get("/ready")
@@ -216,22 +372,28 @@ class TableSearch:
         return JSONResponse({**body, "ready": True})
 
     @api.get("/stats")
-    async def stats(self) -> dict:
-        return {
-            "queries_embedded": self.queries,
-            "forward_passes": self.batches,
-            "embed_seconds": round(self.embed_seconds, 4),
-            "searches": self.searches,
-            "search_seconds": round(self.search_seconds, 4),
-        }
+    async def stats(self, request: Request) -> JSONResponse:
+        if refusal := _unauthorised(request, self._token):
+            return refusal
+        return JSONResponse(
+            {
+                "queries_embedded": self.queries,
+                "forward_passes": self.batches,
+                "embed_seconds": round(self.embed_seconds, 4),
+                "searches": self.searches,
+                "search_seconds": round(self.search_seconds, 4),
+            }
+        )
 
     @api.post("/search")
     async def search(self, request: Request) -> JSONResponse:
+        if refusal := _unauthorised(request, self._token):  # before the body is read
+            return refusal
         self._maybe_refresh()
         try:
             if self.stale:
                 raise _BadRequest(503, f"not ready: {self.stale}")
-            req = await self._parse(request)
+            req = _parse_request(await _read_body(request, self.config.max_body_bytes), self.config.max_k)
             hits = await self._search(req)
         except _BadRequest as exc:
             return JSONResponse({"error": exc.reason}, status_code=exc.status)
@@ -239,46 +401,22 @@ class TableSearch:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"hits": hits, "table_version": self.searcher.version})
 
-    async def _parse(self, request: Request) -> SearchRequest:
-        limit = self.config.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise _BadRequest(413, f"request body of {declared} bytes is over the limit of {limit}")
-        body = await request.body()
-        if len(body) > limit:
-            raise _BadRequest(413, f"request body of {len(body)} bytes is over the limit of {limit}")
-        try:
-            raw = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _BadRequest(400, f"request body is not JSON: {exc}") from None
-        try:
-            req = SearchRequest.model_validate(raw)
-        except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-            raise _BadRequest(422, problems) from None
-        if (req.query is None) == (req.vector is None):
-            raise _BadRequest(422, 'give exactly one of "query" (text) and "vector"')
-        if req.query is not None and not req.query.strip():
-            raise _BadRequest(422, '"query" is empty')
-        if not 1 <= req.k <= self.config.max_k:
-            raise _BadRequest(422, f'"k" must be between 1 and {self.config.max_k}, got {req.k}')
-        return req
-
-    def _columns(self, req: SearchRequest) -> list[str]:
+    def _columns(self, req: SearchRequest, served: list[str]) -> list[str]:
         source = self.searcher.lineage["source"]
-        wanted = req.columns if req.columns is not None else [source["text_column"], *self.config.columns]
-        names = self.searcher.schema.names
-        unknown = [c for c in wanted if c not in names or c == "vector"]
-        if unknown:
-            choices = ", ".join(n for n in names if n != "vector")
-            raise _BadRequest(400, f"unknown column(s) {', '.join(map(repr, unknown))}; columns: {choices}")
+        wanted = req.columns if req.columns is not None else [c for c in [source["text_column"]] if c in served]
+        refused = [c for c in wanted if c not in served]
+        if refused:
+            names = ", ".join(map(repr, refused))
+            raise _BadRequest(400, f"unknown or not served column(s) {names}; served columns: {', '.join(served)}")
         return list(dict.fromkeys([source["id_column"], *wanted]))
 
     async def _search(self, req: SearchRequest) -> list[dict]:
         """Check everything about the request first: the batch only ever holds answerable queries."""
-        columns = self._columns(req)
         schema = self.searcher.schema
-        where = build_filter(filters_from_json(req.filters, schema), schema) if req.filters else None
+        served = _served_columns(self.searcher.lineage, schema, self.config.columns)
+        columns = self._columns(req, served)
+        visible = pa.schema([schema.field(c) for c in served])  # a filter cannot probe a hidden column
+        where = build_filter(filters_from_json(req.filters, visible), visible) if req.filters else None
         vector = None
         if req.vector is not None:
             vector = np.asarray(req.vector, dtype=np.float32)
@@ -286,6 +424,13 @@ class TableSearch:
                 dim = self.searcher.dimension
                 raise _BadRequest(400, f'"vector" has {vector.size} values, the table holds {dim}-dimensional vectors')
             if not np.isfinite(vector).all():
-                raise _BadRequest(400, '"vector" holds a NaN or infinite value')
-        hits = await self._batcher.submit(_Work(req.query if vector is None else None, vector, req.k, where, columns))
-        return jsonable_encoder(hits.select([*columns, "score"]).to_pylist())
+                raise _BadRequest(400, '"vector" holds a value beyond the float32 range')
+        work = _Work(req.query if vector is None else None, vector, req.k, where, columns)
+        try:
+            hits = await self._batcher.submit(work)
+        except UserError:
+            raise
+        except (ValueError, TypeError, ArithmeticError) as exc:  # refused alone (Lance, the tokenizer)
+            log.warning("query refused: %s", exc, exc_info=True)
+            raise _BadRequest(400, f"this query could not be answered: {exc}") from None
+        return _jsonable(hits.select([*columns, "score"]))

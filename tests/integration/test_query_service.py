@@ -1,10 +1,12 @@
 """The query service (infra/serve/search.yaml) on its own Ray head, over HTTP: the same hits as
-``jobs.query``, concurrent queries batched, 4xx for bad requests, and a new table version served
-without a restart."""
+``jobs.query``, concurrent queries batched, 4xx for bad requests (alone, never their batch), only the
+served columns, a bearer token, and a new table version served without a restart."""
 
 from __future__ import annotations
 
 import json
+import math
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -21,29 +25,55 @@ from helpers.ray_head import LocalRayHead, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 QUERIES = ["how do vaccines work", "rivers of europe", "the history of the printing press"]
+TOKEN = "test-token-0123456789"
+
+
+def _docs(sample_table, start: int, n: int) -> pa.Table:
+    """Documents with a float metadata column that holds NaN and infinity (a rating not given)."""
+    docs = sample_table.slice(start, n).select(["id", "title", "text", "length_chars"])
+    rating = pc.divide(docs.column("length_chars").cast(pa.float64()), 100.0).to_pylist()
+    rating = [math.nan if i % 3 == 0 else math.inf if i % 7 == 0 else r for i, r in enumerate(rating)]
+    return docs.append_column("rating", pa.array(rating, pa.float64()))
 
 
 def _index(env: dict, corpus: Path, db: Path, *extra: str) -> None:
     cmd = [sys.executable, "-m", "jobs.index", "--set", f"source.path={corpus}", "--set", f"sink.uri={db}"]
-    cmd += ["--set", "sink.table=docs", "--set", "source.metadata_columns=[title, length_chars]"]
+    cmd += ["--set", "sink.table=docs", "--set", "source.metadata_columns=[title, length_chars, rating]"]
     for item in extra:
         cmd += ["--set", item]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def _call(url: str, body=None, *, raw: bytes | None = None) -> tuple[int, dict]:
+def _call(url: str, body=None, *, raw: bytes | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
+    return _request(url, body, raw=raw, token=token)[::2]
+
+
+def _request(url: str, body=None, *, raw: bytes | None = None, token: str | None = TOKEN) -> tuple[int, dict, dict]:
+    """(status, headers, JSON body); ``token`` goes in an ``Authorization: Bearer`` header."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
-            status, text = resp.status, resp.read()
+            status, got, text = resp.status, resp.headers, resp.read()
     except urllib.error.HTTPError as err:
-        status, text = err.code, err.read()
+        status, got, text = err.code, err.headers, err.read()
     try:
-        return status, json.loads(text)
+        return status, {k.lower(): v for k, v in got.items()}, json.loads(text)
     except ValueError:  # Serve's proxy answers plain text while the application deploys
-        return status, {"error": text.decode(errors="replace")}
+        return status, {k.lower(): v for k, v in got.items()}, {"error": text.decode(errors="replace")}
+
+
+def _unended_chunked_search(url: str, size: int) -> bytes:
+    """The reply to a chunked POST /search whose body passes ``size`` bytes and never ends: only a
+    limit kept while reading answers it (reading the whole body first waits for ever)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = f"POST /search HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+    head += "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + f"{size:x}\r\n".encode() + b"x" * size + b"\r\n")
+        return sock.recv(65536)
 
 
 def _job_query(env: dict, db: Path, texts: list[str], k: int, tmp_path: Path) -> dict[str, list[dict]]:
@@ -63,8 +93,8 @@ def service(sample_table, tmp_path):
     """A table of 200 documents and the service on it, on a head of its own; yields (url, db, env)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    docs = sample_table.slice(0, 200).select(["id", "title", "text", "length_chars"])
-    pq.write_table(docs, corpus / "part-0.parquet")
+    pq.write_table(_docs(sample_table, 0, 200), corpus / "part-0.parquet")
+    (tmp_path / "token").write_text(TOKEN + "\n")  # a mounted secret; the YAML names only its path
     head = LocalRayHead(num_cpus=3)  # the replica holds one; the upsert below needs two
     serve_proc = None
     try:
@@ -76,6 +106,7 @@ def service(sample_table, tmp_path):
         config["http_options"] = {"host": "127.0.0.1", "port": port}
         app = config["applications"][0]
         app["args"].update(uri=str(db), table="docs", refresh_seconds=2, max_k=50, max_body_bytes=4096)
+        app["args"]["auth_token_file"] = str(tmp_path / "token")
         (tmp_path / "search.yaml").write_text(yaml.safe_dump(config))
         serve_log = open(tmp_path / "serve.log", "w")
         serve_proc = subprocess.Popen(
@@ -110,8 +141,8 @@ def service(sample_table, tmp_path):
 
 def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_requests(service, sample_table, tmp_path):
     url, db, env, corpus = service
-    assert _call(f"{url}/healthz") == (200, {"status": "ok"})
-    status, ready = _call(f"{url}/ready")
+    assert _call(f"{url}/healthz", token=None) == (200, {"status": "ok"})  # probes carry no token
+    status, ready = _call(f"{url}/ready", token=None)
     assert status == 200 and ready["ready"] and ready["dimension"] == 384
 
     # Same hits as jobs.query (same model, prompt, index defaults), one request at a time.
@@ -169,10 +200,52 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
         assert (status, word in body.get("error", "")) == (code, True), (request, status, body)
     status, body = _call(f"{url}/search", raw=b"{not json")
     assert status == 400 and "not JSON" in body["error"]
+    reply = _unended_chunked_search(url, 5000)  # no Content-Length: the limit holds while reading
+    assert reply.startswith(b"HTTP/1.1 413") and b"4096" in reply, reply
+
+    # Each request is checked on its own: bad ones sent among good ones fail alone, 400 naming the field or
+    # the reason (before: Lance refused 10**30, the tokenizer "\ud800", and every query batched with them
+    # got a 500).
+    huge = {"op": ">", "value": 10**400}
+    bad_values = [
+        ({"query": "\ud800 vaccines"}, "query"),
+        ({"query": QUERIES[1], "filters": {"length_chars": 10**30}}, "filters.length_chars"),
+        ({"query": QUERIES[2], "filters": {"length_chars": huge}}, "filters.length_chars.value"),
+        ({"query": QUERIES[0], "filters": {"rating": math.nan}}, "filters.rating"),  # json.dumps writes NaN
+        # Within int64, but Lance reads the literal -9223372036854775808 as a float and refuses it: the
+        # checks let it through, its batch fails, and the batch is answered query by query.
+        ({"query": QUERIES[1], "filters": {"length_chars": -(2**63)}}, "this query could not be answered"),
+    ]
+    mixed = [({"query": q, "k": 5}, q) for q in QUERIES * 6]
+    mixed[1::4] = bad_values
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda r: _call(f"{url}/search", r[0]), mixed))
+    for (request, want), (status, body) in zip(mixed, answers):
+        if want in QUERIES:
+            assert status == 200 and [h["id"] for h in body["hits"]] == [h["id"] for h in expected[want]], body
+        else:
+            assert status == 400 and body["error"].startswith(want + ":"), (request, status, body)
+
+    # NaN and infinity in a float column come back as null; the bookkeeping columns are not served.
+    status, body = _call(f"{url}/search", {"query": QUERIES[0], "k": 50, "columns": ["title", "rating"]})
+    assert status == 200 and len(body["hits"]) == 50, body
+    ratings = [h["rating"] for h in body["hits"]]
+    assert None in ratings and all(r is None or 0 < r < 1e6 for r in ratings), ratings
+    for hidden in ["source_file", "run_id", "content_hash"]:
+        status, body = _call(f"{url}/search", {"query": "q", "columns": ["title", hidden]})
+        assert status == 400 and hidden in body["error"] and "source_file" not in body["error"].split(";")[1], body
+        status, body = _call(f"{url}/search", {"query": "q", "filters": {hidden: "x"}})
+        assert status == 400 and hidden in body["error"], body
+
+    # The bearer token (from auth_token_file): /search and /stats need it, /healthz and /ready do not.
+    for token, challenge in [(None, 'Bearer realm="embedpipe"'), ("wrong", 'error="invalid_token"')]:
+        for path, request in [("/search", {"query": "q"}), ("/stats", None)]:
+            status, headers, body = _request(f"{url}{path}", request, token=token)
+            assert status == 401 and challenge in headers.get("www-authenticate", ""), (path, status, headers)
 
     # A new version (an upsert of new documents) is served without a restart, within refresh_seconds.
     version = ready["table_version"]
-    new = sample_table.slice(200, 5).select(["id", "title", "text", "length_chars"])
+    new = _docs(sample_table, 200, 5)
     pq.write_table(new, corpus / "part-1.parquet")
     _index(env, corpus, db, "sink.mode=upsert")
     target = new.column("text")[0].as_py()

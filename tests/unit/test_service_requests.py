@@ -1,0 +1,183 @@
+"""The query service's request handling without Serve: each request checked on its own, a failing
+batch answered query by query, the body limit kept while reading, NaN as null, the bearer token and
+the served columns. The same code the deployment runs (tests/integration/test_query_service.py
+drives it over HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pyarrow as pa
+import pytest
+from fastapi.responses import JSONResponse
+from starlette.requests import Request
+
+from connectors.errors import UserError
+from pipelines.config import ConfigError, ServiceConfig
+from pipelines.search import service
+from pipelines.search.service import _BadRequest, _Batcher, _jsonable, _parse_request, _read_body
+
+
+def _refused(body: bytes, max_k: int = 100) -> _BadRequest:
+    with pytest.raises(_BadRequest) as caught:
+        _parse_request(body, max_k)
+    return caught.value
+
+
+def test_a_failing_batch_is_answered_query_by_query_so_only_the_bad_one_fails():
+    """Before: the batch's error went to every query in it (a tokenizer TypeError for one lone
+    surrogate, a filter literal Lance refused: 500 for all)."""
+    runs: list[list[str]] = []
+
+    def run(batch: list[str]) -> list[str]:
+        runs.append(batch)
+        if "bad" in batch:
+            raise TypeError("TextEncodeInput must be Union[TextInputSequence, ...]")
+        return [item.upper() for item in batch]
+
+    async def main():
+        batcher = _Batcher(run, max_size=8)
+        return await asyncio.gather(*(batcher.submit(q) for q in ["a", "bad", "c"]), return_exceptions=True)
+
+    a, bad, c = asyncio.run(main())
+    assert (a, c) == ("A", "C")
+    assert isinstance(bad, TypeError) and "TextEncodeInput" in str(bad)
+    assert runs[0] == ["a", "bad", "c"]  # together first: one forward pass when nothing is wrong
+    assert sorted(map(tuple, runs[1:])) == [("a",), ("bad",), ("c",)]
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        (b'{"query": "q", "filters": {"length_chars": 1000000000000000000000000000000}}', "filters.length_chars"),
+        (
+            b'{"query": "q", "filters": {"length_chars": {"op": ">", "value": 1' + b"0" * 400 + b"}}}",
+            "filters.length_chars.value",
+        ),  # noqa: E501
+        (b'{"query": "q", "filters": {"length_chars": [1, -99999999999999999999]}}', "filters.length_chars[1]"),
+        (b'{"query": "\\ud800 vaccines"}', "query"),
+        (b'{"query": "q", "filters": {"title": "\\udfff"}}', "filters.title"),
+        (b'{"query": "q", "filters": {"\\ud800": 1}}', "filters"),
+        (b'{"query": "q", "columns": ["title", "\\ud800"]}', "columns[1]"),
+        (b'{"vector": [0.5, NaN]}', "vector[1]"),
+        (b'{"query": "q", "filters": {"length_chars": {"op": ">", "value": -Infinity}}}', "filters.length_chars.value"),
+    ],
+)
+def test_values_json_allows_but_lance_or_the_model_cannot_take_are_400_naming_the_field(body, field):
+    """Before: these passed the checks and failed in the batch (Lance: "could not convert to literal";
+    10**400: OverflowError; tokenizer: TypeError), a 500 for every query batched with them."""
+    bad = _refused(body)
+    assert bad.status == 400 and bad.reason.startswith(field + ":"), bad.reason
+    json.dumps(bad.reason).encode()  # the reason itself is valid UTF-8 to send back
+    bad.reason.encode("utf-8")
+
+
+def test_bodies_json_itself_cannot_read_are_400_not_500():
+    """A 5000-digit integer (Python refuses to read it: ValueError) and deep nesting (RecursionError)
+    fit in the body limit and were 500s."""
+    digits = _refused(b'{"query": "q", "k": ' + b"1" * 5000 + b"}")
+    deep = _refused(b'{"query": "q", "filters": {"title": ' + b"[" * 50_000 + b"]" * 50_000 + b"}}")
+    assert (digits.status, deep.status) == (400, 400)
+    assert "not JSON" in digits.reason and "not JSON" in deep.reason
+
+
+def test_nan_and_infinity_in_a_float_column_are_null_in_the_answer():
+    """Before: a NaN in a float metadata column made the JSON reply fail (500, "Out of range float
+    values are not JSON compliant")."""
+    hits = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "rating": [float("nan"), float("inf"), 2.5],
+            "tags": [[1.0, float("-inf")], [], None],
+            "score": pa.array([0.9, 0.8, float("nan")], pa.float32()),
+        }
+    )
+    body = json.loads(JSONResponse({"hits": _jsonable(hits)}).body)
+    assert body["hits"] == [
+        {"id": "a", "rating": None, "tags": [1.0, None], "score": pytest.approx(0.9)},
+        {"id": "b", "rating": None, "tags": [], "score": pytest.approx(0.8)},
+        {"id": "c", "rating": 2.5, "tags": None, "score": None},
+    ]
+
+
+def _chunked_request(chunk: bytes, chunks: int, headers: list[tuple[bytes, bytes]]):
+    """A Starlette request whose body arrives in ``chunks`` pieces; ``pulled`` counts those read."""
+    pulled = [0]
+
+    async def receive():
+        pulled[0] += 1
+        return {"type": "http.request", "body": chunk, "more_body": pulled[0] < chunks}
+
+    scope = {"type": "http", "method": "POST", "path": "/search", "headers": headers, "query_string": b""}
+    return Request(scope, receive), pulled
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit():
+    """Before: a body sent without Content-Length was read whole (20 MB here) before the 413."""
+    request, pulled = _chunked_request(b"x" * 1024, 20 * 1024, [(b"transfer-encoding", b"chunked")])
+    with pytest.raises(_BadRequest) as caught:
+        asyncio.run(_read_body(request, 4096))
+    assert caught.value.status == 413 and "4096" in caught.value.reason
+    assert pulled[0] == 5  # the fifth KiB passed the limit: nothing after it was read
+
+    request, _ = _chunked_request(b"y" * 1000, 4, [])
+    assert asyncio.run(_read_body(request, 4096)) == b"y" * 4000
+    request, pulled = _chunked_request(b"z", 1, [(b"content-length", b"999999")])
+    with pytest.raises(_BadRequest, match="999999 bytes"):
+        asyncio.run(_read_body(request, 4096))
+    assert pulled[0] == 0  # a declared length over the limit: refused before reading
+
+
+def test_the_token_comes_from_the_named_variable_or_file_and_a_missing_one_stops_the_replica(tmp_path, monkeypatch):
+    assert service._bearer_token(ServiceConfig()) is None
+    monkeypatch.setenv("SEARCH_TOKEN", " s3cret\n")
+    assert service._bearer_token(ServiceConfig(auth_token_env="SEARCH_TOKEN")) == "s3cret"
+    secret = tmp_path / "token"
+    secret.write_text("from-a-file\n")
+    assert service._bearer_token(ServiceConfig(auth_token_file=str(secret))) == "from-a-file"
+    monkeypatch.delenv("SEARCH_TOKEN")
+    with pytest.raises(UserError, match="SEARCH_TOKEN"):  # fail closed: never serve open by accident
+        service._bearer_token(ServiceConfig(auth_token_env="SEARCH_TOKEN"))
+    with pytest.raises(UserError, match="nowhere"):
+        service._bearer_token(ServiceConfig(auth_token_file=str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError, match="auth_token_env.*auth_token_file|auth_token_file.*auth_token_env"):
+        ServiceConfig.load({"auth_token_env": "SEARCH_TOKEN", "auth_token_file": str(secret)})
+    with pytest.raises(ConfigError, match="auth_token_env"):
+        ServiceConfig.load({"auth_token_env": "not a name"})
+
+
+@pytest.mark.parametrize(
+    "header, ok",
+    [
+        (None, False),
+        ("Bearer s3cret", True),
+        ("bearer s3cret", True),
+        ("Bearer s3cre", False),
+        ("Bearer s3cretX", False),
+        ("Basic s3cret", False),
+        ("Bearer \u00e9t\u00e9", False),  # not ASCII: compared as bytes, refused, no TypeError
+    ],
+)
+def test_only_the_right_bearer_token_passes_and_a_refusal_says_how_to_authenticate(header, ok):
+    headers = [(b"authorization", header.encode("latin-1"))] if header else []
+    request = Request({"type": "http", "method": "GET", "path": "/stats", "headers": headers, "query_string": b""})
+    refusal = service._unauthorised(request, "s3cret")
+    if ok:
+        assert refusal is None
+    else:
+        assert refusal.status_code == 401 and refusal.headers["www-authenticate"].startswith("Bearer")
+    assert service._unauthorised(request, None) is None  # no token configured: open
+
+
+def test_the_served_columns_default_to_id_text_and_the_sources_metadata_never_the_bookkeeping():
+    schema = pa.schema(
+        [(n, pa.string()) for n in ["id", "text", "title", "source_file", "run_id", "content_hash", "doc_id"]]
+        + [("vector", pa.list_(pa.float32(), 4)), ("length_chars", pa.int32())]
+    )
+    lineage = {"source": {"id_column": "id", "text_column": "text", "metadata_columns": ["title", "length_chars"]}}
+    assert service._served_columns(lineage, schema, None) == ["id", "text", "title", "length_chars"]
+    assert service._served_columns(lineage, schema, ["title"]) == ["id", "title"]  # narrowed: no text
+    assert service._served_columns(lineage, schema, ["doc_id", "gone"]) == ["id", "doc_id"]  # named others
+    with pytest.raises(ConfigError, match="vector"):
+        ServiceConfig.load({"columns": ["title", "vector"]})
