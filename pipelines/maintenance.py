@@ -16,6 +16,7 @@ upsert run deletes superseded rows by: :func:`housekeep` is the one call to run 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -29,6 +30,8 @@ from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig, parse_duration
 from pipelines.vector_index.params import maintain_index
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "housekeep", "index_stats", "run_maintenance"]
 
@@ -144,13 +147,23 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")
     options = storage.lance_options(sink.uri)
-    lineage = lance_sink.read_lineage(sink.uri, sink.table, options)
-    if lineage is None:
+    if lance_sink.read_lineage(sink.uri, sink.table, options) is None:
         raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri}")
     holder = f"maintain-{uuid.uuid4().hex[:8]}"
     with TableLease(
-        sink.uri, sink.table, holder, storage=storage, timeout_s=sink.lease_timeout_s, on_busy=sink.on_busy
+        sink.uri,
+        sink.table,
+        holder,
+        storage=storage,
+        timeout_s=sink.lease_timeout_s,
+        on_busy=sink.on_busy,
+        log=log.info,
     ):
+        # Read again under the lease: a lineage read before a wait (sink.on_busy=wait) may be another
+        # model's, and an index rebuild writes the lineage back.
+        lineage = lance_sink.read_lineage(sink.uri, sink.table, options)
+        if lineage is None:
+            raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri} (removed while this job waited)")
         report = _maintain(config, lineage, options, check_ids)
     report.seconds = time.perf_counter() - started
     return report

@@ -40,30 +40,31 @@ class _Said(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def _run_while_another_job_holds_the_lease(db: Path, made_meanwhile: Path, cfg) -> object:
-    """Start ``cfg`` (on_busy=wait) while the test holds the table's lease; once it waits, put the table
-    ``made_meanwhile`` in place (what another job committed while it waited), release the lease, and
-    return what the waiting job returned or raised."""
-    logger = logging.getLogger("pipelines.run.runner")
+def _run_while_another_job_holds_the_lease(db: Path, made_meanwhile: Path, job, logger="pipelines.run.runner"):
+    """Start ``job()`` (a job with on_busy=wait) while the test holds the table's lease; once it waits,
+    put the table ``made_meanwhile`` in place (what another job committed while it waited), release the
+    lease, and return what the waiting job returned or raised."""
+    logger = logging.getLogger(logger)
     said, level = _Said(), logger.level
     logger.addHandler(said)
     logger.setLevel(logging.INFO)
     holder = TableLease(str(db), "docs", "other-job", timeout_s=600).acquire()
     out: dict = {}
 
-    def job():
+    def run():
         try:
-            out["result"] = run_index(cfg)
+            out["result"] = job()
         except Exception as exc:  # noqa: BLE001 - the test looks at it
             out["result"] = exc
 
-    thread = threading.Thread(target=job)
+    thread = threading.Thread(target=run)
     try:
         thread.start()
         deadline = time.time() + 120
         while not any("waiting for run other-job" in line for line in said.lines):
             assert time.time() < deadline and thread.is_alive(), f"the job did not wait: {said.lines}"
             time.sleep(0.1)
+        shutil.rmtree(db / "docs.lance", ignore_errors=True)
         shutil.copytree(made_meanwhile / "docs.lance", db / "docs.lance")
     finally:
         holder.release()
@@ -85,9 +86,8 @@ def test_a_create_that_waited_for_the_lease_does_not_replace_the_table_made_mean
     run_index(_cfg(a, elsewhere, tiny_bert_dir, "sink.mode=create"))
     a_ids = sorted(r["id"] for r in _rows(elsewhere))
 
-    got = _run_while_another_job_holds_the_lease(
-        db, elsewhere, _cfg(b, db, tiny_bert_dir, "sink.mode=create", "sink.on_busy=wait")
-    )
+    cfg = _cfg(b, db, tiny_bert_dir, "sink.mode=create", "sink.on_busy=wait")
+    got = _run_while_another_job_holds_the_lease(db, elsewhere, lambda: run_index(cfg))
     assert isinstance(got, SinkError) and "already exists" in str(got), got
     assert sorted(r["id"] for r in _rows(db)) == a_ids  # A's table, untouched
 
@@ -101,13 +101,31 @@ def test_an_append_that_waited_for_the_lease_checks_the_lineage_of_the_table_mad
     c = _corpus(tmp_path / "c", sample_table, 2300, 1, 12)
     elsewhere, db = tmp_path / "elsewhere", tmp_path / "db"
     run_index(_cfg(a, elsewhere, tiny_bert_dir, "sink.mode=create"))
-    got = _run_while_another_job_holds_the_lease(
-        db,
-        elsewhere,
-        _cfg(c, db, tiny_bert_dir, "sink.mode=append", "sink.on_busy=wait", "model.document_prompt=passage: "),
-    )
+    cfg = _cfg(c, db, tiny_bert_dir, "sink.mode=append", "sink.on_busy=wait", "model.document_prompt=passage: ")
+    got = _run_while_another_job_holds_the_lease(db, elsewhere, lambda: run_index(cfg))
     assert isinstance(got, LineageMismatchError) and "document_prompt" in str(got), got
     assert len(_rows(db)) == 12  # nothing of another embedding space was appended
+
+
+def test_maintenance_that_waited_for_the_lease_keeps_the_lineage_of_the_table_made_meanwhile(
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
+    """An index build writes the lineage back: one read before the wait was another model's."""
+    from connectors.lance_sink import read_lineage
+    from pipelines.maintenance import run_maintenance
+
+    a = _corpus(tmp_path / "a", sample_table, 2700, 1, 300)
+    elsewhere, db = tmp_path / "elsewhere", tmp_path / "db"
+    run_index(_cfg(a, db, tiny_bert_dir))
+    run_index(_cfg(a, elsewhere, tiny_bert_dir, "model.document_prompt=passage: "))
+    index = ["index.type=ivf_sq", "index.min_rows=1", "index.num_partitions=2", "index.target_recall=null"]
+    cfg = _cfg(a, db, tiny_bert_dir, "sink.on_busy=wait", *index)
+    got = _run_while_another_job_holds_the_lease(
+        db, elsewhere, lambda: run_maintenance(cfg), logger="pipelines.maintenance"
+    )
+    assert got.action == "built", got
+    lineage = read_lineage(str(db), "docs")
+    assert lineage["model"]["document_prompt"] == "passage: " and lineage["index"]["type"] == "ivf_sq"
 
 
 # -- 2. housekeeping between a stopped run and its resume ------------------------------------------------
