@@ -11,6 +11,7 @@ for string keys, which take the value verbatim (``--set "model.query_prompt=quer
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -136,6 +137,8 @@ class _PipelineSection(_Section):
                 f"must be a number, not the boolean {str(value).lower()} (YAML reads yes/no, true/false and "
                 "on/off as booleans)"
             )
+        if isinstance(value, float) and not math.isfinite(value):  # YAML's .inf and .nan
+            raise ValueError(f"must be a finite number, not {value}")
         return value
 
 
@@ -615,7 +618,7 @@ class PipelineConfig(_PipelineSection):
         return self
 
 
-class ServiceConfig(_Section):
+class ServiceConfig(_PipelineSection):
     """The query service (``jobs.serve``): which table, and how each replica batches and refreshes."""
 
     uri: str = Field("out/lancedb", description="LanceDB database (directory or s3://).")

@@ -244,3 +244,17 @@ def test_a_metadata_column_named_twice_is_refused():
     """The table's schema would hold the column twice: the writer failed after the embedding work."""
     with pytest.raises(ConfigError, match="source: .*metadata_columns names 'title' more than once"):
         load_config(overrides=["source.metadata_columns=[title, date, title]"])
+
+
+@pytest.mark.parametrize("key", [key for key, takes_floats in NUMERIC_KEYS if takes_floats])
+@pytest.mark.parametrize("value", [".inf", ".nan"])
+def test_float_keys_refuse_infinity_and_nan(key, value):
+    with pytest.raises(ConfigError, match=f"{key}: .*finite"):
+        load_config(overrides=[f"{key}={value}"])
+
+
+def test_the_service_config_takes_no_boolean_for_a_number():
+    from pipelines.config import ServiceConfig
+
+    with pytest.raises(ConfigError, match="max_k: .*boolean"):
+        ServiceConfig.load({"max_k": True})
