@@ -4,6 +4,7 @@ FILE = "_file"  # source file of the row, for reject reports
 REJECT = "_reject"  # null when the row is fine, else the reason it cannot be embedded
 INPUT_IDS = "_input_ids"  # token ids, from the tokenize stage to the encode stage
 TRUNCATED = "_truncated"  # the text was cut at the model's token limit
+CHUNKS = "_chunks"  # embed.long_text=chunk: how many rows (windows) the row's document became
 N_TOKENS = "_n_tokens"  # tokens the encoder processed for the row
 VECTOR = "vector"
 HASH = "content_hash"  # hash of text + lineage, stored in the table for incremental runs

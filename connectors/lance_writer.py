@@ -40,6 +40,11 @@ STATS_SCHEMA = pa.schema(
         ("updated", pa.int64()),  # documents an upsert rewrote with new metadata and their old vectors
         ("rejected", pa.string()),  # JSON {reason: count}
         ("files", pa.string()),  # JSON {source file: source rows in this batch}
+        # Table rows (chunks) this batch's documents became, and the table rows in the batch: a file is
+        # complete when every one of its documents was seen and these two agree over its batches (a
+        # chunked document's windows can come in different batches).
+        ("rows_due", pa.int64()),
+        ("rows_seen", pa.int64()),
         ("tokens", pa.int64()),
         ("truncated", pa.int64()),
         # Pickled {source file: ...}: a fragment never mixes files, so a file's rows can be committed
@@ -169,6 +174,8 @@ class FragmentWriter:
             else pa.array(np.ones(n, dtype=bool))
         )
         files = Counter(f for f, d in zip(batch.column(C.FILE).to_pylist(), is_doc.to_pylist()) if d)
+        pieces = batch.column(C.CHUNKS) if C.CHUNKS in batch.column_names else pa.array(np.ones(n, dtype=np.int32))
+        rows_due = int(pc.sum(pc.if_else(is_doc, pc.cast(pieces, pa.int64()), 0)).as_py() or 0)
         replaced: dict[str, np.ndarray] = {}
         if C.OLD_ROWID in batch.column_names:
             replacing = pa.concat_tables([t.select([C.FILE, C.OLD_ROWID]) for t in (accepted, updates)])
@@ -184,6 +191,8 @@ class FragmentWriter:
             "updated": [updates.num_rows],
             "rejected": [json.dumps(Counter(rejected.column(C.REJECT).to_pylist()))],
             "files": [json.dumps(files)],
+            "rows_due": [rows_due],
+            "rows_seen": [n],
             "tokens": [pc.sum(batch.column(C.N_TOKENS)).as_py() or 0],
             "truncated": [pc.sum(pc.cast(batch.column(C.TRUNCATED), pa.int64())).as_py() or 0],
             "fragments": [pickle.dumps(self._write(rows, self.table_uri, C.SOURCE_FILE))],

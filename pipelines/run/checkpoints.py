@@ -29,6 +29,8 @@ class IncompleteRunError(RuntimeError):
 @dataclass
 class _Pending:
     rows: int = 0  # source rows of the file seen so far
+    rows_due: int = 0  # table rows (chunks) its documents seen so far became
+    rows_seen: int = 0  # table rows (chunks) of it seen so far
     fragments: list = field(default_factory=list)
     reject_fragments: list = field(default_factory=list)
     replaced: list = field(default_factory=list)  # arrays of row addresses
@@ -91,7 +93,10 @@ class Checkpointer:
         counts = {k: v for k, v in row.items() if k not in _FRAGMENT_FIELDS}
         for f, n in json.loads(row["files"]).items():
             self.pending.setdefault(f, _Pending()).rows += n
-        self.pending.setdefault(row["file"], _Pending()).counts.append(counts)
+        own = self.pending.setdefault(row["file"], _Pending())
+        own.counts.append(counts)
+        own.rows_due += row.get("rows_due", 0)
+        own.rows_seen += row.get("rows_seen", 0)
         for f in {*fragments, *rejects, *replaced}:
             p = self.pending.setdefault(f, _Pending())
             p.fragments.extend(fragments.get(f, []))
@@ -106,7 +111,11 @@ class Checkpointer:
             self.checkpoint()
 
     def _complete(self) -> list[str]:
-        return [f for f, p in self.pending.items() if p.rows >= self.expected_rows.get(f, 0)]
+        # Every document seen, and every row they became: a chunked document's windows can arrive in
+        # several batches, and a file committed at its last document's first window lost the others.
+        return [
+            f for f, p in self.pending.items() if p.rows >= self.expected_rows.get(f, 0) and p.rows_due == p.rows_seen
+        ]
 
     def checkpoint(self) -> None:
         """Commit (or stage) every complete file; incomplete ones wait for their remaining rows."""

@@ -113,7 +113,10 @@ def test_chunked_upsert_with_delete_missing_after_concurrent_runs(ray_cluster, t
     (delete_missing, one file of 40 documents: unchanged, metadata-only and text changes, new ones)
     failed with IncompleteRunError 'rows of 1 input files did not all come back (0/40)', although it had
     committed the file, without the second chunk of its new two-window document d0050; the resume with the
-    same run.id then found every document unchanged and left d0050 one chunk short.
+    same run.id then found every document unchanged and left d0050 one chunk short. The cause: the
+    document's two windows reached the sink in two batches and a checkpoint came between them; a file
+    is now complete only when every window of its documents came back (the unit-sized regression in
+    CI: test_interleaved_runs.py::test_a_file_is_complete_only_when_every_window_of_its_documents_came_back).
 
     The fourth step is spelled out so that the resume is checked too (bench: ``--replay "[('create',
     587737), ('busy_fail', 25017), ('busy_fail', 143337), ('upsert_delete', 538692)]" --chunked``)."""

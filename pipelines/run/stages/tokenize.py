@@ -23,7 +23,8 @@ __all__ = ["TokenizeStage"]
 
 
 class TokenizeStage:
-    """Adds ``_input_ids`` (list<int32>, empty for rejected rows) and ``_truncated`` (bool)."""
+    """Adds ``_input_ids`` (list<int32>, empty for rejected rows) and ``_truncated`` (bool); when chunking,
+    also ``_chunks`` (the number of rows the row's document became)."""
 
     def __init__(
         self,
@@ -99,4 +100,7 @@ class TokenizeStage:
         out = out.append_column("doc_id", doc_ids)
         out = out.append_column("chunk", pa.array(chunk_no + [None] * len(rejected), pa.int32()))
         out = out.append_column(C.INPUT_IDS, pa.array(ids + [[]] * len(rejected), pa.list_(pa.int32())))
+        # The document's row count travels with each row: later stages cut blocks anywhere, so a
+        # document's windows can reach the sink in different batches (pipelines/run/checkpoints.py).
+        out = out.append_column(C.CHUNKS, pa.array([counter.get(i, 1) for i in order], pa.int32()))
         return out.append_column(C.TRUNCATED, pa.array([False] * out.num_rows, pa.bool_()))
