@@ -84,28 +84,11 @@ def minilm_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_bert_dir(tmp_path_factory, minilm_dir) -> Path:
+def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer, 32-dim BERT with random weights and MiniLM's tokenizer: 'another model'."""
-    import shutil
+    from helpers.table_model import build_tiny_bert
 
-    import torch
-    from transformers import BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny-bert")
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (minilm_dir / name).exists():
-            shutil.copy(minilm_dir / name, out / name)
-    return out
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -190,7 +190,8 @@ class Reference:
 
 
 def build_tiny_bert(out: Path) -> Path:
-    """The conftest's ``tiny_bert_dir`` (2 layers, 32 wide, random, MiniLM's tokenizer), for the bench."""
+    """A 2-layer, 32-wide BERT with random weights (seed 0) and MiniLM's tokenizer in ``out``: the
+    conftest's ``tiny_bert_dir`` and the bench's model."""
     import shutil
 
     import torch
