@@ -25,6 +25,7 @@ import pytest
 
 from connectors.storage import Storage
 from connectors.table_lease import LeaseLostError, TableBusyError, TableLease
+from helpers.leases import SlowReads
 
 BUCKET = "leases"
 ELSEWHERE = "another-host.example"
@@ -63,20 +64,6 @@ def _get(client, uri: str) -> dict:
 
 def _exists(client, uri: str) -> bool:
     return client.list_objects_v2(Bucket=BUCKET, Prefix=_key(uri))["KeyCount"] > 0
-
-
-class SlowReads(TableLease):
-    """A lease whose reads come back late once ``slow`` is set (a slow GET, a paused process)."""
-
-    def __init__(self, *args, read_delay_s: float = 0.6, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.read_delay_s, self.slow = read_delay_s, False
-
-    def read(self):
-        lease = super().read()
-        if self.slow:
-            time.sleep(self.read_delay_s)
-        return lease
 
 
 def test_create_hold_and_release_on_s3(db):

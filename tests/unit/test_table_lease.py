@@ -16,6 +16,7 @@ import time
 import pytest
 
 from connectors.table_lease import LeaseLostError, TableBusyError, TableLease
+from helpers.leases import SlowReads
 
 ELSEWHERE = "another-host.example"  # a holder on another host: only its heartbeat tells whether it lives
 
@@ -31,21 +32,6 @@ def _stale_lease(path, **fields) -> dict:
 
 def _token(path) -> str:
     return json.loads(path.read_text())["token"]
-
-
-class SlowReads(TableLease):
-    """A lease whose storage answers reads late (a slow GET, a process paused between reading the lease
-    and acting on it), from the moment ``slow`` is set: the file system stays real."""
-
-    def __init__(self, *args, read_delay_s: float = 0.6, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.read_delay_s, self.slow = read_delay_s, False
-
-    def read(self):
-        lease = super().read()
-        if self.slow:
-            time.sleep(self.read_delay_s)
-        return lease
 
 
 def test_the_lease_records_the_holders_heartbeat_schedule(tmp_path):
