@@ -18,7 +18,20 @@ import lance
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_safe_writes import _cfg, _corpus, _docs, _env, _job, _job_args, _kill_mid_run, _rows, _runlog, _write
+from test_safe_writes import (
+    _cfg,
+    _corpus,
+    _docs,
+    _env,
+    _job,
+    _job_args,
+    _kill_mid_run,
+    _rows,
+    _runlog,
+    _write,
+    staging_checkpointer,
+    stats_row,
+)
 
 from connectors.table_lease import TableLease
 from pipelines.run.runner import run_index
@@ -272,48 +285,10 @@ def test_a_file_is_complete_only_when_every_window_of_its_documents_came_back():
     """tests/integration/test_table_model.py's chunked upsert: the last document of a file had two windows
     in two sink batches; a checkpoint between them committed the file without the second window, and
     the late batch then failed the run ('0/40 rows'), which left the document one chunk short for good."""
-    import json
-    import pickle
-
-    from pipelines.run.checkpoints import Checkpointer
-
-    class RunLog:  # staged mode: a checkpoint only records the files it stages
-        def __init__(self):
-            self.records = []
-
-        def record(self, run_id, done, kind="file"):
-            self.records.append({d.file: len(d.fragments) for d in done})
-
-    def batch(docs: int, rows_due: int, rows_seen: int, fragment: str) -> dict:
-        return {
-            "file": "a",
-            "rows": docs,
-            "files": json.dumps({"a": docs}),
-            "rows_due": rows_due,
-            "rows_seen": rows_seen,
-            "fragments": pickle.dumps({"a": [fragment]}),
-            "reject_fragments": pickle.dumps({}),
-            "replaced_rowids": pickle.dumps({}),
-        }
-
-    runlog = RunLog()
-    checkpointer = Checkpointer(
-        run_id="r",
-        runlog=runlog,
-        table_uri="t",
-        rejects_uri="r",
-        table_schema=None,
-        expected_rows={"a": 2},
-        identity={},
-        staged=True,
-        checkpoint_rows=1,  # a checkpoint is due after every batch
-        table_version=None,
-        rejects_version=None,
-        on_batch=lambda row: None,
-    )
+    checkpointer, runlog = staging_checkpointer({"a": 2}, checkpoint_rows=1)  # a checkpoint due after every batch
     # Both documents' first windows: every document seen, but the second became 2 rows and 1 came.
-    checkpointer.add(batch(docs=2, rows_due=3, rows_seen=2, fragment="first windows"))
+    checkpointer.add(stats_row("a", 2, "first windows", rows_due=3, rows_seen=2))
     assert runlog.records == []
-    checkpointer.add(batch(docs=0, rows_due=0, rows_seen=1, fragment="second window"))
-    assert runlog.records == [{"a": 2}]  # committed with both fragments
+    checkpointer.add(stats_row("a", 0, "second window", rows_due=0, rows_seen=1))
+    assert runlog.fragments == [{"a": 2}]  # committed with both fragments
     checkpointer.finish(["a"])

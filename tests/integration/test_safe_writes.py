@@ -473,47 +473,65 @@ def test_revision_column_decides_which_row_wins(ray_cluster, sample_table, tiny_
         _cfg(src, db, tiny_bert_dir, "sink.revision_by=updated_at")
 
 
-def test_a_checkpoint_that_found_no_complete_file_is_due_again_at_the_next_batch():
-    """Batches of several files interleave; a checkpoint due while no file was complete used to
-    wait another sink.checkpoint_rows rows before it looked again, although a file completed in
-    between."""
-    import json
-    import pickle
+class StagingRunLog:
+    """A staged run's log as the Checkpointer uses it: a checkpoint only records the files it stages
+    (their names, and how many fragments each)."""
 
+    def __init__(self):
+        self.records, self.fragments = [], []
+
+    def record(self, run_id, done, kind="file"):
+        self.records.append(sorted(d.file for d in done))
+        self.fragments.append({d.file: len(d.fragments) for d in done})
+
+
+def staging_checkpointer(expected_rows: dict, checkpoint_rows: int):
+    """A staged run's Checkpointer over ``expected_rows`` and its log (nothing is committed)."""
     from pipelines.run.checkpoints import Checkpointer
 
-    class RunLog:  # staged mode: a checkpoint only records the files it stages
-        def __init__(self):
-            self.records = []
-
-        def record(self, run_id, done, kind="file"):
-            self.records.append(sorted(d.file for d in done))
-
-    def batch(file: str, rows: int) -> dict:
-        return {
-            "file": file,
-            "rows": rows,
-            "files": json.dumps({file: rows}),
-            "fragments": pickle.dumps({file: [f"frag-{file}"]}),
-            "reject_fragments": pickle.dumps({}),
-            "replaced_rowids": pickle.dumps({}),
-        }
-
-    runlog = RunLog()
+    runlog = StagingRunLog()
     checkpointer = Checkpointer(
         run_id="r",
         runlog=runlog,
         table_uri="t",
         rejects_uri="r",
         table_schema=None,
-        expected_rows={"a": 4, "b": 4},
+        expected_rows=expected_rows,
         identity={},
         staged=True,
-        checkpoint_rows=3,
+        checkpoint_rows=checkpoint_rows,
         table_version=None,
         rejects_version=None,
         on_batch=lambda row: None,
     )
+    return checkpointer, runlog
+
+
+def stats_row(file: str, docs: int, fragment: str, **extra) -> dict:
+    """A sink stats row of one batch of ``file``: ``docs`` documents, written in one fragment."""
+    import json
+    import pickle
+
+    return {
+        "file": file,
+        "rows": docs,
+        "files": json.dumps({file: docs}),
+        "fragments": pickle.dumps({file: [fragment]}),
+        "reject_fragments": pickle.dumps({}),
+        "replaced_rowids": pickle.dumps({}),
+        **extra,
+    }
+
+
+def test_a_checkpoint_that_found_no_complete_file_is_due_again_at_the_next_batch():
+    """Batches of several files interleave; a checkpoint due while no file was complete used to
+    wait another sink.checkpoint_rows rows before it looked again, although a file completed in
+    between."""
+
+    def batch(file: str, rows: int) -> dict:
+        return stats_row(file, rows, f"frag-{file}")
+
+    checkpointer, runlog = staging_checkpointer({"a": 4, "b": 4}, checkpoint_rows=3)
     checkpointer.add(batch("a", 2))
     checkpointer.add(batch("b", 2))  # 4 rows since the start: due, but no file is complete yet
     assert runlog.records == []
