@@ -58,6 +58,9 @@ import pyarrow.parquet as pq
 __all__ = ["Kill", "RunResult", "check_table", "main", "make_corpus", "run_job"]
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from helpers.table_model import job_env  # noqa: E402  (the jobs' environment, as bench/table_model.py's)
+
 SCENARIOS = ("overwrite", "upsert", "overlap")
 TARGETS = ("driver", "encoder", "writer")
 MAX_ATTEMPTS = 5
@@ -291,18 +294,6 @@ class Job:
             if self.attempt(kills) == 0:
                 break
         return self.result
-
-
-def job_env(address: str) -> dict:
-    env = {
-        **os.environ,
-        "RAY_ADDRESS": address,
-        "HF_HUB_OFFLINE": "1",
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "RAY_DATA_PARQUET_BIN_PACKING_BYTES": "1",
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    return env
 
 
 def run_job(
