@@ -283,12 +283,17 @@ class TableSearch:
 
     def __init__(self, config: dict):
         self.config = ServiceConfig.model_validate(config)
-        c = self.config
-        self._token = _bearer_token(c)  # before the model loads: a missing secret fails at once
-        storage = Storage.resolve(c.storage, [c.uri, c.model_path])
-        self.searcher = Searcher.open(c.uri, c.table, model_path=c.model_path, device=c.device, storage=storage)
+        self._token = _bearer_token(self.config)  # before the model loads: a missing secret fails at once
+        storage = Storage.resolve(self.config.storage, [self.config.uri, self.config.model_path])
+        self.searcher = Searcher.open(
+            self.config.uri,
+            self.config.table,
+            model_path=self.config.model_path,
+            device=self.config.device,
+            storage=storage,
+        )
         self.searcher.embed_queries(["warm-up"])  # the model is loaded before the replica takes traffic
-        self._batcher = _Batcher(self._answer_now, c.max_batch_size)
+        self._batcher = _Batcher(self._answer_now, self.config.max_batch_size)
         self.queries = 0  # embedded, in self.batches forward passes taking self.embed_seconds
         self.batches = 0
         self.embed_seconds = 0.0
