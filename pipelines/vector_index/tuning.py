@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 # a first setting bounds the rest: 10 reaches the target at a moderate nprobes for every index type.
 REFINE_GRID = (10, 3, 5, 2, 1, 20, 50)
 # A refine candidate is a random read of one float vector; a list is scanned sequentially. Per byte,
-# the reads cost about this many times the scan (session 12, 1M x 256 IVF-RQ: 0.02 ms per candidate
+# the reads cost about this many times the scan (2026-12-02, AMD EPYC x2, 1M x 256 IVF-RQ: 0.02 ms per candidate
 # vs 0.043 ms per 32 KB list; docs/design.md).
 REFINE_BYTE_WEIGHT = 16
 CONFIDENCE_Z = 1.645  # one-sided 95%: the recall's lower bound that must reach the target
