@@ -6,7 +6,7 @@ own table, and the queries are embedded once with that table's model
 (:class:`pipelines.search.searcher.Searcher`). Each narrower dimension's table is derived from it
 (:func:`pipelines.evaluation.matryoshka.derive_table`: the vectors re-cut and normalised again, as a run
 at that dimension writes them) and indexed by the run's own index step
-(:func:`pipelines.run.runner.index_step`); its query vectors are the wide ones re-cut the same way.
+(:func:`pipelines.vector_index.step.index_step`); its query vectors are the wide ones re-cut the same way.
 Configs whose derived tables would differ from a run's (float16 vectors, chunked documents) get one
 indexing run per dimension instead. The queries are searched twice per table, exactly (every vector
 scanned) and through the index at the query defaults stored with the table, which is what a user of
@@ -168,8 +168,8 @@ def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) ->
 
 def _derived(config: PipelineConfig, wide: _Table) -> _Table:
     """``wide``'s table and query vectors re-cut to ``config``'s dimension, and indexed as a run indexes."""
-    from pipelines.run.runner import index_step
     from pipelines.search.searcher import Searcher
+    from pipelines.vector_index.step import index_step
 
     uri, table, dimension = config.sink.uri, config.sink.table, config.embed.dimension
     started = time.perf_counter()

@@ -7,7 +7,7 @@ the dimension is redone: the vectors, each row's ``content_hash`` (keyed by
 :func:`pipelines.lineage.vector_key`, which covers the dimension) and the lineage's ``dimension`` (and
 the schema's embedding-function entry with it). The rest of each row, ``run_id`` included, is the
 wide table's: those rows came from its run. The index is not copied; the caller builds one
-(:func:`pipelines.run.runner.index_step`).
+(:func:`pipelines.vector_index.step.index_step`).
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def embedding_stages(
                 num_gpus=compute.gpus_per_actor,
                 # A dead encoder actor is not restarted: its batches fail the stream, and the run
                 # starts over on its unfinished files with a pool that fits what is left
-                # (pipelines.run.runner). A restart would wait, with its batches, for room that a
+                # (pipelines.run.stream). A restart would wait, with its batches, for room that a
                 # cluster which lost a node may never have again.
                 max_restarts=0,
             ),

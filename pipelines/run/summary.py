@@ -40,7 +40,7 @@ class RunSummary:
     checkpoint_timings: list = field(default_factory=list)  # pipelines.run.checkpoints.Checkpointer.timings
     dedup_seconds: float = 0.0  # the duplicate-id check after the stream
     index_seconds: float = 0.0  # the index task: vector index, tuning, id index
-    preflight_seconds: float = 0.0  # checks and plan before any work (pipelines.run.runner.preflight)
+    preflight_seconds: float = 0.0  # checks and plan before any work (pipelines.run.preflight.preflight)
     ray_start_seconds: float = 0.0  # ray.init() when the job started its own local Ray (0 when connected)
     dtype: str = ""  # the encoder's compute dtype (model.dtype resolved) and why
     dtype_reason: str = ""

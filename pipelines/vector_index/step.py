@@ -15,6 +15,7 @@ near-copies (chunks of one page, boilerplate), because the copies share a list w
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
@@ -23,11 +24,12 @@ from connectors.lance_index import IndexParams, build_index
 from connectors.lance_table import create_id_index, open_table
 from connectors.query_files import QueryFileError, read_queries
 from connectors.storage import Storage
-from pipelines.config import ConfigError, IndexConfig
-from pipelines.vector_index.params import derive_index_params, maintain_index
+from pipelines.config import ConfigError, IndexConfig, PipelineConfig
+from pipelines.run.tasks import _get
+from pipelines.vector_index.params import derive_index_params, index_workers, maintain_index
 from pipelines.vector_index.tuning import TuningResult, tune_index
 
-__all__ = ["check_tuning_queries", "index_table", "read_tuning_queries"]
+__all__ = ["check_tuning_queries", "index_step", "index_table", "read_tuning_queries"]
 
 QUERY_COLUMN = "text"
 
@@ -101,3 +103,54 @@ def index_table(
     )
     create_id_index(table, id_column)
     return params, tuning
+
+
+def index_step(
+    config: PipelineConfig,
+    *,
+    rows: int,
+    dimension: int,
+    lineage: dict,
+    storage: Optional[Storage] = None,
+    incremental: bool = False,
+) -> tuple[IndexParams, Optional[TuningResult], float]:
+    """The vector index of ``config.sink.table`` (``rows`` rows of ``dimension``, made as ``lineage``
+    says), its tuned query defaults and the id index, built in one Ray task; returns the index
+    parameters, the tuning result (None when not tuned) and the seconds it took. Recording them in
+    the lineage is the caller's (:func:`~pipelines.vector_index.tuning.index_lineage`).
+
+    ``storage``: default resolved from ``config.storage`` for the sink, model and tuning queries.
+    ``incremental``: maintain the index after an append/upsert instead of building it anew.
+    """
+    import ray
+
+    c = config
+    if storage is None:
+        storage = Storage.resolve(c.storage, paths=[c.sink.uri, c.model.path, c.index.tuning_queries_path])
+    # Off the driver: index training and the tuning's exact searches grow with the table.
+    queries = None
+    if c.index.tuning_queries_path and c.index.target_recall is not None:
+        queries = read_tuning_queries(c.index.tuning_queries_path, c.index.tuning_queries, storage)
+    # Retried when its worker or node is lost (nothing is committed until the build is done), never
+    # on its own errors (Ray retries exceptions only when retry_exceptions is set).
+    # A distributed build (index.workers) gives every CPU to its build tasks; the task that starts
+    # them only trains on a sample and waits, so it holds none (else it could wait for its own CPU).
+    cpus = ray.cluster_resources().get("CPU", 1)
+    one_task = index_workers(c.index.workers, rows, cpus) == 1
+    task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
+    started = time.perf_counter()
+    params, tuning = _get(
+        task.remote(
+            c.sink.uri,
+            c.sink.table,
+            c.index,
+            id_column=c.source.id_column,
+            dimension=dimension,
+            incremental=incremental,
+            lineage=lineage,
+            storage=storage,
+            query_texts=queries,
+            cpus=cpus,
+        )
+    )
+    return params, tuning, round(time.perf_counter() - started, 2)
