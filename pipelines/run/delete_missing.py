@@ -11,7 +11,8 @@ import pyarrow.compute as pc
 from connectors import lance_sink
 from connectors.lance_table import open_dataset
 from pipelines.run.preflight import RunPlan
-from pipelines.run.summary import RunSummary
+
+__all__ = ["DeleteGuardError", "delete_missing"]
 
 
 class DeleteGuardError(lance_sink.SinkError):
@@ -45,8 +46,9 @@ def _missing_share(plan: RunPlan, key: str, key_type: pa.DataType, sample_rows: 
     return float(1.0 - found.mean())
 
 
-def _delete_missing(plan: RunPlan, summary: RunSummary) -> int:
-    """Delete rows whose document id is absent from the source (a full snapshot).
+def delete_missing(plan: RunPlan) -> tuple[int, str]:
+    """Delete rows whose document id is absent from the source (a full snapshot); returns the rows
+    deleted and, when it deleted nothing on purpose, why.
 
     Never on a partial view of the source: a run that skipped unreadable files
     (``source.on_bad_file=skip``) deletes nothing, since every id of those files would look
@@ -56,11 +58,10 @@ def _delete_missing(plan: RunPlan, summary: RunSummary) -> int:
     """
     c = plan.config
     if plan.source.skipped:
-        summary.delete_missing_skipped = (
+        return 0, (
             f"{len(plan.source.skipped)} unreadable source files were skipped, "
             "so the source is not a full snapshot; nothing was deleted"
         )
-        return 0
     key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
     key_type = plan.table_schema.field(key).type
     share = _missing_share(plan, key, key_type)
@@ -76,4 +77,4 @@ def _delete_missing(plan: RunPlan, summary: RunSummary) -> int:
     # Lance's merge_insert, not LanceDB's: LanceDB's would embed the table's text column for the
     # id-only rows (the schema names the table's embedding function) and fail on the missing column.
     result = open_dataset(plan.table_uri, plan.sink_options).merge_insert(key).when_not_matched_by_source_delete()
-    return int(result.execute(reader)["num_deleted_rows"])
+    return int(result.execute(reader)["num_deleted_rows"]), ""

@@ -11,12 +11,20 @@ from typing import Optional
 from pipelines.config import ConfigError
 from pipelines.run.preflight import RunPlan
 
-__all__ = ["execution_groups", "lost_worker", "pool_that_fits"]
+__all__ = [
+    "check_index_workers",
+    "cpus_held_by_others",
+    "execution_groups",
+    "lost_worker",
+    "pool_that_fits",
+    "resources_left",
+    "starting_pool",
+]
 
 log = logging.getLogger(__name__)
 
 
-def _check_index_workers(workers, cpus: float) -> None:
+def check_index_workers(workers, cpus: float) -> None:
     """Before any work: Ray's pool for a distributed index build refuses more tasks than the cluster
     has CPUs, which would fail the run after every document was embedded."""
     if workers != "auto" and workers > 1 and workers > cpus:
@@ -48,7 +56,7 @@ def lost_worker(exc: BaseException) -> bool:
     )
 
 
-def _cpus_held_by_others(settle_s: float = 5.0) -> float:
+def cpus_held_by_others(settle_s: float = 5.0) -> float:
     """CPUs in use before this run starts; the lowest seen over ``settle_s`` while any are, so that
     the actors of a run that just ended in this process (still being released) do not count."""
     import ray
@@ -96,7 +104,7 @@ def execution_groups(files: list[str], rows: dict[str, int], limit: Optional[int
     return groups
 
 
-def _resources_left(others_cpus: float) -> dict:
+def resources_left(others_cpus: float) -> dict:
     """The cluster's resources now, less the CPUs others held when the run started."""
     import ray
 
@@ -104,13 +112,13 @@ def _resources_left(others_cpus: float) -> dict:
     return {**total, "CPU": max(0.0, total.get("CPU", 0) - others_cpus)}
 
 
-def _starting_pool(plan: RunPlan) -> tuple[Optional[int], dict]:
+def starting_pool(plan: RunPlan) -> tuple[Optional[int], dict]:
     """The encoder pool (None: as configured) and the resources a run starts with: the cluster's,
     less what others held when it started (see ``others_cpus``); an error when that leaves the read
     tasks no CPU."""
     c = plan.config
     pool, held = None, plan.others_cpus
-    resources = _resources_left(held)
+    resources = resources_left(held)
     if held >= 0.5:
         pool = min(c.compute.actors, pool_that_fits(c.compute, resources))
         log.info(

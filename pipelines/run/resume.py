@@ -10,12 +10,13 @@ from connectors import columns as C
 from connectors import lance_commits
 from connectors.run_log import RunLog
 from pipelines.run.preflight import RunPlan
-from pipelines.run.summary import RunSummary
+
+__all__ = ["files_to_do"]
 
 log = logging.getLogger(__name__)
 
 
-def _files_to_do(plan: RunPlan, runlog: RunLog, summary: RunSummary) -> tuple[list[str], bool]:
+def files_to_do(plan: RunPlan, runlog: RunLog) -> tuple[list[str], bool]:
     """The files this run still has to embed (all, or what a resumed run has not finished), after
     removing what a resumed run's unfinished commits left; and whether a staged run was committed."""
     options = plan.sink_options
@@ -30,7 +31,6 @@ def _files_to_do(plan: RunPlan, runlog: RunLog, summary: RunSummary) -> tuple[li
         for f in _staged_data_gone(plan, done):
             del done[f]
     todo = [f for f in plan.source.files if f not in done]
-    summary.resumed_files = len(plan.source.files) - len(todo)
     if plan.resuming and not staged:
         # Rows of files whose commit died before its bookkeeping, and of finished files redone now.
         redo = sorted(runlog.uncertain_files(plan.run_id) | set(changed))

@@ -32,12 +32,12 @@ from connectors.run_log import RunLog
 from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig
 from pipelines.run import data_context
-from pipelines.run.delete_missing import _delete_missing
-from pipelines.run.duplicates import _resolve_duplicates
+from pipelines.run.delete_missing import delete_missing
+from pipelines.run.duplicates import resolve_duplicates
 from pipelines.run.preflight import RunPlan, check_inputs, plan_on_table
-from pipelines.run.resources import _check_index_workers, _cpus_held_by_others
-from pipelines.run.resume import _files_to_do
-from pipelines.run.stream import _embed_and_commit
+from pipelines.run.resources import check_index_workers, cpus_held_by_others
+from pipelines.run.resume import files_to_do
+from pipelines.run.stream import embed_and_commit
 from pipelines.run.summary import RunSummary
 from pipelines.vector_index.step import index_step
 from pipelines.vector_index.tuning import index_lineage
@@ -61,8 +61,6 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     The whole run holds the table's lease (:mod:`connectors.table_lease`): a second job on the same
     table fails at once (or waits, ``sink.on_busy=wait``) instead of interleaving its commits.
     """
-    import ray
-
     started = time.perf_counter()
     inputs = check_inputs(config)
     c = config
@@ -85,32 +83,12 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
         plan = plan_on_table(inputs, new_run_id=holder)
         lease.holder = plan.run_id
         preflight_seconds = (inputs_checked - started) + (time.perf_counter() - leased)  # not the wait
-        ray_start_seconds = 0.0
-        actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
-        log.info(
-            f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
-            f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
-            f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
-            f"(or --set run.resume=true)"
-        )
-        if not ray.is_initialized():
-            ray_started = time.perf_counter()
-            # A Ray of the job's own (no RAY_ADDRESS, no `ray start` here) lives as long as the job: its
-            # dashboard, which nobody could open in time, took 8 of ray.init's 18.5 s on a loaded 2-core CPU.
-            # Ignored when this connects to a cluster, whose head serves the dashboard and metrics.
-            ray.init(include_dashboard=False)
-            ray_start_seconds = time.perf_counter() - ray_started
-        data_context.configure(
-            ray.data.DataContext.get_current(),
-            max_block_mb=c.compute.max_block_mb,
-            stall_timeout_s=c.compute.stall_timeout_s,
-            verbose=verbose,
-        )
-        _check_index_workers(c.index.workers, ray.cluster_resources().get("CPU", 0))
+        _log_start(plan)
+        ray_start_seconds = _start_ray(c, verbose)
         # What others (a Serve replica, another job's actors) hold, taken before this run starts anything.
         # Planning with the cluster's total CPUs beside a service gave the encoders the last free CPU
         # and the read tasks none: the stream never started (tests/integration/test_query_service.py).
-        plan.others_cpus = _cpus_held_by_others()
+        plan.others_cpus = cpus_held_by_others()
         summary = _run(plan, lease)
     summary.seconds = time.perf_counter() - started
     summary.preflight_seconds = round(preflight_seconds, 3)
@@ -118,9 +96,44 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     return summary
 
 
+def _log_start(plan: RunPlan) -> None:
+    """The run's first line: what it indexes, where to, and how to resume it."""
+    c = plan.config
+    actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
+    log.info(
+        f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
+        f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
+        f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
+        f"(or --set run.resume=true)"
+    )
+
+
+def _start_ray(c: PipelineConfig, verbose: bool) -> float:
+    """Ray for the run (started here when not connected yet) and Ray Data's settings; the seconds
+    ``ray.init`` took (0 when connected). Fails before any work when ``index.workers`` exceeds the CPUs."""
+    import ray
+
+    ray_start_seconds = 0.0
+    if not ray.is_initialized():
+        ray_started = time.perf_counter()
+        # A Ray of the job's own (no RAY_ADDRESS, no `ray start` here) lives as long as the job: its
+        # dashboard, which nobody could open in time, took 8 of ray.init's 18.5 s on a loaded 2-core CPU.
+        # Ignored when this connects to a cluster, whose head serves the dashboard and metrics.
+        ray.init(include_dashboard=False)
+        ray_start_seconds = time.perf_counter() - ray_started
+    data_context.configure(
+        ray.data.DataContext.get_current(),
+        max_block_mb=c.compute.max_block_mb,
+        stall_timeout_s=c.compute.stall_timeout_s,
+        verbose=verbose,
+    )
+    check_index_workers(c.index.workers, ray.cluster_resources().get("CPU", 0))
+    return ray_start_seconds
+
+
 def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     """The run's steps in order: what is left to do, embed and commit it, one row per id, deletes,
-    the index step, the lineage."""
+    the index step, the lineage. Each step returns what it counted; the summary is filled here."""
     c = plan.config
     summary = RunSummary(
         table_uri=c.sink.uri,
@@ -133,27 +146,20 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     )
     runlog = RunLog(c.sink.uri, c.sink.table, plan.sink_options)
     runlog.mark_started(plan.run_id, c.sink.mode)
-    todo, committed = _files_to_do(plan, runlog, summary)
-    checkpointer = _embed_and_commit(plan, runlog, lease, todo, committed, summary)
+    todo, committed = files_to_do(plan, runlog)
+    summary.resumed_files = len(plan.source.files) - len(todo)
+    checkpointer, counts = embed_and_commit(plan, runlog, lease, todo, committed)
+    summary.add_embedding(counts)
     lease.check()
-    _resolve_duplicates(plan, checkpointer, summary)
+    removed, summary.dedup_seconds = resolve_duplicates(plan, checkpointer)
+    summary.rows_written -= sum(removed.values())
+    summary.rejected.update(removed)
     if c.sink.delete_missing:
         lease.check()
         # Opened after the duplicate check: a handle opened before it would read the older version.
-        summary.deleted_missing = _delete_missing(plan, summary)
+        summary.deleted_missing, summary.delete_missing_skipped = delete_missing(plan)
     summary.table_rows = _open_table(plan).count_rows()  # what readers see now: after dedup and deletes
     lease.check()
-    params, tuning = _index_step(plan, summary)
-    lease.check()
-    _write_lineage(plan, params, tuning, summary)
-    runlog.mark(plan.run_id, "finished")
-    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, plan.sink_options)
-    return summary
-
-
-def _index_step(plan: RunPlan, summary: RunSummary):
-    """The run's index step (:func:`index_step`); its parameters, tuning and time go into the summary."""
-    c = plan.config
     params, tuning, summary.index_seconds = index_step(
         c,
         rows=summary.table_rows,
@@ -164,7 +170,11 @@ def _index_step(plan: RunPlan, summary: RunSummary):
     )
     summary.index = params.to_dict()
     summary.tuning = tuning.to_dict() if tuning else {}
-    return params, tuning
+    lease.check()
+    _write_lineage(plan, params, tuning, summary)
+    runlog.mark(plan.run_id, "finished")
+    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, plan.sink_options)
+    return summary
 
 
 def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:

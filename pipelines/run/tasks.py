@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+__all__ = ["task_result"]
 
-def _get(ref):
+
+def task_result(ref):
     """``ray.get`` of one task, raising the task's own error (not Ray's wrapper and its traceback)."""
     import ray
 

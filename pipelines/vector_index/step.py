@@ -25,7 +25,7 @@ from connectors.lance_table import create_id_index, open_table
 from connectors.query_files import QueryFileError, read_queries
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig, PipelineConfig
-from pipelines.run.tasks import _get
+from pipelines.run.tasks import task_result
 from pipelines.vector_index.params import derive_index_params, index_workers, maintain_index
 from pipelines.vector_index.tuning import TuningResult, tune_index
 
@@ -139,7 +139,7 @@ def index_step(
     one_task = index_workers(c.index.workers, rows, cpus) == 1
     task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
     started = time.perf_counter()
-    params, tuning = _get(
+    params, tuning = task_result(
         task.remote(
             c.sink.uri,
             c.sink.table,
