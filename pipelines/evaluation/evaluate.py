@@ -38,7 +38,8 @@ from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
 from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows
-from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall
+from pipelines.vector_index.step import index_step
+from pipelines.vector_index.tuning import index_lineage, knn_recall
 
 __all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
 
@@ -166,18 +167,24 @@ def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) ->
     return _Table(config, summary.table_rows, searcher, searcher.embed_queries(texts), run)
 
 
+def _index(config: PipelineConfig, rows: int, dimension: int, lineage: dict):
+    """``config.sink.table`` indexed as a run indexes it (:func:`~pipelines.vector_index.step.index_step`),
+    the index recorded in its lineage; returns the index parameters, the tuning and the seconds."""
+    params, tuning, seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
+    lineage.update(index_lineage(params, tuning))
+    lance_sink.write_lineage(config.sink.uri, config.sink.table, lineage)
+    return params, tuning, seconds
+
+
 def _derived(config: PipelineConfig, wide: _Table) -> _Table:
     """``wide``'s table and query vectors re-cut to ``config``'s dimension, and indexed as a run indexes."""
     from pipelines.search.searcher import Searcher
-    from pipelines.vector_index.step import index_step
 
     uri, table, dimension = config.sink.uri, config.sink.table, config.embed.dimension
     started = time.perf_counter()
     lineage, rows = derive_table(config, wide.config.sink.table, version=wide.searcher.version)
     derive_seconds = round(time.perf_counter() - started, 2)
-    params, tuning, index_seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
-    lineage.update(index_lineage(params, tuning))
-    lance_sink.write_lineage(uri, table, lineage)
+    params, tuning, index_seconds = _index(config, rows, dimension, lineage)
     log.info(
         f"table {table!r}: {rows} rows derived from {wide.config.sink.table!r} at dimension {dimension} in "
         f"{derive_seconds:g}s; index {params.type} built and tuned in {index_seconds:g}s"
@@ -218,11 +225,8 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
         if index_type == "none" or t.rows < min_index_rows(cfg.index, dim):
             break
         if n > 0:  # the configured type was built by the index step; build the others in turn
-            index_config = cfg.index.model_copy(update={"type": index_type})
-            params, tuning = build_tuned_index(searcher.table, t.rows, dim, index_config, id_column="id")
-            lineage = lance_sink.read_lineage(cfg.sink.uri, cfg.sink.table)
-            lineage.update(index_lineage(params, tuning))
-            lance_sink.write_lineage(cfg.sink.uri, cfg.sink.table, lineage)
+            typed = cfg.model_copy(update={"index": cfg.index.model_copy(update={"type": index_type})})
+            _index(typed, t.rows, dim, lance_sink.read_lineage(cfg.sink.uri, cfg.sink.table))
             searcher = Searcher.open(cfg.sink.uri, cfg.sink.table)
         results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, t.rows))
         log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)

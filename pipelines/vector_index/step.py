@@ -1,6 +1,11 @@
 """Index step: the vector index, its tuned query defaults and the id index, as one Ray task (which
 starts the build tasks of a distributed build, ``index.workers``).
 
+:func:`index_step` is the one entry point: the indexing run calls it after the write, the evaluation
+for each table and index type it measures. The task builds the index anew or, after an append or
+upsert, keeps it useful (:func:`maintain_index`, the policy the maintenance job applies too), then
+tunes the query defaults (:func:`tune_index`) and indexes the ids.
+
 It runs after the write, on a Ray worker rather than in the driver: index training (the IVF sample
 grows with the number of lists, about sqrt(rows)) and the tuning's exact searches take memory that
 grows with the table, and the driver of a 100M-row job must stay small. The task reads the table
@@ -20,16 +25,23 @@ from typing import Optional
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, build_index
+from connectors.lance_index import IndexParams, build_index, index_row_counts, optimize_index
 from connectors.lance_table import create_id_index, open_table
 from connectors.query_files import QueryFileError, read_queries
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig, PipelineConfig
 from pipelines.run.tasks import task_result
-from pipelines.vector_index.params import derive_index_params, index_workers, maintain_index
-from pipelines.vector_index.tuning import TuningResult, tune_index
+from pipelines.vector_index.params import derive_index_params, index_workers
+from pipelines.vector_index.tuning import TuningResult, tune_query_defaults
 
-__all__ = ["check_tuning_queries", "index_step", "index_table", "read_tuning_queries"]
+__all__ = [
+    "check_tuning_queries",
+    "index_step",
+    "index_table",
+    "maintain_index",
+    "read_tuning_queries",
+    "tune_index",
+]
 
 QUERY_COLUMN = "text"
 
@@ -55,54 +67,6 @@ def read_tuning_queries(path: str, limit: int, storage: Storage, seed: int = 0) 
         picks = np.sort(np.random.default_rng(seed).choice(len(texts), size=limit, replace=False))
         texts = [texts[i] for i in picks]
     return texts
-
-
-def index_table(
-    uri: str,
-    table_name: str,
-    config: IndexConfig,
-    *,
-    id_column: str,
-    dimension: int,
-    incremental: bool,
-    lineage: dict,
-    storage: Storage,
-    query_texts: Optional[list[str]] = None,
-    cpus: Optional[float] = None,
-) -> tuple[IndexParams, Optional[TuningResult]]:
-    """Build (or, after an append/upsert, maintain) the vector index, tune its query defaults, index ids.
-
-    ``query_texts``: real queries to tune on (the driver reads them with :func:`read_tuning_queries`,
-    so a relative path means the same file wherever the task runs); None: documents stand in.
-    ``cpus``: the cluster's, for ``index.workers=auto``.
-
-    Returns the index parameters, carrying the chosen ``nprobes``/``refine_factor``, and the tuning
-    result (None when nothing was tuned).
-    """
-    options = storage.lance_options(uri)
-    table = open_table(uri, table_name, options)
-    rows = table.count_rows()
-    if incremental:
-        params = maintain_index(table, rows, dimension, config, cpus=cpus, storage_options=options)
-    else:
-        params = build_index(table, derive_index_params(rows, dimension, config, cpus), storage_options=options)
-    vectors = None
-    if query_texts and params.type != "none" and config.target_recall is not None:
-        from pipelines.search.searcher import Searcher
-
-        vectors = Searcher(table, lineage, storage=storage).embed_queries(query_texts)
-    tuning = tune_index(
-        table,
-        params,
-        config,
-        id_column=id_column,
-        rows=rows,
-        dimension=dimension,
-        vectors=vectors,
-        source=f"queries from {config.tuning_queries_path}",
-    )
-    create_id_index(table, id_column)
-    return params, tuning
 
 
 def index_step(
@@ -154,3 +118,101 @@ def index_step(
         )
     )
     return params, tuning, round(time.perf_counter() - started, 2)
+
+
+def index_table(
+    uri: str,
+    table_name: str,
+    config: IndexConfig,
+    *,
+    id_column: str,
+    dimension: int,
+    incremental: bool,
+    lineage: dict,
+    storage: Storage,
+    query_texts: Optional[list[str]] = None,
+    cpus: Optional[float] = None,
+) -> tuple[IndexParams, Optional[TuningResult]]:
+    """Build (or, after an append/upsert, maintain) the vector index, tune its query defaults, index ids.
+
+    ``query_texts``: real queries to tune on (the driver reads them with :func:`read_tuning_queries`,
+    so a relative path means the same file wherever the task runs); None: documents stand in.
+    ``cpus``: the cluster's, for ``index.workers=auto``.
+
+    Returns the index parameters, carrying the chosen ``nprobes``/``refine_factor``, and the tuning
+    result (None when nothing was tuned).
+    """
+    options = storage.lance_options(uri)
+    table = open_table(uri, table_name, options)
+    rows = table.count_rows()
+    if incremental:
+        params = maintain_index(table, rows, dimension, config, cpus=cpus, storage_options=options)
+    else:
+        params = build_index(table, derive_index_params(rows, dimension, config, cpus), storage_options=options)
+    vectors = None
+    if query_texts and params.type != "none" and config.target_recall is not None:
+        from pipelines.search.searcher import Searcher
+
+        vectors = Searcher(table, lineage, storage=storage).embed_queries(query_texts)
+    tuning = tune_index(
+        table,
+        params,
+        config,
+        id_column=id_column,
+        rows=rows,
+        dimension=dimension,
+        vectors=vectors,
+        source=f"queries from {config.tuning_queries_path}",
+    )
+    create_id_index(table, id_column)
+    return params, tuning
+
+
+def maintain_index(
+    table,
+    rows: int,
+    dimension: int,
+    config: IndexConfig,
+    column: str = "vector",
+    cpus: Optional[float] = None,
+    storage_options: Optional[dict] = None,
+) -> IndexParams:
+    """After an append or upsert: keep the vector index useful without always retraining it.
+
+    New rows are searchable at once either way (LanceDB scans unindexed rows exactly and merges them
+    into the results). While unindexed rows are at most ``index.reindex_fraction`` of the indexed ones,
+    ``optimize()`` adds them to the existing lists (cheap, no retraining); past that, the lists were
+    trained on a distribution that no longer describes the table, so the index is rebuilt with
+    parameters derived from the new size.
+    """
+    params = derive_index_params(rows, dimension, config, cpus)
+    counts = index_row_counts(table, column)
+    if counts is None:
+        return build_index(table, params, column, storage_options)
+    indexed, unindexed = max(counts[0], 1), counts[1]
+    if params.type == "none" or unindexed / indexed > config.reindex_fraction:
+        return build_index(table, params, column, storage_options)
+    params.build_seconds = optimize_index(table)
+    params.reason = f"optimized in place ({unindexed} new rows <= {config.reindex_fraction:.0%} of {indexed})"
+    return params
+
+
+def tune_index(
+    table,
+    params: IndexParams,
+    config: IndexConfig,
+    *,
+    id_column: str,
+    rows: int,
+    dimension: int,
+    vectors: Optional[np.ndarray] = None,
+    source: str = "given",
+) -> Optional[TuningResult]:
+    """Tune a built index when ``config.target_recall`` asks for it; the chosen defaults go into ``params``."""
+    if params.type == "none" or config.target_recall is None:
+        return None
+    tuning = tune_query_defaults(
+        table, params, config, id_column=id_column, rows=rows, dimension=dimension, vectors=vectors, source=source
+    )
+    params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
+    return tuning

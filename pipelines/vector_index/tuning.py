@@ -13,19 +13,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, build_index, code_bytes, exact_search, sample_vectors, search_batch
+from connectors.lance_index import IndexParams, code_bytes, exact_search, sample_vectors, search_batch
 from pipelines.config import IndexConfig
-from pipelines.vector_index.params import derive_index_params
 
 __all__ = [
     "INDEX_LINEAGE_KEYS",
     "TuningResult",
-    "build_tuned_index",
     "index_lineage",
     "nprobes_grid",
     "knn_recall",
     "recall_lower_bound",
-    "tune_index",
     "tune_query_defaults",
 ]
 
@@ -199,35 +196,6 @@ def tune_query_defaults(
         seconds=round(time.perf_counter() - started, 2),
         tried=tried,
     )
-
-
-def tune_index(
-    table,
-    params: IndexParams,
-    config: IndexConfig,
-    *,
-    id_column: str,
-    rows: int,
-    dimension: int,
-    vectors: Optional[np.ndarray] = None,
-    source: str = "given",
-) -> Optional[TuningResult]:
-    """Tune a built index when ``config.target_recall`` asks for it; the chosen defaults go into ``params``."""
-    if params.type == "none" or config.target_recall is None:
-        return None
-    tuning = tune_query_defaults(
-        table, params, config, id_column=id_column, rows=rows, dimension=dimension, vectors=vectors, source=source
-    )
-    params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
-    return tuning
-
-
-def build_tuned_index(
-    table, rows: int, dimension: int, config: IndexConfig, *, id_column: str
-) -> tuple[IndexParams, Optional[TuningResult]]:
-    """Derive, build and (when ``config.target_recall`` is set) tune the index; the params carry the defaults."""
-    params = build_index(table, derive_index_params(rows, dimension, config))
-    return params, tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension)
 
 
 INDEX_LINEAGE_KEYS = ("index", "query_defaults", "tuning")  # what index_lineage writes
