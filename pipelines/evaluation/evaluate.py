@@ -280,7 +280,11 @@ def evaluate_dataset(
         results.extend(_evaluate_table(table, types, qids, dataset))
         runs.append(table.run)
         dtype = table.searcher.lineage["model"]["dtype"]  # model.dtype as resolved (auto) by the run
+    return _report(dataset_dir, dataset, split, config, dtype, results, runs)
 
+
+def _report(dataset_dir, dataset: BeirDataset, split: str, config, dtype: str, results: list, runs: list) -> dict:
+    """The report dict: the set, the model, every result row and every table's run."""
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {

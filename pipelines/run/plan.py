@@ -94,10 +94,7 @@ def embedding_stages(
     so with one GPU per actor Ray runs at most one encoder per GPU (see ray_cluster.yaml for keeping
     the CPU tasks off GPU nodes).
     """
-    import ray
-
-    src, model, compute = config.source, config.model, config.compute
-    chunk = config.embed.long_text == "chunk"
+    src, compute = config.source, config.compute
     # Stages after validate take block_rows rows a call: without a batch size Ray hands a stage a
     # whole block, which can be a whole Parquet file, so the token id lists would grow with the file
     # instead of staying at one batch. Validate itself takes whole blocks: a batch may not span two
@@ -116,54 +113,70 @@ def embedding_stages(
             )
         )
     return stages + [
-        # A Parquet file is one block up to here (validate needs whole files). From here on blocks
-        # are compute.block_rows rows: the encoder actors share a big file batch by batch, and a
-        # lost actor or node costs the batches it held, not the file.
-        Stage(
-            "tokenize",
-            TokenizeStage(
-                model,
-                src.id_column,
-                src.text_column,
-                max_tokens,
-                model.document_prompt,
-                chunk=chunk,
-                overlap=config.embed.chunk_overlap,
-                storage=storage,
-            ),
-            map_kwargs=rows,
-            split_rows=compute.block_rows,
-        ),
-        Stage(
-            "encode",
-            EncodeStage,
-            constructor_kwargs=dict(
-                model=model,
-                dimension=dimension,
-                normalize=config.embed.normalize,
-                batch_tokens=compute.batch_tokens,
-                vector_dtype=config.embed.vector_dtype,
-                threads=_encoder_threads(config),
-                storage=storage,
-                max_tokens=max_tokens,
-                run_id=run_id,
-                table=config.sink.table,
-            ),
-            map_kwargs=dict(
-                batch_size=compute.block_rows,
-                compute=ray.data.ActorPoolStrategy(
-                    min_size=pool or compute.actors, max_size=pool or compute.max_actors or compute.actors
-                ),
-                num_cpus=compute.cpus_per_actor,
-                num_gpus=compute.gpus_per_actor,
-                # A dead encoder actor is not restarted: its batches fail the stream, and the run
-                # starts over on its unfinished files with a pool that fits what is left
-                # (pipelines.run.stream). A restart would wait, with its batches, for room that a
-                # cluster which lost a node may never have again.
-                max_restarts=0,
-            ),
-        ),
+        _tokenize_stage(config, max_tokens, storage, rows),
+        _encode_stage(config, max_tokens=max_tokens, dimension=dimension, storage=storage, pool=pool, run_id=run_id),
     ]
+
+
+def _tokenize_stage(config: PipelineConfig, max_tokens: int, storage, rows: dict) -> Stage:
+    """The tokenize stage: a task stage of ``compute.block_rows`` rows a call."""
+    src, model = config.source, config.model
+    # A Parquet file is one block up to here (validate needs whole files). From here on blocks
+    # are compute.block_rows rows: the encoder actors share a big file batch by batch, and a
+    # lost actor or node costs the batches it held, not the file.
+    return Stage(
+        "tokenize",
+        TokenizeStage(
+            model,
+            src.id_column,
+            src.text_column,
+            max_tokens,
+            model.document_prompt,
+            chunk=config.embed.long_text == "chunk",
+            overlap=config.embed.chunk_overlap,
+            storage=storage,
+        ),
+        map_kwargs=rows,
+        split_rows=config.compute.block_rows,
+    )
+
+
+def _encode_stage(
+    config: PipelineConfig, *, max_tokens: int, dimension: int, storage, pool: Optional[int], run_id: str
+) -> Stage:
+    """The encode stage: a pool of encoder actors (``pool``, else ``compute.actors`` .. ``max_actors``)."""
+    import ray
+
+    model, compute = config.model, config.compute
+    return Stage(
+        "encode",
+        EncodeStage,
+        constructor_kwargs=dict(
+            model=model,
+            dimension=dimension,
+            normalize=config.embed.normalize,
+            batch_tokens=compute.batch_tokens,
+            vector_dtype=config.embed.vector_dtype,
+            threads=_encoder_threads(config),
+            storage=storage,
+            max_tokens=max_tokens,
+            run_id=run_id,
+            table=config.sink.table,
+        ),
+        map_kwargs=dict(
+            batch_size=compute.block_rows,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=pool or compute.actors, max_size=pool or compute.max_actors or compute.actors
+            ),
+            num_cpus=compute.cpus_per_actor,
+            num_gpus=compute.gpus_per_actor,
+            # A dead encoder actor is not restarted: its batches fail the stream, and the run
+            # starts over on its unfinished files with a pool that fits what is left
+            # (pipelines.run.stream). A restart would wait, with its batches, for room that a
+            # cluster which lost a node may never have again.
+            max_restarts=0,
+        ),
+    )
 
 
 def apply_stages(dataset, stages: list[Stage], read_cpus: float = 1.0):
