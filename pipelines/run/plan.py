@@ -84,7 +84,7 @@ def embedding_stages(
     ``pool`` fixes the number of encoder actors (a run that lost workers starts over on what fits);
     by default the pool is ``compute.actors`` .. ``compute.max_actors``. ``cpus`` is what each task
     stage asks for (:func:`task_cpus`); the read must ask for the same, so it fuses with validate.
-    ``run_id`` tags the encoder actors' metrics (:mod:`pipelines.run.metrics`); none without it.
+    ``run_id`` tags the encoder actors' metrics (:mod:`pipelines.run.prometheus`); none without it.
 
     Placement comes from resources: read and validate run as tasks that ask for a CPU and no GPU
     (tokenize is a task stage of its own after the repartition, so it scales with the CPU workers,
@@ -187,9 +187,13 @@ def apply_stages(dataset, stages: list[Stage], read_cpus: float = 1.0):
         if stage.split_rows:
             dataset = dataset.repartition(target_num_rows_per_block=stage.split_rows)
             # The repartition runs inside the tasks of the stage before it (Ray fuses them) only
-            # when both ask for the same resources; Dataset.repartition takes no CPU request, so it
-            # is set on its logical operator (Ray Data's own field), else it would be an operator of
-            # its own asking for a whole CPU.
+            # when both ask for the same resources, else it is an operator of its own asking for a
+            # whole CPU. Ray 2.60 has no public way to give it a CPU request: Dataset.repartition
+            # takes none (num_blocks, target_num_rows_per_block, strict, shuffle, keys, sort), and
+            # the StreamingRepartition operator it adds starts with ray_remote_args={}, which the
+            # planner passes on as they are (plan_streaming_repartition_op). So the request is set
+            # on that operator, the one private field used here; a Ray that renames it raises
+            # AttributeError at the first run rather than silently planning differently.
             dataset._logical_plan.dag.ray_remote_args["num_cpus"] = cpus
         kwargs = dict(stage.map_kwargs)
         if stage.constructor_kwargs:

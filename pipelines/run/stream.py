@@ -20,10 +20,10 @@ from pipelines.config import PipelineConfig
 from pipelines.lineage import vector_key
 from pipelines.run.checkpoints import Checkpointer
 from pipelines.run.execution import stats_batches
-from pipelines.run.metrics import RunMetrics
 from pipelines.run.plan import Stage, embedding_stages, task_cpus
 from pipelines.run.preflight import RunPlan
 from pipelines.run.progress import Progress
+from pipelines.run.prometheus import RunMetrics
 from pipelines.run.resources import execution_groups, lost_worker, pool_that_fits, resources_left, starting_pool
 from pipelines.run.revisions import latest_revisions
 from pipelines.run.summary import EmbedCounts

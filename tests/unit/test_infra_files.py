@@ -229,7 +229,7 @@ def test_job_commands_in_docs_are_valid(doc):
 
 def test_the_grafana_dashboard_queries_only_metrics_the_job_exports():
     """infra/grafana/embedpipe.json: valid JSON, and every ``ray_embedpipe_*`` series it queries is one
-    that pipelines/run/metrics.py makes (a counter gains ``_total``, a histogram ``_bucket``;
+    that pipelines/run/prometheus.py makes (a counter gains ``_total``, a histogram ``_bucket``;
     tests/integration/test_run_metrics.py reads the same names off a real head's endpoint)."""
     import json
 
