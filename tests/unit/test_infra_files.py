@@ -234,7 +234,7 @@ def test_the_grafana_dashboard_queries_only_metrics_the_job_exports():
     import json
 
     dashboard = json.loads((ROOT / "infra" / "grafana" / "embedpipe.json").read_text())
-    source = (ROOT / "pipelines" / "run" / "metrics.py").read_text()
+    source = (ROOT / "pipelines" / "run" / "prometheus.py").read_text()
     counters = {f"ray_embedpipe_{n}_total" for n in re.findall(r'counter\(\s*"(\w+)"', source)}
     others = set(re.findall(r'"(embedpipe_\w+)"', source))
     exported = counters | {f"ray_{n}{suffix}" for n in others for suffix in ("_total", "_bucket")}
