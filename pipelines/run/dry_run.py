@@ -107,7 +107,7 @@ def _warm_up(stage, batch: pa.Table, resources: dict) -> tuple[float, str]:
 def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 8) -> DryRunReport:
     import ray
 
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     started = time.perf_counter()
     plan = preflight(config)

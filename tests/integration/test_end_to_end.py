@@ -373,7 +373,7 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
 def test_an_upsert_keeps_the_dtype_the_table_was_embedded_in(ray_cluster, corpus_dir, tiny_bert_dir, tmp_path):
     """model.dtype auto on a table embedded in another dtype: the rows' dtype wins (auto on other hardware
     must not make every content hash stale); a dtype set explicitly is used as set."""
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     db = str(tmp_path)
     for dtype in ("bfloat16", "float32"):
