@@ -35,6 +35,7 @@ from pipelines.run import data_context
 from pipelines.run.delete_missing import delete_missing
 from pipelines.run.duplicates import resolve_duplicates
 from pipelines.run.preflight import RunPlan, check_inputs, plan_on_table
+from pipelines.run.quiet import init_own_ray
 from pipelines.run.resources import check_index_workers, cpus_held_by_others
 from pipelines.run.resume import files_to_do
 from pipelines.run.stream import embed_and_commit
@@ -119,7 +120,7 @@ def _start_ray(c: PipelineConfig, verbose: bool) -> float:
         # A Ray of the job's own (no RAY_ADDRESS, no `ray start` here) lives as long as the job: its
         # dashboard, which nobody could open in time, took 8 of ray.init's 18.5 s on a loaded 2-core CPU.
         # Ignored when this connects to a cluster, whose head serves the dashboard and metrics.
-        ray.init(include_dashboard=False)
+        init_own_ray(include_dashboard=False)  # without Ray's token notice (pipelines/run/quiet.py)
         ray_start_seconds = time.perf_counter() - ray_started
     data_context.configure(
         ray.data.DataContext.get_current(),
