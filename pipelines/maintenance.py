@@ -8,7 +8,7 @@ of idempotent, resumable runs). A duplicate id fails the step instead of being r
 
 Housekeeping (:func:`housekeep`): the table, ``<table>_rejects`` and ``<table>_runs`` get a small
 commit at every checkpoint of every run; their fragments are compacted and their versions older than
-``sink.keep_versions`` pruned (:mod:`connectors.lance_housekeeping`, which explains why pruning never
+``sink.keep_versions`` pruned (:mod:`connectors.lance.housekeeping`, which explains why pruning never
 touches a running job's uncommitted files). Compaction changes row addresses, which a concurrent
 upsert run deletes superseded rows by: :func:`housekeep` is the one call to run under the table's lease.
 """
@@ -22,12 +22,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from connectors import lance_sink
-from connectors.lance_dedup import duplicate_ids
-from connectors.lance_housekeeping import Housekeeping, compact_and_prune
-from connectors.lance_table import open_table
+from connectors.lance import table as lance_table
+from connectors.lance.dedup import duplicate_ids
+from connectors.lance.housekeeping import Housekeeping, compact_and_prune
+from connectors.lance.lease import TableLease
+from connectors.lance.metadata import read_lineage, write_lineage
+from connectors.lance.table import open_table
 from connectors.storage import Storage, is_s3
-from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig, parse_duration
 from pipelines.vector_index.params import maintain_index
 
@@ -123,9 +124,9 @@ def housekeep(config: PipelineConfig, storage_options: Optional[dict] = None) ->
     sink = config.sink
     keep = None if sink.keep_versions is None else parse_duration(sink.keep_versions)
     uris = [
-        lance_sink.dataset_uri(sink.uri, sink.table),
-        lance_sink.dataset_uri(sink.uri, lance_sink.rejects_table(sink.table)),
-        lance_sink.dataset_uri(sink.uri, lance_sink.runs_table(sink.table)),
+        lance_table.dataset_uri(sink.uri, sink.table),
+        lance_table.dataset_uri(sink.uri, lance_table.rejects_table(sink.table)),
+        lance_table.dataset_uri(sink.uri, lance_table.runs_table(sink.table)),
     ]
     return [compact_and_prune(uri, keep, storage_options) for uri in uris]
 
@@ -135,7 +136,7 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
 
     The caller decides what a duplicate means (:meth:`MaintenanceReport.raise_for_duplicates`).
     Upkeep rewrites fragments (compaction moves rows to new addresses), so it holds the table's
-    lease (:mod:`connectors.table_lease`) like an indexing run: it never runs beside one.
+    lease (:mod:`connectors.lance.lease`) like an indexing run: it never runs beside one.
 
     Raises:
         SinkError: no such table, or not one of this pipeline's.
@@ -147,8 +148,8 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")
     options = storage.lance_options(sink.uri)
-    if lance_sink.read_lineage(sink.uri, sink.table, options) is None:
-        raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri}")
+    if read_lineage(sink.uri, sink.table, options) is None:
+        raise lance_table.SinkError(f"no table {sink.table!r} in {sink.uri}")
     holder = f"maintain-{uuid.uuid4().hex[:8]}"
     with TableLease(
         sink.uri,
@@ -161,9 +162,9 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     ):
         # Read again under the lease: a lineage read before a wait (sink.on_busy=wait) may be another
         # model's, and an index rebuild writes the lineage back.
-        lineage = lance_sink.read_lineage(sink.uri, sink.table, options)
+        lineage = read_lineage(sink.uri, sink.table, options)
         if lineage is None:
-            raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri} (removed while this job waited)")
+            raise lance_table.SinkError(f"no table {sink.table!r} in {sink.uri} (removed while this job waited)")
         report = _maintain(config, lineage, options, check_ids)
     report.seconds = time.perf_counter() - started
     return report
@@ -189,14 +190,14 @@ def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], ch
         # Queries take their defaults from the lineage: keep it in step with the new index.
         lineage["index"] = params.to_dict()
         lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
-        lance_sink.write_lineage(sink.uri, sink.table, lineage, options)
+        write_lineage(sink.uri, sink.table, lineage, options)
     report.after = index_stats(table)
     report.keep_versions = sink.keep_versions
     report.housekeeping = housekeep(config, options)
-    report.version = lance_sink.table_version(sink.uri, sink.table, options)
+    report.version = lance_table.table_version(sink.uri, sink.table, options)
     if check_ids:
         id_column = lineage["source"]["id_column"]
         report.duplicate_ids, report.duplicate_examples = duplicate_ids(
-            lance_sink.dataset_uri(sink.uri, sink.table), id_column, options
+            lance_table.dataset_uri(sink.uri, sink.table), id_column, options
         )
     return report

@@ -17,7 +17,8 @@ from typing import Optional
 import pyarrow as pa
 
 from connectors import columns as C
-from connectors import lance_sink
+from connectors.lance.metadata import lineage_in, table_metadata
+from connectors.lance.table import SinkError, map_table, table_schema, table_version
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.postprocess import postprocess
 from pipelines.lineage import vector_key
@@ -70,11 +71,11 @@ def derive_table(
     if table == source:
         raise ConfigError(f"table {table!r} cannot be derived from itself")
     if version is None:  # pinned: the schema and the rows are of one version
-        version = lance_sink.table_version(uri, source, storage_options)
-    schema = None if version is None else lance_sink.table_schema(uri, source, storage_options, version)
+        version = table_version(uri, source, storage_options)
+    schema = None if version is None else table_schema(uri, source, storage_options, version)
     if schema is None:
-        raise lance_sink.SinkError(f"no table {source!r} in {uri}")
-    wide = lance_sink.lineage_in(schema, f"table {source!r} in {uri}")
+        raise SinkError(f"no table {source!r} in {uri}")
+    wide = lineage_in(schema, f"table {source!r} in {uri}")
     if dimension is None or dimension > wide["dimension"]:
         raise ConfigError(
             f"embed.dimension={dimension}: a table derived from {source!r} needs a dimension of at most "
@@ -95,7 +96,7 @@ def derive_table(
     field = schema.field(C.VECTOR)
     vector_type = pa.list_(field.type.value_field, dimension)
     out_schema = schema.set(schema.get_field_index(C.VECTOR), field.with_type(vector_type))
-    out_schema = out_schema.with_metadata(lance_sink.table_metadata(lineage))
+    out_schema = out_schema.with_metadata(table_metadata(lineage))
     key = vector_key(lineage, config)
     text_column, normalize = config.source.text_column, bool(config.embed.normalize)
 
@@ -112,7 +113,7 @@ def derive_table(
             [columns.get(name, batch.column(name)) for name in out_schema.names], schema=out_schema
         )
 
-    rows = lance_sink.map_table(
+    rows = map_table(
         uri, source, table, out_schema, recut, version=version, batch_rows=batch_rows, storage_options=storage_options
     )
     return lineage, rows

@@ -11,7 +11,7 @@ Exactly once, across failures (:mod:`pipelines.run.checkpoints` has the details)
 - a dead driver: every ``sink.checkpoint_rows`` rows the driver commits (append/upsert) or stages
   (overwrite/create) the files that are complete, and records them in ``<table>_runs``. Started
   again with the same ``run.id`` (or ``run.resume=true``), the run redoes only the other files.
-- another writer: the run holds the table's lease (:mod:`connectors.table_lease`) and commits only
+- another writer: the run holds the table's lease (:mod:`connectors.lance.lease`) and commits only
   onto the version it last saw.
 """
 
@@ -29,15 +29,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors import columns as C
-from connectors import lance_commits, lance_lookup, lance_sink, lance_writer
-from connectors.lance_dedup import drop_duplicate_ids
-from connectors.lance_index import IndexParams
-from connectors.lance_table import open_dataset, open_table
+from connectors.lance import table as lance_table
+from connectors.lance.commits import delete_run_leftovers, missing_files
+from connectors.lance.dedup import drop_duplicate_ids
+from connectors.lance.index import IndexParams
+from connectors.lance.lease import TableLease
+from connectors.lance.lookup import ExistingRows
+from connectors.lance.metadata import read_lineage, table_metadata, write_lineage
+from connectors.lance.runs import RunLog
+from connectors.lance.table import open_dataset, open_table
+from connectors.lance.write import FragmentWriter
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
-from connectors.run_log import RunLog
 from connectors.storage import Storage, is_s3
-from connectors.table_lease import TableLease
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.embed.precision import planned_device, resolve_dtype
@@ -82,7 +86,7 @@ class RunPlan:
 
     @property
     def table_uri(self) -> str:
-        return lance_sink.dataset_uri(self.config.sink.uri, self.config.sink.table)
+        return lance_table.dataset_uri(self.config.sink.uri, self.config.sink.table)
 
     @property
     def staged(self) -> bool:
@@ -91,7 +95,7 @@ class RunPlan:
 
     @property
     def rejects_uri(self) -> str:
-        return lance_sink.dataset_uri(self.config.sink.uri, lance_sink.rejects_table(self.config.sink.table))
+        return lance_table.dataset_uri(self.config.sink.uri, lance_table.rejects_table(self.config.sink.table))
 
 
 def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
@@ -109,7 +113,7 @@ def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int,
         pa.field(C.SOURCE_FILE, pa.string()),
         pa.field("run_id", pa.string()),
     ]
-    return pa.schema(fields, metadata=lance_sink.table_metadata(lineage))
+    return pa.schema(fields, metadata=table_metadata(lineage))
 
 
 @dataclass
@@ -167,9 +171,9 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
     config, storage, source = inputs.config, inputs.storage, inputs.source
     sink = config.sink
     options = storage.lance_options(sink.uri)
-    version = lance_sink.table_version(sink.uri, sink.table, options)
+    version = lance_table.table_version(sink.uri, sink.table, options)
     adding = version is not None and sink.mode in ("append", "upsert")
-    existing = lance_sink.read_lineage(sink.uri, sink.table, options) if adding else None
+    existing = read_lineage(sink.uri, sink.table, options) if adding else None
     config, dtype_reason = _with_dtype(config, existing)
     lineage = make_lineage(
         config,
@@ -197,12 +201,12 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
             f"the same mode (this config has sink.mode={sink.mode})"
         )
     if sink.mode == "create" and version is not None and not resuming:
-        raise lance_sink.SinkError(
+        raise lance_table.SinkError(
             f"sink.table={sink.table} already exists in {sink.uri} "
             "(sink.mode=create); use sink.mode=overwrite, append or upsert"
         )
     if adding or (version is not None and resuming):
-        existing = existing or lance_sink.read_lineage(sink.uri, sink.table, options)
+        existing = existing or read_lineage(sink.uri, sink.table, options)
         check_compatible(existing, lineage, "this run's config")
     schema = _table_schema(config, source, inputs.dimension, lineage)
     return RunPlan(
@@ -257,7 +261,7 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     Progress is logged (logger ``pipelines``): a line at the start, one per checkpoint, a bar on a
     terminal. Ray Data's own per-operator progress every few seconds only with ``verbose``.
 
-    The whole run holds the table's lease (:mod:`connectors.table_lease`): a second job on the same
+    The whole run holds the table's lease (:mod:`connectors.lance.lease`): a second job on the same
     table fails at once (or waits, ``sink.on_busy=wait``) instead of interleaving its commits.
     """
     import ray
@@ -324,7 +328,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     summary = RunSummary(
         table_uri=c.sink.uri,
         table=c.sink.table,
-        rejects_table=lance_sink.rejects_table(c.sink.table),
+        rejects_table=lance_table.rejects_table(c.sink.table),
         run_id=plan.run_id,
         skipped_files=dict(plan.source.skipped),
         dtype=c.model.dtype,
@@ -346,7 +350,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     lease.check()
     _write_lineage(plan, params, tuning, summary)
     runlog.mark(plan.run_id, "finished")
-    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, plan.sink_options)
+    summary.version = lance_table.table_version(c.sink.uri, c.sink.table, plan.sink_options)
     return summary
 
 
@@ -369,8 +373,8 @@ def _files_to_do(plan: RunPlan, runlog: RunLog, summary: RunSummary) -> tuple[li
     if plan.resuming and not staged:
         # Rows of files whose commit died before its bookkeeping, and of finished files redone now.
         redo = sorted(runlog.uncertain_files(plan.run_id) | set(changed))
-        lance_commits.delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
-        lance_commits.delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
+        delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
+        delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
     return todo, committed
 
 
@@ -378,10 +382,8 @@ def _staged_data_gone(plan: RunPlan, done: dict) -> list[str]:
     """The files of a resumed staged run whose staged fragments are no longer all in storage (a prune
     removed uncommitted files older than Lance's 7 days, or someone did by hand): they are embedded
     again, so that the final commit never references a file that is not there."""
-    table = lance_commits.missing_files(plan.table_uri, [x for d in done.values() for x in d.fragments], plan.storage)
-    rejects = lance_commits.missing_files(
-        plan.rejects_uri, [x for d in done.values() for x in d.reject_fragments], plan.storage
-    )
+    table = missing_files(plan.table_uri, [x for d in done.values() for x in d.fragments], plan.storage)
+    rejects = missing_files(plan.rejects_uri, [x for d in done.values() for x in d.reject_fragments], plan.storage)
     gone_paths = set(table) | set(rejects)
     if not gone_paths:
         return []
@@ -419,8 +421,8 @@ def _embed_and_commit(
         identity=plan.source.identity,
         staged=staged,
         checkpoint_rows=c.sink.checkpoint_rows,
-        table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
-        rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
+        table_version=lance_table.table_version(c.sink.uri, c.sink.table, options),
+        rejects_version=lance_table.table_version(c.sink.uri, lance_table.rejects_table(c.sink.table), options),
         on_batch=lambda row: _count_batch(summary, row, metrics),
         before_commit=lease.check,
         storage_options=options,
@@ -432,7 +434,7 @@ def _embed_and_commit(
         existing = None
         if c.sink.mode == "upsert" and checkpointer.table_version is not None:
             key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
-            existing = lance_lookup.ExistingRows(
+            existing = ExistingRows(
                 plan.table_uri,
                 checkpointer.table_version,
                 key,
@@ -474,7 +476,7 @@ def _embed_and_commit(
         finally:
             checkpointer.progress.clear()
     if staged and not committed:
-        checkpointer.publish(lance_sink.REJECT_SCHEMA)
+        checkpointer.publish(lance_table.REJECT_SCHEMA)
     summary.checkpoints = checkpointer.checkpoints
     summary.checkpoint_timings = checkpointer.timings
     summary.embed_seconds = time.perf_counter() - embed_started
@@ -603,7 +605,7 @@ def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
         "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
-    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage, plan.sink_options)
+    write_lineage(c.sink.uri, c.sink.table, lineage, plan.sink_options)
 
 
 def _check_index_workers(workers, cpus: float) -> None:
@@ -787,7 +789,7 @@ def _count_batch(summary: RunSummary, row: dict, metrics: RunMetrics) -> None:
 def _sink_stage(plan: RunPlan, cpus: float = 1.0, existing=None) -> Stage:
     """The write stage; ``existing`` (upsert runs) is where it reads the rows a metadata-only change rewrites."""
     c = plan.config
-    writer = lance_writer.FragmentWriter(
+    writer = FragmentWriter(
         table_uri=plan.table_uri,
         rejects_uri=plan.rejects_uri,
         schema=plan.table_schema,
@@ -801,7 +803,7 @@ def _sink_stage(plan: RunPlan, cpus: float = 1.0, existing=None) -> Stage:
     return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment, num_cpus=cpus))
 
 
-class DeleteGuardError(lance_sink.SinkError):
+class DeleteGuardError(lance_table.SinkError):
     """delete_missing would delete more of the table than ``sink.max_delete_fraction`` allows."""
 
 

@@ -22,9 +22,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from connectors import lance_sink
-from connectors.lance_table import open_table
-from connectors.lancedb_function import TableEmbedding
+from connectors.lance.embedding_function import TableEmbedding
+from connectors.lance.metadata import lineage_in, read_lineage
+from connectors.lance.table import SinkError, open_table
 from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint, resolve_model_dir
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
@@ -102,9 +102,9 @@ class Searcher:
         if is_s3(uri):
             storage.probe(uri, "uri")  # a missing bucket or refused credentials, not "no table"
         options = storage.lance_options(uri)
-        lineage = lance_sink.read_lineage(uri, table, options)
+        lineage = read_lineage(uri, table, options)
         if lineage is None:
-            raise lance_sink.SinkError(f"no table {table!r} in {uri}")
+            raise SinkError(f"no table {table!r} in {uri}")
         if dimension is not None and dimension != lineage["dimension"]:
             raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage['dimension']}")
         searcher = cls(open_table(uri, table, options), lineage, model_path=model_path, device=device, storage=storage)
@@ -140,7 +140,7 @@ class Searcher:
         table = self._reopen()
         if table.version == self.version:
             return False
-        lineage = lance_sink.lineage_in(table.schema, f"version {table.version} of the table")
+        lineage = lineage_in(table.schema, f"version {table.version} of the table")
         check_compatible(self.lineage, lineage, f"version {table.version} of the table")
         self._use_lineage(lineage)
         self._use_table(table)
@@ -262,7 +262,7 @@ class Searcher:
 
 
 def _embedder(lineage: dict, device: str) -> Searcher:
-    """What LanceDB's ``search("text")`` on the table embeds with (connectors.lancedb_function)."""
+    """What LanceDB's ``search("text")`` on the table embeds with (connectors.lance.embedding_function)."""
     return Searcher(None, lineage, device=device, storage=Storage.resolve())
 
 

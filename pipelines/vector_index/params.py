@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from connectors.lance_index import IndexParams, build_index, index_row_counts, ivf_sample_rate, optimize_index
+from connectors.lance.index import IndexParams, build_index, index_row_counts, ivf_sample_rate, optimize_index
 from pipelines.config import RQ_DIMENSION, IndexConfig
 
 __all__ = [

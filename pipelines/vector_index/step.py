@@ -19,8 +19,8 @@ from typing import Optional
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, build_index
-from connectors.lance_table import create_id_index, open_table
+from connectors.lance.index import IndexParams, build_index
+from connectors.lance.table import create_id_index, open_table
 from connectors.query_files import QueryFileError, read_queries
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig

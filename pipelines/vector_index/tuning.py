@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, build_index, code_bytes, exact_search, sample_vectors, search_batch
+from connectors.lance.index import IndexParams, build_index, code_bytes, exact_search, sample_vectors, search_batch
 from pipelines.config import IndexConfig
 from pipelines.vector_index.params import derive_index_params
 

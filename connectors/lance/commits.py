@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from connectors.lance_sink import _open
+from connectors.lance.table import _open
 from connectors.sql import sql_list, sql_value
 
 __all__ = [

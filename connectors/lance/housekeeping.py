@@ -1,6 +1,6 @@
 """Compaction and version pruning of the Lance datasets that scheduled runs keep committing to.
 
-The reasoning behind it: docs/design.md, section connectors/lance_housekeeping.py.
+The reasoning behind it: docs/design.md, section connectors/lance/housekeeping.py.
 """
 
 from __future__ import annotations

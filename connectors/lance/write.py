@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors import columns as C
-from connectors.lance_sink import REJECT_SCHEMA
+from connectors.lance.table import REJECT_SCHEMA
 
 __all__ = ["FragmentWriter", "STATS_SCHEMA"]
 
@@ -95,7 +95,7 @@ class FragmentWriter:
         metadata_columns: Sequence[str] = (),
     ):
         self.table_uri = table_uri
-        self.existing = existing  # connectors.lance_lookup.ExistingRows (upsert): the rows a metadata update rewrites
+        self.existing = existing  # connectors.lance.lookup.ExistingRows (upsert): the rows a metadata update rewrites
         self.metadata_columns = list(metadata_columns)
         self.rejects_uri = rejects_uri
         self.schema = schema

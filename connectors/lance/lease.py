@@ -1,6 +1,6 @@
 """One writer per table: a lease object beside the table that every writing job holds while it runs.
 
-The reasoning behind it: docs/design.md, section connectors/table_lease.py.
+The reasoning behind it: docs/design.md, section connectors/lance/lease.py.
 """
 
 from __future__ import annotations

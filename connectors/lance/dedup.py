@@ -1,6 +1,6 @@
 """One row per document: after a run's last commit, its duplicate ids are resolved.
 
-The reasoning behind it: docs/design.md, section connectors/lance_dedup.py.
+The reasoning behind it: docs/design.md, section connectors/lance/dedup.py.
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def drop_duplicate_ids(
     """
     import lance
 
-    from connectors.lance_commits import delete_rows
-    from connectors.lance_sink import REJECT_SCHEMA
+    from connectors.lance.commits import delete_rows
+    from connectors.lance.table import REJECT_SCHEMA
 
     try:
         ds = lance.dataset(uri, storage_options=storage_options)

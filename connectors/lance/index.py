@@ -141,7 +141,7 @@ def optimize_index(table) -> float:
     Not LanceDB's ``table.optimize()``: that also prunes versions older than 7 days and, with them,
     every unreferenced file older than 7 days, which includes the staged fragments of an overwrite
     run that was stopped and not yet resumed (its resume would then commit files that are gone).
-    Pruning is ``jobs.maintain``'s, by ``sink.keep_versions`` (:mod:`connectors.lance_housekeeping`).
+    Pruning is ``jobs.maintain``'s, by ``sink.keep_versions`` (:mod:`connectors.lance.housekeeping`).
     """
     start = time.perf_counter()
     dataset = table.to_lance()
