@@ -22,6 +22,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from connectors import columns as C
 from connectors.lance import table as lance_table
 from connectors.lance.dedup import duplicate_ids
 from connectors.lance.housekeeping import Housekeeping, compact_and_prune
@@ -101,7 +102,7 @@ class MaintenanceReport:
         )
 
 
-def index_stats(table, column: str = "vector") -> dict:
+def index_stats(table, column: str = C.VECTOR) -> dict:
     """``{"type", "name", "indexed_rows", "unindexed_rows"}`` of the vector index, ``{"type": "none"}``."""
     existing = [i for i in table.list_indices() if i.columns == [column]]
     if not existing:

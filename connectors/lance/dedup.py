@@ -44,8 +44,8 @@ def _rank(value: Any) -> tuple:
 
 def _losers(rows: list[dict], key: str, id_column: str, revision: str, run_id: str) -> list[tuple[dict, str]]:
     """The rows of one document id that must go, each with its reason."""
-    older = [r for r in rows if r["run_id"] != run_id]
-    mine = sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: r["_rowid"])
+    older = [r for r in rows if r[C.RUN_ID] != run_id]
+    mine = sorted((r for r in rows if r[C.RUN_ID] == run_id), key=lambda r: r["_rowid"])
     if older:
         return [(r, "duplicate_id") for r in mine]
     best = max(_rank(r[revision]) for r in mine)
@@ -125,7 +125,7 @@ def drop_duplicate_ids(
         suspect = np.isin(h, dup_hash)
         candidates, candidate_hashes = r[suspect], h[suspect]
         columns = list(
-            dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, "run_id", revision_column])
+            dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, C.RUN_ID, revision_column])
         )
         drop, reject_rows = [], []
         for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
+from connectors import columns as C
 from connectors.lance.embedding_function import TableEmbedding
 from connectors.lance.metadata import lineage_in, read_lineage
 from connectors.lance.table import SinkError, open_table
@@ -229,8 +230,8 @@ class Searcher:
         if len(vectors) == 1:  # Lance returns no query_index for a single vector
             return [self.search(vectors[0], k, **options)]
         hits = self._hits(vectors, k, **options)
-        which = hits.column("query_index").to_numpy()
-        hits = self._scored(hits.take(np.lexsort((hits.column("_distance").to_numpy(), which))).drop(["query_index"]))
+        which = hits.column(C.QUERY_INDEX).to_numpy()
+        hits = self._scored(hits.take(np.lexsort((hits.column("_distance").to_numpy(), which))).drop([C.QUERY_INDEX]))
         ends = np.cumsum(np.bincount(which, minlength=len(vectors)))
         return [hits.slice(end - n, n) for end, n in zip(ends, np.diff(ends, prepend=0))]
 
@@ -239,7 +240,7 @@ class Searcher:
     ) -> pa.Table:
         """The top ``k`` rows (and ``_distance``) for a vector, or for each row of a 2-D array of them
         (then with ``query_index``)."""
-        nearest = {"column": "vector", "q": vector, "k": k, "metric": self.metric}
+        nearest = {"column": C.VECTOR, "q": vector, "k": k, "metric": self.metric}
         if exact:
             nearest["use_index"] = False
         elif self.has_index:
@@ -258,7 +259,7 @@ class Searcher:
     def _scored(self, hits: pa.Table) -> pa.Table:
         distance = hits.column("_distance").to_numpy()
         score = 1.0 - distance if self.metric == "cosine" else -distance
-        return hits.append_column("score", pa.array(score.astype(np.float32)))
+        return hits.append_column(C.SCORE, pa.array(score.astype(np.float32)))
 
 
 def _embedder(lineage: dict, device: str) -> Searcher:

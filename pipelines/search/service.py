@@ -46,6 +46,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
+from connectors import columns as C
 from connectors.errors import UserError
 from connectors.storage import Storage
 from pipelines.config import ServiceConfig
@@ -177,7 +178,7 @@ def _served_columns(lineage: dict, schema: pa.Schema, allowed: Optional[list[str
     host), and the vector is the table's bulk."""
     source = lineage["source"]
     wanted = allowed if allowed is not None else [source["text_column"], *source.get("metadata_columns", [])]
-    return [c for c in dict.fromkeys([source["id_column"], *wanted]) if c in schema.names and c != "vector"]
+    return [c for c in dict.fromkeys([source["id_column"], *wanted]) if c in schema.names and c != C.VECTOR]
 
 
 def _bearer_token(config: ServiceConfig) -> Optional[str]:
@@ -433,4 +434,4 @@ class TableSearch:
         except (ValueError, TypeError, ArithmeticError) as exc:  # refused alone (Lance, the tokenizer)
             log.warning("query refused: %s", exc, exc_info=True)
             raise _BadRequest(400, f"this query could not be answered: {exc}") from None
-        return _jsonable(hits.select([*columns, "score"]))
+        return _jsonable(hits.select([*columns, C.SCORE]))

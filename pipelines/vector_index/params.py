@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+from connectors import columns as C
 from connectors.lance.index import IndexParams, build_index, index_row_counts, ivf_sample_rate, optimize_index
 from pipelines.config import RQ_DIMENSION, IndexConfig
 
@@ -102,7 +103,7 @@ def maintain_index(
     rows: int,
     dimension: int,
     config: IndexConfig,
-    column: str = "vector",
+    column: str = C.VECTOR,
     cpus: Optional[float] = None,
     storage_options: Optional[dict] = None,
 ) -> IndexParams:
