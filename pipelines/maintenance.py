@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from connectors import columns as C
+from connectors.errors import RunError
 from connectors.lance import table as lance_table
 from connectors.lance.dedup import duplicate_ids
 from connectors.lance.housekeeping import Housekeeping, compact_and_prune
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "housekeep", "index_stats", "run_maintenance"]
 
 
-class DuplicateIdsError(RuntimeError):
+class DuplicateIdsError(RunError):
     """The table holds some id more than once."""
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from connectors.errors import RunError
 from connectors.lance.commits import (
     MissingFilesError,
     check_version,
@@ -29,7 +30,7 @@ __all__ = ["Checkpointer", "IncompleteRunError"]
 _FRAGMENT_FIELDS = ("fragments", "reject_fragments", "replaced_rowids")
 
 
-class IncompleteRunError(RuntimeError):
+class IncompleteRunError(RunError):
     """The stream ended but some input file's rows did not all come back (a lost block)."""
 
 
