@@ -24,12 +24,9 @@ from typing import Optional
 
 from connectors import columns as C
 from connectors.errors import RunError
-from connectors.lance import table as lance_table
 from connectors.lance.dedup import duplicate_ids
 from connectors.lance.housekeeping import Housekeeping, compact_and_prune
-from connectors.lance.lease import TableLease
-from connectors.lance.metadata import read_lineage, write_lineage
-from connectors.lance.table import open_table
+from connectors.lance.table import LanceTable, SinkError
 from connectors.storage import Storage, is_s3
 from pipelines.config import PipelineConfig, parse_duration
 from pipelines.vector_index.params import maintain_index
@@ -117,20 +114,16 @@ def index_stats(table, column: str = C.VECTOR) -> dict:
     }
 
 
-def housekeep(config: PipelineConfig, storage_options: Optional[dict] = None) -> list[Housekeeping]:
-    """Compact ``config.sink``'s table, its rejects and its run log; prune versions by ``sink.keep_versions``.
+def housekeep(config: PipelineConfig, table: LanceTable) -> list[Housekeeping]:
+    """Compact ``table``, its rejects and its run log; prune versions by ``sink.keep_versions``.
 
     Compaction gives rows new addresses: run it only while no indexing run commits to the table
     (the lease); pruning leaves uncommitted files alone either way.
     """
     sink = config.sink
     keep = None if sink.keep_versions is None else parse_duration(sink.keep_versions)
-    uris = [
-        lance_table.dataset_uri(sink.uri, sink.table),
-        lance_table.dataset_uri(sink.uri, lance_table.rejects_table(sink.table)),
-        lance_table.dataset_uri(sink.uri, lance_table.runs_table(sink.table)),
-    ]
-    return [compact_and_prune(uri, keep, storage_options) for uri in uris]
+    uris = [table.path, table.rejects.path, table.runs.uri]
+    return [compact_and_prune(uri, keep, table.storage_options) for uri in uris]
 
 
 def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> MaintenanceReport:
@@ -149,35 +142,32 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     storage = Storage.resolve(config.storage, paths=[sink.uri])
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")
-    options = storage.lance_options(sink.uri)
-    if read_lineage(sink.uri, sink.table, options) is None:
-        raise lance_table.SinkError(f"no table {sink.table!r} in {sink.uri}")
+    table = LanceTable.at(sink.uri, sink.table, storage)
+    if table.lineage() is None:
+        raise SinkError(f"no table {sink.table!r} in {sink.uri}")
     holder = f"maintain-{uuid.uuid4().hex[:8]}"
-    with TableLease(
-        sink.uri,
-        sink.table,
+    with table.lease(
         holder,
-        storage=storage,
         timeout_s=sink.lease_timeout_s,
         on_busy=sink.on_busy,
         log=log.info,
     ):
         # Read again under the lease: a lineage read before a wait (sink.on_busy=wait) may be another
         # model's, and an index rebuild writes the lineage back.
-        lineage = read_lineage(sink.uri, sink.table, options)
+        lineage = table.lineage()
         if lineage is None:
-            raise lance_table.SinkError(f"no table {sink.table!r} in {sink.uri} (removed while this job waited)")
-        report = _maintain(config, lineage, options, check_ids)
+            raise SinkError(f"no table {sink.table!r} in {sink.uri} (removed while this job waited)")
+        report = _maintain(config, table, lineage, check_ids)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], check_ids: bool) -> MaintenanceReport:
+def _maintain(config: PipelineConfig, table: LanceTable, lineage: dict, check_ids: bool) -> MaintenanceReport:
     sink = config.sink
-    table = open_table(sink.uri, sink.table, options)
-    report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=table.count_rows())
-    report.before = index_stats(table)
-    params = maintain_index(table, report.rows, int(lineage["dimension"]), config.index)
+    handle = table.open()
+    report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=handle.count_rows())
+    report.before = index_stats(handle)
+    params = maintain_index(handle, report.rows, int(lineage["dimension"]), config.index)
     if params.type == "none":
         report.action, report.reason = "none", params.reason
     elif params.reason.startswith("optimized"):
@@ -192,14 +182,12 @@ def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], ch
         # Queries take their defaults from the lineage: keep it in step with the new index.
         lineage["index"] = params.to_dict()
         lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
-        write_lineage(sink.uri, sink.table, lineage, options)
-    report.after = index_stats(table)
+        table.write_lineage(lineage)
+    report.after = index_stats(handle)
     report.keep_versions = sink.keep_versions
-    report.housekeeping = housekeep(config, options)
-    report.version = lance_table.table_version(sink.uri, sink.table, options)
+    report.housekeeping = housekeep(config, table)
+    report.version = table.version()
     if check_ids:
         id_column = lineage["source"]["id_column"]
-        report.duplicate_ids, report.duplicate_examples = duplicate_ids(
-            lance_table.dataset_uri(sink.uri, sink.table), id_column, options
-        )
+        report.duplicate_ids, report.duplicate_examples = duplicate_ids(table.path, id_column, table.storage_options)
     return report

@@ -20,6 +20,7 @@ import pyarrow as pa
 from connectors.errors import UserError
 
 __all__ = [
+    "LanceTable",
     "REJECT_SCHEMA",
     "SinkError",
     "dataset_uri",
@@ -47,6 +48,87 @@ REJECT_SCHEMA = pa.schema(
 
 class SinkError(UserError):
     """The sink cannot be written as configured (table exists, lineage differs, ...)."""
+
+
+class LanceTable:
+    """One table of a LanceDB database (``uri``, local or ``s3://``) and what goes with it: its versions,
+    its lineage, its run log (``<name>_runs``), its rejects (``<name>_rejects``) and its lease.
+
+    What travelled as ``(sink.uri, sink.table, storage_options)`` through the jobs travels as this.
+    ``storage`` (a :class:`connectors.storage.Storage`) is needed by the lease on ``s3://`` only;
+    :meth:`at` derives the Lance ``storage_options`` from it.
+    """
+
+    def __init__(self, uri: str, name: str, storage_options: Optional[dict] = None, *, storage=None):
+        self.uri, self.name, self.storage_options, self.storage = uri, name, storage_options, storage
+        self._runs = None
+
+    @classmethod
+    def at(cls, uri: str, name: str, storage=None) -> "LanceTable":
+        """Table ``name`` of database ``uri``, with the Lance options of ``storage`` (None: local)."""
+        return cls(uri, name, storage.lance_options(uri) if storage else None, storage=storage)
+
+    def __repr__(self) -> str:
+        return f"LanceTable({self.uri!r}, {self.name!r})"
+
+    @property
+    def path(self) -> str:
+        """Where Lance keeps the table's dataset (``<uri>/<name>.lance``)."""
+        return dataset_uri(self.uri, self.name)
+
+    @property
+    def rejects(self) -> "LanceTable":
+        """The table of this table's rejected rows."""
+        return LanceTable(self.uri, rejects_table(self.name), self.storage_options, storage=self.storage)
+
+    @property
+    def runs(self):
+        """The table's run log (:class:`connectors.lance.runs.RunLog`), one per table object."""
+        if self._runs is None:
+            from connectors.lance.runs import RunLog
+
+            self._runs = RunLog(self.uri, self.name, self.storage_options)
+        return self._runs
+
+    def version(self) -> Optional[int]:
+        """The table's current version, None when it does not exist."""
+        return table_version(self.uri, self.name, self.storage_options)
+
+    def schema(self, version: Optional[int] = None) -> Optional[pa.Schema]:
+        """The table's schema at ``version`` (default: the latest), None when it does not exist."""
+        return table_schema(self.uri, self.name, self.storage_options, version)
+
+    def lineage(self) -> Optional[dict]:
+        """The lineage stored with the table (:func:`connectors.lance.metadata.read_lineage`)."""
+        from connectors.lance.metadata import read_lineage
+
+        return read_lineage(self.uri, self.name, self.storage_options)
+
+    def write_lineage(self, lineage: dict) -> None:
+        """Store ``lineage`` (and the embedding function entry that goes with it) with the table."""
+        from connectors.lance.metadata import write_lineage
+
+        write_lineage(self.uri, self.name, lineage, self.storage_options)
+
+    def open(self):
+        """A LanceDB handle on the table, at its latest version."""
+        return open_table(self.uri, self.name, self.storage_options)
+
+    def dataset(self, version: Optional[int] = None):
+        """The table's Lance dataset at ``version`` (default: the latest)."""
+        if version is None:
+            return open_dataset(self.path, self.storage_options)
+        import lance
+
+        return lance.dataset(self.path, version=version, storage_options=self.storage_options)
+
+    def lease(self, holder: str, **kwargs):
+        """The table's lease for ``holder`` (:class:`connectors.lance.lease.TableLease`; ``kwargs``: its
+        timeout, on_busy, log, ...), on this table's storage."""
+        from connectors.lance.lease import TableLease
+
+        kwargs.setdefault("storage", self.storage)
+        return TableLease(self.uri, self.name, holder, **kwargs)
 
 
 def rejects_table(table: str) -> str:

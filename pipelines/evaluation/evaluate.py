@@ -32,7 +32,7 @@ import numpy as np
 
 from connectors.beir import BeirDataset, load_beir, write_corpus_parquet
 from connectors.lance.index import code_bytes, index_size_bytes
-from connectors.lance.metadata import read_lineage, write_lineage
+from connectors.lance.table import LanceTable
 from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
@@ -177,7 +177,7 @@ def _derived(config: PipelineConfig, wide: _Table) -> _Table:
     derive_seconds = round(time.perf_counter() - started, 2)
     params, tuning, index_seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
     lineage.update(index_lineage(params, tuning))
-    write_lineage(uri, table, lineage)
+    LanceTable(uri, table).write_lineage(lineage)
     log.info(
         f"table {table!r}: {rows} rows derived from {wide.config.sink.table!r} at dimension {dimension} in "
         f"{derive_seconds:g}s; index {params.type} built and tuned in {index_seconds:g}s"
@@ -220,9 +220,10 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
         if n > 0:  # the configured type was built by the index step; build the others in turn
             index_config = cfg.index.model_copy(update={"type": index_type})
             params, tuning = build_tuned_index(searcher.table, t.rows, dim, index_config, id_column="id")
-            lineage = read_lineage(cfg.sink.uri, cfg.sink.table)
+            sink = LanceTable(cfg.sink.uri, cfg.sink.table)
+            lineage = sink.lineage()
             lineage.update(index_lineage(params, tuning))
-            write_lineage(cfg.sink.uri, cfg.sink.table, lineage)
+            sink.write_lineage(lineage)
             searcher = Searcher.open(cfg.sink.uri, cfg.sink.table)
         results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, t.rows))
         log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)

@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from connectors import columns as C
 from connectors.lance.metadata import lineage_in, table_metadata
-from connectors.lance.table import SinkError, map_table, table_schema, table_version
+from connectors.lance.table import LanceTable, SinkError, map_table
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.postprocess import postprocess
 from pipelines.lineage import vector_key
@@ -70,9 +70,10 @@ def derive_table(
         raise ConfigError(f"table {table!r} cannot be derived from {source!r}: {why}")
     if table == source:
         raise ConfigError(f"table {table!r} cannot be derived from itself")
+    wide_table = LanceTable(uri, source, storage_options)
     if version is None:  # pinned: the schema and the rows are of one version
-        version = table_version(uri, source, storage_options)
-    schema = None if version is None else table_schema(uri, source, storage_options, version)
+        version = wide_table.version()
+    schema = None if version is None else wide_table.schema(version)
     if schema is None:
         raise SinkError(f"no table {source!r} in {uri}")
     wide = lineage_in(schema, f"table {source!r} in {uri}")

@@ -35,9 +35,9 @@ from connectors.lance.dedup import drop_duplicate_ids
 from connectors.lance.index import IndexParams
 from connectors.lance.lease import TableLease
 from connectors.lance.lookup import ExistingRows
-from connectors.lance.metadata import read_lineage, table_metadata, write_lineage
+from connectors.lance.metadata import table_metadata
 from connectors.lance.runs import RunLog
-from connectors.lance.table import open_dataset, open_table
+from connectors.lance.table import LanceTable, open_dataset
 from connectors.lance.write import FragmentWriter
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
@@ -78,6 +78,7 @@ class RunPlan:
     storage: Optional[Storage] = None  # endpoint/credentials for s3:// paths, resolved once here
     dtype_reason: str = ""  # why config.model.dtype (resolved from auto here) is what it is
     others_cpus: float = 0.0  # CPUs others (a service, another job) held when the run started
+    table: Optional[LanceTable] = None  # the sink's table: its versions, lineage, run log, rejects
 
     @property
     def sink_options(self) -> Optional[dict]:
@@ -86,7 +87,7 @@ class RunPlan:
 
     @property
     def table_uri(self) -> str:
-        return lance_table.dataset_uri(self.config.sink.uri, self.config.sink.table)
+        return self.table.path
 
     @property
     def staged(self) -> bool:
@@ -95,7 +96,7 @@ class RunPlan:
 
     @property
     def rejects_uri(self) -> str:
-        return lance_table.dataset_uri(self.config.sink.uri, lance_table.rejects_table(self.config.sink.table))
+        return self.table.rejects.path
 
 
 def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
@@ -170,10 +171,10 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
     ``new_run_id``: the id of a new run when the config names none (default: a new random id)."""
     config, storage, source = inputs.config, inputs.storage, inputs.source
     sink = config.sink
-    options = storage.lance_options(sink.uri)
-    version = lance_table.table_version(sink.uri, sink.table, options)
+    table = LanceTable.at(sink.uri, sink.table, storage)
+    version = table.version()
     adding = version is not None and sink.mode in ("append", "upsert")
-    existing = read_lineage(sink.uri, sink.table, options) if adding else None
+    existing = table.lineage() if adding else None
     config, dtype_reason = _with_dtype(config, existing)
     lineage = make_lineage(
         config,
@@ -184,7 +185,7 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
         append_eos=inputs.append_eos,
     )
 
-    runlog = RunLog(sink.uri, sink.table, options)
+    runlog = table.runs
     run_id = config.run.id
     if config.run.resume:
         run_id = runlog.last_unfinished()
@@ -206,7 +207,7 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
             "(sink.mode=create); use sink.mode=overwrite, append or upsert"
         )
     if adding or (version is not None and resuming):
-        existing = existing or read_lineage(sink.uri, sink.table, options)
+        existing = existing or table.lineage()
         check_compatible(existing, lineage, "this run's config")
     schema = _table_schema(config, source, inputs.dimension, lineage)
     return RunPlan(
@@ -221,6 +222,7 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
         version,
         storage,
         dtype_reason,
+        table=table,
     )
 
 
@@ -247,7 +249,7 @@ def _with_dtype(config: PipelineConfig, existing: Optional[dict]) -> tuple[Pipel
 
 def _open_table(plan: RunPlan):
     """A LanceDB handle on the table's latest version."""
-    return open_table(plan.config.sink.uri, plan.config.sink.table, plan.sink_options)
+    return plan.table.open()
 
 
 def _revision_column(c: PipelineConfig) -> str:
@@ -271,11 +273,8 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     c = config
     # The lease is named after the run; a resumed run's id is read from the run log under the lease.
     holder = c.run.id or ("resume" if c.run.resume else uuid.uuid4().hex[:12])
-    lease = TableLease(
-        c.sink.uri,
-        c.sink.table,
+    lease = LanceTable(c.sink.uri, c.sink.table, storage=inputs.storage).lease(
         holder,
-        storage=inputs.storage,
         timeout_s=c.sink.lease_timeout_s,
         on_busy=c.sink.on_busy,
         log=log.info,
@@ -328,13 +327,13 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     summary = RunSummary(
         table_uri=c.sink.uri,
         table=c.sink.table,
-        rejects_table=lance_table.rejects_table(c.sink.table),
+        rejects_table=plan.table.rejects.name,
         run_id=plan.run_id,
         skipped_files=dict(plan.source.skipped),
         dtype=c.model.dtype,
         dtype_reason=plan.dtype_reason,
     )
-    runlog = RunLog(c.sink.uri, c.sink.table, plan.sink_options)
+    runlog = plan.table.runs
     runlog.mark_started(plan.run_id, c.sink.mode)
     todo, committed = _files_to_do(plan, runlog, summary)
     checkpointer = _embed_and_commit(plan, runlog, lease, todo, committed, summary)
@@ -350,7 +349,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     lease.check()
     _write_lineage(plan, params, tuning, summary)
     runlog.mark(plan.run_id, "finished")
-    summary.version = lance_table.table_version(c.sink.uri, c.sink.table, plan.sink_options)
+    summary.version = plan.table.version()
     return summary
 
 
@@ -421,8 +420,8 @@ def _embed_and_commit(
         identity=plan.source.identity,
         staged=staged,
         checkpoint_rows=c.sink.checkpoint_rows,
-        table_version=lance_table.table_version(c.sink.uri, c.sink.table, options),
-        rejects_version=lance_table.table_version(c.sink.uri, lance_table.rejects_table(c.sink.table), options),
+        table_version=plan.table.version(),
+        rejects_version=plan.table.rejects.version(),
         on_batch=lambda row: _count_batch(summary, row, metrics),
         before_commit=lease.check,
         storage_options=options,
@@ -592,7 +591,6 @@ def _get(ref):
 
 def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
     """What made the table's vectors, its index and this run's counts, stored with the table."""
-    c = plan.config
     lineage = dict(plan.lineage)
     lineage.update(index_lineage(params, tuning))
     lineage["counts"] = {
@@ -605,7 +603,7 @@ def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
         "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
-    write_lineage(c.sink.uri, c.sink.table, lineage, plan.sink_options)
+    plan.table.write_lineage(lineage)
 
 
 def _check_index_workers(workers, cpus: float) -> None:

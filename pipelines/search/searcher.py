@@ -24,8 +24,8 @@ import pyarrow as pa
 
 from connectors import columns as C
 from connectors.lance.embedding_function import TableEmbedding
-from connectors.lance.metadata import lineage_in, read_lineage
-from connectors.lance.table import SinkError, open_table
+from connectors.lance.metadata import lineage_in
+from connectors.lance.table import LanceTable, SinkError
 from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint, resolve_model_dir
 from connectors.storage import Storage, is_s3
 from pipelines.config import ModelConfig
@@ -102,14 +102,14 @@ class Searcher:
         storage = storage or Storage.resolve()
         if is_s3(uri):
             storage.probe(uri, "uri")  # a missing bucket or refused credentials, not "no table"
-        options = storage.lance_options(uri)
-        lineage = read_lineage(uri, table, options)
+        lance_table = LanceTable.at(uri, table, storage)
+        lineage = lance_table.lineage()
         if lineage is None:
             raise SinkError(f"no table {table!r} in {uri}")
         if dimension is not None and dimension != lineage["dimension"]:
             raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage['dimension']}")
-        searcher = cls(open_table(uri, table, options), lineage, model_path=model_path, device=device, storage=storage)
-        searcher._reopen = lambda: open_table(uri, table, options)
+        searcher = cls(lance_table.open(), lineage, model_path=model_path, device=device, storage=storage)
+        searcher._reopen = lance_table.open
         return searcher
 
     def _use_table(self, table) -> None:
