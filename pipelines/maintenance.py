@@ -26,6 +26,7 @@ from connectors import columns as C
 from connectors.errors import RunError
 from connectors.lance.dedup import duplicate_ids
 from connectors.lance.housekeeping import Housekeeping, compact_and_prune
+from connectors.lance.lineage import Lineage
 from connectors.lance.table import LanceTable, SinkError
 from connectors.storage import Storage, is_s3
 from pipelines.config import PipelineConfig, parse_duration
@@ -162,12 +163,12 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     return report
 
 
-def _maintain(config: PipelineConfig, table: LanceTable, lineage: dict, check_ids: bool) -> MaintenanceReport:
+def _maintain(config: PipelineConfig, table: LanceTable, lineage: Lineage, check_ids: bool) -> MaintenanceReport:
     sink = config.sink
     handle = table.open()
     report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=handle.count_rows())
     report.before = index_stats(handle)
-    params = maintain_index(handle, report.rows, int(lineage["dimension"]), config.index)
+    params = maintain_index(handle, report.rows, lineage.dimension, config.index)
     if params.type == "none":
         report.action, report.reason = "none", params.reason
     elif params.reason.startswith("optimized"):
@@ -180,14 +181,13 @@ def _maintain(config: PipelineConfig, table: LanceTable, lineage: dict, check_id
             else f"unindexed rows over {config.index.reindex_fraction:.0%} of indexed"
         )
         # Queries take their defaults from the lineage: keep it in step with the new index.
-        lineage["index"] = params.to_dict()
-        lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
-        table.write_lineage(lineage)
+        query_defaults = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
+        lineage = table.update_lineage(lineage, index=params.to_dict(), query_defaults=query_defaults)
     report.after = index_stats(handle)
     report.keep_versions = sink.keep_versions
     report.housekeeping = housekeep(config, table)
     report.version = table.version()
     if check_ids:
-        id_column = lineage["source"]["id_column"]
+        id_column = lineage.source.id_column
         report.duplicate_ids, report.duplicate_examples = duplicate_ids(table.path, id_column, table.storage_options)
     return report

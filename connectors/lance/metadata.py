@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Optional, Union
 
 import pyarrow as pa
 
 from connectors import columns as C
+from connectors.lance.lineage import Lineage
 from connectors.lance.table import SinkError, _open, dataset_uri, table_schema
 
 __all__ = [
@@ -53,11 +54,14 @@ def lineage_in(schema: pa.Schema, what: str) -> dict:
     return json.loads(raw)
 
 
-def table_metadata(lineage: dict) -> dict[str, str]:
+def table_metadata(lineage: Union[Lineage, dict]) -> dict[str, str]:
     """The schema metadata that goes with ``lineage``: the lineage itself, and the embedding function
     entry LanceDB reads (``embedding_functions``: name, its arguments, source and vector column),
     whose argument is what embeds a text exactly as the table's documents were embedded. A lineage
-    without a model (a table this pipeline did not embed, say) gets no function."""
+    without a model (a table this pipeline did not embed, say) gets no function. ``lineage``: a
+    :class:`~connectors.lance.lineage.Lineage` or its dict."""
+    if isinstance(lineage, Lineage):
+        lineage = lineage.to_dict()
     metadata = {LINEAGE_KEY: json.dumps(lineage, sort_keys=True)}
     if not all(k in lineage for k in ("model", "dimension", "metric", "source")):
         return metadata
@@ -72,6 +76,8 @@ def table_metadata(lineage: dict) -> dict[str, str]:
     return {**metadata, EMBEDDING_FUNCTIONS_KEY: json.dumps([function], sort_keys=True)}
 
 
-def write_lineage(db_uri: str, table: str, lineage: dict, storage_options: Optional[dict] = None) -> None:
+def write_lineage(
+    db_uri: str, table: str, lineage: Union[Lineage, dict], storage_options: Optional[dict] = None
+) -> None:
     ds = _open(dataset_uri(db_uri, table), storage_options)
     ds.update_schema_metadata(table_metadata(lineage))

@@ -98,17 +98,44 @@ class LanceTable:
         """The table's schema at ``version`` (default: the latest), None when it does not exist."""
         return table_schema(self.uri, self.name, self.storage_options, version)
 
-    def lineage(self) -> Optional[dict]:
-        """The lineage stored with the table (:func:`connectors.lance.metadata.read_lineage`)."""
+    def lineage(self):
+        """The :class:`~connectors.lance.lineage.Lineage` stored with the table, None when the table does
+        not exist.
+
+        Raises:
+            SinkError: the table was not written by this pipeline, or its lineage is not one it reads.
+        """
+        from pydantic import ValidationError
+
+        from connectors.lance.lineage import Lineage
         from connectors.lance.metadata import read_lineage
 
-        return read_lineage(self.uri, self.name, self.storage_options)
+        raw = read_lineage(self.uri, self.name, self.storage_options)
+        if raw is None:
+            return None
+        try:
+            return Lineage.parse(raw)
+        except ValidationError as exc:
+            raise SinkError(f"table {self.name!r} in {self.uri}: its lineage cannot be read: {exc}") from None
 
-    def write_lineage(self, lineage: dict) -> None:
-        """Store ``lineage`` (and the embedding function entry that goes with it) with the table."""
+    def write_lineage(self, lineage) -> None:
+        """Store ``lineage`` (a Lineage or its dict; and the embedding function entry that goes with it)."""
         from connectors.lance.metadata import write_lineage
 
         write_lineage(self.uri, self.name, lineage, self.storage_options)
+
+    def update_lineage(self, base=None, **changes):
+        """Store the lineage with the top-level ``changes`` (``index=``, ``query_defaults=``, ``counts=``...)
+        and return it: the one way the pipeline rewrites a table's lineage. ``base``: the lineage to
+        change (a run's own, made from its config), default the one the table stores now."""
+        from connectors.lance.lineage import Lineage
+
+        base = self.lineage() if base is None else Lineage.parse(base)
+        if base is None:
+            raise SinkError(f"no table {self.name!r} in {self.uri}")
+        lineage = base.updated(**changes)
+        self.write_lineage(lineage)
+        return lineage
 
     def open(self):
         """A LanceDB handle on the table, at its latest version."""

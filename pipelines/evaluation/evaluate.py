@@ -126,7 +126,7 @@ def _search_all(searcher, vectors: np.ndarray, exact: bool) -> tuple[list[list[s
 
 def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, rows: int) -> EvalRow:
     lineage = searcher.lineage
-    index, tuning = lineage.get("index") or {}, lineage.get("tuning") or {}
+    index, tuning = lineage.index or {}, lineage.tuning or {}
     ranked, ms = _search_all(searcher, vectors, exact=False)
     size = index_size_bytes(searcher.table)
     return EvalRow(
@@ -138,8 +138,8 @@ def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, r
         ),
         metrics=evaluate_run(dict(zip(qids, ranked)), dataset.qrels),
         index_bytes_per_row=round(size / rows, 1) if size else None,
-        nprobes=lineage["query_defaults"]["nprobes"],
-        refine_factor=lineage["query_defaults"]["refine_factor"],
+        nprobes=lineage.query_defaults["nprobes"],
+        refine_factor=lineage.query_defaults["refine_factor"],
         tuned_recall_at_10=tuning.get("recall"),
         recall_at_10_vs_exact=round(knn_recall(ranked, exact_ranked, 10), 4),
         index_seconds=index.get("build_seconds"),
@@ -176,8 +176,7 @@ def _derived(config: PipelineConfig, wide: _Table) -> _Table:
     lineage, rows = derive_table(config, wide.config.sink.table, version=wide.searcher.version)
     derive_seconds = round(time.perf_counter() - started, 2)
     params, tuning, index_seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
-    lineage.update(index_lineage(params, tuning))
-    LanceTable(uri, table).write_lineage(lineage)
+    lineage = LanceTable(uri, table).update_lineage(lineage, **index_lineage(params, tuning))
     log.info(
         f"table {table!r}: {rows} rows derived from {wide.config.sink.table!r} at dimension {dimension} in "
         f"{derive_seconds:g}s; index {params.type} built and tuned in {index_seconds:g}s"
@@ -192,7 +191,7 @@ def _derived(config: PipelineConfig, wide: _Table) -> _Table:
         "index": params.to_dict(),
         "tuning": tuning.to_dict() if tuning else {},
     }
-    queries = postprocess(wide.queries, dimension, bool(lineage.get("normalize", True)))
+    queries = postprocess(wide.queries, dimension, lineage.normalize)
     return _Table(config, rows, Searcher.open(uri, table), queries, run)
 
 
@@ -203,7 +202,7 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
     cfg, searcher, vectors = t.config, t.searcher, t.queries
     dim = searcher.dimension
     exact_ranked, ms = _search_all(searcher, vectors, exact=True)
-    vector_bytes = 2 if searcher.lineage.get("vector_dtype") == "float16" else 4
+    vector_bytes = 2 if searcher.lineage.vector_dtype == "float16" else 4
     results = [
         EvalRow(
             dimension=dim,
@@ -220,10 +219,7 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
         if n > 0:  # the configured type was built by the index step; build the others in turn
             index_config = cfg.index.model_copy(update={"type": index_type})
             params, tuning = build_tuned_index(searcher.table, t.rows, dim, index_config, id_column="id")
-            sink = LanceTable(cfg.sink.uri, cfg.sink.table)
-            lineage = sink.lineage()
-            lineage.update(index_lineage(params, tuning))
-            sink.write_lineage(lineage)
+            LanceTable(cfg.sink.uri, cfg.sink.table).update_lineage(**index_lineage(params, tuning))
             searcher = Searcher.open(cfg.sink.uri, cfg.sink.table)
         results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, t.rows))
         log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)
@@ -276,7 +272,7 @@ def evaluate_dataset(
             table = wide if dimension == widest else _derived(cfg, wide)
         results.extend(_evaluate_table(table, types, qids, dataset))
         runs.append(table.run)
-        dtype = table.searcher.lineage["model"]["dtype"]  # model.dtype as resolved (auto) by the run
+        dtype = table.searcher.lineage.model.dtype  # model.dtype as resolved (auto) by the run
 
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -17,6 +17,7 @@ from typing import Optional
 import pyarrow as pa
 
 from connectors import columns as C
+from connectors.lance.lineage import Lineage
 from connectors.lance.metadata import lineage_in, table_metadata
 from connectors.lance.table import LanceTable, SinkError, map_table
 from pipelines.config import ConfigError, PipelineConfig
@@ -50,7 +51,7 @@ def derive_table(
     version: Optional[int] = None,
     batch_rows: int = BATCH_ROWS,
     storage_options: Optional[dict] = None,
-) -> tuple[dict, int]:
+) -> tuple[Lineage, int]:
     """Write table ``config.sink.table`` of ``config.sink.uri`` (overwritten) from the wider table
     ``source`` there (at ``version``, default its latest): the same rows, each vector re-cut to
     ``config.embed.dimension`` by ``postprocess`` and its ``content_hash`` recomputed, read and
@@ -76,11 +77,12 @@ def derive_table(
     schema = None if version is None else wide_table.schema(version)
     if schema is None:
         raise SinkError(f"no table {source!r} in {uri}")
-    wide = lineage_in(schema, f"table {source!r} in {uri}")
-    if dimension is None or dimension > wide["dimension"]:
+    stored = lineage_in(schema, f"table {source!r} in {uri}")  # as recorded: absent keys stay absent
+    wide = Lineage.parse(stored)
+    if dimension is None or dimension > wide.dimension:
         raise ConfigError(
             f"embed.dimension={dimension}: a table derived from {source!r} needs a dimension of at most "
-            f"its {wide['dimension']}"
+            f"its {wide.dimension}"
         )
     shared = (
         ("normalize", "embed.normalize", config.embed.normalize),  # what postprocess does
@@ -88,12 +90,16 @@ def derive_table(
         ("metric", "index.metric", config.index.metric),
     )
     for key, setting, value in shared:
-        if wide.get(key) != value:
-            raise ConfigError(f"{setting}={value}: table {source!r} was made with {key}={wide.get(key)}")
+        if stored.get(key) != value:
+            raise ConfigError(f"{setting}={value}: table {source!r} was made with {key}={stored.get(key)}")
 
-    lineage = {k: v for k, v in wide.items() if k not in INDEX_LINEAGE_KEYS}
-    lineage["dimension"] = dimension
-    lineage["derived_from"] = {"table": source, "version": version, "dimension": wide["dimension"]}
+    lineage = Lineage.parse(
+        {
+            **{k: v for k, v in stored.items() if k not in INDEX_LINEAGE_KEYS},
+            "dimension": dimension,
+            "derived_from": {"table": source, "version": version, "dimension": wide.dimension},
+        }
+    )
     field = schema.field(C.VECTOR)
     vector_type = pa.list_(field.type.value_field, dimension)
     out_schema = schema.set(schema.get_field_index(C.VECTOR), field.with_type(vector_type))

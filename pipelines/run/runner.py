@@ -46,7 +46,7 @@ from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.embed.precision import planned_device, resolve_dtype
 from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
-from pipelines.lineage import check_compatible, make_lineage, vector_key
+from pipelines.lineage import Lineage, check_compatible, make_lineage, vector_key
 from pipelines.run import data_context
 from pipelines.run.checkpoints import Checkpointer
 from pipelines.run.execution import stats_batches
@@ -70,7 +70,7 @@ class RunPlan:
     run_id: str
     resuming: bool  # this run id committed before: continue, never overwrite again
     source: ParquetSource
-    lineage: dict
+    lineage: Lineage
     max_tokens: int
     dimension: int
     table_schema: pa.Schema
@@ -99,7 +99,7 @@ class RunPlan:
         return self.table.rejects.path
 
 
-def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
+def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: Lineage) -> pa.Schema:
     src = config.source
     value = pa.float16() if config.embed.vector_dtype == "float16" else pa.float32()
     id_field = source.schema.field(src.id_column)
@@ -232,14 +232,14 @@ def preflight(config: PipelineConfig) -> RunPlan:
     return plan_on_table(check_inputs(config))
 
 
-def _with_dtype(config: PipelineConfig, existing: Optional[dict]) -> tuple[PipelineConfig, str]:
+def _with_dtype(config: PipelineConfig, existing: Optional[Lineage]) -> tuple[PipelineConfig, str]:
     """``config`` with ``model.dtype`` resolved (``auto``: pipelines/embed/precision.py), and why.
 
     ``existing``: the lineage of the table an append or upsert adds to. Adding to a table keeps the
     dtype its rows were embedded in, so ``auto`` on other hardware does not make every row's content
     hash stale (an upsert would embed the whole table again)."""
     m = config.model
-    recorded = (existing or {}).get("model", {}).get("dtype")
+    recorded = existing.model.dtype if existing is not None and existing.model is not None else None
     if m.dtype == "auto" and recorded:
         dtype, why = recorded, f"auto: the dtype table {config.sink.table!r} was embedded in"
     else:
@@ -591,9 +591,7 @@ def _get(ref):
 
 def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
     """What made the table's vectors, its index and this run's counts, stored with the table."""
-    lineage = dict(plan.lineage)
-    lineage.update(index_lineage(params, tuning))
-    lineage["counts"] = {
+    counts = {
         "read": summary.rows_read,
         "written": summary.rows_written,
         "skipped_unchanged": summary.skipped,
@@ -603,7 +601,7 @@ def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
         "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
-    plan.table.write_lineage(lineage)
+    plan.table.update_lineage(plan.lineage, **index_lineage(params, tuning), counts=counts)
 
 
 def _check_index_workers(workers, cpus: float) -> None:

@@ -50,6 +50,7 @@ from connectors import columns as C
 from connectors.errors import UserError
 from connectors.storage import Storage
 from pipelines.config import ServiceConfig
+from pipelines.lineage import Lineage
 from pipelines.search.filters import build_filter, filters_from_json
 from pipelines.search.searcher import Searcher
 
@@ -171,14 +172,14 @@ def _jsonable(hits: pa.Table) -> list[dict]:
 
 
 # ---- what a client may read, and who may ask ----------------------------------------------------
-def _served_columns(lineage: dict, schema: pa.Schema, allowed: Optional[list[str]]) -> list[str]:
+def _served_columns(lineage: Lineage, schema: pa.Schema, allowed: Optional[list[str]]) -> list[str]:
     """The columns a request may read and filter on: the id, then the allow-list, by default the text
     and the source's metadata columns as the lineage records them. Not the rest of the table: the
     pipeline's own columns say where and when it indexed (``source_file`` is a path on the indexing
     host), and the vector is the table's bulk."""
-    source = lineage["source"]
-    wanted = allowed if allowed is not None else [source["text_column"], *source.get("metadata_columns", [])]
-    return [c for c in dict.fromkeys([source["id_column"], *wanted]) if c in schema.names and c != C.VECTOR]
+    source = lineage.source
+    wanted = allowed if allowed is not None else [source.text_column, *source.metadata_columns]
+    return [c for c in dict.fromkeys([source.id_column, *wanted]) if c in schema.names and c != C.VECTOR]
 
 
 def _bearer_token(config: ServiceConfig) -> Optional[str]:
@@ -365,7 +366,7 @@ class TableSearch:
         body = {
             "table": self.config.table,
             "table_version": self.searcher.version,
-            "model": self.searcher.lineage["model"]["path"],
+            "model": self.searcher.lineage.model.path,
             "dimension": self.searcher.dimension,
         }
         if self.stale:
@@ -403,13 +404,13 @@ class TableSearch:
         return JSONResponse({"hits": hits, "table_version": self.searcher.version})
 
     def _columns(self, req: SearchRequest, served: list[str]) -> list[str]:
-        source = self.searcher.lineage["source"]
-        wanted = req.columns if req.columns is not None else [c for c in [source["text_column"]] if c in served]
+        source = self.searcher.lineage.source
+        wanted = req.columns if req.columns is not None else [c for c in [source.text_column] if c in served]
         refused = [c for c in wanted if c not in served]
         if refused:
             names = ", ".join(map(repr, refused))
             raise _BadRequest(400, f"unknown or not served column(s) {names}; served columns: {', '.join(served)}")
-        return list(dict.fromkeys([source["id_column"], *wanted]))
+        return list(dict.fromkeys([source.id_column, *wanted]))
 
     async def _search(self, req: SearchRequest) -> list[dict]:
         """Check everything about the request first: the batch only ever holds answerable queries."""

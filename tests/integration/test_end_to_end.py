@@ -377,7 +377,7 @@ def test_an_upsert_keeps_the_dtype_the_table_was_embedded_in(ray_cluster, corpus
         table = {"sink.table": f"t_{dtype}", "model.path": tiny_bert_dir, "index.min_rows": 10**6}
         run_index(_config(corpus_dir, db, **table, **{"model.dtype": dtype}))
         plan = preflight(_config(corpus_dir, db, **table, **{"sink.mode": "upsert"}))
-        assert plan.config.model.dtype == plan.lineage["model"]["dtype"] == dtype
+        assert plan.config.model.dtype == plan.lineage.model.dtype == dtype
         assert plan.dtype_reason == f"auto: the dtype table 't_{dtype}' was embedded in"
     other = preflight(_config(corpus_dir, db, **table, **{"sink.mode": "upsert", "model.dtype": "bfloat16"}))
     assert (other.config.model.dtype, other.dtype_reason) == ("bfloat16", "model.dtype set")

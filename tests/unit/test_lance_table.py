@@ -24,10 +24,14 @@ def test_versions_lineage_and_lease_of_a_table(tmp_path):
     lineage = {"format": 1, "dimension": 2}
     schema = pa.schema([("id", pa.string())], metadata=table_metadata(lineage))
     lance.write_dataset(pa.table({"id": ["a"]}, schema=schema), table.path)
-    assert table.version() == 1 and table.lineage() == lineage
+    assert table.version() == 1 and table.lineage().to_dict() == lineage
     table.write_lineage({**lineage, "dimension": 3})
-    assert table.version() == 2 and table.lineage()["dimension"] == 3
-    assert table.dataset(version=1).count_rows() == 1 and table.dataset().version == 2
+    assert table.version() == 2 and table.lineage().dimension == 3
+    updated = table.update_lineage(query_defaults={"nprobes": 4})
+    assert (
+        table.lineage().to_dict() == updated.to_dict() == {**lineage, "dimension": 3, "query_defaults": {"nprobes": 4}}
+    )
+    assert table.dataset(version=1).count_rows() == 1 and table.dataset().version == 3
     assert table.open().count_rows() == 1
     lease = table.lease("run-1", timeout_s=30)
     assert isinstance(lease, TableLease) and lease.holder == "run-1" and lease.timeout_s == 30

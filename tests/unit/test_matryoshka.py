@@ -33,7 +33,9 @@ def _config(db, dimension, *extra):
 
 
 def _lineage(config, dimension):
-    return make_lineage(config, fingerprint="sha256:test", hidden_size=WIDE, max_tokens=16, dimension=dimension)
+    return make_lineage(
+        config, fingerprint="sha256:test", hidden_size=WIDE, max_tokens=16, dimension=dimension
+    ).to_dict()
 
 
 def _write_wide(db, pooled: np.ndarray, texts: list[str]) -> dict:
@@ -103,6 +105,7 @@ def test_derived_rows_are_what_a_run_at_the_narrow_dimension_writes(tmp_path, po
     assert got.schema.field("vector").type == pa.list_(pa.float32(), NARROW)
 
     stored = read_lineage(db, f"d{NARROW}")
+    lineage = lineage.to_dict()  # the stored form of the Lineage derive_table returns
     assert stored == lineage
     assert lineage["dimension"] == NARROW and "index" not in lineage and "query_defaults" not in lineage
     assert lineage["derived_from"] == {"table": f"d{WIDE}", "version": version, "dimension": WIDE}
