@@ -3,7 +3,7 @@
     python bench/dedup_scale.py --rows 1000000
 
 Builds a Lance table of ``--rows`` rows written by one run (8-d vectors; the check reads ids only),
-with 0.1% of the ids written twice, then runs :func:`connectors.lance_dedup.drop_duplicate_ids` on
+with 0.1% of the ids written twice, then runs :func:`connectors.lance.dedup.drop_duplicate_ids` on
 copies of it three ways: as a first run or overwrite (no older rows can exist, so no lookups), with
 the older-row lookups a later append needs, and with everything in one hash partition (what the
 check did before it was partitioned). Prints seconds, the driver's peak RSS growth (sampled every 20
@@ -63,7 +63,7 @@ def _variant(args) -> dict:
     import lance  # noqa: F401 - imported before the baseline is taken
     import psutil
 
-    from connectors.lance_dedup import drop_duplicate_ids
+    from connectors.lance.dedup import drop_duplicate_ids
 
     uri, rejects, older_rows, rows_per_pass = args
     proc = psutil.Process()

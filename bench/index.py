@@ -151,7 +151,7 @@ def main() -> None:
     from lancedb.index import IvfPq
 
     from bench._machine import cpu
-    from connectors.lance_index import build_index
+    from connectors.lance.index import build_index
     from pipelines.config import IndexConfig
     from pipelines.vector_index.params import derive_index_params
     from pipelines.vector_index.tuning import tune_query_defaults

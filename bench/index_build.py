@@ -94,7 +94,7 @@ def main() -> None:
     import pyarrow as pa
     import ray
 
-    from connectors.lance_index import build_index
+    from connectors.lance.index import build_index
     from pipelines.config import IndexConfig
     from pipelines.vector_index.params import derive_index_params
 
@@ -140,10 +140,10 @@ def main() -> None:
                 params = derive_index_params(rows, args.dim, IndexConfig(workers=workers))
                 if name.startswith("lance-ray") and workers == 1:
                     # lance-ray's path with one task: build_index takes it only for workers > 1
-                    from connectors import lance_index
+                    from connectors.lance.index import _build_distributed
 
                     start = time.perf_counter()
-                    lance_index._build_distributed(table, params, "vector", None)
+                    _build_distributed(table, params, "vector", None)
                     params.build_seconds = round(time.perf_counter() - start, 2)
                 else:
                     build_index(table, params)

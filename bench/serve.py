@@ -49,7 +49,7 @@ def big_table(workdir: Path, rows: int) -> tuple[str, str]:
     import lance
     from index import DIM, derive, real_vectors
 
-    from connectors import lance_sink
+    from connectors.lance.metadata import read_lineage, write_lineage
     from connectors.storage import Storage
     from pipelines.config import IndexConfig, load_config
     from pipelines.run.runner import run_index
@@ -86,7 +86,7 @@ def big_table(workdir: Path, rows: int) -> tuple[str, str]:
             else:
                 columns[field.name] = pa.nulls(n, field.type)
         lance.write_dataset(pa.table(columns, schema=schema), f"{uri}/{name}.lance", mode="append")
-    lineage = lance_sink.read_lineage(uri, name)
+    lineage = read_lineage(uri, name)
     params, tuning = index_table(
         uri,
         name,
@@ -99,7 +99,7 @@ def big_table(workdir: Path, rows: int) -> tuple[str, str]:
         cpus=2,
     )
     lineage.update(index_lineage(params, tuning))
-    lance_sink.write_lineage(uri, name, lineage)
+    write_lineage(uri, name, lineage)
     print(f"built {name}: {rows} rows, {params.to_dict()} in {time.perf_counter() - t0:.0f}s", flush=True)
     return uri, name
 

@@ -99,7 +99,7 @@ def main() -> None:
     import pyarrow as pa
     from index import DIM, derive, exact_topk, real_vectors
 
-    from connectors.lance_index import build_index, exact_search, search_batch
+    from connectors.lance.index import build_index, exact_search, search_batch
     from pipelines.config import IndexConfig
     from pipelines.vector_index.params import derive_index_params
     from pipelines.vector_index.tuning import CONFIDENCE_Z, tune_query_defaults

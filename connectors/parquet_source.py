@@ -25,12 +25,13 @@ from typing import Optional, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from connectors import columns as C
 from connectors.errors import UserError
 from connectors.storage import Storage, StorageError, is_s3
 
 __all__ = ["ParquetSource", "SourceError", "open_source", "partition_values"]
 
-PATH_COLUMN = "path"  # the column Ray Data's include_paths adds
+PATH_COLUMN = C.PATH  # the column Ray Data's include_paths adds
 
 
 class SourceError(UserError):

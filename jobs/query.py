@@ -53,8 +53,8 @@ def main(argv=None) -> int:
 
         queries = _load_queries(args)
         searcher = Searcher.open(args.uri, args.table, model_path=args.model)
-        id_column = searcher.lineage["source"]["id_column"]
-        text_column = searcher.lineage["source"]["text_column"]
+        id_column = searcher.lineage.source.id_column
+        text_column = searcher.lineage.source.text_column
         vectors = searcher.embed_queries([text for _, text in queries])
         for (query_id, text), vector in zip(queries, vectors):
             hits = searcher.search(

@@ -56,22 +56,11 @@ RQ_DIMENSION = (
     "index.type=ivf_rq needs a dimension divisible by 8, this one is {dim}: set embed.dimension to one "
     "that is, or index.type to ivf_pq or ivf_sq"
 )
-# Every name the pipeline writes into the table or returns with a row, and why: a source column of the
-# same name (id, text or metadata) would fail the write after all the embedding work, or come back twice
-# from a search. Names starting with "_" are refused as well: the stages' internal columns
-# (connectors/columns.py) and Lance's (_distance, _score, _relevance_score, _rowid, _rowaddr).
-RESERVED = {
-    C.VECTOR: "the table's embedding column",
-    C.HASH: "the table's content hash column (upserts compare it)",
-    C.SOURCE_FILE: "the table's column of each row's input file (resumes delete by it)",
-    "run_id": "the table's column of the run that wrote each row (pipelines/run/preflight.py _table_schema)",
-    "doc_id": "the table's column of a chunk's document id (embed.long_text=chunk)",
-    "chunk": "the table's column of a chunk's number (embed.long_text=chunk)",
-    # connectors.parquet_source.PATH_COLUMN (not imported: it would load pyarrow to validate a config)
-    "path": "the column Ray Data adds with each row's file (include_paths)",
-    "score": "what a search returns with each hit (pipelines/search/searcher.py, the query service)",
-    "query_index": "what Lance adds to a search of several vectors at once (Searcher.search_many)",
-}
+# Every name the pipeline writes into the table or returns with a row, and why (connectors/columns.py):
+# a source column of the same name (id, text or metadata) would fail the write after all the embedding
+# work, or come back twice from a search. Names starting with "_" are refused as well: the stages'
+# internal columns and Lance's (_distance, _score, _relevance_score, _rowid, _rowaddr).
+RESERVED = C.RESERVED
 RESERVED_COLUMNS = tuple(RESERVED)
 # sink.lease_timeout_s: several heartbeats (every sixth of it) above a slow storage write; at most a day.
 LEASE_TIMEOUT_MIN_S, LEASE_TIMEOUT_MAX_S = 10, 86_400
@@ -656,7 +645,7 @@ class ServiceConfig(_PipelineSection):
     @field_validator("columns")
     @classmethod
     def _never_the_vector(cls, columns: Optional[list[str]]) -> Optional[list[str]]:
-        if columns is not None and "vector" in columns:
+        if columns is not None and C.VECTOR in columns:
             raise ValueError("the vector column is never served: hits carry a score, clients send a vector")
         return columns
 

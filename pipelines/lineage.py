@@ -1,22 +1,31 @@
-"""Lineage: the plain, versioned record of what made a table's vectors.
+"""Lineage: make the versioned record of what made a table's vectors, compare two, key the vectors by it.
 
-It is stored in the table's schema metadata. The query path embeds with exactly what is recorded,
-and appending to a table with a different model, pooling, prompt, dimension or metric is refused:
-vectors from two embedding spaces must never share a table.
+It is stored in the table's schema metadata; its shape is :class:`connectors.lance.lineage.Lineage`.
+The query path embeds with exactly what is recorded, and appending to a table with a different model,
+pooling, prompt, dimension or metric is refused: vectors from two embedding spaces must never share a
+table.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from connectors.errors import UserError
+from connectors.lance.lineage import FORMAT_VERSION, Lineage
 from connectors.model_store import is_legacy_fingerprint
-from pipelines.config import PipelineConfig
+from pipelines.config import ModelConfig, PipelineConfig
 
-__all__ = ["IDENTITY_FIELDS", "LineageMismatchError", "VECTOR_FIELDS", "check_compatible", "make_lineage", "vector_key"]
-
-FORMAT_VERSION = 1
+__all__ = [
+    "IDENTITY_FIELDS",
+    "Lineage",
+    "LineageMismatchError",
+    "VECTOR_FIELDS",
+    "check_compatible",
+    "make_lineage",
+    "query_model_config",
+    "vector_key",
+]
 
 # Fields that define the embedding space. Not among them: the model's path (the same weights may
 # live elsewhere; the fingerprint identifies them), dtype and device (numerics, not the space).
@@ -45,37 +54,53 @@ def make_lineage(
     max_tokens: int,
     dimension: int,
     append_eos: bool = False,
-) -> dict[str, Any]:
+) -> Lineage:
     """``append_eos``: whether the pipeline appends EOS to every text (``model.append_eos`` resolved
     against the tokenizer), so queries get exactly the same treatment."""
     m = config.model
-    return {
-        "format": FORMAT_VERSION,
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": {
-            "path": m.path,
-            "revision": m.revision,
-            "fingerprint": fingerprint,
-            "backend": m.backend,
-            "pooling": m.pooling,
-            "max_tokens": max_tokens,
-            "query_prompt": m.query_prompt,
-            "document_prompt": m.document_prompt,
-            "dtype": m.dtype,
-            "padding_side": m.padding_side,
-            "append_eos": bool(append_eos),
-            "hidden_size": hidden_size,
-        },
-        "dimension": dimension,
-        "normalize": config.embed.normalize,
-        "vector_dtype": config.embed.vector_dtype,
-        "metric": config.index.metric,
-        "source": {
-            "id_column": config.source.id_column,
-            "text_column": config.source.text_column,
-            "metadata_columns": list(config.source.metadata_columns),
-        },
-    }
+    return Lineage.parse(
+        {
+            "format": FORMAT_VERSION,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "model": {
+                "path": m.path,
+                "revision": m.revision,
+                "fingerprint": fingerprint,
+                "backend": m.backend,
+                "pooling": m.pooling,
+                "max_tokens": max_tokens,
+                "query_prompt": m.query_prompt,
+                "document_prompt": m.document_prompt,
+                "dtype": m.dtype,
+                "padding_side": m.padding_side,
+                "append_eos": bool(append_eos),
+                "hidden_size": hidden_size,
+            },
+            "dimension": dimension,
+            "normalize": config.embed.normalize,
+            "vector_dtype": config.embed.vector_dtype,
+            "metric": config.index.metric,
+            "source": {
+                "id_column": config.source.id_column,
+                "text_column": config.source.text_column,
+                "metadata_columns": list(config.source.metadata_columns),
+            },
+        }
+    )
+
+
+def query_model_config(lineage: Lineage, path: str, dtype: str, device: str) -> ModelConfig:
+    """The model settings that embed a query as the table's documents were embedded: the lineage's
+    model (backend, pooling, token limit, prompts, padding, EOS) at ``path`` on this machine, with the
+    query's compute ``dtype`` and ``device``."""
+    shared = set(ModelConfig.model_fields) & set(type(lineage.model).model_fields) - {"path", "dtype"}
+    settings = lineage.model.model_dump(include=shared, exclude_none=True)
+    return ModelConfig(**settings, path=path, dtype=dtype, device=device)
+
+
+def _raw(lineage: Union[Lineage, dict]) -> dict:
+    """The stored form: comparisons and keys read exactly the keys a table recorded."""
+    return lineage.to_dict() if isinstance(lineage, Lineage) else lineage
 
 
 def _value_at(lineage: dict, dotted: str) -> Any:
@@ -95,12 +120,15 @@ def _identity(lineage: dict, dotted: str) -> Any:
     return _ABSENT_MEANS.get(dotted) if value is None else value
 
 
-def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tuple] = None) -> None:
+def check_compatible(
+    stored: Union[Lineage, dict], other: Union[Lineage, dict], what: str, fields: Optional[tuple] = None
+) -> None:
     """Raise naming every identity field where ``other`` differs from the table's ``stored`` lineage.
 
     A table fingerprinted by the legacy scheme (see :func:`connectors.model_store.model_fingerprint`)
     is refused with the reason and the way out: its fingerprint cannot prove the weights are the same.
     """
+    stored, other = _raw(stored), _raw(other)
     stored_fp, other_fp = str(_value_at(stored, "model.fingerprint")), str(_value_at(other, "model.fingerprint"))
     if is_legacy_fingerprint(stored_fp) and not is_legacy_fingerprint(other_fp):
         raise LineageMismatchError(
@@ -123,7 +151,7 @@ def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tupl
 VECTOR_FIELDS = IDENTITY_FIELDS + ("model.dtype", "model.backend", "model.padding_side", "vector_dtype")
 
 
-def vector_key(lineage: dict, config: PipelineConfig) -> str:
+def vector_key(lineage: Union[Lineage, dict], config: PipelineConfig) -> str:
     """A digest that changes whenever a setting that changes a stored vector does.
 
     Part of each row's content hash, so an upsert re-embeds every document whose stored vector the
@@ -135,6 +163,7 @@ def vector_key(lineage: dict, config: PipelineConfig) -> str:
     import hashlib
     import json
 
+    lineage = _raw(lineage)
     settings = {f: _identity(lineage, f) for f in VECTOR_FIELDS}
     settings["embed.long_text"] = config.embed.long_text
     settings["embed.chunk_overlap"] = config.embed.chunk_overlap if config.embed.long_text == "chunk" else None

@@ -8,7 +8,7 @@ of idempotent, resumable runs). A duplicate id fails the step instead of being r
 
 Housekeeping (:func:`housekeep`): the table, ``<table>_rejects`` and ``<table>_runs`` get a small
 commit at every checkpoint of every run; their fragments are compacted and their versions older than
-``sink.keep_versions`` pruned (:mod:`connectors.lance_housekeeping`, which explains why pruning never
+``sink.keep_versions`` pruned (:mod:`connectors.lance.housekeeping`, which explains why pruning never
 touches a running job's uncommitted files). Compaction changes row addresses, which a concurrent
 upsert run deletes superseded rows by: :func:`housekeep` is the one call to run under the table's lease.
 """
@@ -22,12 +22,13 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-from connectors import lance_sink
-from connectors.lance_dedup import duplicate_ids
-from connectors.lance_housekeeping import Housekeeping, compact_and_prune
-from connectors.lance_table import open_table
+from connectors import columns as C
+from connectors.errors import RunError
+from connectors.lance.dedup import duplicate_ids
+from connectors.lance.housekeeping import Housekeeping, compact_and_prune
+from connectors.lance.lineage import Lineage
+from connectors.lance.table import LanceTable, SinkError
 from connectors.storage import Storage, is_s3
-from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig, parse_duration
 from pipelines.vector_index.step import maintain_index
 
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DuplicateIdsError", "MaintenanceReport", "duplicate_ids", "housekeep", "index_stats", "run_maintenance"]
 
 
-class DuplicateIdsError(RuntimeError):
+class DuplicateIdsError(RunError):
     """The table holds some id more than once."""
 
 
@@ -100,7 +101,7 @@ class MaintenanceReport:
         )
 
 
-def index_stats(table, column: str = "vector") -> dict:
+def index_stats(table, column: str = C.VECTOR) -> dict:
     """``{"type", "name", "indexed_rows", "unindexed_rows"}`` of the vector index, ``{"type": "none"}``."""
     existing = [i for i in table.list_indices() if i.columns == [column]]
     if not existing:
@@ -114,20 +115,16 @@ def index_stats(table, column: str = "vector") -> dict:
     }
 
 
-def housekeep(config: PipelineConfig, storage_options: Optional[dict] = None) -> list[Housekeeping]:
-    """Compact ``config.sink``'s table, its rejects and its run log; prune versions by ``sink.keep_versions``.
+def housekeep(config: PipelineConfig, table: LanceTable) -> list[Housekeeping]:
+    """Compact ``table``, its rejects and its run log; prune versions by ``sink.keep_versions``.
 
     Compaction gives rows new addresses: run it only while no indexing run commits to the table
     (the lease); pruning leaves uncommitted files alone either way.
     """
     sink = config.sink
     keep = None if sink.keep_versions is None else parse_duration(sink.keep_versions)
-    uris = [
-        lance_sink.dataset_uri(sink.uri, sink.table),
-        lance_sink.dataset_uri(sink.uri, lance_sink.rejects_table(sink.table)),
-        lance_sink.dataset_uri(sink.uri, lance_sink.runs_table(sink.table)),
-    ]
-    return [compact_and_prune(uri, keep, storage_options) for uri in uris]
+    uris = [table.path, table.rejects.path, table.runs.uri]
+    return [compact_and_prune(uri, keep, table.storage_options) for uri in uris]
 
 
 def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> MaintenanceReport:
@@ -135,7 +132,7 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
 
     The caller decides what a duplicate means (:meth:`MaintenanceReport.raise_for_duplicates`).
     Upkeep rewrites fragments (compaction moves rows to new addresses), so it holds the table's
-    lease (:mod:`connectors.table_lease`) like an indexing run: it never runs beside one.
+    lease (:mod:`connectors.lance.lease`) like an indexing run: it never runs beside one.
 
     Raises:
         SinkError: no such table, or not one of this pipeline's.
@@ -146,35 +143,32 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     storage = Storage.resolve(config.storage, paths=[sink.uri])
     if is_s3(sink.uri):
         storage.probe(sink.uri, "sink.uri")
-    options = storage.lance_options(sink.uri)
-    if lance_sink.read_lineage(sink.uri, sink.table, options) is None:
-        raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri}")
+    table = LanceTable.at(sink.uri, sink.table, storage)
+    if table.lineage() is None:
+        raise SinkError(f"no table {sink.table!r} in {sink.uri}")
     holder = f"maintain-{uuid.uuid4().hex[:8]}"
-    with TableLease(
-        sink.uri,
-        sink.table,
+    with table.lease(
         holder,
-        storage=storage,
         timeout_s=sink.lease_timeout_s,
         on_busy=sink.on_busy,
         log=log.info,
     ):
         # Read again under the lease: a lineage read before a wait (sink.on_busy=wait) may be another
         # model's, and an index rebuild writes the lineage back.
-        lineage = lance_sink.read_lineage(sink.uri, sink.table, options)
+        lineage = table.lineage()
         if lineage is None:
-            raise lance_sink.SinkError(f"no table {sink.table!r} in {sink.uri} (removed while this job waited)")
-        report = _maintain(config, lineage, options, check_ids)
+            raise SinkError(f"no table {sink.table!r} in {sink.uri} (removed while this job waited)")
+        report = _maintain(config, table, lineage, check_ids)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], check_ids: bool) -> MaintenanceReport:
+def _maintain(config: PipelineConfig, table: LanceTable, lineage: Lineage, check_ids: bool) -> MaintenanceReport:
     sink = config.sink
-    table = open_table(sink.uri, sink.table, options)
-    report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=table.count_rows())
-    report.before = index_stats(table)
-    params = maintain_index(table, report.rows, int(lineage["dimension"]), config.index)
+    handle = table.open()
+    report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=handle.count_rows())
+    report.before = index_stats(handle)
+    params = maintain_index(handle, report.rows, lineage.dimension, config.index)
     if params.type == "none":
         report.action, report.reason = "none", params.reason
     elif params.reason.startswith("optimized"):
@@ -187,16 +181,13 @@ def _maintain(config: PipelineConfig, lineage: dict, options: Optional[dict], ch
             else f"unindexed rows over {config.index.reindex_fraction:.0%} of indexed"
         )
         # Queries take their defaults from the lineage: keep it in step with the new index.
-        lineage["index"] = params.to_dict()
-        lineage["query_defaults"] = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
-        lance_sink.write_lineage(sink.uri, sink.table, lineage, options)
-    report.after = index_stats(table)
+        query_defaults = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
+        lineage = table.update_lineage(lineage, index=params.to_dict(), query_defaults=query_defaults)
+    report.after = index_stats(handle)
     report.keep_versions = sink.keep_versions
-    report.housekeeping = housekeep(config, options)
-    report.version = lance_sink.table_version(sink.uri, sink.table, options)
+    report.housekeeping = housekeep(config, table)
+    report.version = table.version()
     if check_ids:
-        id_column = lineage["source"]["id_column"]
-        report.duplicate_ids, report.duplicate_examples = duplicate_ids(
-            lance_sink.dataset_uri(sink.uri, sink.table), id_column, options
-        )
+        id_column = lineage.source.id_column
+        report.duplicate_ids, report.duplicate_examples = duplicate_ids(table.path, id_column, table.storage_options)
     return report

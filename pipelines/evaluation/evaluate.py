@@ -30,13 +30,14 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from connectors import lance_sink
 from connectors.beir import BeirDataset, load_beir, write_corpus_parquet
-from connectors.lance_index import code_bytes, index_size_bytes
+from connectors.lance.index import code_bytes, index_size_bytes
+from connectors.lance.table import LanceTable
 from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
+from pipelines.lineage import Lineage
 from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows
 from pipelines.vector_index.step import index_step
 from pipelines.vector_index.tuning import index_lineage, knn_recall
@@ -127,7 +128,7 @@ def _search_all(searcher, vectors: np.ndarray, exact: bool) -> tuple[list[list[s
 
 def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, rows: int) -> EvalRow:
     lineage = searcher.lineage
-    index, tuning = lineage.get("index") or {}, lineage.get("tuning") or {}
+    index, tuning = lineage.index or {}, lineage.tuning or {}
     ranked, ms = _search_all(searcher, vectors, exact=False)
     size = index_size_bytes(searcher.table)
     return EvalRow(
@@ -139,8 +140,8 @@ def _index_row(searcher, dimension: int, vectors, qids, dataset, exact_ranked, r
         ),
         metrics=evaluate_run(dict(zip(qids, ranked)), dataset.qrels),
         index_bytes_per_row=round(size / rows, 1) if size else None,
-        nprobes=lineage["query_defaults"]["nprobes"],
-        refine_factor=lineage["query_defaults"]["refine_factor"],
+        nprobes=lineage.query_defaults["nprobes"],
+        refine_factor=lineage.query_defaults["refine_factor"],
         tuned_recall_at_10=tuning.get("recall"),
         recall_at_10_vs_exact=round(knn_recall(ranked, exact_ranked, 10), 4),
         index_seconds=index.get("build_seconds"),
@@ -167,12 +168,11 @@ def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) ->
     return _Table(config, summary.table_rows, searcher, searcher.embed_queries(texts), run)
 
 
-def _index(config: PipelineConfig, rows: int, dimension: int, lineage: dict):
+def _index(config: PipelineConfig, rows: int, dimension: int, lineage: Lineage):
     """``config.sink.table`` indexed as a run indexes it (:func:`~pipelines.vector_index.step.index_step`),
     the index recorded in its lineage; returns the index parameters, the tuning and the seconds."""
     params, tuning, seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
-    lineage.update(index_lineage(params, tuning))
-    lance_sink.write_lineage(config.sink.uri, config.sink.table, lineage)
+    LanceTable(config.sink.uri, config.sink.table).update_lineage(lineage, **index_lineage(params, tuning))
     return params, tuning, seconds
 
 
@@ -199,7 +199,7 @@ def _derived(config: PipelineConfig, wide: _Table) -> _Table:
         "index": params.to_dict(),
         "tuning": tuning.to_dict() if tuning else {},
     }
-    queries = postprocess(wide.queries, dimension, bool(lineage.get("normalize", True)))
+    queries = postprocess(wide.queries, dimension, lineage.normalize)
     return _Table(config, rows, Searcher.open(uri, table), queries, run)
 
 
@@ -210,7 +210,7 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
     cfg, searcher, vectors = t.config, t.searcher, t.queries
     dim = searcher.dimension
     exact_ranked, ms = _search_all(searcher, vectors, exact=True)
-    vector_bytes = 2 if searcher.lineage.get("vector_dtype") == "float16" else 4
+    vector_bytes = 2 if searcher.lineage.vector_dtype == "float16" else 4
     results = [
         EvalRow(
             dimension=dim,
@@ -226,7 +226,7 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
             break
         if n > 0:  # the configured type was built by the index step; build the others in turn
             typed = cfg.model_copy(update={"index": cfg.index.model_copy(update={"type": index_type})})
-            _index(typed, t.rows, dim, lance_sink.read_lineage(cfg.sink.uri, cfg.sink.table))
+            _index(typed, t.rows, dim, LanceTable(cfg.sink.uri, cfg.sink.table).lineage())
             searcher = Searcher.open(cfg.sink.uri, cfg.sink.table)
         results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, t.rows))
         log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)
@@ -279,7 +279,7 @@ def evaluate_dataset(
             table = wide if dimension == widest else _derived(cfg, wide)
         results.extend(_evaluate_table(table, types, qids, dataset))
         runs.append(table.run)
-        dtype = table.searcher.lineage["model"]["dtype"]  # model.dtype as resolved (auto) by the run
+        dtype = table.searcher.lineage.model.dtype  # model.dtype as resolved (auto) by the run
     return _report(dataset_dir, dataset, split, config, dtype, results, runs)
 
 

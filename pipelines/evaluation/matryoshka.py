@@ -17,7 +17,9 @@ from typing import Optional
 import pyarrow as pa
 
 from connectors import columns as C
-from connectors import lance_sink
+from connectors.lance.lineage import Lineage
+from connectors.lance.metadata import lineage_in, table_metadata
+from connectors.lance.table import LanceTable, SinkError, map_table
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.postprocess import postprocess
 from pipelines.lineage import vector_key
@@ -49,7 +51,7 @@ def derive_table(
     version: Optional[int] = None,
     batch_rows: int = BATCH_ROWS,
     storage_options: Optional[dict] = None,
-) -> tuple[dict, int]:
+) -> tuple[Lineage, int]:
     """Write table ``config.sink.table`` of ``config.sink.uri`` (overwritten) from the wider table
     ``source`` there (at ``version``, default its latest): the same rows, each vector re-cut to
     ``config.embed.dimension`` by ``postprocess`` and its ``content_hash`` recomputed, read and
@@ -69,26 +71,31 @@ def derive_table(
         raise ConfigError(f"table {table!r} cannot be derived from {source!r}: {why}")
     if table == source:
         raise ConfigError(f"table {table!r} cannot be derived from itself")
+    wide_table = LanceTable(uri, source, storage_options)
     if version is None:  # pinned: the schema and the rows are of one version
-        version = lance_sink.table_version(uri, source, storage_options)
-    schema = None if version is None else lance_sink.table_schema(uri, source, storage_options, version)
+        version = wide_table.version()
+    schema = None if version is None else wide_table.schema(version)
     if schema is None:
-        raise lance_sink.SinkError(f"no table {source!r} in {uri}")
-    wide = lance_sink.lineage_in(schema, f"table {source!r} in {uri}")
-    _check_matches(config, source, wide)
+        raise SinkError(f"no table {source!r} in {uri}")
+    stored = lineage_in(schema, f"table {source!r} in {uri}")  # as recorded: absent keys stay absent
+    _check_matches(config, source, stored)
 
-    lineage = {k: v for k, v in wide.items() if k not in INDEX_LINEAGE_KEYS}
-    lineage["dimension"] = dimension
-    lineage["derived_from"] = {"table": source, "version": version, "dimension": wide["dimension"]}
+    lineage = Lineage.parse(
+        {
+            **{k: v for k, v in stored.items() if k not in INDEX_LINEAGE_KEYS},
+            "dimension": dimension,
+            "derived_from": {"table": source, "version": version, "dimension": stored["dimension"]},
+        }
+    )
     out_schema, recut = _recut(config, schema, lineage)
-    rows = lance_sink.map_table(
+    rows = map_table(
         uri, source, table, out_schema, recut, version=version, batch_rows=batch_rows, storage_options=storage_options
     )
     return lineage, rows
 
 
 def _check_matches(config: PipelineConfig, source: str, wide: dict) -> None:
-    """``config`` asks for a dimension the wide table (lineage ``wide``) has, made the same way."""
+    """``config`` asks for a dimension the wide table (its lineage as stored, ``wide``) has, made the same way."""
     dimension = config.embed.dimension
     if dimension is None or dimension > wide["dimension"]:
         raise ConfigError(
@@ -105,14 +112,14 @@ def _check_matches(config: PipelineConfig, source: str, wide: dict) -> None:
             raise ConfigError(f"{setting}={value}: table {source!r} was made with {key}={wide.get(key)}")
 
 
-def _recut(config: PipelineConfig, schema: pa.Schema, lineage: dict):
+def _recut(config: PipelineConfig, schema: pa.Schema, lineage: Lineage):
     """The derived table's schema (``lineage`` in its metadata) and the function that makes one of its
     batches from a batch of the wide table."""
     dimension = config.embed.dimension
     field = schema.field(C.VECTOR)
     vector_type = pa.list_(field.type.value_field, dimension)
     out_schema = schema.set(schema.get_field_index(C.VECTOR), field.with_type(vector_type))
-    out_schema = out_schema.with_metadata(lance_sink.table_metadata(lineage))
+    out_schema = out_schema.with_metadata(table_metadata(lineage))
     key = vector_key(lineage, config)
     text_column, normalize = config.source.text_column, bool(config.embed.normalize)
 

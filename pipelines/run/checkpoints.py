@@ -13,8 +13,16 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from connectors import lance_commits, lance_sink
-from connectors.run_log import DoneFile, RunLog
+from connectors.errors import RunError
+from connectors.lance.commits import (
+    MissingFilesError,
+    check_version,
+    commit_checkpoint,
+    commit_overwrite,
+    require_files,
+)
+from connectors.lance.runs import DoneFile, RunLog
+from connectors.lance.table import REJECT_SCHEMA
 from pipelines.run.progress import Progress
 
 __all__ = ["Checkpointer", "IncompleteRunError"]
@@ -22,7 +30,7 @@ __all__ = ["Checkpointer", "IncompleteRunError"]
 _FRAGMENT_FIELDS = ("fragments", "reject_fragments", "replaced_rowids")
 
 
-class IncompleteRunError(RuntimeError):
+class IncompleteRunError(RunError):
     """The stream ended but some input file's rows did not all come back (a lost block)."""
 
 
@@ -163,12 +171,12 @@ class Checkpointer:
         rejects table, recorded in the run log before (``committing``) and after; the seconds the commits took."""
         fragments = [x for d in done for x in d.fragments]
         rejects = [x for d in done for x in d.reject_fragments]
-        lance_commits.require_files(self.table_uri, fragments, "the table", self.storage)
-        lance_commits.require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
+        require_files(self.table_uri, fragments, "the table", self.storage)
+        require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
         self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done], kind="committing")
         replaced = [a for f in files for a in self.pending[f].replaced]
         commit_started = time.perf_counter()
-        self.table_version = lance_commits.commit_checkpoint(
+        self.table_version = commit_checkpoint(
             self.table_uri,
             self.table_schema,
             fragments,
@@ -176,9 +184,9 @@ class Checkpointer:
             self.table_version,
             self.options,
         )
-        self.rejects_version = lance_commits.commit_checkpoint(
+        self.rejects_version = commit_checkpoint(
             self.rejects_uri,
-            lance_sink.REJECT_SCHEMA,
+            REJECT_SCHEMA,
             rejects,
             np.zeros(0, np.uint64),
             self.rejects_version,
@@ -217,17 +225,17 @@ class Checkpointer:
         once every data file it references is known to be there."""
         self.before_commit()
         done = self.runlog.done_files(self.run_id, with_fragments=True).values()
-        lance_commits.check_version(self.table_uri, self.table_version, "the table", self.options)
+        check_version(self.table_uri, self.table_version, "the table", self.options)
         fragments = [x for d in done for x in d.fragments]
         rejects = [x for d in done for x in d.reject_fragments]
         try:
-            lance_commits.require_files(self.table_uri, fragments, "the table", self.storage)
-            lance_commits.require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
-        except lance_commits.MissingFilesError as exc:
-            raise lance_commits.MissingFilesError(
+            require_files(self.table_uri, fragments, "the table", self.storage)
+            require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
+        except MissingFilesError as exc:
+            raise MissingFilesError(
                 f"{exc}. Resume the run with --set run.id={self.run_id}: the files whose staged data is gone "
                 "are embedded again"
             ) from None
-        lance_commits.commit_overwrite(self.rejects_uri, schema_of_rejects, rejects, self.options)
-        self.table_version = lance_commits.commit_overwrite(self.table_uri, self.table_schema, fragments, self.options)
+        commit_overwrite(self.rejects_uri, schema_of_rejects, rejects, self.options)
+        self.table_version = commit_overwrite(self.table_uri, self.table_schema, fragments, self.options)
         self.runlog.mark(self.run_id, "committed")

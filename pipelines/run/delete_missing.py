@@ -8,14 +8,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors import lance_sink
-from connectors.lance_table import open_dataset
+from connectors.lance.table import SinkError, open_dataset
 from pipelines.run.preflight import RunPlan
 
 __all__ = ["DeleteGuardError", "delete_missing"]
 
 
-class DeleteGuardError(lance_sink.SinkError):
+class DeleteGuardError(SinkError):
     """delete_missing would delete more of the table than ``sink.max_delete_fraction`` allows."""
 
 

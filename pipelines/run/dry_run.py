@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from connectors import columns as C
 from connectors.errors import UserError
-from connectors.lance_index import code_bytes
+from connectors.lance.index import code_bytes
 from pipelines.config import PipelineConfig
 from pipelines.lineage import vector_key
 from pipelines.run.plan import embedding_stages

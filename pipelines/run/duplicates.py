@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from connectors.lance_dedup import drop_duplicate_ids
+from connectors.lance.dedup import drop_duplicate_ids
 from pipelines.run.checkpoints import Checkpointer
 from pipelines.run.preflight import RunPlan
 from pipelines.run.stream import revision_column

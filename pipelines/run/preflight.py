@@ -15,16 +15,16 @@ from typing import Optional
 import pyarrow as pa
 
 from connectors import columns as C
-from connectors import lance_sink
+from connectors.lance.metadata import table_metadata
+from connectors.lance.table import LanceTable, SinkError
 from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
-from connectors.run_log import RunLog
 from connectors.storage import Storage, is_s3
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.embed.precision import planned_device, resolve_dtype
 from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
-from pipelines.lineage import check_compatible, make_lineage
+from pipelines.lineage import Lineage, check_compatible, make_lineage
 from pipelines.vector_index.step import check_tuning_queries
 
 __all__ = ["Inputs", "RunPlan", "check_inputs", "plan_on_table", "preflight"]
@@ -36,7 +36,7 @@ class RunPlan:
     run_id: str
     resuming: bool  # this run id committed before: continue, never overwrite again
     source: ParquetSource
-    lineage: dict
+    lineage: Lineage
     max_tokens: int
     dimension: int
     table_schema: pa.Schema
@@ -44,6 +44,7 @@ class RunPlan:
     storage: Optional[Storage] = None  # endpoint/credentials for s3:// paths, resolved once here
     dtype_reason: str = ""  # why config.model.dtype (resolved from auto here) is what it is
     others_cpus: float = 0.0  # CPUs others (a service, another job) held when the run started
+    table: Optional[LanceTable] = None  # the sink's table: its versions, lineage, run log, rejects
 
     @property
     def sink_options(self) -> Optional[dict]:
@@ -52,7 +53,7 @@ class RunPlan:
 
     @property
     def table_uri(self) -> str:
-        return lance_sink.dataset_uri(self.config.sink.uri, self.config.sink.table)
+        return self.table.path
 
     @property
     def staged(self) -> bool:
@@ -61,10 +62,10 @@ class RunPlan:
 
     @property
     def rejects_uri(self) -> str:
-        return lance_sink.dataset_uri(self.config.sink.uri, lance_sink.rejects_table(self.config.sink.table))
+        return self.table.rejects.path
 
 
-def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: dict) -> pa.Schema:
+def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int, lineage: Lineage) -> pa.Schema:
     src = config.source
     value = pa.float16() if config.embed.vector_dtype == "float16" else pa.float32()
     id_field = source.schema.field(src.id_column)
@@ -79,7 +80,7 @@ def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int,
         pa.field(C.SOURCE_FILE, pa.string()),
         pa.field("run_id", pa.string()),
     ]
-    return pa.schema(fields, metadata=lance_sink.table_metadata(lineage))
+    return pa.schema(fields, metadata=table_metadata(lineage))
 
 
 @dataclass
@@ -136,10 +137,10 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
     ``new_run_id``: the id of a new run when the config names none (default: a new random id)."""
     config, storage, source = inputs.config, inputs.storage, inputs.source
     sink = config.sink
-    options = storage.lance_options(sink.uri)
-    version = lance_sink.table_version(sink.uri, sink.table, options)
+    table = LanceTable.at(sink.uri, sink.table, storage)
+    version = table.version()
     adding = version is not None and sink.mode in ("append", "upsert")
-    existing = lance_sink.read_lineage(sink.uri, sink.table, options) if adding else None
+    existing = table.lineage() if adding else None
     config, dtype_reason = _with_dtype(config, existing)
     lineage = make_lineage(
         config,
@@ -150,7 +151,7 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
         append_eos=inputs.append_eos,
     )
 
-    runlog = RunLog(sink.uri, sink.table, options)
+    runlog = table.runs
     run_id = config.run.id
     if config.run.resume:
         run_id = runlog.last_unfinished()
@@ -167,12 +168,12 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
             f"the same mode (this config has sink.mode={sink.mode})"
         )
     if sink.mode == "create" and version is not None and not resuming:
-        raise lance_sink.SinkError(
+        raise SinkError(
             f"sink.table={sink.table} already exists in {sink.uri} "
             "(sink.mode=create); use sink.mode=overwrite, append or upsert"
         )
     if adding or (version is not None and resuming):
-        existing = existing or lance_sink.read_lineage(sink.uri, sink.table, options)
+        existing = existing or table.lineage()
         check_compatible(existing, lineage, "this run's config")
     schema = _table_schema(config, source, inputs.dimension, lineage)
     return RunPlan(
@@ -187,6 +188,7 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
         version,
         storage,
         dtype_reason,
+        table=table,
     )
 
 
@@ -196,14 +198,14 @@ def preflight(config: PipelineConfig) -> RunPlan:
     return plan_on_table(check_inputs(config))
 
 
-def _with_dtype(config: PipelineConfig, existing: Optional[dict]) -> tuple[PipelineConfig, str]:
+def _with_dtype(config: PipelineConfig, existing: Optional[Lineage]) -> tuple[PipelineConfig, str]:
     """``config`` with ``model.dtype`` resolved (``auto``: pipelines/embed/precision.py), and why.
 
     ``existing``: the lineage of the table an append or upsert adds to. Adding to a table keeps the
     dtype its rows were embedded in, so ``auto`` on other hardware does not make every row's content
     hash stale (an upsert would embed the whole table again)."""
     m = config.model
-    recorded = (existing or {}).get("model", {}).get("dtype")
+    recorded = existing.model.dtype if existing is not None and existing.model is not None else None
     if m.dtype == "auto" and recorded:
         dtype, why = recorded, f"auto: the dtype table {config.sink.table!r} was embedded in"
     else:

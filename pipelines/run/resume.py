@@ -7,8 +7,8 @@ from __future__ import annotations
 import logging
 
 from connectors import columns as C
-from connectors import lance_commits
-from connectors.run_log import RunLog
+from connectors.lance.commits import delete_run_leftovers, missing_files
+from connectors.lance.runs import RunLog
 from pipelines.run.preflight import RunPlan
 
 __all__ = ["files_to_do"]
@@ -34,8 +34,8 @@ def files_to_do(plan: RunPlan, runlog: RunLog) -> tuple[list[str], bool]:
     if plan.resuming and not staged:
         # Rows of files whose commit died before its bookkeeping, and of finished files redone now.
         redo = sorted(runlog.uncertain_files(plan.run_id) | set(changed))
-        lance_commits.delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
-        lance_commits.delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
+        delete_run_leftovers(plan.table_uri, plan.run_id, redo, C.SOURCE_FILE, options)
+        delete_run_leftovers(plan.rejects_uri, plan.run_id, redo, "file", options)
     return todo, committed
 
 
@@ -43,10 +43,8 @@ def _staged_data_gone(plan: RunPlan, done: dict) -> list[str]:
     """The files of a resumed staged run whose staged fragments are no longer all in storage (a prune
     removed uncommitted files older than Lance's 7 days, or someone did by hand): they are embedded
     again, so that the final commit never references a file that is not there."""
-    table = lance_commits.missing_files(plan.table_uri, [x for d in done.values() for x in d.fragments], plan.storage)
-    rejects = lance_commits.missing_files(
-        plan.rejects_uri, [x for d in done.values() for x in d.reject_fragments], plan.storage
-    )
+    table = missing_files(plan.table_uri, [x for d in done.values() for x in d.fragments], plan.storage)
+    rejects = missing_files(plan.rejects_uri, [x for d in done.values() for x in d.reject_fragments], plan.storage)
     gone_paths = set(table) | set(rejects)
     if not gone_paths:
         return []

@@ -16,7 +16,7 @@ Exactly once, across failures (:mod:`pipelines.run.checkpoints` has the details)
 - a dead driver: every ``sink.checkpoint_rows`` rows the driver commits (append/upsert) or stages
   (overwrite/create) the files that are complete, and records them in ``<table>_runs``. Started
   again with the same ``run.id`` (or ``run.resume=true``), the run redoes only the other files.
-- another writer: the run holds the table's lease (:mod:`connectors.table_lease`) and commits only
+- another writer: the run holds the table's lease (:mod:`connectors.lance.lease`) and commits only
   onto the version it last saw.
 """
 
@@ -26,10 +26,8 @@ import logging
 import time
 import uuid
 
-from connectors import lance_sink
-from connectors.lance_table import open_table
-from connectors.run_log import RunLog
-from connectors.table_lease import TableLease
+from connectors.lance.lease import TableLease
+from connectors.lance.table import LanceTable
 from pipelines.config import PipelineConfig
 from pipelines.run import data_context
 from pipelines.run.delete_missing import delete_missing
@@ -48,18 +46,13 @@ __all__ = ["run_index"]
 log = logging.getLogger(__name__)
 
 
-def _open_table(plan: RunPlan):
-    """A LanceDB handle on the table's latest version."""
-    return open_table(plan.config.sink.uri, plan.config.sink.table, plan.sink_options)
-
-
 def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     """Index ``config.source`` into ``config.sink`` and build the vector index; returns the summary.
 
     Progress is logged (logger ``pipelines``): a line at the start, one per checkpoint, a bar on a
     terminal. Ray Data's own per-operator progress every few seconds only with ``verbose``.
 
-    The whole run holds the table's lease (:mod:`connectors.table_lease`): a second job on the same
+    The whole run holds the table's lease (:mod:`connectors.lance.lease`): a second job on the same
     table fails at once (or waits, ``sink.on_busy=wait``) instead of interleaving its commits.
     """
     started = time.perf_counter()
@@ -67,11 +60,8 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     c = config
     # The lease is named after the run; a resumed run's id is read from the run log under the lease.
     holder = c.run.id or ("resume" if c.run.resume else uuid.uuid4().hex[:12])
-    lease = TableLease(
-        c.sink.uri,
-        c.sink.table,
+    lease = LanceTable(c.sink.uri, c.sink.table, storage=inputs.storage).lease(
         holder,
-        storage=inputs.storage,
         timeout_s=c.sink.lease_timeout_s,
         on_busy=c.sink.on_busy,
         log=log.info,
@@ -139,13 +129,13 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     summary = RunSummary(
         table_uri=c.sink.uri,
         table=c.sink.table,
-        rejects_table=lance_sink.rejects_table(c.sink.table),
+        rejects_table=plan.table.rejects.name,
         run_id=plan.run_id,
         skipped_files=dict(plan.source.skipped),
         dtype=c.model.dtype,
         dtype_reason=plan.dtype_reason,
     )
-    runlog = RunLog(c.sink.uri, c.sink.table, plan.sink_options)
+    runlog = plan.table.runs
     runlog.mark_started(plan.run_id, c.sink.mode)
     todo, committed = files_to_do(plan, runlog)
     summary.resumed_files = len(plan.source.files) - len(todo)
@@ -159,7 +149,7 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         lease.check()
         # Opened after the duplicate check: a handle opened before it would read the older version.
         summary.deleted_missing, summary.delete_missing_skipped = delete_missing(plan)
-    summary.table_rows = _open_table(plan).count_rows()  # what readers see now: after dedup and deletes
+    summary.table_rows = plan.table.open().count_rows()  # what readers see now: after dedup and deletes
     lease.check()
     params, tuning, summary.index_seconds = index_step(
         c,
@@ -174,16 +164,13 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     lease.check()
     _write_lineage(plan, params, tuning, summary)
     runlog.mark(plan.run_id, "finished")
-    summary.version = lance_sink.table_version(c.sink.uri, c.sink.table, plan.sink_options)
+    summary.version = plan.table.version()
     return summary
 
 
 def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
     """What made the table's vectors, its index and this run's counts, stored with the table."""
-    c = plan.config
-    lineage = dict(plan.lineage)
-    lineage.update(index_lineage(params, tuning))
-    lineage["counts"] = {
+    counts = {
         "read": summary.rows_read,
         "written": summary.rows_written,
         "skipped_unchanged": summary.skipped,
@@ -193,4 +180,4 @@ def _write_lineage(plan: RunPlan, params, tuning, summary: RunSummary) -> None:
         "table_rows": summary.table_rows,
         "run_id": plan.run_id,
     }
-    lance_sink.write_lineage(c.sink.uri, c.sink.table, lineage, plan.sink_options)
+    plan.table.update_lineage(plan.lineage, **index_lineage(params, tuning), counts=counts)

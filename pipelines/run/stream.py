@@ -13,9 +13,11 @@ import time
 from typing import Callable, Optional
 
 from connectors import columns as C
-from connectors import lance_lookup, lance_sink, lance_writer
-from connectors.run_log import RunLog
-from connectors.table_lease import TableLease
+from connectors.lance.lease import TableLease
+from connectors.lance.lookup import ExistingRows
+from connectors.lance.runs import RunLog
+from connectors.lance.table import REJECT_SCHEMA
+from connectors.lance.write import FragmentWriter
 from pipelines.config import PipelineConfig
 from pipelines.lineage import vector_key
 from pipelines.run.checkpoints import Checkpointer
@@ -56,7 +58,7 @@ def embed_and_commit(
         finally:
             checkpointer.progress.clear()
     if plan.staged and not committed:
-        checkpointer.publish(lance_sink.REJECT_SCHEMA)
+        checkpointer.publish(REJECT_SCHEMA)
     counts.checkpoints = checkpointer.checkpoints
     counts.checkpoint_timings = checkpointer.timings
     counts.seconds = time.perf_counter() - started
@@ -79,8 +81,8 @@ def _checkpointer(plan: RunPlan, runlog: RunLog, lease: TableLease, todo: list[s
         identity=plan.source.identity,
         staged=plan.staged,
         checkpoint_rows=c.sink.checkpoint_rows,
-        table_version=lance_sink.table_version(c.sink.uri, c.sink.table, options),
-        rejects_version=lance_sink.table_version(c.sink.uri, lance_sink.rejects_table(c.sink.table), options),
+        table_version=plan.table.version(),
+        rejects_version=plan.table.rejects.version(),
         on_batch=lambda row: _count_batch(counts, row, metrics),
         before_commit=lease.check,
         storage_options=options,
@@ -96,7 +98,7 @@ def _existing_rows(plan: RunPlan, checkpointer: Checkpointer):
     if c.sink.mode != "upsert" or checkpointer.table_version is None:
         return None
     key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
-    return lance_lookup.ExistingRows(
+    return ExistingRows(
         plan.table_uri,
         checkpointer.table_version,
         key,
@@ -215,7 +217,7 @@ def _count_batch(counts: EmbedCounts, row: dict, metrics: RunMetrics) -> None:
 def _sink_stage(plan: RunPlan, cpus: float = 1.0, existing=None) -> Stage:
     """The write stage; ``existing`` (upsert runs) is where it reads the rows a metadata-only change rewrites."""
     c = plan.config
-    writer = lance_writer.FragmentWriter(
+    writer = FragmentWriter(
         table_uri=plan.table_uri,
         rejects_uri=plan.rejects_uri,
         schema=plan.table_schema,

@@ -22,15 +22,15 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 import pyarrow as pa
 
-from connectors import lance_sink
-from connectors.lance_table import open_table
-from connectors.lancedb_function import TableEmbedding
+from connectors import columns as C
+from connectors.lance.embedding_function import TableEmbedding
+from connectors.lance.metadata import lineage_in
+from connectors.lance.table import LanceTable, SinkError
 from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint, resolve_model_dir
 from connectors.storage import Storage, is_s3
-from pipelines.config import ModelConfig
 from pipelines.embed.postprocess import postprocess
 from pipelines.embed.precision import query_dtype
-from pipelines.lineage import LineageMismatchError, check_compatible
+from pipelines.lineage import Lineage, LineageMismatchError, check_compatible, query_model_config
 from pipelines.search.filters import FilterError, build_filter
 
 __all__ = ["FilterError", "LineageMismatchError", "Searcher", "build_filter"]
@@ -42,40 +42,31 @@ class Searcher:
     def __init__(
         self,
         table,
-        lineage: dict,
+        lineage: Lineage | dict,
         model_path: Optional[str] = None,
         device: str = "auto",
         storage: Optional[Storage] = None,
     ):
+        lineage = Lineage.parse(lineage)
         self._use_table(table)
         self.storage = storage
         self._use_lineage(lineage)
         self._reopen = None  # set by open(): how refresh() opens the table again
-        m = lineage["model"]
-        path = model_path or m["path"]
-        model_dir = resolve_model_dir(path, m.get("revision"), storage)
+        m = lineage.model
+        if m is None:
+            raise SinkError("the table's lineage records no model: it was not embedded by this pipeline")
+        path = model_path or m.path
+        model_dir = resolve_model_dir(path, m.revision, storage)
         # A table of the legacy fingerprint scheme stays queryable with the model it was checked
         # against before (reading cannot mix two models into the table).
-        legacy = is_legacy_fingerprint(m["fingerprint"])
+        legacy = is_legacy_fingerprint(m.fingerprint)
         fingerprint = legacy_model_fingerprint(model_dir) if legacy else model_fingerprint(model_dir)
-        if fingerprint != m["fingerprint"]:
+        if fingerprint != m.fingerprint:
             raise LineageMismatchError(
                 f"model {path} (fingerprint {fingerprint}) is not the model that made this table "
-                f"({m['path']}, fingerprint {m['fingerprint']})"
+                f"({m.path}, fingerprint {m.fingerprint})"
             )
-        self.model_config = ModelConfig(
-            path=path,
-            revision=m.get("revision"),
-            backend=m["backend"],
-            pooling=m["pooling"],
-            max_tokens=m["max_tokens"],
-            query_prompt=m["query_prompt"],
-            document_prompt=m["document_prompt"],
-            dtype=query_dtype(m.get("dtype", "float32"), device),
-            padding_side=m.get("padding_side", "auto"),
-            device=device,
-            append_eos=bool(m.get("append_eos", False)),
-        )
+        self.model_config = query_model_config(lineage, path, query_dtype(m.dtype or "float32", device), device)
         self._encoder = None
 
     @classmethod
@@ -101,14 +92,14 @@ class Searcher:
         storage = storage or Storage.resolve()
         if is_s3(uri):
             storage.probe(uri, "uri")  # a missing bucket or refused credentials, not "no table"
-        options = storage.lance_options(uri)
-        lineage = lance_sink.read_lineage(uri, table, options)
+        lance_table = LanceTable.at(uri, table, storage)
+        lineage = lance_table.lineage()
         if lineage is None:
-            raise lance_sink.SinkError(f"no table {table!r} in {uri}")
-        if dimension is not None and dimension != lineage["dimension"]:
-            raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage['dimension']}")
-        searcher = cls(open_table(uri, table, options), lineage, model_path=model_path, device=device, storage=storage)
-        searcher._reopen = lambda: open_table(uri, table, options)
+            raise SinkError(f"no table {table!r} in {uri}")
+        if dimension is not None and dimension != lineage.dimension:
+            raise LineageMismatchError(f"dimension {dimension} does not match the table's {lineage.dimension}")
+        searcher = cls(lance_table.open(), lineage, model_path=model_path, device=device, storage=storage)
+        searcher._reopen = lance_table.open
         return searcher
 
     def _use_table(self, table) -> None:
@@ -121,12 +112,12 @@ class Searcher:
         # results (same engine), ~3 ms less per query on a 2-core box (bench/ann_paths.py).
         self._dataset = table.to_lance() if table is not None else None
 
-    def _use_lineage(self, lineage: dict) -> None:
+    def _use_lineage(self, lineage: Lineage) -> None:
         self.lineage = lineage
-        self.dimension = int(lineage["dimension"])
-        self.metric = lineage["metric"]
-        self.defaults = lineage.get("query_defaults") or {}
-        self.has_index = (lineage.get("index") or {}).get("type", "none") != "none"
+        self.dimension = lineage.dimension
+        self.metric = lineage.metric
+        self.defaults = lineage.query_defaults or {}
+        self.has_index = lineage.index_type() != "none"
 
     def refresh(self) -> bool:
         """Serve the table's latest version, if a newer one was committed; True when it changed.
@@ -140,7 +131,7 @@ class Searcher:
         table = self._reopen()
         if table.version == self.version:
             return False
-        lineage = lance_sink.lineage_in(table.schema, f"version {table.version} of the table")
+        lineage = Lineage.parse(lineage_in(table.schema, f"version {table.version} of the table"))
         check_compatible(self.lineage, lineage, f"version {table.version} of the table")
         self._use_lineage(lineage)
         self._use_table(table)
@@ -178,7 +169,7 @@ class Searcher:
         eos_id = eos_to_append(self._tokenizer, self.model_config.append_eos, self.model_config.pooling)
         ids, _ = tokenize_texts(self._tokenizer, [prompt + t for t in texts], self.model_config.max_tokens, eos_id)
         pooled = encoder.embed(ids)
-        return postprocess(pooled, self.dimension, bool(self.lineage.get("normalize", True)))
+        return postprocess(pooled, self.dimension, self.lineage.normalize)
 
     def search(
         self,
@@ -229,8 +220,8 @@ class Searcher:
         if len(vectors) == 1:  # Lance returns no query_index for a single vector
             return [self.search(vectors[0], k, **options)]
         hits = self._hits(vectors, k, **options)
-        which = hits.column("query_index").to_numpy()
-        hits = self._scored(hits.take(np.lexsort((hits.column("_distance").to_numpy(), which))).drop(["query_index"]))
+        which = hits.column(C.QUERY_INDEX).to_numpy()
+        hits = self._scored(hits.take(np.lexsort((hits.column("_distance").to_numpy(), which))).drop([C.QUERY_INDEX]))
         ends = np.cumsum(np.bincount(which, minlength=len(vectors)))
         return [hits.slice(end - n, n) for end, n in zip(ends, np.diff(ends, prepend=0))]
 
@@ -239,7 +230,7 @@ class Searcher:
     ) -> pa.Table:
         """The top ``k`` rows (and ``_distance``) for a vector, or for each row of a 2-D array of them
         (then with ``query_index``)."""
-        nearest = {"column": "vector", "q": vector, "k": k, "metric": self.metric}
+        nearest = {"column": C.VECTOR, "q": vector, "k": k, "metric": self.metric}
         if exact:
             nearest["use_index"] = False
         elif self.has_index:
@@ -258,11 +249,11 @@ class Searcher:
     def _scored(self, hits: pa.Table) -> pa.Table:
         distance = hits.column("_distance").to_numpy()
         score = 1.0 - distance if self.metric == "cosine" else -distance
-        return hits.append_column("score", pa.array(score.astype(np.float32)))
+        return hits.append_column(C.SCORE, pa.array(score.astype(np.float32)))
 
 
 def _embedder(lineage: dict, device: str) -> Searcher:
-    """What LanceDB's ``search("text")`` on the table embeds with (connectors.lancedb_function)."""
+    """What LanceDB's ``search("text")`` on the table embeds with (connectors.lance.embedding_function)."""
     return Searcher(None, lineage, device=device, storage=Storage.resolve())
 
 

@@ -41,9 +41,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from connectors import columns as C
 from connectors.errors import UserError
 from connectors.storage import Storage
 from pipelines.config import ServiceConfig
+from pipelines.lineage import Lineage
 from pipelines.search.auth import bearer_token, unauthorised
 from pipelines.search.batcher import Batcher, Work
 from pipelines.search.filters import build_filter, filters_from_json
@@ -57,14 +59,14 @@ api = FastAPI(title="embedpipe search", docs_url=None, redoc_url=None)
 
 
 # ---- what a client may read ----------------------------------------------------------------------
-def _served_columns(lineage: dict, schema: pa.Schema, allowed: Optional[list[str]]) -> list[str]:
+def _served_columns(lineage: Lineage, schema: pa.Schema, allowed: Optional[list[str]]) -> list[str]:
     """The columns a request may read and filter on: the id, then the allow-list, by default the text
     and the source's metadata columns as the lineage records them. Not the rest of the table: the
     pipeline's own columns say where and when it indexed (``source_file`` is a path on the indexing
     host), and the vector is the table's bulk."""
-    source = lineage["source"]
-    wanted = allowed if allowed is not None else [source["text_column"], *source.get("metadata_columns", [])]
-    return [c for c in dict.fromkeys([source["id_column"], *wanted]) if c in schema.names and c != "vector"]
+    source = lineage.source
+    wanted = allowed if allowed is not None else [source.text_column, *source.metadata_columns]
+    return [c for c in dict.fromkeys([source.id_column, *wanted]) if c in schema.names and c != C.VECTOR]
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
@@ -160,7 +162,7 @@ class TableSearch:
         body = {
             "table": self.config.table,
             "table_version": self.searcher.version,
-            "model": self.searcher.lineage["model"]["path"],
+            "model": self.searcher.lineage.model.path,
             "dimension": self.searcher.dimension,
         }
         if self.stale:
@@ -198,13 +200,13 @@ class TableSearch:
         return JSONResponse({"hits": hits, "table_version": self.searcher.version})
 
     def _columns(self, req: SearchRequest, served: list[str]) -> list[str]:
-        source = self.searcher.lineage["source"]
-        wanted = req.columns if req.columns is not None else [c for c in [source["text_column"]] if c in served]
+        source = self.searcher.lineage.source
+        wanted = req.columns if req.columns is not None else [c for c in [source.text_column] if c in served]
         refused = [c for c in wanted if c not in served]
         if refused:
             names = ", ".join(map(repr, refused))
             raise BadRequest(400, f"unknown or not served column(s) {names}; served columns: {', '.join(served)}")
-        return list(dict.fromkeys([source["id_column"], *wanted]))
+        return list(dict.fromkeys([source.id_column, *wanted]))
 
     async def _search(self, req: SearchRequest) -> list[dict]:
         """Check everything about the request first: the batch only ever holds answerable queries."""
@@ -229,4 +231,4 @@ class TableSearch:
         except (ValueError, TypeError, ArithmeticError) as exc:  # refused alone (Lance, the tokenizer)
             log.warning("query refused: %s", exc, exc_info=True)
             raise BadRequest(400, f"this query could not be answered: {exc}") from None
-        return jsonable(hits.select([*columns, "score"]))
+        return jsonable(hits.select([*columns, C.SCORE]))

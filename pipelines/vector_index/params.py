@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from connectors.lance_index import IndexParams, ivf_sample_rate
+from connectors.lance.index import IndexParams, ivf_sample_rate
 from pipelines.config import RQ_DIMENSION, IndexConfig
 
 __all__ = [

@@ -25,11 +25,13 @@ from typing import Optional
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, build_index, index_row_counts, optimize_index
-from connectors.lance_table import create_id_index, open_table
+from connectors import columns as C
+from connectors.lance.index import IndexParams, build_index, index_row_counts, optimize_index
+from connectors.lance.table import create_id_index, open_table
 from connectors.query_files import QueryFileError, read_queries
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig, PipelineConfig
+from pipelines.lineage import Lineage
 from pipelines.run.tasks import task_result
 from pipelines.vector_index.params import derive_index_params, index_workers
 from pipelines.vector_index.tuning import TuningResult, tune_query_defaults
@@ -74,7 +76,7 @@ def index_step(
     *,
     rows: int,
     dimension: int,
-    lineage: dict,
+    lineage: Lineage,
     storage: Optional[Storage] = None,
     incremental: bool = False,
 ) -> tuple[IndexParams, Optional[TuningResult], float]:
@@ -128,7 +130,7 @@ def index_table(
     id_column: str,
     dimension: int,
     incremental: bool,
-    lineage: dict,
+    lineage: Lineage,
     storage: Storage,
     query_texts: Optional[list[str]] = None,
     cpus: Optional[float] = None,
@@ -173,7 +175,7 @@ def maintain_index(
     rows: int,
     dimension: int,
     config: IndexConfig,
-    column: str = "vector",
+    column: str = C.VECTOR,
     cpus: Optional[float] = None,
     storage_options: Optional[dict] = None,
 ) -> IndexParams:

@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, code_bytes, exact_search, sample_vectors, search_batch
+from connectors.lance.index import IndexParams, code_bytes, exact_search, sample_vectors, search_batch
 from pipelines.config import IndexConfig
 
 __all__ = [

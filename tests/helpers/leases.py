@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from connectors.table_lease import TableLease
+from connectors.lance.lease import TableLease
 
 
 class SlowReads(TableLease):

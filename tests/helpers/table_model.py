@@ -554,7 +554,7 @@ class TableMachine:
     def _kill_resume(self, rng: random.Random, run_id: str, name: str) -> str:
         """A ``python -m jobs.index`` driver killed (SIGKILL) after its first checkpoint or a random delay;
         maybe ``jobs.maintain`` with short retention; then the same run.id resumed."""
-        from connectors.run_log import RunLog
+        from connectors.lance.runs import RunLog
 
         kind = rng.choice(("overwrite", "append", "upsert", "upsert_delete"))
         run = self._run_for(kind, rng, run_id)
@@ -682,11 +682,11 @@ class TableMachine:
 
     def _lineage_key(self, name: str):
         """(stored lineage, its vector key) of the table."""
-        from connectors import lance_sink
+        from connectors.lance.metadata import read_lineage
         from pipelines.config import load_config
         from pipelines.lineage import vector_key
 
-        lineage = lance_sink.read_lineage(str(self.db), TABLE)
+        lineage = read_lineage(str(self.db), TABLE)
         if lineage is None:
             raise Violation(f"{name}: the table has no lineage")
         cfg = load_config(
@@ -733,10 +733,10 @@ class TableMachine:
         )
 
     def _compare(self, model: Model, name: str, rejects: bool) -> None:
-        from connectors import lance_sink
+        from connectors.lance.table import table_version
         from pipelines.run.stages.validate import content_hash
 
-        version = lance_sink.table_version(str(self.db), TABLE)
+        version = table_version(str(self.db), TABLE)
         if not model.exists:
             if version is not None:
                 raise Violation(f"{name}: a table exists (version {version}) where none must")

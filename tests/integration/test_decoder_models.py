@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_sink
+from connectors.lance.metadata import read_lineage
 from pipelines.config import ConfigError, load_config
 from pipelines.embed.hf_encoder import HFEncoder
 from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
@@ -122,7 +122,7 @@ def test_decoder_index_and_instruction_query(ray_cluster, tiny_llama_dir, sample
     summary = run_index(config)
     assert summary.rows_written == 40
 
-    lineage = lance_sink.read_lineage(db, "dec")
+    lineage = read_lineage(db, "dec")
     assert lineage["model"]["append_eos"] is True and lineage["model"]["pooling"] == "last"
     assert lineage["model"]["query_prompt"] == QUERY_PROMPT and lineage["model"]["document_prompt"] == ""
     assert lineage["model"]["padding_side"] == "auto"
@@ -186,7 +186,7 @@ def test_append_eos_is_part_of_the_embedding_space():
     with_eos, without = make_lineage(config, append_eos=True, **kwargs), make_lineage(config, **kwargs)
     with pytest.raises(LineageMismatchError, match="model.append_eos: table has False, this run has True"):
         check_compatible(without, with_eos, "this run")
-    older = make_lineage(config, **kwargs)
+    older = make_lineage(config, **kwargs).to_dict()  # as stored
     del older["model"]["append_eos"]  # a table written before the key existed appended nothing
     check_compatible(older, without, "this run")
     with pytest.raises(LineageMismatchError, match="model.append_eos"):

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.lance_index import build_index, search_batch
+from connectors.lance.index import build_index, search_batch
 from pipelines.config import IndexConfig, load_config
 from pipelines.run.runner import run_index
 from pipelines.vector_index.params import derive_index_params, index_workers

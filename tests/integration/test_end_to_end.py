@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_sink
+from connectors.lance.metadata import lineage_in, read_lineage
+from connectors.lance.table import SinkError
 from pipelines.config import load_config
 from pipelines.lineage import LineageMismatchError
 from pipelines.run.runner import run_index
@@ -44,7 +45,7 @@ def indexed(ray_cluster, corpus_dir, tmp_path_factory):
 
 
 def _dtype(table) -> str:
-    return lance_sink.lineage_in(table.schema, "the table")["model"]["dtype"]
+    return lineage_in(table.schema, "the table")["model"]["dtype"]
 
 
 def _input_ids(corpus_dir):
@@ -130,7 +131,7 @@ def test_ivf_rq_index_with_derived_parameters(indexed):
 
 def test_lineage_is_stored_with_the_table(indexed):
     summary, db, _ = indexed
-    lineage = lance_sink.read_lineage(db, "docs")
+    lineage = read_lineage(db, "docs")
     assert lineage["model"]["path"] == "packaged:all-MiniLM-L6-v2"
     assert lineage["model"]["pooling"] == "mean" and lineage["model"]["max_tokens"] == 256
     assert lineage["model"]["fingerprint"].startswith("sha256-full:")
@@ -196,7 +197,7 @@ def test_append_with_another_dimension_is_refused_before_work(indexed, corpus_di
 
 def test_create_mode_refuses_existing_table(indexed, corpus_dir):
     _, db, _ = indexed
-    with pytest.raises(lance_sink.SinkError, match="already exists"):
+    with pytest.raises(SinkError, match="already exists"):
         run_index(_config(corpus_dir, db, **{"sink.mode": "create"}))
 
 
@@ -222,7 +223,7 @@ def test_matryoshka_table_equals_truncated_full_vectors(indexed, corpus_dir, tmp
 
 @pytest.mark.slow  # CI: the tuning unit tests and test_evaluate's tuned tables
 def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_table, tmp_path):
-    from connectors.lance_index import search_batch
+    from connectors.lance.index import search_batch
     from pipelines.vector_index.tuning import knn_recall
 
     texts = [f"what is {t}" for t in sample_table.slice(0, 300).column("title").to_pylist()[:40]]
@@ -235,7 +236,7 @@ def test_tuning_on_real_queries_from_a_file(ray_cluster, corpus_dir, sample_tabl
     tuning = summary.tuning
     assert tuning["query_source"] == f"queries from {queries}" and tuning["queries"] == 30
     assert tuning["reached"] and tuning["recall"] >= 0.95
-    assert lance_sink.read_lineage(db, "docs")["tuning"]["query_source"] == tuning["query_source"]
+    assert read_lineage(db, "docs")["tuning"]["query_source"] == tuning["query_source"]
 
     # The recorded recall is what these queries get at the stored defaults, measured here apart.
     from connectors.storage import Storage
@@ -380,7 +381,7 @@ def test_an_upsert_keeps_the_dtype_the_table_was_embedded_in(ray_cluster, corpus
         table = {"sink.table": f"t_{dtype}", "model.path": tiny_bert_dir, "index.min_rows": 10**6}
         run_index(_config(corpus_dir, db, **table, **{"model.dtype": dtype}))
         plan = preflight(_config(corpus_dir, db, **table, **{"sink.mode": "upsert"}))
-        assert plan.config.model.dtype == plan.lineage["model"]["dtype"] == dtype
+        assert plan.config.model.dtype == plan.lineage.model.dtype == dtype
         assert plan.dtype_reason == f"auto: the dtype table 't_{dtype}' was embedded in"
     other = preflight(_config(corpus_dir, db, **table, **{"sink.mode": "upsert", "model.dtype": "bfloat16"}))
     assert (other.config.model.dtype, other.dtype_reason) == ("bfloat16", "model.dtype set")

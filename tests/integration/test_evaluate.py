@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors import lance_sink
 from connectors.beir import load_beir
+from connectors.lance.metadata import read_lineage
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = ROOT / "data" / "eval" / "wiki_desc"
@@ -171,7 +171,7 @@ def test_index_row_matches_a_direct_search_at_the_stored_defaults(evaluated, dat
     from pipelines.search.searcher import Searcher
 
     _, out, report = evaluated
-    lineage = lance_sink.read_lineage(str(out / "lancedb"), f"wiki_desc_d{dim}")
+    lineage = read_lineage(str(out / "lancedb"), f"wiki_desc_d{dim}")
     row = _rows(report, dim, "ivf_rq")[0]
     assert lineage["index"]["type"] == "ivf_rq"
     assert (row["nprobes"], row["refine_factor"]) == (

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from connectors.lance.runs import RunLog
 from connectors.parquet_source import SourceError
-from connectors.run_log import RunLog
 from pipelines.config import load_config
 from pipelines.run.runner import run_index
 

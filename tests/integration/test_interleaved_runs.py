@@ -33,7 +33,7 @@ from test_safe_writes import (
     stats_row,
 )
 
-from connectors.table_lease import TableLease
+from connectors.lance.lease import TableLease
 from pipelines.run.runner import run_index
 
 EIGHT_DAYS_S = 8 * 24 * 3600
@@ -91,7 +91,7 @@ def _run_while_another_job_holds_the_lease(db: Path, made_meanwhile: Path, job, 
 def test_a_create_that_waited_for_the_lease_does_not_replace_the_table_made_meanwhile(
     ray_cluster, sample_table, tiny_bert_dir, tmp_path
 ):
-    from connectors.lance_sink import SinkError
+    from connectors.lance.table import SinkError
 
     a = _corpus(tmp_path / "a", sample_table, 2000, 1, 12)
     b = _corpus(tmp_path / "b", sample_table, 2100, 1, 12)
@@ -124,7 +124,7 @@ def test_maintenance_that_waited_for_the_lease_keeps_the_lineage_of_the_table_ma
     ray_cluster, sample_table, tiny_bert_dir, tmp_path
 ):
     """An index build writes the lineage back: one read before the wait was another model's."""
-    from connectors.lance_sink import read_lineage
+    from connectors.lance.metadata import read_lineage
     from pipelines.maintenance import run_maintenance
 
     a = _corpus(tmp_path / "a", sample_table, 2700, 1, 300)
@@ -201,7 +201,7 @@ def test_the_index_step_optimizes_without_pruning_what_a_stopped_run_staged(tmp_
     from lance.fragment import write_fragments
     from lancedb.index import IvfPq
 
-    from connectors.lance_index import index_row_counts, optimize_index
+    from connectors.lance.index import index_row_counts, optimize_index
 
     vectors = np.random.default_rng(0).random((600, 16), dtype=np.float32)
     rows = pa.table(
@@ -224,16 +224,16 @@ def test_the_index_step_optimizes_without_pruning_what_a_stopped_run_staged(tmp_
 def test_a_commit_never_references_a_data_file_that_is_gone(tmp_path):
     from lance.fragment import write_fragments
 
-    from connectors import lance_commits
+    from connectors.lance.commits import MissingFilesError, missing_files, require_files
 
     uri = str(tmp_path / "t.lance")
     schema = pa.schema([("id", pa.string())])
     lance.write_dataset(pa.table({"id": ["a"]}, schema=schema), uri)
     fragments = write_fragments(pa.table({"id": ["b", "c"]}, schema=schema), uri, schema=schema)
-    assert lance_commits.missing_files(uri, fragments) == []
+    assert missing_files(uri, fragments) == []
     (tmp_path / "t.lance" / "data" / fragments[0].files[0].path).unlink()
-    with pytest.raises(lance_commits.MissingFilesError, match="1 data file"):
-        lance_commits.require_files(uri, fragments, "the table")
+    with pytest.raises(MissingFilesError, match="1 data file"):
+        require_files(uri, fragments, "the table")
 
 
 # -- 4. an upsert whose source changed only metadata ------------------------------------------------------

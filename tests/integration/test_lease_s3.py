@@ -1,4 +1,4 @@
-"""The table lease on S3 (connectors/table_lease.py) against a real S3-compatible server on 127.0.0.1.
+"""The table lease on S3 (connectors/lance/lease.py) against a real S3-compatible server on 127.0.0.1.
 
 moto's server over HTTP, IAM checking on (tests/helpers/s3_server.py): the lease is created with
 ``If-None-Match: *``, taken over with ``If-Match: <ETag of the stale lease as read>``, refreshed with
@@ -23,8 +23,8 @@ import time
 
 import pytest
 
+from connectors.lance.lease import LeaseLostError, TableBusyError, TableLease
 from connectors.storage import Storage
-from connectors.table_lease import LeaseLostError, TableBusyError, TableLease
 from helpers.leases import SlowReads
 
 BUCKET = "leases"

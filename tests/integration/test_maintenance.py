@@ -21,7 +21,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_commits, lance_sink
+from connectors.lance.commits import commit_checkpoint
+from connectors.lance.metadata import LINEAGE_KEY, read_lineage
+from connectors.lance.table import dataset_uri
 from pipelines.config import ConfigError, load_config
 from pipelines.maintenance import DuplicateIdsError, run_maintenance
 
@@ -38,7 +40,7 @@ def _rows(ids: list[str], seed: int) -> pa.Table:
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     schema = pa.schema(
         [("id", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32(), DIM))],
-        metadata={lance_sink.LINEAGE_KEY: json.dumps(LINEAGE)},
+        metadata={LINEAGE_KEY: json.dumps(LINEAGE)},
     )
     return pa.table(
         {"id": ids, "text": [f"text {i}" for i in ids], "vector": pa.FixedSizeListArray.from_arrays(v.ravel(), DIM)},
@@ -47,7 +49,7 @@ def _rows(ids: list[str], seed: int) -> pa.Table:
 
 
 def _add(db: Path, ids: list[str], seed: int) -> None:
-    uri = lance_sink.dataset_uri(str(db), "t")
+    uri = dataset_uri(str(db), "t")
     mode = "append" if Path(uri).exists() else "create"
     lance.write_dataset(_rows(ids, seed), uri, mode=mode)
 
@@ -71,7 +73,7 @@ def test_upkeep_builds_optimizes_rebuilds_and_reports(tmp_path):
     assert first.before == {"type": "none", "unindexed_rows": 600}
     assert first.action == "built" and first.after["indexed_rows"] == 600 and first.after["unindexed_rows"] == 0
     assert first.duplicate_ids == 0
-    stored = lance_sink.read_lineage(str(db), "t")
+    stored = read_lineage(str(db), "t")
     assert stored["index"]["type"] == "ivf_rq" and stored["query_defaults"]["nprobes"] >= 1
 
     _add(db, [f"d{i}" for i in range(600, 700)], seed=1)  # 100 new rows: 17% of the indexed ones
@@ -111,7 +113,7 @@ def test_missing_table_is_a_user_error(tmp_path):
 
 
 def _uri(db: Path, name: str = "t") -> str:
-    return lance_sink.dataset_uri(str(db), name)
+    return dataset_uri(str(db), name)
 
 
 def _fragments(db: Path, name: str) -> int:
@@ -223,9 +225,7 @@ def test_pruning_keeps_uncommitted_fragments_of_a_running_job(tmp_path):
 
     assert report.housekeeping[0].versions_removed >= 4 and not _opens(db, 1)
     assert all(f.exists() for f in files)  # Lance cannot tell them from leftovers: delete_unverified stays off
-    lance_commits.commit_checkpoint(
-        _uri(db), _rows([], 0).schema, pending, np.zeros(0, np.uint64), lance.dataset(_uri(db)).version
-    )
+    commit_checkpoint(_uri(db), _rows([], 0).schema, pending, np.zeros(0, np.uint64), lance.dataset(_uri(db)).version)
     assert {"p1", "p2"} <= set(lance.dataset(_uri(db)).to_table(columns=["id"]).column("id").to_pylist())
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connectors import lance_sink
 from connectors.beir import load_beir, write_corpus_parquet
+from connectors.lance.metadata import read_lineage
+from connectors.lance.table import table_schema
 from pipelines.config import load_config
 from pipelines.lineage import VECTOR_FIELDS, check_compatible
 
@@ -74,8 +75,8 @@ def test_derived_rows_equal_a_separate_run_at_that_dimension(runs):
 
 def test_derived_lineage_is_a_runs_at_that_dimension(runs):
     db, wide, derived, _ = runs
-    got = lance_sink.read_lineage(db, "derived_d128")
-    want = lance_sink.read_lineage(db, "separate_d128")
+    got = read_lineage(db, "derived_d128")
+    want = read_lineage(db, "separate_d128")
     check_compatible(want, got, "the derived table", fields=VECTOR_FIELDS)  # raises naming any difference
     assert got["dimension"] == want["dimension"] == 128
     assert got["derived_from"] == {"table": "wide_d384", "version": wide.searcher.version, "dimension": 384}
@@ -84,7 +85,7 @@ def test_derived_lineage_is_a_runs_at_that_dimension(runs):
     assert got["index"]["num_bits"] == want["index"]["num_bits"] == 4
     assert got["tuning"]["reached"] and got["query_defaults"]["nprobes"] == got["index"]["nprobes"]
     # LanceDB's embedding function entry (what plain search("text") embeds with) names dimension 128 too.
-    metadata = [lance_sink.table_schema(db, t).metadata for t in ("derived_d128", "separate_d128")]
+    metadata = [table_schema(db, t).metadata for t in ("derived_d128", "separate_d128")]
     assert metadata[0][b"embedding_functions"] == metadata[1][b"embedding_functions"]
     assert derived.run["derived_from"] == "wide_d384" and derived.run["index_seconds"] > 0
     assert derived.run["tuning"]["recall"] == got["tuning"]["recall"] and derived.searcher.dimension == 128

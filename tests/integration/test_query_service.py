@@ -259,15 +259,15 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
         pytest.fail(f"the upserted version was not served within 30 s (refresh_seconds=2): {body}")
 
     # A version that records another model is never served with the loaded one: 503 with the reason.
-    from connectors import lance_sink
+    from connectors.lance.metadata import read_lineage, write_lineage
     from pipelines.lineage import LineageMismatchError
     from pipelines.search.searcher import Searcher
 
     searcher = Searcher.open(str(db), "docs")
-    lineage = lance_sink.read_lineage(str(db), "docs")
+    lineage = read_lineage(str(db), "docs")
     fingerprint = lineage["model"]["fingerprint"]
     lineage["model"]["fingerprint"] = fingerprint[:-1] + ("0" if fingerprint[-1] != "0" else "1")  # other weights
-    lance_sink.write_lineage(str(db), "docs", lineage)
+    write_lineage(str(db), "docs", lineage)
     with pytest.raises(LineageMismatchError, match="model.fingerprint"):
         searcher.refresh()
     deadline = time.time() + 30

@@ -99,7 +99,7 @@ def test_plain_lancedb_text_search_embeds_with_the_tables_model(demo_dir):
         np.stack(function.compute_source_embeddings(documents.column("text"))),
         np.stack(documents.column("vector").to_numpy(zero_copy_only=False)),
         # float32 unless model.dtype auto chose bf16 on this CPU: batches of other shapes round differently
-        atol=1e-5 if searcher.lineage["model"]["dtype"] == "float32" else 2e-2,
+        atol=1e-5 if searcher.lineage.model.dtype == "float32" else 2e-2,
     )
 
 

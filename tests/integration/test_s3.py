@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_sink
+from connectors.lance.metadata import read_lineage
 from connectors.model_store import ModelNotFoundError, model_fingerprint
 from connectors.parquet_source import SourceError
 from connectors.storage import Storage, StorageError
@@ -230,7 +230,7 @@ def test_index_job_with_model_from_s3_then_query(corpus, aws, ray_cluster, tiny_
     assert "embedded     48" in result.stdout
     summary = summary_file.read_text()
     assert json.loads(summary)["rows_written"] == 48
-    lineage = lance_sink.read_lineage(DB, "tiny", Storage.resolve().lance_options(DB))
+    lineage = read_lineage(DB, "tiny", Storage.resolve().lance_options(DB))
     assert lineage["model"]["path"] == MODEL and lineage["dimension"] == 32
     assert lineage["model"]["fingerprint"] == model_fingerprint(tiny_bert_dir)
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] != []
@@ -403,7 +403,7 @@ def test_flaky_store_job_finishes_with_every_row_exactly_once(corpus, aws):
 def test_credentials_absent_from_summary_lineage_and_logs(indexed, aws, ray_cluster):
     storage = Storage.resolve()
     assert storage.secret_key == aws.secret and aws.secret not in repr(storage)
-    lineage = lance_sink.read_lineage(DB, "wiki", storage.lance_options(DB))
+    lineage = read_lineage(DB, "wiki", storage.lance_options(DB))
     texts = {"summary": indexed.to_json() + indexed.format(), "lineage": json.dumps(lineage)}
     logs = Path(ray_cluster.address_info["session_dir"]) / "logs"
     for path in logs.rglob("*"):

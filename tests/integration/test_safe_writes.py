@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectors import lance_commits
+from connectors.lance.commits import ConcurrentWriteError, commit_checkpoint
 from pipelines.config import ConfigError, load_config
 from pipelines.run.runner import run_index
 
@@ -256,7 +256,7 @@ def test_second_job_with_on_busy_wait_runs_after_the_first(ray_cluster, sample_t
 
 
 def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
-    from connectors.table_lease import TableBusyError, TableLease
+    from connectors.lance.lease import TableBusyError, TableLease
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
@@ -275,7 +275,7 @@ def test_lease_of_a_dead_local_process_is_taken_over_at_once(tmp_path):
 def test_a_waiting_lease_is_taken_when_the_holder_releases_it(tmp_path):
     import threading
 
-    from connectors.table_lease import TableLease
+    from connectors.lance.lease import TableLease
 
     said = []
     holder = TableLease(str(tmp_path), "docs", "first", timeout_s=600).acquire()
@@ -305,11 +305,11 @@ def test_a_commit_onto_a_table_another_writer_changed_is_refused(tmp_path):
 
     new = write_fragments(pa.table({"id": ["d1", "e0"], "x": [100, 101]}, schema=schema), uri, schema=schema)
     ds.optimize.compact_files()  # another process compacts: rows move to new addresses
-    with pytest.raises(lance_commits.ConcurrentWriteError, match=r"expected version 2, found [3-9]"):
-        lance_commits.commit_checkpoint(uri, schema, new, replaced, started)
+    with pytest.raises(ConcurrentWriteError, match=r"expected version 2, found [3-9]"):
+        commit_checkpoint(uri, schema, new, replaced, started)
     assert lance.dataset(uri).count_rows() == 12  # nothing deleted, nothing added
     # Without the foreign commit the same checkpoint replaces both rows in one version.
-    v = lance_commits.commit_checkpoint(
+    v = commit_checkpoint(
         uri,
         schema,
         new,
@@ -324,7 +324,7 @@ def test_a_commit_onto_a_table_another_writer_changed_is_refused(tmp_path):
 
 
 def _runlog(db):
-    from connectors.run_log import RunLog
+    from connectors.lance.runs import RunLog
 
     return RunLog(str(db), "docs")
 

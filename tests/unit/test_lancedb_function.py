@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 from lancedb.embeddings import get_registry
 
-from connectors import lance_sink
-from connectors.lancedb_function import TableEmbedding
+from connectors.lance.embedding_function import TableEmbedding
+from connectors.lance.metadata import LINEAGE_KEY, table_metadata
 from pipelines.lineage import LineageMismatchError
 
 LINEAGE = {
@@ -23,8 +23,8 @@ LINEAGE = {
 
 
 def test_the_schema_names_the_function_with_the_tables_model_and_columns():
-    metadata = lance_sink.table_metadata(LINEAGE)
-    assert json.loads(metadata[lance_sink.LINEAGE_KEY]) == LINEAGE
+    metadata = table_metadata(LINEAGE)
+    assert json.loads(metadata[LINEAGE_KEY]) == LINEAGE
     schema = pa.schema([pa.field("body", pa.string())], metadata=metadata)
     functions = get_registry().parse_functions(schema.metadata)  # what LanceDB does on search("text")
     config = functions["vector"]
@@ -37,7 +37,7 @@ def test_the_schema_names_the_function_with_the_tables_model_and_columns():
 
 
 def _function():
-    schema = pa.schema([pa.field("body", pa.string())], metadata=lance_sink.table_metadata(LINEAGE))
+    schema = pa.schema([pa.field("body", pa.string())], metadata=table_metadata(LINEAGE))
     return get_registry().parse_functions(schema.metadata)["vector"].function  # opening: no model needed
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from connectors import lance_sink
+from connectors.lance.metadata import read_lineage, table_metadata
+from connectors.lance.table import SinkError, dataset_uri, table_schema
 from pipelines.config import ConfigError, load_config
 from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
@@ -32,7 +33,9 @@ def _config(db, dimension, *extra):
 
 
 def _lineage(config, dimension):
-    return make_lineage(config, fingerprint="sha256:test", hidden_size=WIDE, max_tokens=16, dimension=dimension)
+    return make_lineage(
+        config, fingerprint="sha256:test", hidden_size=WIDE, max_tokens=16, dimension=dimension
+    ).to_dict()
 
 
 def _write_wide(db, pooled: np.ndarray, texts: list[str]) -> dict:
@@ -52,7 +55,7 @@ def _write_wide(db, pooled: np.ndarray, texts: list[str]) -> dict:
             ("source_file", pa.string()),
             ("run_id", pa.string()),
         ],
-        metadata=lance_sink.table_metadata(lineage),
+        metadata=table_metadata(lineage),
     )
     n = len(texts)
     data = pa.table(
@@ -67,13 +70,13 @@ def _write_wide(db, pooled: np.ndarray, texts: list[str]) -> dict:
         },
         schema=schema,
     )
-    return lance.write_dataset(data, lance_sink.dataset_uri(db, f"d{WIDE}"), mode="overwrite").version
+    return lance.write_dataset(data, dataset_uri(db, f"d{WIDE}"), mode="overwrite").version
 
 
 def _read(db, table):
     import lance
 
-    return lance.dataset(lance_sink.dataset_uri(db, table)).to_table()
+    return lance.dataset(dataset_uri(db, table)).to_table()
 
 
 @pytest.fixture()
@@ -101,15 +104,16 @@ def test_derived_rows_are_what_a_run_at_the_narrow_dimension_writes(tmp_path, po
     assert got.select(keep).equals(wide.select(keep))  # same rows, same order
     assert got.schema.field("vector").type == pa.list_(pa.float32(), NARROW)
 
-    stored = lance_sink.read_lineage(db, f"d{NARROW}")
+    stored = read_lineage(db, f"d{NARROW}")
+    lineage = lineage.to_dict()  # the stored form of the Lineage derive_table returns
     assert stored == lineage
     assert lineage["dimension"] == NARROW and "index" not in lineage and "query_defaults" not in lineage
     assert lineage["derived_from"] == {"table": f"d{WIDE}", "version": version, "dimension": WIDE}
-    wide_lineage = lance_sink.read_lineage(db, f"d{WIDE}")
+    wide_lineage = read_lineage(db, f"d{WIDE}")
     assert {k: v for k, v in lineage.items() if k not in ("dimension", "derived_from")} == {
         k: v for k, v in wide_lineage.items() if k not in ("dimension", "index", "query_defaults")
     }
-    assert b'"dimension": 4' in lance_sink.table_schema(db, f"d{NARROW}").metadata[b"embedding_functions"]
+    assert b'"dimension": 4' in table_schema(db, f"d{NARROW}").metadata[b"embedding_functions"]
 
 
 def test_rows_come_from_the_pinned_version(tmp_path, pooled):
@@ -133,5 +137,5 @@ def test_configs_a_derived_table_cannot_reproduce_are_refused(tmp_path, pooled):
         derive_table(_config(db, 16), f"d{WIDE}")
     with pytest.raises(ConfigError, match="embed.normalize=False"):
         derive_table(_config(db, NARROW, "embed.normalize=false"), f"d{WIDE}")
-    with pytest.raises(lance_sink.SinkError, match="no table 'missing'"):
+    with pytest.raises(SinkError, match="no table 'missing'"):
         derive_table(_config(db, NARROW), "missing")

@@ -87,10 +87,11 @@ def test_bfloat16_vectors_are_within_cosine_0999_of_float32(minilm_dir, sample_t
 
 def test_append_and_upsert_keep_the_dtype_the_table_was_embedded_in():
     """The rule tests/integration/test_end_to_end.py (slow) checks through a real upsert."""
+    from pipelines.lineage import Lineage
     from pipelines.run.preflight import _with_dtype
 
     auto = load_config(overrides=["model.device=cpu"])
-    table = {"model": {"dtype": "bfloat16"}}
+    table = Lineage.parse({"dimension": 8, "model": {"path": "m", "fingerprint": "f", "dtype": "bfloat16"}})
     config, why = _with_dtype(auto, table)
     assert config.model.dtype == "bfloat16" and "the dtype table 'documents' was embedded in" in why
     config, _ = _with_dtype(load_config(overrides=["model.device=cpu", "model.dtype=float32"]), table)

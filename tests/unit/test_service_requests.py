@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from connectors.errors import UserError
 from pipelines.config import ConfigError, ServiceConfig
+from pipelines.lineage import Lineage
 from pipelines.search import auth, service
 from pipelines.search.batcher import Batcher
 from pipelines.search.requests import BadRequest, jsonable, parse_request, read_body
@@ -176,7 +177,8 @@ def test_the_served_columns_default_to_id_text_and_the_sources_metadata_never_th
         [(n, pa.string()) for n in ["id", "text", "title", "source_file", "run_id", "content_hash", "doc_id"]]
         + [("vector", pa.list_(pa.float32(), 4)), ("length_chars", pa.int32())]
     )
-    lineage = {"source": {"id_column": "id", "text_column": "text", "metadata_columns": ["title", "length_chars"]}}
+    source = {"id_column": "id", "text_column": "text", "metadata_columns": ["title", "length_chars"]}
+    lineage = Lineage.parse({"dimension": 4, "source": source})
     assert service._served_columns(lineage, schema, None) == ["id", "text", "title", "length_chars"]
     assert service._served_columns(lineage, schema, ["title"]) == ["id", "title"]  # narrowed: no text
     assert service._served_columns(lineage, schema, ["doc_id", "gone"]) == ["id", "doc_id"]  # named others

@@ -1,4 +1,4 @@
-"""The table lease on the local filesystem (connectors/table_lease.py): real files, real threads and processes.
+"""The table lease on the local filesystem (connectors/lance/lease.py): real files, real threads and processes.
 
 Who may take a lease over is decided by the holder's own heartbeat schedule, written into the lease;
 two takers of one stale lease never both hold it; a holder never writes over, or deletes, a lease
@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from connectors.table_lease import LeaseLostError, TableBusyError, TableLease
+from connectors.lance.lease import LeaseLostError, TableBusyError, TableLease
 from helpers.leases import SlowReads
 
 ELSEWHERE = "another-host.example"  # a holder on another host: only its heartbeat tells whether it lives

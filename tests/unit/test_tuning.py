@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from connectors.lance_index import build_index, code_bytes, index_size_bytes, sample_vectors, search_batch
+from connectors.lance.index import build_index, code_bytes, index_size_bytes, sample_vectors, search_batch
 from pipelines.config import IndexConfig
 from pipelines.run.summary import RunSummary
 from pipelines.vector_index.params import derive_index_params
@@ -312,7 +312,7 @@ def test_tuning_queries_read_from_parquet_or_jsonl(tmp_path):
 def test_exact_search_reads_the_table_once_and_matches_numpy(tmp_path, metric):
     import lancedb
 
-    from connectors.lance_index import exact_search
+    from connectors.lance.index import exact_search
 
     rng = np.random.default_rng(3)
     base = rng.normal(size=(700, 8)).astype(np.float32)  # not unit length: the metrics differ

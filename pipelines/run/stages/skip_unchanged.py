@@ -8,7 +8,7 @@
   encoding;
 - same content hash, other metadata (a title, a status column): ``metadata_only``, also not embedded
   again: the sink rewrites the table's row(s) of the document with their vectors and the new
-  metadata, replacing them in the same commit (:class:`connectors.lance_writer.FragmentWriter`);
+  metadata, replacing them in the same commit (:class:`connectors.lance.write.FragmentWriter`);
 - otherwise the document is new or changed and carries the addresses of the rows it replaces (all
   chunks of a chunked document), which the driver deletes in the commit that adds the new rows.
 """
@@ -20,7 +20,7 @@ from typing import Any, Optional, Sequence
 import pyarrow as pa
 
 from connectors import columns as C
-from connectors.lance_lookup import MIXED, same_values
+from connectors.lance.lookup import MIXED, same_values
 
 __all__ = ["SkipUnchangedStage"]
 
@@ -38,7 +38,7 @@ class SkipUnchangedStage:
         latest: Any = None,
         metadata_columns: Sequence[str] = (),
     ):
-        # connectors.lance_lookup.ExistingRows: doc id -> (hash, [addresses], revision, metadata)
+        # connectors.lance.lookup.ExistingRows: doc id -> (hash, [addresses], revision, metadata)
         self.existing = existing
         self.metadata_columns = list(metadata_columns)  # in the order ExistingRows reads them
         self.id_column = id_column

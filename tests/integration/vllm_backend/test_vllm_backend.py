@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("vllm")
 
 from connectors import columns as C  # noqa: E402
-from connectors import lance_sink  # noqa: E402
+from connectors.lance.metadata import read_lineage  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.embed.hf_encoder import HFEncoder  # noqa: E402
 from pipelines.embed.postprocess import postprocess  # noqa: E402
@@ -216,7 +216,7 @@ def test_index_job_with_vllm_matches_hf(ray_cluster, sample_table, tmp_path):
     assert (a * b).sum(axis=1).min() >= MIN_COSINE
     assert not np.array_equal(a, b)  # vLLM's kernels really ran in the actors: close, not bit-equal
 
-    hf_lineage, vl_lineage = lance_sink.read_lineage(hf_db, "docs"), lance_sink.read_lineage(vl_db, "docs")
+    hf_lineage, vl_lineage = read_lineage(hf_db, "docs"), read_lineage(vl_db, "docs")
     assert vl_lineage["model"].pop("backend") == "vllm" and hf_lineage["model"].pop("backend") == "hf"
     for lineage in (hf_lineage, vl_lineage):
         lineage.pop("created_at")

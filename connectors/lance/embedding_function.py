@@ -9,7 +9,7 @@ this pipeline made embeds the query with the table's own model, prompt, dimensio
 
 The job records the function in the table's schema the way LanceDB expects (the ``embedding_functions``
 metadata key: the function's name, its arguments, the source and vector columns; see
-:func:`connectors.lance_sink.table_metadata`). Its argument is the table's model lineage. LanceDB
+:func:`connectors.lance.metadata.table_metadata`). Its argument is the table's model lineage. LanceDB
 looks the name up in its registry, which only imports fill (it has no plugin discovery): importing
 this module registers the function (enough for writes through LanceDB's API, which parse it), and
 importing :mod:`pipelines.search.searcher` also gives it the embedding, ``Searcher``'s own, with the
@@ -27,7 +27,7 @@ import numpy as np
 from lancedb.embeddings import TextEmbeddingFunction, register
 from pydantic import PrivateAttr
 
-from connectors.lance_sink import EMBEDDING_FUNCTION
+from connectors.lance.metadata import EMBEDDING_FUNCTION
 
 __all__ = ["TableEmbedding"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from connectors import columns as C
-from connectors.lance_sink import _open
+from connectors.lance.table import _open
 from connectors.sql import sql_list
 
 __all__ = ["ExistingRows", "MIXED", "same_values"]

@@ -1,6 +1,6 @@
 """One writer per table: a lease object beside the table that every writing job holds while it runs.
 
-The reasoning behind it: docs/design.md, section connectors/table_lease.py.
+The reasoning behind it: docs/design.md, section connectors/lance/lease.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 import uuid
 from typing import Callable, Iterator, Optional
 
-from connectors.errors import UserError
+from connectors.errors import RunError, UserError
 
 __all__ = ["LeaseLostError", "TableBusyError", "TableLease", "lease_path"]
 
@@ -36,7 +36,7 @@ class TableBusyError(UserError):
     """Another job holds the table's lease."""
 
 
-class LeaseLostError(RuntimeError):
+class LeaseLostError(RunError):
     """This job's lease was taken over (it looked stale): it must not commit any more."""
 
 

@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from connectors import columns as C
+
 __all__ = [
     "IndexParams",
     "build_index",
@@ -67,7 +69,7 @@ def ivf_sample_rate(partitions: int) -> int:
 
 
 def build_index(
-    table, params: IndexParams, column: str = "vector", storage_options: Optional[dict] = None
+    table, params: IndexParams, column: str = C.VECTOR, storage_options: Optional[dict] = None
 ) -> IndexParams:
     """Build (replace) the vector index on an open LanceDB table; returns params with the build time.
 
@@ -125,7 +127,7 @@ def _build_distributed(table, params: IndexParams, column: str, storage_options:
     )
 
 
-def index_row_counts(table, column: str = "vector") -> Optional[tuple[int, int]]:
+def index_row_counts(table, column: str = C.VECTOR) -> Optional[tuple[int, int]]:
     """(indexed, unindexed) rows of the vector index on ``column``; None when there is no such index."""
     existing = [i for i in table.list_indices() if i.columns == [column]]
     if not existing:
@@ -141,7 +143,7 @@ def optimize_index(table) -> float:
     Not LanceDB's ``table.optimize()``: that also prunes versions older than 7 days and, with them,
     every unreferenced file older than 7 days, which includes the staged fragments of an overwrite
     run that was stopped and not yet resumed (its resume would then commit files that are gone).
-    Pruning is ``jobs.maintain``'s, by ``sink.keep_versions`` (:mod:`connectors.lance_housekeeping`).
+    Pruning is ``jobs.maintain``'s, by ``sink.keep_versions`` (:mod:`connectors.lance.housekeeping`).
     """
     start = time.perf_counter()
     dataset = table.to_lance()
@@ -173,7 +175,7 @@ def code_bytes(
     return float(dimension * vector_bytes)
 
 
-def index_size_bytes(table, column: str = "vector") -> Optional[int]:
+def index_size_bytes(table, column: str = C.VECTOR) -> Optional[int]:
     """On-disk size of the vector index on ``column`` (codes, row ids, centroids, codebooks)."""
     for index in table.list_indices():
         if list(index.columns) == [column]:
@@ -181,7 +183,7 @@ def index_size_bytes(table, column: str = "vector") -> Optional[int]:
     return None
 
 
-def sample_vectors(table, n: int, id_column: str, seed: int = 0, column: str = "vector"):
+def sample_vectors(table, n: int, id_column: str, seed: int = 0, column: str = C.VECTOR):
     """``n`` rows drawn uniformly without replacement (seeded): (ids, float32 vectors)."""
     dataset = table.to_lance()
     rows = dataset.count_rows()
@@ -192,7 +194,7 @@ def sample_vectors(table, n: int, id_column: str, seed: int = 0, column: str = "
 
 
 def exact_search(
-    table, vectors: np.ndarray, k: int, *, metric: str, id_column: str, column: str = "vector", batch_rows: int = 65536
+    table, vectors: np.ndarray, k: int, *, metric: str, id_column: str, column: str = C.VECTOR, batch_rows: int = 65536
 ) -> list[list]:
     """Exact top-``k`` ids for every query vector, best first, in one streamed read of the table.
 
@@ -240,7 +242,7 @@ def search_batch(
     exact: bool = False,
     nprobes: Optional[int] = None,
     refine_factor: Optional[int] = None,
-    column: str = "vector",
+    column: str = C.VECTOR,
 ) -> list[list]:
     """Top-``k`` ids for each query vector, best first, in one LanceDB call.
 
@@ -260,8 +262,8 @@ def search_batch(
     out: list[list] = [[] for _ in range(len(vectors))]
     # One query vector comes back without a query_index column.
     qidx = (
-        hits.column("query_index").to_numpy()
-        if "query_index" in hits.column_names
+        hits.column(C.QUERY_INDEX).to_numpy()
+        if C.QUERY_INDEX in hits.column_names
         else np.zeros(hits.num_rows, dtype=np.int64)
     )
     order = np.lexsort((hits.column("_distance").to_numpy(), qidx))

@@ -1,6 +1,6 @@
 """Compaction and version pruning of the Lance datasets that scheduled runs keep committing to.
 
-The reasoning behind it: docs/design.md, section connectors/lance_housekeeping.py.
+The reasoning behind it: docs/design.md, section connectors/lance/housekeeping.py.
 """
 
 from __future__ import annotations
@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass
 from typing import Optional
+
+from connectors import columns as C
 
 __all__ = [
     "TARGET_ROWS_PER_FRAGMENT",
@@ -56,7 +58,7 @@ def _size(n: float) -> str:
             return f"{n:.1f} {unit}"
 
 
-def index_built_on(ds, column: str = "vector") -> Optional[int]:
+def index_built_on(ds, column: str = C.VECTOR) -> Optional[int]:
     """The dataset version the vector index on ``column`` was built on (its oldest segment's), or None."""
     versions = [
         int(s.dataset_version_at_last_update)

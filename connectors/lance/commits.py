@@ -7,7 +7,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from connectors.lance_sink import _open
+from connectors.errors import RunError
+from connectors.lance.table import _open
 from connectors.sql import sql_list, sql_value
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
 ]
 
 
-class ConcurrentWriteError(RuntimeError):
+class ConcurrentWriteError(RunError):
     """The table changed under a running job (another writer): the job stops before committing."""
 
 

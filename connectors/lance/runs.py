@@ -1,6 +1,6 @@
 """``<table>_runs``: what each run has finished, so a run that died can be resumed.
 
-The reasoning behind it: docs/design.md, section connectors/run_log.py.
+The reasoning behind it: docs/design.md, section connectors/lance/runs.py.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class RunLog:
     """Reads and appends the events of ``<db>/<table>_runs.lance``."""
 
     def __init__(self, db_uri: str, table: str, storage_options: Optional[dict] = None):
-        from connectors.lance_sink import dataset_uri, runs_table
+        from connectors.lance.table import dataset_uri, runs_table
 
         self.uri = dataset_uri(db_uri, runs_table(table))
         self.storage_options = storage_options

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors import columns as C
-from connectors.lance_sink import REJECT_SCHEMA
+from connectors.lance.table import REJECT_SCHEMA
 
 __all__ = ["FragmentWriter", "STATS_SCHEMA"]
 
@@ -95,7 +95,7 @@ class FragmentWriter:
         metadata_columns: Sequence[str] = (),
     ):
         self.table_uri = table_uri
-        self.existing = existing  # connectors.lance_lookup.ExistingRows (upsert): the rows a metadata update rewrites
+        self.existing = existing  # connectors.lance.lookup.ExistingRows (upsert): the rows a metadata update rewrites
         self.metadata_columns = list(metadata_columns)
         self.rejects_uri = rejects_uri
         self.schema = schema
@@ -138,7 +138,7 @@ class FragmentWriter:
         out = old.drop_columns(["_rowid"])
         new = {name: updates.column(name).take(of_row) for name in self.metadata_columns}
         new[C.SOURCE_FILE] = updates.column(C.FILE).take(of_row)
-        new["run_id"] = pa.array([self.run_id] * out.num_rows, pa.string())
+        new[C.RUN_ID] = pa.array([self.run_id] * out.num_rows, pa.string())
         for name, values in new.items():
             out = out.set_column(out.schema.get_field_index(name), name, values)
         return out.select(self.schema.names).cast(self.schema)
@@ -151,7 +151,7 @@ class FragmentWriter:
         accepted = batch.filter(pc.is_null(reject))
         rejected = batch.filter(pc.and_(pc.is_valid(reject), pc.invert(pc.or_(unchanged, metadata_only))))
         run = pa.array([self.run_id] * accepted.num_rows, pa.string())
-        accepted = accepted.append_column(C.SOURCE_FILE, accepted.column(C.FILE)).append_column("run_id", run)
+        accepted = accepted.append_column(C.SOURCE_FILE, accepted.column(C.FILE)).append_column(C.RUN_ID, run)
         rows = accepted.select(self.schema.names).cast(self.schema)
         embedded = rows.num_rows
         updates = batch.filter(metadata_only)
@@ -169,8 +169,8 @@ class FragmentWriter:
         )
         # A chunked document is one source row however many windows it became.
         is_doc = (
-            pc.fill_null(pc.equal(batch.column("chunk"), 0), True)
-            if "chunk" in batch.column_names
+            pc.fill_null(pc.equal(batch.column(C.CHUNK), 0), True)
+            if C.CHUNK in batch.column_names
             else pa.array(np.ones(n, dtype=bool))
         )
         files = Counter(f for f, d in zip(batch.column(C.FILE).to_pylist(), is_doc.to_pylist()) if d)

@@ -1,6 +1,6 @@
 """One row per document: after a run's last commit, its duplicate ids are resolved.
 
-The reasoning behind it: docs/design.md, section connectors/lance_dedup.py.
+The reasoning behind it: docs/design.md, section connectors/lance/dedup.py.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _rank(value: Any) -> tuple:
 
 def _losers(rows: list[dict], key: str, id_column: str, revision: str, run_id: str) -> list[tuple[dict, str]]:
     """The rows of one document id that must go, each with its reason."""
-    older = [r for r in rows if r["run_id"] != run_id]
-    mine = sorted((r for r in rows if r["run_id"] == run_id), key=lambda r: r["_rowid"])
+    older = [r for r in rows if r[C.RUN_ID] != run_id]
+    mine = sorted((r for r in rows if r[C.RUN_ID] == run_id), key=lambda r: r["_rowid"])
     if older:
         return [(r, "duplicate_id") for r in mine]
     best = max(_rank(r[revision]) for r in mine)
@@ -82,8 +82,8 @@ def drop_duplicate_ids(
     """
     import lance
 
-    from connectors.lance_commits import delete_rows
-    from connectors.lance_sink import REJECT_SCHEMA
+    from connectors.lance.commits import delete_rows
+    from connectors.lance.table import REJECT_SCHEMA
 
     try:
         ds = lance.dataset(uri, storage_options=storage_options)
@@ -125,7 +125,7 @@ def drop_duplicate_ids(
         suspect = np.isin(h, dup_hash)
         candidates, candidate_hashes = r[suspect], h[suspect]
         columns = list(
-            dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, "run_id", revision_column])
+            dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, C.RUN_ID, revision_column])
         )
         drop, reject_rows = [], []
         for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece
