@@ -11,7 +11,7 @@ seconds, with Ray Data's last progress lines.
    repartition task kept the second CPU, paused, while Ray Data, its object store budget full, no
    longer took its blocks, so no tokenize task ever got a CPU (a 10M run of bench/scale.py: 3.5M
    rows read, 2,048 tokenized, then nothing). Fixed by letting a task run to its end
-   (pipelines/run/runner.py, ``_max_num_blocks_in_streaming_gen_buffer``).
+   (pipelines/run/data_context.py, ``_max_num_blocks_in_streaming_gen_buffer``).
 2. ``--file-rows 10000``, with only that fix: NOT FINISHED. Ray Data reserves each operator a whole
    task's CPU upstream first, so the sink got none until every file was read, and the encoder's
    output filled the object store. Fixed by task stages asking for a share of the free CPUs
