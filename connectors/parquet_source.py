@@ -172,6 +172,56 @@ def _family(t: pa.DataType) -> str:
     return str(t)
 
 
+def _read_footers(files: list[str], fs, storage: Storage) -> list:
+    """Each file's Parquet footer, read in parallel; a SourceError in its place for a file that is not Parquet.
+
+    Refused access raises at once: it is not a bad file that ``on_bad_file=skip`` may pass over."""
+
+    def footer(file: str):
+        name = _display(file, fs)
+        try:
+            with fs.open(file, "rb") as fh:
+                return pq.read_metadata(fh)
+        except PermissionError as exc:
+            raise SourceError(f"{name}: access denied ({storage.explain(exc)})") from None
+        except pa.ArrowInvalid as exc:
+            return SourceError(f"{name}: not a readable Parquet file ({exc})")
+        except OSError as exc:
+            return SourceError(f"{name}: not a readable Parquet file ({storage.explain(exc)})")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(footer, files))
+
+
+def _column_types(file: str, name: str, meta, columns: Sequence[str]) -> dict[str, pa.DataType]:
+    """The type of each of ``columns`` in one file (string for a hive partition column); raises if one is missing."""
+    schema = meta.schema.to_arrow_schema()
+    partitions = partition_values(file)
+    missing = [c for c in columns if c not in schema.names and c not in partitions]
+    if missing:
+        has = [*schema.names, *(f"{k} (partition)" for k in partitions)]
+        raise SourceError(f"{name}: missing column(s) {', '.join(missing)} (has {', '.join(has)})")
+    return {c: schema.field(c).type if c in schema.names else pa.string() for c in columns}
+
+
+def _check_types_match_first(
+    name: str,
+    types: dict[str, pa.DataType],
+    first: tuple[str, dict[str, pa.DataType]],
+    columns: Sequence[str],
+    text_column: Optional[str],
+    id_column: Optional[str],
+) -> None:
+    """Every column but the text has the first file's type family, and the id is a string or an integer."""
+    for c in columns:
+        if c != text_column and _family(first[1][c]) != _family(types[c]):
+            raise SourceError(f"{name}: column {c} is {types[c]}, but {first[0]} has {first[1][c]}")
+    if id_column is not None and _family(types[id_column]) not in ("string", "integer"):
+        raise SourceError(
+            f"{name}: id column {id_column} is {types[id_column]}; source.id_column must be a string or integer column"
+        )
+
+
 def open_source(
     path: str,
     columns: Sequence[str],
@@ -196,21 +246,7 @@ def open_source(
     """
     storage = storage or Storage.resolve()
     fs, files, identity = _list_files(path, storage)
-
-    def footer(file: str):
-        name = _display(file, fs)
-        try:
-            with fs.open(file, "rb") as fh:
-                return pq.read_metadata(fh)
-        except PermissionError as exc:
-            raise SourceError(f"{name}: access denied ({storage.explain(exc)})") from None
-        except pa.ArrowInvalid as exc:
-            return SourceError(f"{name}: not a readable Parquet file ({exc})")
-        except OSError as exc:
-            return SourceError(f"{name}: not a readable Parquet file ({storage.explain(exc)})")
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        footers = list(pool.map(footer, files))
+    footers = _read_footers(files, fs, storage)
     good, skipped, rows, shapes = [], {}, {}, {}
     first = None
     for file, meta in zip(files, footers):
@@ -220,23 +256,10 @@ def open_source(
                 skipped[name] = str(meta)
                 continue
             raise SourceError(f"{meta}; set source.on_bad_file=skip to skip such files")
-        schema = meta.schema.to_arrow_schema()
-        partitions = partition_values(file)
-        missing = [c for c in columns if c not in schema.names and c not in partitions]
-        if missing:
-            has = [*schema.names, *(f"{k} (partition)" for k in partitions)]
-            raise SourceError(f"{name}: missing column(s) {', '.join(missing)} (has {', '.join(has)})")
-        types = {c: schema.field(c).type if c in schema.names else pa.string() for c in columns}
+        types = _column_types(file, name, meta, columns)
         if first is None:
             first = (name, types)
-        for c in columns:
-            if c != text_column and _family(first[1][c]) != _family(types[c]):
-                raise SourceError(f"{name}: column {c} is {types[c]}, but {first[0]} has {first[1][c]}")
-        if id_column is not None and _family(types[id_column]) not in ("string", "integer"):
-            raise SourceError(
-                f"{name}: id column {id_column} is {types[id_column]}; source.id_column must be "
-                "a string or integer column"
-            )
+        _check_types_match_first(name, types, first, columns, text_column, id_column)
         good.append(file)
         rows[file] = meta.num_rows
         shapes[file] = ",".join(str(types[c]) for c in columns)

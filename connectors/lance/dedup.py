@@ -82,9 +82,6 @@ def drop_duplicate_ids(
     """
     import lance
 
-    from connectors.lance.commits import delete_rows
-    from connectors.lance.table import REJECT_SCHEMA
-
     try:
         ds = lance.dataset(uri, storage_options=storage_options)
     except (ValueError, OSError):
@@ -95,70 +92,120 @@ def drop_duplicate_ids(
     passes = max(1, math.ceil(n / rows_per_pass))
     removed: Counter = Counter()
     for part in range(passes):
-        hashes, rowids = [], []
-        keys: list = []
-        for batch in ds.to_batches(columns=[key_column], filter=this_run, with_row_id=True):
-            h = id_hashes(batch.column(key_column))
-            mine = h % passes == part
-            hashes.append(h[mine])
-            rowids.append(batch.column("_rowid").to_numpy()[mine])
-            if older_rows:
-                keys.extend(v for v, m in zip(batch.column(key_column).to_pylist(), mine) if m)
-        unique_keys = list(dict.fromkeys(keys))
-        for start in range(0, len(unique_keys), lookup_rows):  # older rows with one of this run's ids
-            older = ds.to_table(
-                columns=[key_column],
-                filter=f"{key_column} IN {sql_list(unique_keys[start : start + lookup_rows])} AND NOT ({this_run})",
-                with_row_id=True,
-            )
-            if older.num_rows:
-                hashes.append(id_hashes(older.column(key_column)))
-                rowids.append(older.column("_rowid").to_numpy())
+        hashes, rowids, keys = _this_runs_hashes(ds, key_column, this_run, part, passes, older_rows)
+        _add_older_rows_with_these_ids(ds, key_column, this_run, keys, lookup_rows, hashes, rowids)
         if not hashes:
             continue
-        h, r = np.concatenate(hashes), np.concatenate(rowids).astype(np.uint64)
-        order = np.argsort(h, kind="stable")
-        h, r = h[order], r[order]
-        dup_hash = np.unique(h[1:][h[1:] == h[:-1]])
-        if len(dup_hash) == 0:
+        candidates, candidate_hashes = _rows_sharing_a_hash(hashes, rowids)
+        if len(candidates) == 0:
             continue
-        suspect = np.isin(h, dup_hash)
-        candidates, candidate_hashes = r[suspect], h[suspect]
-        columns = list(
-            dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, C.RUN_ID, revision_column])
+        drop, reject_rows = _losing_rows(
+            ds, candidates, candidate_hashes, key_column, id_column, text_column, revision_column, run_id, removed
         )
-        drop, reject_rows = [], []
-        for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece
-            rows = ds.to_table(
-                columns=columns, with_row_id=True, filter=f"_rowid IN {sql_list(int(x) for x in candidates[piece])}"
-            )
-            groups: dict = {}
-            for row in rows.to_pylist():
-                groups.setdefault(row[key_column], []).append(row)
-            for group in groups.values():
-                for row, reason in _losers(group, key_column, id_column, revision_column, run_id):
-                    drop.append(row["_rowid"])
-                    removed[reason] += 1
-                    reject_rows.append(
-                        {
-                            "id": str(row[id_column]),
-                            "file": row[C.SOURCE_FILE],
-                            "reason": reason,
-                            "text": row[text_column],
-                            "run_id": run_id,
-                        }
-                    )
         if drop:
-            rejects = pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA)
-            try:
-                lance.dataset(rejects_uri, storage_options=storage_options)
-                mode = "append"
-            except (ValueError, OSError):
-                mode = "create"
-            lance.write_dataset(rejects, rejects_uri, mode=mode, storage_options=storage_options)
-            delete_rows(uri, np.array(drop, dtype=np.uint64), storage_options)
+            _reject_and_delete(uri, rejects_uri, drop, reject_rows, storage_options)
             ds = lance.dataset(uri, storage_options=storage_options)
     return removed
+
+
+def _this_runs_hashes(ds, key_column: str, this_run: str, part: int, passes: int, older_rows: bool):
+    """The id hashes and row ids of this run's rows in pass ``part``, and their ids when older rows may exist."""
+    hashes, rowids = [], []
+    keys: list = []
+    for batch in ds.to_batches(columns=[key_column], filter=this_run, with_row_id=True):
+        h = id_hashes(batch.column(key_column))
+        mine = h % passes == part
+        hashes.append(h[mine])
+        rowids.append(batch.column("_rowid").to_numpy()[mine])
+        if older_rows:
+            keys.extend(v for v, m in zip(batch.column(key_column).to_pylist(), mine) if m)
+    return hashes, rowids, keys
+
+
+def _add_older_rows_with_these_ids(
+    ds, key_column: str, this_run: str, keys: list, lookup_rows: int, hashes: list, rowids: list
+) -> None:
+    """Append to ``hashes`` and ``rowids`` the older runs' rows with one of this run's ids (``keys``)."""
+    unique_keys = list(dict.fromkeys(keys))
+    for start in range(0, len(unique_keys), lookup_rows):  # older rows with one of this run's ids
+        older = ds.to_table(
+            columns=[key_column],
+            filter=f"{key_column} IN {sql_list(unique_keys[start : start + lookup_rows])} AND NOT ({this_run})",
+            with_row_id=True,
+        )
+        if older.num_rows:
+            hashes.append(id_hashes(older.column(key_column)))
+            rowids.append(older.column("_rowid").to_numpy())
+
+
+def _rows_sharing_a_hash(hashes: list, rowids: list) -> tuple[np.ndarray, np.ndarray]:
+    """The row ids whose id hash occurs more than once, and their hashes, sorted by hash."""
+    h, r = np.concatenate(hashes), np.concatenate(rowids).astype(np.uint64)
+    order = np.argsort(h, kind="stable")
+    h, r = h[order], r[order]
+    dup_hash = np.unique(h[1:][h[1:] == h[:-1]])
+    if len(dup_hash) == 0:
+        return r[:0], h[:0]
+    suspect = np.isin(h, dup_hash)
+    return r[suspect], h[suspect]
+
+
+def _losing_rows(
+    ds,
+    candidates: np.ndarray,
+    candidate_hashes: np.ndarray,
+    key_column: str,
+    id_column: str,
+    text_column: str,
+    revision_column: str,
+    run_id: str,
+    removed: Counter,
+) -> tuple[list, list[dict]]:
+    """The row ids to delete among ``candidates`` and their reject rows; counts each reason in ``removed``."""
+    columns = list(
+        dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, C.RUN_ID, revision_column])
+    )
+    drop, reject_rows = [], []
+    for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece
+        rows = ds.to_table(
+            columns=columns, with_row_id=True, filter=f"_rowid IN {sql_list(int(x) for x in candidates[piece])}"
+        )
+        groups: dict = {}
+        for row in rows.to_pylist():
+            groups.setdefault(row[key_column], []).append(row)
+        for group in groups.values():
+            for row, reason in _losers(group, key_column, id_column, revision_column, run_id):
+                drop.append(row["_rowid"])
+                removed[reason] += 1
+                reject_rows.append(
+                    {
+                        "id": str(row[id_column]),
+                        "file": row[C.SOURCE_FILE],
+                        "reason": reason,
+                        "text": row[text_column],
+                        "run_id": run_id,
+                    }
+                )
+    return drop, reject_rows
+
+
+def _reject_and_delete(
+    uri: str, rejects_uri: str, drop: list, reject_rows: list[dict], storage_options: Optional[dict]
+) -> None:
+    """Write the losing rows to the rejects table, then delete them from the table."""
+    import lance
+
+    from connectors.lance.commits import delete_rows
+    from connectors.lance.table import REJECT_SCHEMA
+
+    rejects = pa.Table.from_pylist(reject_rows, schema=REJECT_SCHEMA)
+    try:
+        lance.dataset(rejects_uri, storage_options=storage_options)
+        mode = "append"
+    except (ValueError, OSError):
+        mode = "create"
+    lance.write_dataset(rejects, rejects_uri, mode=mode, storage_options=storage_options)
+    delete_rows(uri, np.array(drop, dtype=np.uint64), storage_options)
 
 
 def duplicate_ids(

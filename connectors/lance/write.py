@@ -58,6 +58,18 @@ STATS_SCHEMA = pa.schema(
 )
 
 
+def _replaced_rowids(batch: pa.Table, accepted: pa.Table, updates: pa.Table) -> dict[str, np.ndarray]:
+    """Per source file, the addresses of the table's old rows that this batch's new rows replace (upsert)."""
+    replaced: dict[str, np.ndarray] = {}
+    if C.OLD_ROWID in batch.column_names:
+        replacing = pa.concat_tables([t.select([C.FILE, C.OLD_ROWID]) for t in (accepted, updates)])
+        for f, part in _by_file(replacing, replacing.column(C.FILE)).items():
+            old = pc.list_flatten(part.column(C.OLD_ROWID).drop_null())
+            if len(old):
+                replaced[f] = np.unique(old.to_numpy(zero_copy_only=False).astype(np.uint64))
+    return replaced
+
+
 def _by_file(table: pa.Table, files: pa.ChunkedArray) -> dict[str, pa.Table]:
     """``table`` split by the values of ``files`` (its source file column), in order of appearance."""
     names = list(dict.fromkeys(files.to_pylist()))
@@ -143,7 +155,21 @@ class FragmentWriter:
             out = out.set_column(out.schema.get_field_index(name), name, values)
         return out.select(self.schema.names).cast(self.schema)
 
+    def _reject_rows(self, rejected: pa.Table) -> pa.Table:
+        """The ``<table>_rejects`` rows of the batch's rejected rows: id, file, reason, text, run id."""
+        return pa.table(
+            {
+                "id": rejected.column(self.id_column).cast(pa.string()),
+                "file": rejected.column(C.FILE),
+                "reason": rejected.column(C.REJECT),
+                "text": rejected.column(self.text_column),
+                "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string()),
+            },
+            schema=REJECT_SCHEMA,
+        )
+
     def _write_file(self, batch: pa.Table) -> pa.Table:
+        """One source file's rows of a batch: write its table rows and rejects as fragments; its stats row."""
         n = batch.num_rows
         reject = batch.column(C.REJECT)
         unchanged = pc.fill_null(pc.equal(reject, C.SKIP_UNCHANGED), False)
@@ -157,16 +183,7 @@ class FragmentWriter:
         updates = batch.filter(metadata_only)
         if updates.num_rows:
             rows = pa.concat_tables([rows, self._with_new_metadata(updates)])
-        rejects = pa.table(
-            {
-                "id": rejected.column(self.id_column).cast(pa.string()),
-                "file": rejected.column(C.FILE),
-                "reason": rejected.column(C.REJECT),
-                "text": rejected.column(self.text_column),
-                "run_id": pa.array([self.run_id] * rejected.num_rows, pa.string()),
-            },
-            schema=REJECT_SCHEMA,
-        )
+        rejects = self._reject_rows(rejected)
         # A chunked document is one source row however many windows it became.
         is_doc = (
             pc.fill_null(pc.equal(batch.column(C.CHUNK), 0), True)
@@ -176,13 +193,7 @@ class FragmentWriter:
         files = Counter(f for f, d in zip(batch.column(C.FILE).to_pylist(), is_doc.to_pylist()) if d)
         pieces = batch.column(C.CHUNKS) if C.CHUNKS in batch.column_names else pa.array(np.ones(n, dtype=np.int32))
         rows_due = int(pc.sum(pc.if_else(is_doc, pc.cast(pieces, pa.int64()), 0)).as_py() or 0)
-        replaced: dict[str, np.ndarray] = {}
-        if C.OLD_ROWID in batch.column_names:
-            replacing = pa.concat_tables([t.select([C.FILE, C.OLD_ROWID]) for t in (accepted, updates)])
-            for f, part in _by_file(replacing, replacing.column(C.FILE)).items():
-                old = pc.list_flatten(part.column(C.OLD_ROWID).drop_null())
-                if len(old):
-                    replaced[f] = np.unique(old.to_numpy(zero_copy_only=False).astype(np.uint64))
+        replaced = _replaced_rowids(batch, accepted, updates)
         stats = {
             "file": [batch.column(C.FILE)[0].as_py()],
             "rows": [int(pc.sum(pc.cast(is_doc, pa.int64())).as_py() or 0)],

@@ -20,10 +20,9 @@ class DeleteGuardError(SinkError):
 
 def _source_ids(plan: RunPlan, key: str, key_type: pa.DataType):
     """The source's ids, streamed (never all held), as batches of one column named ``key``."""
-    c = plan.config
-    ids = plan.source.read([c.source.id_column]).select_columns([c.source.id_column])
+    ids = plan.source.read([plan.config.source.id_column]).select_columns([plan.config.source.id_column])
     for b in ids.iter_batches(batch_format="pyarrow", batch_size=65536):
-        yield pa.record_batch([b.column(c.source.id_column).combine_chunks().cast(key_type)], names=[key])
+        yield pa.record_batch([b.column(plan.config.source.id_column).combine_chunks().cast(key_type)], names=[key])
 
 
 def _missing_share(plan: RunPlan, key: str, key_type: pa.DataType, sample_rows: int = 100_000) -> float:
@@ -55,19 +54,19 @@ def delete_missing(plan: RunPlan) -> tuple[int, str]:
     rows (a missing prefix, a half-written export) fails before deleting anything. In a chunked
     table the document id is ``doc_id``: all chunks of a removed document go.
     """
-    c = plan.config
     if plan.source.skipped:
         return 0, (
             f"{len(plan.source.skipped)} unreadable source files were skipped, "
             "so the source is not a full snapshot; nothing was deleted"
         )
-    key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
+    key = "doc_id" if plan.config.embed.long_text == "chunk" else plan.config.source.id_column
     key_type = plan.table_schema.field(key).type
     share = _missing_share(plan, key, key_type)
-    if share > c.sink.max_delete_fraction:
+    if share > plan.config.sink.max_delete_fraction:
         raise DeleteGuardError(
-            f"sink.delete_missing would delete {share:.1%} of table {c.sink.table!r}, more than "
-            f"sink.max_delete_fraction={c.sink.max_delete_fraction:g}: is the source ({c.source.path}) complete? "
+            f"sink.delete_missing would delete {share:.1%} of table {plan.config.sink.table!r}, more than "
+            f"sink.max_delete_fraction={plan.config.sink.max_delete_fraction:g}: "
+            f"is the source ({plan.config.source.path}) complete? "
             f"Nothing was deleted (this run's new and changed rows are committed). If the deletion is "
             f"intended, resume with --set run.id={plan.run_id} --set sink.max_delete_fraction=<share>"
         )

@@ -111,14 +111,13 @@ def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 
 
     started = time.perf_counter()
     plan = preflight(config)
-    c = config
-    src = c.source
+    src = config.source
     rows = sum(plan.source.rows.values())
     report = DryRunReport(files=len(plan.source.files), rows=rows, skipped_files=dict(plan.source.skipped))
     stages = {
         s.name: s
         for s in embedding_stages(
-            c, max_tokens=plan.max_tokens, dimension=plan.dimension, lineage_key=vector_key(plan.lineage, c)
+            config, max_tokens=plan.max_tokens, dimension=plan.dimension, lineage_key=vector_key(plan.lineage, config)
         )
     }
     parts = plan.source.sample([src.id_column, src.text_column, *src.metadata_columns], sample_rows, sample_files)
@@ -142,18 +141,18 @@ def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 
     if not ray.is_initialized():
         init_own_ray(include_dashboard=False)  # as the job's own Ray (pipelines/run/runner.py)
     encode = stages["encode"]
-    resources = {"num_cpus": c.compute.cpus_per_actor or 0, "num_gpus": c.compute.gpus_per_actor or 0}
+    resources = {"num_cpus": config.compute.cpus_per_actor or 0, "num_gpus": config.compute.gpus_per_actor or 0}
     seconds, report.device = _warm_up(encode, kept, resources)
     report.actor_docs_per_s = kept.num_rows / max(seconds, 1e-9) / report.rows_per_doc
-    report.actors = c.compute.max_actors or c.compute.actors
+    report.actors = config.compute.max_actors or config.compute.actors
     report.estimated_embed_s = rows * (1 - report.rejected_share) / (report.actor_docs_per_s * report.actors)
     # (the pool starts at compute.actors and grows to compute.max_actors: the estimate is at its largest)
 
     report.table_rows = round(rows * (1 - report.rejected_share) * report.rows_per_doc)
-    vector_bytes = plan.dimension * (2 if c.embed.vector_dtype == "float16" else 4)
+    vector_bytes = plan.dimension * (2 if config.embed.vector_dtype == "float16" else 4)
     payload = kept.select([src.text_column, *src.metadata_columns]).nbytes / max(1, kept.num_rows)
     report.table_bytes = round(report.table_rows * (vector_bytes + payload + JOB_COLUMN_BYTES))
-    params = derive_index_params(report.table_rows, plan.dimension, c.index)
+    params = derive_index_params(report.table_rows, plan.dimension, config.index)
     report.index = params.type
     if params.type != "none":
         report.index += f" ({params.num_partitions} lists)"

@@ -16,10 +16,9 @@ __all__ = ["resolve_duplicates"]
 def resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer) -> tuple[dict, float]:
     """One row per id (``sink.duplicate_ids=reject``): the run's duplicates go to the rejects table.
     Returns the rows removed per reason and the seconds the check took (``{}, 0.0``: no check)."""
-    c = plan.config
     staged = plan.staged
     removed, seconds = {}, 0.0
-    if c.sink.duplicate_ids == "reject":
+    if plan.config.sink.duplicate_ids == "reject":
         import ray
 
         dedup_started = time.perf_counter()
@@ -31,11 +30,11 @@ def resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer) -> tuple[dict,
             task.remote(
                 plan.table_uri,
                 plan.rejects_uri,
-                key_column="doc_id" if c.embed.long_text == "chunk" else c.source.id_column,
-                id_column=c.source.id_column,
-                text_column=c.source.text_column,
+                key_column="doc_id" if plan.config.embed.long_text == "chunk" else plan.config.source.id_column,
+                id_column=plan.config.source.id_column,
+                text_column=plan.config.source.text_column,
                 run_id=plan.run_id,
-                revision_column=revision_column(c),
+                revision_column=revision_column(plan.config),
                 older_rows=not staged and checkpointer.start_version is not None,
                 storage_options=plan.sink_options,
             )

@@ -35,14 +35,14 @@ class Stage:
 
 
 def _encoder_threads(config: PipelineConfig) -> Union[int, None]:
-    c = config.compute
-    if c.torch_threads:
-        return c.torch_threads
-    if c.gpus_per_actor:
+    compute = config.compute
+    if compute.torch_threads:
+        return compute.torch_threads
+    if compute.gpus_per_actor:
         return None  # torch's default; the GPU does the work
     import os
 
-    return max(1, (os.cpu_count() or 1) // (c.max_actors or c.actors))
+    return max(1, (os.cpu_count() or 1) // (compute.max_actors or compute.actors))
 
 
 def task_cpus(compute, cluster_cpus: float, pool: Optional[int] = None) -> float:

@@ -151,27 +151,9 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
         append_eos=inputs.append_eos,
     )
 
-    runlog = table.runs
-    run_id = config.run.id
-    if config.run.resume:
-        run_id = runlog.last_unfinished()
-        if run_id is None:
-            raise ConfigError(
-                f"run.resume=true: table {sink.table!r} in {sink.uri} has no unfinished run "
-                "(every run in its log finished)"
-            )
-    run_id = run_id or new_run_id or uuid.uuid4().hex[:12]
-    resuming = runlog.started(run_id)
-    if resuming and runlog.mode(run_id) not in (None, sink.mode):
-        raise ConfigError(
-            f"run {run_id} was started with sink.mode={runlog.mode(run_id)}; resume it with "
-            f"the same mode (this config has sink.mode={sink.mode})"
-        )
-    if sink.mode == "create" and version is not None and not resuming:
-        raise SinkError(
-            f"sink.table={sink.table} already exists in {sink.uri} "
-            "(sink.mode=create); use sink.mode=overwrite, append or upsert"
-        )
+    run_id = _pick_run_id(config, table, new_run_id)
+    resuming = table.runs.started(run_id)
+    _check_sink_mode_fits(config, table, run_id, resuming, version)
     if adding or (version is not None and resuming):
         existing = existing or table.lineage()
         check_compatible(existing, lineage, "this run's config")
@@ -190,6 +172,39 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
         dtype_reason,
         table=table,
     )
+
+
+def _pick_run_id(config: PipelineConfig, table: LanceTable, new_run_id: Optional[str]) -> str:
+    """This run's id: the config's, the table's unfinished run (``run.resume``), else ``new_run_id`` or a new one."""
+    sink = config.sink
+    runlog = table.runs
+    run_id = config.run.id
+    if config.run.resume:
+        run_id = runlog.last_unfinished()
+        if run_id is None:
+            raise ConfigError(
+                f"run.resume=true: table {sink.table!r} in {sink.uri} has no unfinished run "
+                "(every run in its log finished)"
+            )
+    return run_id or new_run_id or uuid.uuid4().hex[:12]
+
+
+def _check_sink_mode_fits(
+    config: PipelineConfig, table: LanceTable, run_id: str, resuming: bool, version: Optional[int]
+) -> None:
+    """A resumed run keeps the sink.mode it started with; ``create`` never writes over an existing table."""
+    sink = config.sink
+    runlog = table.runs
+    if resuming and runlog.mode(run_id) not in (None, sink.mode):
+        raise ConfigError(
+            f"run {run_id} was started with sink.mode={runlog.mode(run_id)}; resume it with "
+            f"the same mode (this config has sink.mode={sink.mode})"
+        )
+    if sink.mode == "create" and version is not None and not resuming:
+        raise SinkError(
+            f"sink.table={sink.table} already exists in {sink.uri} "
+            "(sink.mode=create); use sink.mode=overwrite, append or upsert"
+        )
 
 
 def preflight(config: PipelineConfig) -> RunPlan:

@@ -116,20 +116,20 @@ def starting_pool(plan: RunPlan) -> tuple[Optional[int], dict]:
     """The encoder pool (None: as configured) and the resources a run starts with: the cluster's,
     less what others held when it started (see ``others_cpus``); an error when that leaves the read
     tasks no CPU."""
-    c = plan.config
     pool, held = None, plan.others_cpus
     resources = resources_left(held)
     if held >= 0.5:
-        pool = min(c.compute.actors, pool_that_fits(c.compute, resources))
+        pool = min(plan.config.compute.actors, pool_that_fits(plan.config.compute, resources))
         log.info(
             f"{held:g} of the cluster's CPUs are held by others (a service, another job): planning with the "
             f"{resources.get('CPU', 0):g} free, {pool} encoder actor(s)"
         )
-        left = resources.get("CPU", 0) - pool * (c.compute.cpus_per_actor or 0)
+        left = resources.get("CPU", 0) - pool * (plan.config.compute.cpus_per_actor or 0)
         if left < 0.25:  # the actors would take the last CPU and the read tasks wait for ever
             raise ConfigError(
                 f"the Ray cluster has {resources.get('CPU', 0):g} CPUs free ({held:g} held by others: a service, "
-                f"another job); {pool} encoder actor(s) at compute.cpus_per_actor={c.compute.cpus_per_actor:g} "
+                f"another job); {pool} encoder actor(s) "
+                f"at compute.cpus_per_actor={plan.config.compute.cpus_per_actor:g} "
                 f"leave {max(left, 0):g} for the read, tokenize and write tasks: free CPUs, add a node, or "
                 "lower compute.cpus_per_actor"
             )

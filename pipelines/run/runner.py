@@ -57,13 +57,12 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
     """
     started = time.perf_counter()
     inputs = check_inputs(config)
-    c = config
     # The lease is named after the run; a resumed run's id is read from the run log under the lease.
-    holder = c.run.id or ("resume" if c.run.resume else uuid.uuid4().hex[:12])
-    lease = LanceTable(c.sink.uri, c.sink.table, storage=inputs.storage).lease(
+    holder = config.run.id or ("resume" if config.run.resume else uuid.uuid4().hex[:12])
+    lease = LanceTable(config.sink.uri, config.sink.table, storage=inputs.storage).lease(
         holder,
-        timeout_s=c.sink.lease_timeout_s,
-        on_busy=c.sink.on_busy,
+        timeout_s=config.sink.lease_timeout_s,
+        on_busy=config.sink.on_busy,
         log=log.info,
     )
     inputs_checked = time.perf_counter()
@@ -75,7 +74,7 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
         lease.holder = plan.run_id
         preflight_seconds = (inputs_checked - started) + (time.perf_counter() - leased)  # not the wait
         _log_start(plan)
-        ray_start_seconds = _start_ray(c, verbose)
+        ray_start_seconds = _start_ray(config, verbose)
         # What others (a Serve replica, another job's actors) hold, taken before this run starts anything.
         # Planning with the cluster's total CPUs beside a service gave the encoders the last free CPU
         # and the read tasks none: the stream never started (tests/integration/test_query_service.py).
@@ -89,17 +88,17 @@ def run_index(config: PipelineConfig, verbose: bool = False) -> RunSummary:
 
 def _log_start(plan: RunPlan) -> None:
     """The run's first line: what it indexes, where to, and how to resume it."""
-    c = plan.config
-    actors = c.compute.actors if not c.compute.max_actors else f"{c.compute.actors}-{c.compute.max_actors}"
+    compute = plan.config.compute
+    actors = compute.actors if not compute.max_actors else f"{compute.actors}-{compute.max_actors}"
     log.info(
-        f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={c.sink.mode}, "
-        f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {c.sink.table!r} "
-        f"in {c.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
+        f"run {plan.run_id} {'resumed' if plan.resuming else 'started'}: sink.mode={plan.config.sink.mode}, "
+        f"{len(plan.source.files)} files ({sum(plan.source.rows.values()):,} rows) -> table {plan.config.sink.table!r} "
+        f"in {plan.config.sink.uri}, {actors} encoder actor(s); if it stops, resume it with --set run.id={plan.run_id} "
         f"(or --set run.resume=true)"
     )
 
 
-def _start_ray(c: PipelineConfig, verbose: bool) -> float:
+def _start_ray(config: PipelineConfig, verbose: bool) -> float:
     """Ray for the run (started here when not connected yet) and Ray Data's settings; the seconds
     ``ray.init`` took (0 when connected). Fails before any work when ``index.workers`` exceeds the CPUs."""
     import ray
@@ -114,29 +113,28 @@ def _start_ray(c: PipelineConfig, verbose: bool) -> float:
         ray_start_seconds = time.perf_counter() - ray_started
     data_context.configure(
         ray.data.DataContext.get_current(),
-        max_block_mb=c.compute.max_block_mb,
-        stall_timeout_s=c.compute.stall_timeout_s,
+        max_block_mb=config.compute.max_block_mb,
+        stall_timeout_s=config.compute.stall_timeout_s,
         verbose=verbose,
     )
-    check_index_workers(c.index.workers, ray.cluster_resources().get("CPU", 0))
+    check_index_workers(config.index.workers, ray.cluster_resources().get("CPU", 0))
     return ray_start_seconds
 
 
 def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     """The run's steps in order: what is left to do, embed and commit it, one row per id, deletes,
     the index step, the lineage. Each step returns what it counted; the summary is filled here."""
-    c = plan.config
     summary = RunSummary(
-        table_uri=c.sink.uri,
-        table=c.sink.table,
+        table_uri=plan.config.sink.uri,
+        table=plan.config.sink.table,
         rejects_table=plan.table.rejects.name,
         run_id=plan.run_id,
         skipped_files=dict(plan.source.skipped),
-        dtype=c.model.dtype,
+        dtype=plan.config.model.dtype,
         dtype_reason=plan.dtype_reason,
     )
     runlog = plan.table.runs
-    runlog.mark_started(plan.run_id, c.sink.mode)
+    runlog.mark_started(plan.run_id, plan.config.sink.mode)
     todo, committed = files_to_do(plan, runlog)
     summary.resumed_files = len(plan.source.files) - len(todo)
     checkpointer, counts = embed_and_commit(plan, runlog, lease, todo, committed)
@@ -145,19 +143,19 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     removed, summary.dedup_seconds = resolve_duplicates(plan, checkpointer)
     summary.rows_written -= sum(removed.values())
     summary.rejected.update(removed)
-    if c.sink.delete_missing:
+    if plan.config.sink.delete_missing:
         lease.check()
         # Opened after the duplicate check: a handle opened before it would read the older version.
         summary.deleted_missing, summary.delete_missing_skipped = delete_missing(plan)
     summary.table_rows = plan.table.open().count_rows()  # what readers see now: after dedup and deletes
     lease.check()
     params, tuning, summary.index_seconds = index_step(
-        c,
+        plan.config,
         rows=summary.table_rows,
         dimension=plan.dimension,
         lineage=plan.lineage,
         storage=plan.storage,
-        incremental=c.sink.mode in ("append", "upsert") or plan.resuming,
+        incremental=plan.config.sink.mode in ("append", "upsert") or plan.resuming,
     )
     summary.index = params.to_dict()
     summary.tuning = tuning.to_dict() if tuning else {}

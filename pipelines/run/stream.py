@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 MAX_PASSES = 4  # 1 + the times a run starts over on the files it had not finished, after losing workers
 
 
-def revision_column(c: PipelineConfig) -> str:
+def revision_column(config: PipelineConfig) -> str:
     """The table column that orders revisions of one id (``sink.revision_by``)."""
-    return C.SOURCE_FILE if c.sink.revision_by == "path" else c.sink.revision_by
+    return C.SOURCE_FILE if config.sink.revision_by == "path" else config.sink.revision_by
 
 
 def embed_and_commit(
@@ -67,10 +67,9 @@ def embed_and_commit(
 
 def _checkpointer(plan: RunPlan, runlog: RunLog, lease: TableLease, todo: list[str], counts: EmbedCounts):
     """The run's checkpointer; each sink stats row it receives goes into ``counts`` and the run's metrics."""
-    c = plan.config
     options = plan.sink_options
     total = sum(plan.source.rows.get(f, 0) for f in todo)
-    metrics = RunMetrics(plan.run_id, c.sink.table, total)
+    metrics = RunMetrics(plan.run_id, plan.config.sink.table, total)
     return Checkpointer(
         run_id=plan.run_id,
         runlog=runlog,
@@ -80,7 +79,7 @@ def _checkpointer(plan: RunPlan, runlog: RunLog, lease: TableLease, todo: list[s
         expected_rows=plan.source.rows,
         identity=plan.source.identity,
         staged=plan.staged,
-        checkpoint_rows=c.sink.checkpoint_rows,
+        checkpoint_rows=plan.config.sink.checkpoint_rows,
         table_version=plan.table.version(),
         rejects_version=plan.table.rejects.version(),
         on_batch=lambda row: _count_batch(counts, row, metrics),
@@ -94,17 +93,16 @@ def _checkpointer(plan: RunPlan, runlog: RunLog, lease: TableLease, todo: list[s
 
 def _existing_rows(plan: RunPlan, checkpointer: Checkpointer):
     """Where an upsert run reads the table's rows as they were (None: not an upsert, or no table yet)."""
-    c = plan.config
-    if c.sink.mode != "upsert" or checkpointer.table_version is None:
+    if plan.config.sink.mode != "upsert" or checkpointer.table_version is None:
         return None
-    key = "doc_id" if c.embed.long_text == "chunk" else c.source.id_column
+    key = "doc_id" if plan.config.embed.long_text == "chunk" else plan.config.source.id_column
     return ExistingRows(
         plan.table_uri,
         checkpointer.table_version,
         key,
         plan.sink_options,
-        revision_column=revision_column(c),
-        metadata_columns=c.source.metadata_columns,
+        revision_column=revision_column(plan.config),
+        metadata_columns=plan.config.source.metadata_columns,
     )
 
 
@@ -112,17 +110,16 @@ def _stages(plan: RunPlan, existing) -> Callable[[Optional[int], float], list[St
     """The run's stages for an encoder pool (None: as configured) and the CPUs of a read/write task."""
     import ray
 
-    c = plan.config
     latest = None
-    if c.sink.mode == "upsert" and existing is not None and len(plan.source.files) > 1:
-        revision = None if c.sink.revision_by == "path" else c.sink.revision_by
-        latest = ray.put(latest_revisions(plan.source, c.source.id_column, revision, plan.source.files))
-    lineage_key = vector_key(plan.lineage, c)
+    if plan.config.sink.mode == "upsert" and existing is not None and len(plan.source.files) > 1:
+        revision = None if plan.config.sink.revision_by == "path" else plan.config.sink.revision_by
+        latest = ray.put(latest_revisions(plan.source, plan.config.source.id_column, revision, plan.source.files))
+    lineage_key = vector_key(plan.lineage, plan.config)
 
     def stages(pool: Optional[int], cpus: float) -> list[Stage]:
         return [
             *embedding_stages(
-                c,
+                plan.config,
                 max_tokens=plan.max_tokens,
                 dimension=plan.dimension,
                 lineage_key=lineage_key,
@@ -166,15 +163,14 @@ def _stream(
     ``MAX_PASSES`` times in all. Returns the passes made over again."""
     from ray.data.exceptions import ExecutionTimeoutError
 
-    c = plan.config
-    columns = [c.source.id_column, c.source.text_column, *c.source.metadata_columns]
+    columns = [plan.config.source.id_column, plan.config.source.text_column, *plan.config.source.metadata_columns]
     pool, resources = start
     held = plan.others_cpus
     passes = 0
     for attempt in range(1, MAX_PASSES + 1):
         try:
             # Only per-file counts and fragment descriptions reach the driver, never rows or vectors.
-            cpus = task_cpus(c.compute, resources.get("CPU", 0), pool)
+            cpus = task_cpus(plan.config.compute, resources.get("CPU", 0), pool)
             for batch in stats_batches(plan.source, columns, files, stages, pool, cpus, own_process):
                 for row in batch.to_pylist():
                     checkpointer.add(row)
@@ -188,10 +184,10 @@ def _stream(
             if attempt == MAX_PASSES:
                 raise
             resources = resources_left(held)  # what is left of the cluster now
-            pool = pool_that_fits(c.compute, resources)
+            pool = pool_that_fits(plan.config.compute, resources)
             passes += 1
             what = (
-                f"the stream made no progress for compute.stall_timeout_s={c.compute.stall_timeout_s:g}s"
+                f"the stream made no progress for compute.stall_timeout_s={plan.config.compute.stall_timeout_s:g}s"
                 if isinstance(exc, ExecutionTimeoutError)
                 else f"a worker was lost ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
             )
@@ -216,16 +212,15 @@ def _count_batch(counts: EmbedCounts, row: dict, metrics: RunMetrics) -> None:
 
 def _sink_stage(plan: RunPlan, cpus: float = 1.0, existing=None) -> Stage:
     """The write stage; ``existing`` (upsert runs) is where it reads the rows a metadata-only change rewrites."""
-    c = plan.config
     writer = FragmentWriter(
         table_uri=plan.table_uri,
         rejects_uri=plan.rejects_uri,
         schema=plan.table_schema,
-        id_column=c.source.id_column,
-        text_column=c.source.text_column,
+        id_column=plan.config.source.id_column,
+        text_column=plan.config.source.text_column,
         run_id=plan.run_id,
         storage_options=plan.sink_options,
         existing=existing,
-        metadata_columns=c.source.metadata_columns,
+        metadata_columns=plan.config.source.metadata_columns,
     )
-    return Stage("sink", writer, map_kwargs=dict(batch_size=c.sink.rows_per_fragment, num_cpus=cpus))
+    return Stage("sink", writer, map_kwargs=dict(batch_size=plan.config.sink.rows_per_fragment, num_cpus=cpus))

@@ -90,27 +90,28 @@ def index_step(
     """
     import ray
 
-    c = config
     if storage is None:
-        storage = Storage.resolve(c.storage, paths=[c.sink.uri, c.model.path, c.index.tuning_queries_path])
+        storage = Storage.resolve(
+            config.storage, paths=[config.sink.uri, config.model.path, config.index.tuning_queries_path]
+        )
     # Off the driver: index training and the tuning's exact searches grow with the table.
     queries = None
-    if c.index.tuning_queries_path and c.index.target_recall is not None:
-        queries = read_tuning_queries(c.index.tuning_queries_path, c.index.tuning_queries, storage)
+    if config.index.tuning_queries_path and config.index.target_recall is not None:
+        queries = read_tuning_queries(config.index.tuning_queries_path, config.index.tuning_queries, storage)
     # Retried when its worker or node is lost (nothing is committed until the build is done), never
     # on its own errors (Ray retries exceptions only when retry_exceptions is set).
     # A distributed build (index.workers) gives every CPU to its build tasks; the task that starts
     # them only trains on a sample and waits, so it holds none (else it could wait for its own CPU).
     cpus = ray.cluster_resources().get("CPU", 1)
-    one_task = index_workers(c.index.workers, rows, cpus) == 1
+    one_task = index_workers(config.index.workers, rows, cpus) == 1
     task = ray.remote(num_cpus=1 if one_task else 0, max_retries=3)(index_table)
     started = time.perf_counter()
     params, tuning = task_result(
         task.remote(
-            c.sink.uri,
-            c.sink.table,
-            c.index,
-            id_column=c.source.id_column,
+            config.sink.uri,
+            config.sink.table,
+            config.index,
+            id_column=config.source.id_column,
             dimension=dimension,
             incremental=incremental,
             lineage=lineage,

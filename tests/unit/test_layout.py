@@ -79,3 +79,32 @@ def test_every_module_states_its_job_in_its_first_docstring_line():
         if not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()
     ]
     assert not missing, missing
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+# pipelines/config.py is the declarative configuration: one pydantic model per config section, each
+# field with its default and docs. Its length is the length of the config's reference, not of logic.
+LONG_MODULES_ALLOWED = {"pipelines/config.py"}
+
+
+def test_no_module_in_pipelines_is_over_400_lines():
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in _modules("pipelines")
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+        and str(p.relative_to(ROOT)) not in LONG_MODULES_ALLOWED
+    }
+    assert not long, f"modules over {MAX_MODULE_LINES} lines (split them by job): {long}"
+
+
+def test_no_function_is_over_60_lines():
+    long = [
+        f"{p.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for package in ("pipelines", "connectors", "jobs", "infra", "scripts")
+        for p in _modules(package)
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES
+    ]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps): {long}"
