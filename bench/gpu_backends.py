@@ -91,7 +91,7 @@ def tokenized_corpus(config, texts):
     """The tokenize stage's output for ``texts`` (document prompt, truncation, EOS), as id lists."""
     from pipelines.embed.hf_encoder import padding_side_for
     from pipelines.embed.tokenizer import eos_to_append, load_tokenizer, tokenize_texts
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     plan = preflight(config)
     m = config.model

@@ -16,7 +16,7 @@ with batches of 100 queries in one search):
                  builds it, queried with the nprobes/refine_factor the job's tuning picks from documents
   ours, queries  the same index, tuned as the job does with index.tuning_queries_path: on real queries
                  (a tuning split of held-out sentences, apart from the measured ones)
-  IVF-PQ         the default until session 13 (dimension / 8 sub-vectors), built and tuned on real
+  IVF-PQ         the default until 2026-12-02 (dimension / 8 sub-vectors), built and tuned on real
                  queries the same way
   lancedb-def    IvfPq() with LanceDB's defaults, queried with LanceDB's defaults
   faiss-ivfpq    FAISS IndexIVFPQ, IVF-PQ's lists and code size and its query-tuned nprobes, and

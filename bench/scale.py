@@ -98,7 +98,8 @@ def stage_rates(corpus: Path, db: Path, model: Path) -> dict:
     from pipelines.config import load_config
     from pipelines.lineage import vector_key
     from pipelines.run.plan import embedding_stages
-    from pipelines.run.runner import _sink_stage, preflight
+    from pipelines.run.preflight import preflight
+    from pipelines.run.stream import _sink_stage
 
     torch.set_num_threads(1)
     pa.set_cpu_count(1)

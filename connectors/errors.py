@@ -7,5 +7,5 @@ __all__ = ["UserError"]
 
 class UserError(ValueError):
     """A configuration, input or request that cannot run as given; the message names the key, file,
-    row or column. Every job prints it as one line and exits with code 2 (jobs/_cli.py); anything
+    row or column. Every job prints it as one line and exits with code 2 (jobs/args.py); anything
     else is a failure of the run (exit 1)."""

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs._cli import fail, setup_logging
+from jobs.args import add_config_arguments, fail, setup_logging
 
 INDEX_TYPES = ("ivf_pq", "ivf_sq", "ivf_rq", "ivf_hnsw_sq")
 SET_BY_THE_JOB = ("source.", "sink.uri", "sink.table", "sink.mode")
@@ -25,14 +25,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, help="directory with corpus.jsonl, queries.jsonl, qrels/<split>.tsv")
     p.add_argument("--split", default="test", help="qrels file to use (default: test)")
-    p.add_argument("--config", help="YAML config file (model, embed, compute and index sections apply)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable)",
+    add_config_arguments(
+        p,
+        config_help="YAML config file (model, embed, compute and index sections apply)",
+        set_example="model.dtype=bfloat16",
     )
     p.add_argument(
         "--dimensions",
@@ -44,7 +40,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"index types to evaluate besides the config's index.type, from {','.join(INDEX_TYPES)}",
     )
     p.add_argument("--out", help="output directory (default: out/eval/<dataset directory name>)")
-    p.add_argument("--verbose", action="store_true", help="debug lines, and Ray Data's per-operator progress")
     args = p.parse_args(argv)
     # The job sets the source (the dataset's corpus) and where the tables go (OUT/lancedb, one
     # overwritten table per dimension): a --set for those would be silently replaced, so it is refused.

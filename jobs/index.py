@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_config_arguments, fail, report, setup_logging
+from jobs.args import add_config_arguments, fail, report, setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:

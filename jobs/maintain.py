@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jobs._cli import add_config_arguments, fail, setup_logging
-from jobs._cli import report as show
+from jobs.args import add_config_arguments, fail, setup_logging
+from jobs.args import report as show
 
 
 def parse_args(argv=None) -> argparse.Namespace:

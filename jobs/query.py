@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from jobs._cli import fail
+from jobs.args import fail
 
 
 def parse_args(argv=None) -> argparse.Namespace:

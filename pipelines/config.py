@@ -64,7 +64,7 @@ RESERVED = {
     C.VECTOR: "the table's embedding column",
     C.HASH: "the table's content hash column (upserts compare it)",
     C.SOURCE_FILE: "the table's column of each row's input file (resumes delete by it)",
-    "run_id": "the table's column of the run that wrote each row (pipelines/run/runner.py _table_schema)",
+    "run_id": "the table's column of the run that wrote each row (pipelines/run/preflight.py _table_schema)",
     "doc_id": "the table's column of a chunk's document id (embed.long_text=chunk)",
     "chunk": "the table's column of a chunk's number (embed.long_text=chunk)",
     # connectors.parquet_source.PATH_COLUMN (not imported: it would load pyarrow to validate a config)

@@ -78,7 +78,8 @@ def make_lineage(
     }
 
 
-def _get(lineage: dict, dotted: str) -> Any:
+def _value_at(lineage: dict, dotted: str) -> Any:
+    """The value at a dotted path such as ``"model.fingerprint"`` in a lineage dict, None where absent."""
     node: Any = lineage
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
@@ -90,7 +91,7 @@ _ABSENT_MEANS = {"model.append_eos": False}
 
 
 def _identity(lineage: dict, dotted: str) -> Any:
-    value = _get(lineage, dotted)
+    value = _value_at(lineage, dotted)
     return _ABSENT_MEANS.get(dotted) if value is None else value
 
 
@@ -100,7 +101,7 @@ def check_compatible(stored: dict, other: dict, what: str, fields: Optional[tupl
     A table fingerprinted by the legacy scheme (see :func:`connectors.model_store.model_fingerprint`)
     is refused with the reason and the way out: its fingerprint cannot prove the weights are the same.
     """
-    stored_fp, other_fp = str(_get(stored, "model.fingerprint")), str(_get(other, "model.fingerprint"))
+    stored_fp, other_fp = str(_value_at(stored, "model.fingerprint")), str(_value_at(other, "model.fingerprint"))
     if is_legacy_fingerprint(stored_fp) and not is_legacy_fingerprint(other_fp):
         raise LineageMismatchError(
             f"the table's model.fingerprint {stored_fp} is of the legacy scheme (config and first MiB of each "

@@ -1,6 +1,6 @@
 """Index upkeep, housekeeping and a health check for a table that scheduled runs keep adding to.
 
-Each append/upsert run already keeps the index in shape (:func:`pipelines.vector_index.params.maintain_index`);
+Each append/upsert run already keeps the index in shape (:func:`pipelines.vector_index.step.maintain_index`);
 this is the same policy as a step of its own, for a scheduler to run after the indexing job (and for
 tables that other writers touch): report the index's indexed/unindexed rows, ``optimize()`` or rebuild
 by ``index.reindex_fraction``, report again, and check that no id is in the table twice (the promise
@@ -29,7 +29,7 @@ from connectors.lance_table import open_table
 from connectors.storage import Storage, is_s3
 from connectors.table_lease import TableLease
 from pipelines.config import PipelineConfig, parse_duration
-from pipelines.vector_index.params import maintain_index
+from pipelines.vector_index.step import maintain_index
 
 log = logging.getLogger(__name__)
 

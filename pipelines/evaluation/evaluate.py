@@ -6,7 +6,7 @@ own table, and the queries are embedded once with that table's model
 (:class:`pipelines.search.searcher.Searcher`). Each narrower dimension's table is derived from it
 (:func:`pipelines.evaluation.matryoshka.derive_table`: the vectors re-cut and normalised again, as a run
 at that dimension writes them) and indexed by the run's own index step
-(:func:`pipelines.run.runner.index_step`); its query vectors are the wide ones re-cut the same way.
+(:func:`pipelines.vector_index.step.index_step`); its query vectors are the wide ones re-cut the same way.
 Configs whose derived tables would differ from a run's (float16 vectors, chunked documents) get one
 indexing run per dimension instead. The queries are searched twice per table, exactly (every vector
 scanned) and through the index at the query defaults stored with the table, which is what a user of
@@ -38,7 +38,8 @@ from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
 from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows
-from pipelines.vector_index.tuning import build_tuned_index, index_lineage, knn_recall
+from pipelines.vector_index.step import index_step
+from pipelines.vector_index.tuning import index_lineage, knn_recall
 
 __all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
 
@@ -166,18 +167,24 @@ def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) ->
     return _Table(config, summary.table_rows, searcher, searcher.embed_queries(texts), run)
 
 
+def _index(config: PipelineConfig, rows: int, dimension: int, lineage: dict):
+    """``config.sink.table`` indexed as a run indexes it (:func:`~pipelines.vector_index.step.index_step`),
+    the index recorded in its lineage; returns the index parameters, the tuning and the seconds."""
+    params, tuning, seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
+    lineage.update(index_lineage(params, tuning))
+    lance_sink.write_lineage(config.sink.uri, config.sink.table, lineage)
+    return params, tuning, seconds
+
+
 def _derived(config: PipelineConfig, wide: _Table) -> _Table:
     """``wide``'s table and query vectors re-cut to ``config``'s dimension, and indexed as a run indexes."""
-    from pipelines.run.runner import index_step
     from pipelines.search.searcher import Searcher
 
     uri, table, dimension = config.sink.uri, config.sink.table, config.embed.dimension
     started = time.perf_counter()
     lineage, rows = derive_table(config, wide.config.sink.table, version=wide.searcher.version)
     derive_seconds = round(time.perf_counter() - started, 2)
-    params, tuning, index_seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
-    lineage.update(index_lineage(params, tuning))
-    lance_sink.write_lineage(uri, table, lineage)
+    params, tuning, index_seconds = _index(config, rows, dimension, lineage)
     log.info(
         f"table {table!r}: {rows} rows derived from {wide.config.sink.table!r} at dimension {dimension} in "
         f"{derive_seconds:g}s; index {params.type} built and tuned in {index_seconds:g}s"
@@ -218,11 +225,8 @@ def _evaluate_table(t: _Table, types: Sequence[str], qids: list, dataset: BeirDa
         if index_type == "none" or t.rows < min_index_rows(cfg.index, dim):
             break
         if n > 0:  # the configured type was built by the index step; build the others in turn
-            index_config = cfg.index.model_copy(update={"type": index_type})
-            params, tuning = build_tuned_index(searcher.table, t.rows, dim, index_config, id_column="id")
-            lineage = lance_sink.read_lineage(cfg.sink.uri, cfg.sink.table)
-            lineage.update(index_lineage(params, tuning))
-            lance_sink.write_lineage(cfg.sink.uri, cfg.sink.table, lineage)
+            typed = cfg.model_copy(update={"index": cfg.index.model_copy(update={"type": index_type})})
+            _index(typed, t.rows, dim, lance_sink.read_lineage(cfg.sink.uri, cfg.sink.table))
             searcher = Searcher.open(cfg.sink.uri, cfg.sink.table)
         results.append(_index_row(searcher, dim, vectors, qids, dataset, exact_ranked, t.rows))
         log.info("dimension %d %s: %s", dim, index_type, results[-1].metrics)
@@ -276,7 +280,11 @@ def evaluate_dataset(
         results.extend(_evaluate_table(table, types, qids, dataset))
         runs.append(table.run)
         dtype = table.searcher.lineage["model"]["dtype"]  # model.dtype as resolved (auto) by the run
+    return _report(dataset_dir, dataset, split, config, dtype, results, runs)
 
+
+def _report(dataset_dir, dataset: BeirDataset, split: str, config, dtype: str, results: list, runs: list) -> dict:
+    """The report dict: the set, the model, every result row and every table's run."""
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {

@@ -7,7 +7,7 @@ the dimension is redone: the vectors, each row's ``content_hash`` (keyed by
 :func:`pipelines.lineage.vector_key`, which covers the dimension) and the lineage's ``dimension`` (and
 the schema's embedding-function entry with it). The rest of each row, ``run_id`` included, is the
 wide table's: those rows came from its run. The index is not copied; the caller builds one
-(:func:`pipelines.run.runner.index_step`).
+(:func:`pipelines.vector_index.step.index_step`).
 """
 
 from __future__ import annotations
@@ -75,6 +75,21 @@ def derive_table(
     if schema is None:
         raise lance_sink.SinkError(f"no table {source!r} in {uri}")
     wide = lance_sink.lineage_in(schema, f"table {source!r} in {uri}")
+    _check_matches(config, source, wide)
+
+    lineage = {k: v for k, v in wide.items() if k not in INDEX_LINEAGE_KEYS}
+    lineage["dimension"] = dimension
+    lineage["derived_from"] = {"table": source, "version": version, "dimension": wide["dimension"]}
+    out_schema, recut = _recut(config, schema, lineage)
+    rows = lance_sink.map_table(
+        uri, source, table, out_schema, recut, version=version, batch_rows=batch_rows, storage_options=storage_options
+    )
+    return lineage, rows
+
+
+def _check_matches(config: PipelineConfig, source: str, wide: dict) -> None:
+    """``config`` asks for a dimension the wide table (lineage ``wide``) has, made the same way."""
+    dimension = config.embed.dimension
     if dimension is None or dimension > wide["dimension"]:
         raise ConfigError(
             f"embed.dimension={dimension}: a table derived from {source!r} needs a dimension of at most "
@@ -89,9 +104,11 @@ def derive_table(
         if wide.get(key) != value:
             raise ConfigError(f"{setting}={value}: table {source!r} was made with {key}={wide.get(key)}")
 
-    lineage = {k: v for k, v in wide.items() if k not in INDEX_LINEAGE_KEYS}
-    lineage["dimension"] = dimension
-    lineage["derived_from"] = {"table": source, "version": version, "dimension": wide["dimension"]}
+
+def _recut(config: PipelineConfig, schema: pa.Schema, lineage: dict):
+    """The derived table's schema (``lineage`` in its metadata) and the function that makes one of its
+    batches from a batch of the wide table."""
+    dimension = config.embed.dimension
     field = schema.field(C.VECTOR)
     vector_type = pa.list_(field.type.value_field, dimension)
     out_schema = schema.set(schema.get_field_index(C.VECTOR), field.with_type(vector_type))
@@ -112,7 +129,4 @@ def derive_table(
             [columns.get(name, batch.column(name)) for name in out_schema.names], schema=out_schema
         )
 
-    rows = lance_sink.map_table(
-        uri, source, table, out_schema, recut, version=version, batch_rows=batch_rows, storage_options=storage_options
-    )
-    return lineage, rows
+    return out_schema, recut

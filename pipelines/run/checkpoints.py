@@ -139,32 +139,7 @@ class Checkpointer:
         if self.staged:
             self.runlog.record(self.run_id, done)
         else:
-            fragments = [x for d in done for x in d.fragments]
-            rejects = [x for d in done for x in d.reject_fragments]
-            lance_commits.require_files(self.table_uri, fragments, "the table", self.storage)
-            lance_commits.require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
-            self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done], kind="committing")
-            replaced = [a for f in files for a in self.pending[f].replaced]
-            commit_started = time.perf_counter()
-            self.table_version = lance_commits.commit_checkpoint(
-                self.table_uri,
-                self.table_schema,
-                fragments,
-                np.concatenate(replaced) if replaced else np.zeros(0, np.uint64),
-                self.table_version,
-                self.options,
-            )
-            self.rejects_version = lance_commits.commit_checkpoint(
-                self.rejects_uri,
-                lance_sink.REJECT_SCHEMA,
-                rejects,
-                np.zeros(0, np.uint64),
-                self.rejects_version,
-                self.options,
-                what="the rejects table",
-            )
-            commit_s = time.perf_counter() - commit_started
-            self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done])
+            commit_s = self._commit(files, done)
         self.rows_done += sum(d.rows for d in done)
         self.timings.append(
             {
@@ -182,6 +157,37 @@ class Checkpointer:
         self.checkpoints += 1
         if self.progress:
             self.progress.checkpoint(self.checkpoints, self.rows_done)
+
+    def _commit(self, files: list[str], done: list[DoneFile]) -> float:
+        """Append/upsert: commit the files' fragments (and the rows they replace) onto the table and the
+        rejects table, recorded in the run log before (``committing``) and after; the seconds the commits took."""
+        fragments = [x for d in done for x in d.fragments]
+        rejects = [x for d in done for x in d.reject_fragments]
+        lance_commits.require_files(self.table_uri, fragments, "the table", self.storage)
+        lance_commits.require_files(self.rejects_uri, rejects, "the rejects table", self.storage)
+        self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done], kind="committing")
+        replaced = [a for f in files for a in self.pending[f].replaced]
+        commit_started = time.perf_counter()
+        self.table_version = lance_commits.commit_checkpoint(
+            self.table_uri,
+            self.table_schema,
+            fragments,
+            np.concatenate(replaced) if replaced else np.zeros(0, np.uint64),
+            self.table_version,
+            self.options,
+        )
+        self.rejects_version = lance_commits.commit_checkpoint(
+            self.rejects_uri,
+            lance_sink.REJECT_SCHEMA,
+            rejects,
+            np.zeros(0, np.uint64),
+            self.rejects_version,
+            self.options,
+            what="the rejects table",
+        )
+        commit_s = time.perf_counter() - commit_started
+        self.runlog.record(self.run_id, [DoneFile(d.file, d.rows, d.identity) for d in done])
+        return commit_s
 
     def drop_incomplete(self, files: list[str]) -> list[str]:
         """The files of ``files`` not done yet, to be read again: their fragments so far are forgotten

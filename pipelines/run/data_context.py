@@ -12,7 +12,7 @@ def configure(context, *, max_block_mb: int, stall_timeout_s: float, verbose: bo
     # Blocks are bounded in bytes (Ray's default is 128 MiB): a file's rows and the encoder's vectors
     # then stream through in pieces of this size instead of one block per file.
     context.target_max_block_size = max_block_mb * 2**20
-    context.execution_no_progress_timeout_s = stall_timeout_s  # see pipelines.run.runner._stream
+    context.execution_no_progress_timeout_s = stall_timeout_s  # see pipelines.run.stream._stream
     context.enable_progress_bars = verbose  # else the run's own lines (pipelines.run.progress)
     quiet_logs(context)
     # A task runs to its end instead of pausing, CPU held, when Ray Data stops taking its blocks

@@ -33,6 +33,7 @@ from pipelines.config import PipelineConfig
 from pipelines.lineage import vector_key
 from pipelines.run.plan import embedding_stages
 from pipelines.run.progress import duration
+from pipelines.run.quiet import init_own_ray
 from pipelines.vector_index.params import derive_index_params
 
 __all__ = ["DryRunReport", "dry_run"]
@@ -106,7 +107,7 @@ def _warm_up(stage, batch: pa.Table, resources: dict) -> tuple[float, str]:
 def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 8) -> DryRunReport:
     import ray
 
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     started = time.perf_counter()
     plan = preflight(config)
@@ -139,7 +140,7 @@ def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 
     report.rows_per_doc = kept.num_rows / docs
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False)  # as the job's own Ray (pipelines/run/runner.py)
+        init_own_ray(include_dashboard=False)  # as the job's own Ray (pipelines/run/runner.py)
     encode = stages["encode"]
     resources = {"num_cpus": c.compute.cpus_per_actor or 0, "num_gpus": c.compute.gpus_per_actor or 0}
     seconds, report.device = _warm_up(encode, kept, resources)

@@ -1,7 +1,7 @@
 """One Ray Data execution of a run: a group of files through the stages, the sink's stats batches back.
 
 A run of many files streams in executions of ``compute.rows_per_execution`` rows
-(:func:`pipelines.run.runner.execution_groups`). Whatever process runs an execution's streaming executor
+(:func:`pipelines.run.resources.execution_groups`). Whatever process runs an execution's streaming executor
 submits and owns its thousands of tasks and blocks, and keeps some native memory for each (Ray's
 per-task state, Arrow pools) after the execution ends: measured in the driver, ~13-15 MiB per
 million documents that stayed across executions, 1.16x the 1M run's peak at 10M (docs/scaling.md).

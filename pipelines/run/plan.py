@@ -84,7 +84,7 @@ def embedding_stages(
     ``pool`` fixes the number of encoder actors (a run that lost workers starts over on what fits);
     by default the pool is ``compute.actors`` .. ``compute.max_actors``. ``cpus`` is what each task
     stage asks for (:func:`task_cpus`); the read must ask for the same, so it fuses with validate.
-    ``run_id`` tags the encoder actors' metrics (:mod:`pipelines.run.metrics`); none without it.
+    ``run_id`` tags the encoder actors' metrics (:mod:`pipelines.run.prometheus`); none without it.
 
     Placement comes from resources: read and validate run as tasks that ask for a CPU and no GPU
     (tokenize is a task stage of its own after the repartition, so it scales with the CPU workers,
@@ -94,10 +94,7 @@ def embedding_stages(
     so with one GPU per actor Ray runs at most one encoder per GPU (see ray_cluster.yaml for keeping
     the CPU tasks off GPU nodes).
     """
-    import ray
-
-    src, model, compute = config.source, config.model, config.compute
-    chunk = config.embed.long_text == "chunk"
+    src, compute = config.source, config.compute
     # Stages after validate take block_rows rows a call: without a batch size Ray hands a stage a
     # whole block, which can be a whole Parquet file, so the token id lists would grow with the file
     # instead of staying at one batch. Validate itself takes whole blocks: a batch may not span two
@@ -116,54 +113,70 @@ def embedding_stages(
             )
         )
     return stages + [
-        # A Parquet file is one block up to here (validate needs whole files). From here on blocks
-        # are compute.block_rows rows: the encoder actors share a big file batch by batch, and a
-        # lost actor or node costs the batches it held, not the file.
-        Stage(
-            "tokenize",
-            TokenizeStage(
-                model,
-                src.id_column,
-                src.text_column,
-                max_tokens,
-                model.document_prompt,
-                chunk=chunk,
-                overlap=config.embed.chunk_overlap,
-                storage=storage,
-            ),
-            map_kwargs=rows,
-            split_rows=compute.block_rows,
-        ),
-        Stage(
-            "encode",
-            EncodeStage,
-            constructor_kwargs=dict(
-                model=model,
-                dimension=dimension,
-                normalize=config.embed.normalize,
-                batch_tokens=compute.batch_tokens,
-                vector_dtype=config.embed.vector_dtype,
-                threads=_encoder_threads(config),
-                storage=storage,
-                max_tokens=max_tokens,
-                run_id=run_id,
-                table=config.sink.table,
-            ),
-            map_kwargs=dict(
-                batch_size=compute.block_rows,
-                compute=ray.data.ActorPoolStrategy(
-                    min_size=pool or compute.actors, max_size=pool or compute.max_actors or compute.actors
-                ),
-                num_cpus=compute.cpus_per_actor,
-                num_gpus=compute.gpus_per_actor,
-                # A dead encoder actor is not restarted: its batches fail the stream, and the run
-                # starts over on its unfinished files with a pool that fits what is left
-                # (pipelines.run.runner). A restart would wait, with its batches, for room that a
-                # cluster which lost a node may never have again.
-                max_restarts=0,
-            ),
-        ),
+        _tokenize_stage(config, max_tokens, storage, rows),
+        _encode_stage(config, max_tokens=max_tokens, dimension=dimension, storage=storage, pool=pool, run_id=run_id),
     ]
+
+
+def _tokenize_stage(config: PipelineConfig, max_tokens: int, storage, rows: dict) -> Stage:
+    """The tokenize stage: a task stage of ``compute.block_rows`` rows a call."""
+    src, model = config.source, config.model
+    # A Parquet file is one block up to here (validate needs whole files). From here on blocks
+    # are compute.block_rows rows: the encoder actors share a big file batch by batch, and a
+    # lost actor or node costs the batches it held, not the file.
+    return Stage(
+        "tokenize",
+        TokenizeStage(
+            model,
+            src.id_column,
+            src.text_column,
+            max_tokens,
+            model.document_prompt,
+            chunk=config.embed.long_text == "chunk",
+            overlap=config.embed.chunk_overlap,
+            storage=storage,
+        ),
+        map_kwargs=rows,
+        split_rows=config.compute.block_rows,
+    )
+
+
+def _encode_stage(
+    config: PipelineConfig, *, max_tokens: int, dimension: int, storage, pool: Optional[int], run_id: str
+) -> Stage:
+    """The encode stage: a pool of encoder actors (``pool``, else ``compute.actors`` .. ``max_actors``)."""
+    import ray
+
+    model, compute = config.model, config.compute
+    return Stage(
+        "encode",
+        EncodeStage,
+        constructor_kwargs=dict(
+            model=model,
+            dimension=dimension,
+            normalize=config.embed.normalize,
+            batch_tokens=compute.batch_tokens,
+            vector_dtype=config.embed.vector_dtype,
+            threads=_encoder_threads(config),
+            storage=storage,
+            max_tokens=max_tokens,
+            run_id=run_id,
+            table=config.sink.table,
+        ),
+        map_kwargs=dict(
+            batch_size=compute.block_rows,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=pool or compute.actors, max_size=pool or compute.max_actors or compute.actors
+            ),
+            num_cpus=compute.cpus_per_actor,
+            num_gpus=compute.gpus_per_actor,
+            # A dead encoder actor is not restarted: its batches fail the stream, and the run
+            # starts over on its unfinished files with a pool that fits what is left
+            # (pipelines.run.stream). A restart would wait, with its batches, for room that a
+            # cluster which lost a node may never have again.
+            max_restarts=0,
+        ),
+    )
 
 
 def apply_stages(dataset, stages: list[Stage], read_cpus: float = 1.0):
@@ -174,9 +187,13 @@ def apply_stages(dataset, stages: list[Stage], read_cpus: float = 1.0):
         if stage.split_rows:
             dataset = dataset.repartition(target_num_rows_per_block=stage.split_rows)
             # The repartition runs inside the tasks of the stage before it (Ray fuses them) only
-            # when both ask for the same resources; Dataset.repartition takes no CPU request, so it
-            # is set on its logical operator (Ray Data's own field), else it would be an operator of
-            # its own asking for a whole CPU.
+            # when both ask for the same resources, else it is an operator of its own asking for a
+            # whole CPU. Ray 2.60 has no public way to give it a CPU request: Dataset.repartition
+            # takes none (num_blocks, target_num_rows_per_block, strict, shuffle, keys, sort), and
+            # the StreamingRepartition operator it adds starts with ray_remote_args={}, which the
+            # planner passes on as they are (plan_streaming_repartition_op). So the request is set
+            # on that operator, the one private field used here; a Ray that renames it raises
+            # AttributeError at the first run rather than silently planning differently.
             dataset._logical_plan.dag.ray_remote_args["num_cpus"] = cpus
         kwargs = dict(stage.map_kwargs)
         if stage.constructor_kwargs:

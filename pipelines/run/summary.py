@@ -7,7 +7,41 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
-__all__ = ["RunSummary"]
+__all__ = ["EmbedCounts", "RunSummary"]
+
+
+@dataclass
+class EmbedCounts:
+    """What a run's embedding passes counted: the sink's stats rows summed, the passes, the checkpoints."""
+
+    rows_read: int = 0
+    rows_written: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    tokens: int = 0
+    truncated: int = 0
+    skipped: int = 0
+    updated: int = 0
+    encoders: Counter = field(default_factory=Counter)  # "<node id>/<actor id>" -> rows it embedded
+    writer_nodes: Counter = field(default_factory=Counter)  # node id -> sink batches written there
+    passes: int = 0  # times the files not finished were read again after losing workers
+    checkpoints: int = 0
+    checkpoint_timings: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def add_batch(
+        self, rows: int, written: int, rejected: dict, tokens: int, truncated: int, skipped: int = 0, updated: int = 0
+    ) -> None:
+        self.rows_read += rows
+        self.skipped += skipped
+        self.updated += updated
+        self.rows_written += written
+        self.rejected.update(rejected)
+        self.tokens += tokens
+        self.truncated += truncated
+
+    def add_placement(self, encoders: dict, writer_node: str) -> None:
+        self.encoders.update(encoders)
+        self.writer_nodes[writer_node] += 1
 
 
 @dataclass
@@ -40,7 +74,7 @@ class RunSummary:
     checkpoint_timings: list = field(default_factory=list)  # pipelines.run.checkpoints.Checkpointer.timings
     dedup_seconds: float = 0.0  # the duplicate-id check after the stream
     index_seconds: float = 0.0  # the index task: vector index, tuning, id index
-    preflight_seconds: float = 0.0  # checks and plan before any work (pipelines.run.runner.preflight)
+    preflight_seconds: float = 0.0  # checks and plan before any work (pipelines.run.preflight.preflight)
     ray_start_seconds: float = 0.0  # ray.init() when the job started its own local Ray (0 when connected)
     dtype: str = ""  # the encoder's compute dtype (model.dtype resolved) and why
     dtype_reason: str = ""
@@ -49,20 +83,21 @@ class RunSummary:
     def rows_rejected(self) -> int:
         return sum(self.rejected.values())
 
-    def add_batch(
-        self, rows: int, written: int, rejected: dict, tokens: int, truncated: int, skipped: int = 0, updated: int = 0
-    ) -> None:
-        self.rows_read += rows
-        self.skipped += skipped
-        self.updated += updated
-        self.rows_written += written
-        self.rejected.update(rejected)
-        self.tokens += tokens
-        self.truncated += truncated
-
-    def add_placement(self, encoders: dict, writer_node: str) -> None:
-        self.encoders.update(encoders)
-        self.writer_nodes[writer_node] += 1
+    def add_embedding(self, counts: EmbedCounts) -> None:
+        """What the run's embedding passes counted (:func:`pipelines.run.stream.embed_and_commit`)."""
+        self.rows_read += counts.rows_read
+        self.skipped += counts.skipped
+        self.updated += counts.updated
+        self.rows_written += counts.rows_written
+        self.rejected.update(counts.rejected)
+        self.tokens += counts.tokens
+        self.truncated += counts.truncated
+        self.encoders.update(counts.encoders)
+        self.writer_nodes.update(counts.writer_nodes)
+        self.passes += counts.passes
+        self.checkpoints = counts.checkpoints
+        self.checkpoint_timings = counts.checkpoint_timings
+        self.embed_seconds = counts.seconds
 
     @property
     def placement(self) -> dict:

@@ -25,31 +25,29 @@ Every ``refresh_seconds`` a replica looks for a newer table version and serves i
 shows up without a restart). A version made with another model or dimension is not served: the
 replica reports it on /ready and in its health check, and Serve restarts it, which loads the
 model the table now records. Built by :func:`jobs.serve.app` (``serve run infra/serve/search.yaml``).
+
+Its parts: :mod:`pipelines.search.requests` (one request checked on its own),
+:mod:`pipelines.search.auth` (the bearer token) and :mod:`pipelines.search.batcher` (the batching).
 """
 
 import asyncio
-import hmac
-import json
 import logging
-import math
-import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
 from ray import serve
 
 from connectors.errors import UserError
 from connectors.storage import Storage
 from pipelines.config import ServiceConfig
+from pipelines.search.auth import bearer_token, unauthorised
+from pipelines.search.batcher import Batcher, Work
 from pipelines.search.filters import build_filter, filters_from_json
+from pipelines.search.requests import BadRequest, SearchRequest, jsonable, parse_request, read_body
 from pipelines.search.searcher import Searcher
 
 __all__ = ["SearchRequest", "TableSearch"]
@@ -58,118 +56,7 @@ log = logging.getLogger("ray.serve")
 api = FastAPI(title="embedpipe search", docs_url=None, redoc_url=None)
 
 
-class SearchRequest(BaseModel):
-    """One query: a text (embedded with the table's query prompt) or a vector, never both."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    query: Optional[str] = None
-    vector: Optional[list[float]] = None
-    k: int = 10
-    filters: Optional[dict[str, Any]] = None
-    columns: Optional[list[str]] = None
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-# ---- one request, on its own: the body, its values, the reply ---------------------------------------
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit``: a chunked body declares no length,
-    and reading it whole before counting would take in any size."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _BadRequest(413, f"request body of {declared} bytes is over the limit of {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise _BadRequest(413, f"request body is over the limit of {limit} bytes")
-    return bytes(body)
-
-
-_INT64 = 2**63
-
-
-def _unfit_scalar(value: Any) -> Optional[str]:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int) and not -_INT64 <= value < _INT64:
-        digits = str(abs(value))
-        shown = digits if len(digits) <= 24 else f"{digits[:8]}... ({len(digits)} digits)"
-        return f"{'-' * (value < 0)}{shown} is outside the 64-bit integer range"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{value} is not a finite number"
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            return f"text that is not valid UTF-8 (lone surrogate {value[exc.start]!r} at character {exc.start})"
-    return None
-
-
-def _unfit(raw: Any) -> Optional[str]:
-    """The first value that JSON allows but a batch cannot take, as ``field: why``: an integer outside
-    int64 (Lance refuses the literal, 10**400 overflows a float), NaN or infinity (Python's JSON reads
-    them), a string with a lone surrogate (a ``\\ud800`` escape: the tokenizer raises). Found here,
-    before the request joins a batch, it fails only its own request. Iterative: no depth limit."""
-    todo: list[tuple[str, Any]] = [("", raw)]
-    while todo:
-        field, value = todo.pop()
-        if isinstance(value, dict):
-            for key in value:
-                if problem := _unfit_scalar(key):
-                    return f"{field or 'body'}: a key is {problem}"
-            todo.extend((f"{field}.{k}" if field else k, v) for k, v in reversed(value.items()))
-        elif isinstance(value, list):
-            todo.extend((f"{field}[{i}]", v) for i, v in reversed(list(enumerate(value))))
-        elif problem := _unfit_scalar(value):
-            return f"{field or 'body'}: {problem}"
-    return None
-
-
-def _parse_request(body: bytes, max_k: int) -> SearchRequest:
-    try:
-        raw = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # also a 5000-digit integer, nesting 50 000 deep
-        raise _BadRequest(400, f"request body is not JSON: {exc}") from None
-    if problem := _unfit(raw):
-        raise _BadRequest(400, problem)
-    try:
-        req = SearchRequest.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-        raise _BadRequest(422, problems) from None
-    if (req.query is None) == (req.vector is None):
-        raise _BadRequest(422, 'give exactly one of "query" (text) and "vector"')
-    if req.query is not None and not req.query.strip():
-        raise _BadRequest(422, '"query" is empty')
-    if not 1 <= req.k <= max_k:
-        raise _BadRequest(422, f'"k" must be between 1 and {max_k}, got {req.k}')
-    return req
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    return value
-
-
-def _jsonable(hits: pa.Table) -> list[dict]:
-    """The hits as JSON values, NaN and infinity as null: JSON has no such numbers, and a float
-    metadata column that holds one (a missing rating stored as NaN) would fail the whole reply."""
-    return _finite(jsonable_encoder(hits.to_pylist()))
-
-
-# ---- what a client may read, and who may ask ----------------------------------------------------
+# ---- what a client may read ----------------------------------------------------------------------
 def _served_columns(lineage: dict, schema: pa.Schema, allowed: Optional[list[str]]) -> list[str]:
     """The columns a request may read and filter on: the id, then the allow-list, by default the text
     and the source's metadata columns as the lineage records them. Not the rest of the table: the
@@ -180,102 +67,6 @@ def _served_columns(lineage: dict, schema: pa.Schema, allowed: Optional[list[str
     return [c for c in dict.fromkeys([source["id_column"], *wanted]) if c in schema.names and c != "vector"]
 
 
-def _bearer_token(config: ServiceConfig) -> Optional[str]:
-    """The token /search and /stats require, from the variable or file the config names (never from
-    the config: it is in git and on Serve's dashboard). Named but missing or empty: the replica does
-    not start, rather than serve open."""
-    if config.auth_token_env:
-        where, token = f"environment variable {config.auth_token_env}", os.environ.get(config.auth_token_env, "")
-    elif config.auth_token_file:
-        where = f"auth_token_file {config.auth_token_file}"
-        try:
-            token = Path(config.auth_token_file).read_text()
-        except OSError as exc:
-            raise UserError(f"cannot read {where}: {exc.strerror}") from None
-    else:
-        return None
-    if not token.strip():
-        raise UserError(f"{where} is empty or not set on this node: the service would answer without a token")
-    return token.strip()
-
-
-def _unauthorised(request: Request, token: Optional[str]) -> Optional[JSONResponse]:
-    """401 with a ``WWW-Authenticate`` challenge unless the request carries ``Bearer <token>``
-    (compared in constant time); None when it does or no token is configured."""
-    if token is None:
-        return None
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
-        return None
-    challenge = 'Bearer realm="embedpipe"' + (', error="invalid_token"' if given else "")
-    reason = "wrong bearer token" if given else 'missing "Authorization: Bearer <token>" header'
-    return JSONResponse({"error": reason}, status_code=401, headers={"WWW-Authenticate": challenge})
-
-
-# ---- batching -------------------------------------------------------------------------------------
-@dataclass
-class _Work:
-    """One checked query in a batch: a text to embed or a vector, and what to search with."""
-
-    text: Optional[str]
-    vector: Optional[np.ndarray]
-    k: int
-    where: Optional[str]  # built by build_filter: typed, quoted
-    columns: list[str]
-
-
-class _Batcher:
-    """Queries wait while the model is busy and go in together once it is free: no added wait at low
-    load, full batches under load.
-
-    Not ``@serve.batch``: it forms a batch from what arrives within ``batch_wait_timeout_s`` of the
-    first query, also while the previous batch still runs, so under load the batches stay as small
-    as the window (1.8-2.7 queries per forward pass with 32 clients waiting, on the demo table; this
-    batcher: 15.8, docs/benchmarks.md) and a longer window delays every query at low load.
-    """
-
-    def __init__(self, run: Callable[[list], list], max_size: int):
-        self.run = run  # blocking: a batch in, one answer per item out, in order
-        self.max_size = max_size
-        self.waiting: list[tuple[Any, asyncio.Future]] = []
-        self.busy = False
-        self._task: Optional[asyncio.Task] = None  # held: the loop keeps only a weak reference to a task
-
-    async def submit(self, item: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self.waiting.append((item, future))
-        if not self.busy:  # the task starts on the loop's next turn: queries of this turn join it
-            self.busy = True
-            self._task = loop.create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting[: self.max_size], self.waiting[self.max_size :]
-                await self._answer(batch)
-        finally:
-            self.busy = False
-
-    async def _answer(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        """One run for the batch; if it fails, one run per query, so that a query the checks let
-        through but the model or Lance refuses fails alone and the others get their answers."""
-        try:
-            answers = await asyncio.to_thread(self.run, [item for item, _ in batch])
-        except Exception as exc:  # noqa: BLE001  each caller gets its error, none waits for ever
-            if len(batch) > 1:
-                for one in batch:
-                    if not one[1].done():  # a client that went away cancelled its future
-                        await self._answer([one])
-            elif not batch[0][1].done():
-                batch[0][1].set_exception(exc)
-            return
-        for (_, future), answer in zip(batch, answers):
-            if not future.done():
-                future.set_result(answer)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64, health_check_period_s=10)
 @serve.ingress(api)
 class TableSearch:
@@ -283,12 +74,17 @@ class TableSearch:
 
     def __init__(self, config: dict):
         self.config = ServiceConfig.model_validate(config)
-        c = self.config
-        self._token = _bearer_token(c)  # before the model loads: a missing secret fails at once
-        storage = Storage.resolve(c.storage, [c.uri, c.model_path])
-        self.searcher = Searcher.open(c.uri, c.table, model_path=c.model_path, device=c.device, storage=storage)
+        self._token = bearer_token(self.config)  # before the model loads: a missing secret fails at once
+        storage = Storage.resolve(self.config.storage, [self.config.uri, self.config.model_path])
+        self.searcher = Searcher.open(
+            self.config.uri,
+            self.config.table,
+            model_path=self.config.model_path,
+            device=self.config.device,
+            storage=storage,
+        )
         self.searcher.embed_queries(["warm-up"])  # the model is loaded before the replica takes traffic
-        self._batcher = _Batcher(self._answer_now, c.max_batch_size)
+        self._batcher = Batcher(self._answer_now, self.config.max_batch_size)
         self.queries = 0  # embedded, in self.batches forward passes taking self.embed_seconds
         self.batches = 0
         self.embed_seconds = 0.0
@@ -299,7 +95,7 @@ class TableSearch:
         self._refreshing: Optional[asyncio.Task] = None
 
     # ---- batching: concurrent queries share one forward pass and one index search -----------------
-    def _answer_now(self, work: list[_Work]) -> list[pa.Table]:
+    def _answer_now(self, work: list[Work]) -> list[pa.Table]:
         """Embed the batch's texts in one pass, then search each group of queries that share k,
         filter and columns (nearly always one group) in one index search."""
         texts = [w.text for w in work if w.text is not None]
@@ -373,7 +169,7 @@ class TableSearch:
 
     @api.get("/stats")
     async def stats(self, request: Request) -> JSONResponse:
-        if refusal := _unauthorised(request, self._token):
+        if refusal := unauthorised(request, self._token):
             return refusal
         return JSONResponse(
             {
@@ -387,15 +183,15 @@ class TableSearch:
 
     @api.post("/search")
     async def search(self, request: Request) -> JSONResponse:
-        if refusal := _unauthorised(request, self._token):  # before the body is read
+        if refusal := unauthorised(request, self._token):  # before the body is read
             return refusal
         self._maybe_refresh()
         try:
             if self.stale:
-                raise _BadRequest(503, f"not ready: {self.stale}")
-            req = _parse_request(await _read_body(request, self.config.max_body_bytes), self.config.max_k)
+                raise BadRequest(503, f"not ready: {self.stale}")
+            req = parse_request(await read_body(request, self.config.max_body_bytes), self.config.max_k)
             hits = await self._search(req)
-        except _BadRequest as exc:
+        except BadRequest as exc:
             return JSONResponse({"error": exc.reason}, status_code=exc.status)
         except UserError as exc:  # FilterError, LineageMismatchError: the request's fault, named
             return JSONResponse({"error": str(exc)}, status_code=400)
@@ -407,7 +203,7 @@ class TableSearch:
         refused = [c for c in wanted if c not in served]
         if refused:
             names = ", ".join(map(repr, refused))
-            raise _BadRequest(400, f"unknown or not served column(s) {names}; served columns: {', '.join(served)}")
+            raise BadRequest(400, f"unknown or not served column(s) {names}; served columns: {', '.join(served)}")
         return list(dict.fromkeys([source["id_column"], *wanted]))
 
     async def _search(self, req: SearchRequest) -> list[dict]:
@@ -422,15 +218,15 @@ class TableSearch:
             vector = np.asarray(req.vector, dtype=np.float32)
             if vector.shape != (self.searcher.dimension,):
                 dim = self.searcher.dimension
-                raise _BadRequest(400, f'"vector" has {vector.size} values, the table holds {dim}-dimensional vectors')
+                raise BadRequest(400, f'"vector" has {vector.size} values, the table holds {dim}-dimensional vectors')
             if not np.isfinite(vector).all():
-                raise _BadRequest(400, '"vector" holds a value beyond the float32 range')
-        work = _Work(req.query if vector is None else None, vector, req.k, where, columns)
+                raise BadRequest(400, '"vector" holds a value beyond the float32 range')
+        work = Work(req.query if vector is None else None, vector, req.k, where, columns)
         try:
             hits = await self._batcher.submit(work)
         except UserError:
             raise
         except (ValueError, TypeError, ArithmeticError) as exc:  # refused alone (Lance, the tokenizer)
             log.warning("query refused: %s", exc, exc_info=True)
-            raise _BadRequest(400, f"this query could not be answered: {exc}") from None
-        return _jsonable(hits.select([*columns, "score"]))
+            raise BadRequest(400, f"this query could not be answered: {exc}") from None
+        return jsonable(hits.select([*columns, "score"]))

@@ -1,4 +1,4 @@
-"""Index parameters from the data and the config, and the rebuild-or-optimise decision after a run.
+"""Index parameters from the data and the config (the index step that uses them: :mod:`pipelines.vector_index.step`).
 
 ``num_partitions`` about sqrt(rows), capped at rows / 256 (Lance trains fewer lists than asked when
 they would get under 256 vectors each). IVF-RQ (the default): ``num_bits`` = 4 bits per dimension,
@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-from connectors.lance_index import IndexParams, build_index, index_row_counts, ivf_sample_rate, optimize_index
+from connectors.lance_index import IndexParams, ivf_sample_rate
 from pipelines.config import RQ_DIMENSION, IndexConfig
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
     "DEFAULT_RQ_BITS",
     "derive_index_params",
     "index_workers",
-    "maintain_index",
     "min_index_rows",
     "ROWS_PER_LIST",
 ]
@@ -95,32 +94,3 @@ def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Op
         sample_rate=ivf_sample_rate(partitions),
         workers=index_workers(config.workers, rows, cpus),
     )
-
-
-def maintain_index(
-    table,
-    rows: int,
-    dimension: int,
-    config: IndexConfig,
-    column: str = "vector",
-    cpus: Optional[float] = None,
-    storage_options: Optional[dict] = None,
-) -> IndexParams:
-    """After an append or upsert: keep the vector index useful without always retraining it.
-
-    New rows are searchable at once either way (LanceDB scans unindexed rows exactly and merges them
-    into the results). While unindexed rows are at most ``index.reindex_fraction`` of the indexed ones,
-    ``optimize()`` adds them to the existing lists (cheap, no retraining); past that, the lists were
-    trained on a distribution that no longer describes the table, so the index is rebuilt with
-    parameters derived from the new size.
-    """
-    params = derive_index_params(rows, dimension, config, cpus)
-    counts = index_row_counts(table, column)
-    if counts is None:
-        return build_index(table, params, column, storage_options)
-    indexed, unindexed = max(counts[0], 1), counts[1]
-    if params.type == "none" or unindexed / indexed > config.reindex_fraction:
-        return build_index(table, params, column, storage_options)
-    params.build_seconds = optimize_index(table)
-    params.reason = f"optimized in place ({unindexed} new rows <= {config.reindex_fraction:.0%} of {indexed})"
-    return params

@@ -13,19 +13,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from connectors.lance_index import IndexParams, build_index, code_bytes, exact_search, sample_vectors, search_batch
+from connectors.lance_index import IndexParams, code_bytes, exact_search, sample_vectors, search_batch
 from pipelines.config import IndexConfig
-from pipelines.vector_index.params import derive_index_params
 
 __all__ = [
     "INDEX_LINEAGE_KEYS",
     "TuningResult",
-    "build_tuned_index",
     "index_lineage",
     "nprobes_grid",
     "knn_recall",
     "recall_lower_bound",
-    "tune_index",
     "tune_query_defaults",
 ]
 
@@ -36,7 +33,7 @@ log = logging.getLogger(__name__)
 # a first setting bounds the rest: 10 reaches the target at a moderate nprobes for every index type.
 REFINE_GRID = (10, 3, 5, 2, 1, 20, 50)
 # A refine candidate is a random read of one float vector; a list is scanned sequentially. Per byte,
-# the reads cost about this many times the scan (session 12, 1M x 256 IVF-RQ: 0.02 ms per candidate
+# the reads cost about this many times the scan (2026-12-02, AMD EPYC x2, 1M x 256 IVF-RQ: 0.02 ms per candidate
 # vs 0.043 ms per 32 KB list; docs/design.md).
 REFINE_BYTE_WEIGHT = 16
 CONFIDENCE_Z = 1.645  # one-sided 95%: the recall's lower bound that must reach the target
@@ -100,6 +97,63 @@ def _drop(ids: list, exclude, k: int) -> list:
     return [i for i in ids if i != exclude][:k]
 
 
+def _search_grid(
+    probes: list, refines: list, partitions: int, target: float, cost, recall
+) -> tuple[list, Optional[dict]]:
+    """Every setting measured (``recall(nprobes, refine)``: the mean and its lower bound) on the way to the
+    cheapest (``cost``) that reaches ``target``, and that one (None: none did)."""
+    tried: list[dict] = []
+    best: Optional[tuple] = None  # (cost, the tried entry)
+    # Re-scoring more candidates never loses a neighbour, so a refine factor that misses the target with
+    # every list scanned rules out every smaller one (a target no setting reaches then costs 2-3 refine
+    # factors' searches, not all seven: 39 of 91 settings at 78 lists).
+    missed_at_all_lists: Optional[int] = None
+    for refine in refines:
+        if best is None and missed_at_all_lists is not None and (refine or 0) <= missed_at_all_lists:
+            continue
+        for nprobes in probes:
+            if best is not None and cost(nprobes, refine) >= best[0]:
+                break
+            mean, low = recall(nprobes, refine)
+            tried.append(
+                {"nprobes": nprobes, "refine_factor": refine, "recall": round(mean, 4), "recall_low": round(low, 4)}
+            )
+            if low >= target:
+                best = (cost(nprobes, refine), tried[-1])
+                break
+        else:
+            if probes[-1] == partitions:
+                missed_at_all_lists = max(missed_at_all_lists or 0, refine or 0)
+    return tried, None if best is None else best[1]
+
+
+def _choose(tried: list, best: Optional[dict], probes: list, refines: list, k: int, target: float) -> tuple[dict, bool]:
+    """The setting to keep and whether it reaches the target: ``best``, else the most thorough measured."""
+    if best is not None:
+        return best, True
+    last = (
+        tried[-1] if tried else {"nprobes": probes[-1], "refine_factor": refines[-1], "recall": 0.0, "recall_low": 0.0}
+    )
+    chosen = max(tried, key=lambda t: (t["recall_low"], t["nprobes"], t["refine_factor"] or 0), default=last)
+    log.warning(
+        "index recall@%d target %.2f not reached; best measured %.3f (lower bound %.3f)",
+        k,
+        target,
+        chosen["recall"],
+        chosen["recall_low"],
+    )
+    return chosen, False
+
+
+def _queries(table, config: IndexConfig, id_column: str, vectors, source: str, seed: int):
+    """The query vectors, the id each must leave out of its results (a sampled document: itself), the
+    extra hit to ask for, and what the queries are: ``vectors`` as given, else documents sampled."""
+    if vectors is None:
+        exclude, vectors = sample_vectors(table, config.tuning_queries, id_column, seed=seed)
+        return vectors, exclude, 1, "documents"  # one more hit: the document itself, dropped
+    return vectors, [None] * len(vectors), 0, source
+
+
 def tune_query_defaults(
     table,
     params: IndexParams,
@@ -128,14 +182,9 @@ def tune_query_defaults(
     """
     started = time.perf_counter()
     target = float(config.target_recall)
-    if vectors is None:
-        exclude, vectors = sample_vectors(table, config.tuning_queries, id_column, seed=seed)
-        source, extra = "documents", 1  # one more hit: the document itself, dropped
-    else:
-        exclude, extra = [None] * len(vectors), 0
+    vectors, exclude, extra, source = _queries(table, config, id_column, vectors, source, seed)
     search = dict(metric=params.metric, id_column=id_column)
-    truth = exact_search(table, vectors, k + extra, **search)
-    truth = [_drop(ids, x, k) for ids, x in zip(truth, exclude)]
+    truth = [_drop(ids, x, k) for ids, x in zip(exact_search(table, vectors, k + extra, **search), exclude)]
 
     partitions = params.num_partitions or 1
     probes = nprobes_grid(partitions) if config.nprobes == "auto" else [params.nprobes]
@@ -145,47 +194,13 @@ def tune_query_defaults(
     def cost(nprobes: int, refine: Optional[int]) -> float:
         return rows * nprobes / partitions * scanned + k * (refine or 1) * dimension * 4 * REFINE_BYTE_WEIGHT
 
-    tried: list[dict] = []
-    best: Optional[tuple] = None  # (cost, the tried entry)
-    # Re-scoring more candidates never loses a neighbour, so a refine factor that misses the target with
-    # every list scanned rules out every smaller one (a target no setting reaches then costs 2-3 refine
-    # factors' searches, not all seven: 39 of 91 settings at 78 lists).
-    missed_at_all_lists: Optional[int] = None
-    for refine in refines:
-        if best is None and missed_at_all_lists is not None and (refine or 0) <= missed_at_all_lists:
-            continue
-        for nprobes in probes:
-            if best is not None and cost(nprobes, refine) >= best[0]:
-                break
-            found = search_batch(table, vectors, k + extra, nprobes=nprobes, refine_factor=refine, **search)
-            found = [_drop(ids, x, k) for ids, x in zip(found, exclude)]
-            recall, low = _bounds(_hits(found, truth, k), k, confidence_z)
-            tried.append(
-                {"nprobes": nprobes, "refine_factor": refine, "recall": round(recall, 4), "recall_low": round(low, 4)}
-            )
-            if low >= target:
-                best = (cost(nprobes, refine), tried[-1])
-                break
-        else:
-            if probes[-1] == partitions:
-                missed_at_all_lists = max(missed_at_all_lists or 0, refine or 0)
-    if best is None:  # nothing reaches the target: the most thorough setting measured
-        last = (
-            tried[-1]
-            if tried
-            else {"nprobes": probes[-1], "refine_factor": refines[-1], "recall": 0.0, "recall_low": 0.0}
-        )
-        chosen = max(tried, key=lambda t: (t["recall_low"], t["nprobes"], t["refine_factor"] or 0), default=last)
-        log.warning(
-            "index recall@%d target %.2f not reached; best measured %.3f (lower bound %.3f)",
-            k,
-            target,
-            chosen["recall"],
-            chosen["recall_low"],
-        )
-        reached = False
-    else:
-        chosen, reached = best[1], True
+    def recall(nprobes: int, refine: Optional[int]) -> tuple[float, float]:
+        found = search_batch(table, vectors, k + extra, nprobes=nprobes, refine_factor=refine, **search)
+        found = [_drop(ids, x, k) for ids, x in zip(found, exclude)]
+        return _bounds(_hits(found, truth, k), k, confidence_z)
+
+    tried, best = _search_grid(probes, refines, partitions, target, cost, recall)
+    chosen, reached = _choose(tried, best, probes, refines, k, target)
     return TuningResult(
         target_recall=target,
         recall=chosen["recall"],
@@ -199,35 +214,6 @@ def tune_query_defaults(
         seconds=round(time.perf_counter() - started, 2),
         tried=tried,
     )
-
-
-def tune_index(
-    table,
-    params: IndexParams,
-    config: IndexConfig,
-    *,
-    id_column: str,
-    rows: int,
-    dimension: int,
-    vectors: Optional[np.ndarray] = None,
-    source: str = "given",
-) -> Optional[TuningResult]:
-    """Tune a built index when ``config.target_recall`` asks for it; the chosen defaults go into ``params``."""
-    if params.type == "none" or config.target_recall is None:
-        return None
-    tuning = tune_query_defaults(
-        table, params, config, id_column=id_column, rows=rows, dimension=dimension, vectors=vectors, source=source
-    )
-    params.nprobes, params.refine_factor = tuning.nprobes, tuning.refine_factor
-    return tuning
-
-
-def build_tuned_index(
-    table, rows: int, dimension: int, config: IndexConfig, *, id_column: str
-) -> tuple[IndexParams, Optional[TuningResult]]:
-    """Derive, build and (when ``config.target_recall`` is set) tune the index; the params carry the defaults."""
-    params = build_index(table, derive_index_params(rows, dimension, config))
-    return params, tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension)
 
 
 INDEX_LINEAGE_KEYS = ("index", "query_defaults", "tuning")  # what index_lineage writes

@@ -11,7 +11,8 @@ import pytest
 from connectors.lance_index import build_index, search_batch
 from pipelines.config import IndexConfig, load_config
 from pipelines.run.runner import run_index
-from pipelines.vector_index.params import derive_index_params, index_workers, maintain_index
+from pipelines.vector_index.params import derive_index_params, index_workers
+from pipelines.vector_index.step import maintain_index
 
 ROWS, DIM = 65536, 32  # lance-ray trains PQ on 256 * sample_rate (256) vectors
 

@@ -307,6 +307,9 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
     assert "1 files (40 rows) -> table 'documents'" in log[0] and "resume it with --set run.id=" in log[0], log
     assert any(line.startswith("[embedpipe] checkpoint 1: 40 / 40 rows (100%), ") for line in log), log
     assert "logging_progress" not in result.stderr and "Tasks: " not in result.stderr
+    # Nor a notice the user can do nothing about (pipelines/run/quiet.py): Ray's token authentication
+    # being on, Lance's fork warning for Ray's own fork+exec.
+    assert "Token authentication is enabled" not in result.stderr and "not fork-safe" not in result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows_written"] == 40 and summary["index"]["type"] == "none"
 
@@ -326,6 +329,7 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
     assert [(h["query_id"], h["rank"]) for h in lines] == [("q1", 1), ("q1", 2), ("q1", 3), (7, 1), (7, 2), (7, 3)]
     assert lines[0]["id"] == target["id"] and lines[0]["query"] == target["text"]
     assert set(lines[0]) == {"query_id", "query", "rank", "id", "score"}
+    assert "not fork-safe" not in result.stderr
 
     # The one command (pyproject's [project.scripts]) runs the same job.
     embedpipe = os.path.join(os.path.dirname(sys.executable), "embedpipe")
@@ -369,7 +373,7 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
 def test_an_upsert_keeps_the_dtype_the_table_was_embedded_in(ray_cluster, corpus_dir, tiny_bert_dir, tmp_path):
     """model.dtype auto on a table embedded in another dtype: the rows' dtype wins (auto on other hardware
     must not make every content hash stale); a dtype set explicitly is used as set."""
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     db = str(tmp_path)
     for dtype in ("bfloat16", "float32"):

@@ -318,7 +318,7 @@ def test_id_column_must_be_a_plain_identifier(name):
 )
 def test_id_types_other_than_string_or_integer_fail_in_preflight(ids, tmp_path):
     from connectors.parquet_source import SourceError
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     pq.write_table(pa.table({"id": ids, "text": ["one", "two"]}), tmp_path / "odd.parquet")
     with pytest.raises(SourceError, match=rf"odd.parquet: id column id is {ids.type}; source.id_column"):
@@ -327,7 +327,7 @@ def test_id_types_other_than_string_or_integer_fail_in_preflight(ids, tmp_path):
 
 
 def test_integer_ids_still_work_in_preflight(tmp_path):
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     pq.write_table(pa.table({"id": pa.array([1, 2], pa.int32()), "text": ["one", "two"]}), tmp_path / "i.parquet")
     assert preflight(_config(tmp_path / "i.parquet", tmp_path / "db")).source.schema.field("id").type == pa.int64()
@@ -335,7 +335,7 @@ def test_integer_ids_still_work_in_preflight(tmp_path):
 
 def test_chunk_overlap_at_or_over_the_token_budget_fails_before_work(tiny_bert_dir, tmp_path):
     from pipelines.config import ConfigError
-    from pipelines.run.runner import preflight
+    from pipelines.run.preflight import preflight
 
     with pytest.raises(ConfigError, match="embed.chunk_overlap=64 must be below model.max_tokens=64"):
         load_config(overrides=["embed.long_text=chunk", "model.max_tokens=64", "embed.chunk_overlap=64"])

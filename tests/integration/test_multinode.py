@@ -28,7 +28,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 def test_only_a_lost_worker_makes_a_run_start_over():
     import ray.exceptions as rx
 
-    from pipelines.run.runner import lost_worker
+    from pipelines.run.resources import lost_worker
 
     assert lost_worker(rx.ActorDiedError())
     assert lost_worker(rx.RayTaskError("read", "Traceback ...", rx.ActorDiedError()))
@@ -52,7 +52,7 @@ def test_only_a_lost_worker_makes_a_run_start_over():
 def test_a_stalled_stream_is_stopped_and_counts_as_lost(ray_cluster, tmp_path):
     import ray
 
-    from pipelines.run.runner import lost_worker
+    from pipelines.run.resources import lost_worker
 
     def stalls_once(batch):  # the first call hangs, as Ray Data does when a task it waits on vanished
         import os

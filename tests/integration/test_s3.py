@@ -24,7 +24,8 @@ from connectors.parquet_source import SourceError
 from connectors.storage import Storage, StorageError
 from helpers.s3_server import Proxy
 from pipelines.config import ConfigError, load_config
-from pipelines.run.runner import preflight, run_index
+from pipelines.run.preflight import preflight
+from pipelines.run.runner import run_index
 from pipelines.search.searcher import Searcher
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -151,7 +151,7 @@ def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
     partial = tmp_path / "partial"
     _write(partial, "p0.parquet", _docs(sample_table, 300, 20))  # a prefix listed with 1 of 4 files
     cfg = ["sink.mode=upsert", "sink.delete_missing=true", "run.id=daily-2"]
-    from pipelines.run.runner import DeleteGuardError
+    from pipelines.run.delete_missing import DeleteGuardError
 
     with pytest.raises(DeleteGuardError, match=r"75\.0% of table 'docs'.*sink.max_delete_fraction=0.1"):
         run_index(_cfg(partial, db, tiny_bert_dir, *cfg))

@@ -149,7 +149,7 @@ def test_every_reserved_name_says_why():
 
 @pytest.mark.parametrize("long_text", ["truncate", "chunk"])
 def test_every_column_the_runner_adds_is_reserved(long_text):
-    """The table's schema (pipelines/run/runner.py) holds the source's columns and reserved names only:
+    """The table's schema (pipelines/run/preflight.py) holds the source's columns and reserved names only:
     a column the runner starts writing must join RESERVED (or start with '_')."""
     from types import SimpleNamespace
 
@@ -157,7 +157,7 @@ def test_every_column_the_runner_adds_is_reserved(long_text):
 
     from connectors.parquet_source import PATH_COLUMN
     from pipelines.config import RESERVED
-    from pipelines.run.runner import _table_schema
+    from pipelines.run.preflight import _table_schema
 
     assert PATH_COLUMN in RESERVED
     config = load_config(overrides=["source.metadata_columns=[title]", f"embed.long_text={long_text}"])

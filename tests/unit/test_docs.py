@@ -122,3 +122,30 @@ def test_every_docs_page_can_be_reached_from_the_readme():
         todo += [(page.parent / t.split("#", 1)[0]).resolve() for t in relative_links(page.read_text())]
     orphans = sorted(p.name for p in (ROOT / "docs").glob("*.md") if p.resolve() not in seen)
     assert not orphans, f"docs pages no link from the README leads to: {orphans}"
+
+
+SESSION_LABEL = re.compile(r"\bsession \d+", re.IGNORECASE)
+
+
+def _tracked_text_files() -> list[Path]:
+    folders = ("docs", "bench", "scripts", "pipelines", "connectors", "jobs", "tests", "infra")
+    files = [*ROOT.glob("*"), *(p for folder in folders for p in (ROOT / folder).rglob("*"))]
+    suffixes = (".md", ".py", ".sh", ".yaml", ".yml", ".toml", ".txt", ".json")
+    return [p for p in files if p.is_file() and p.suffix in suffixes]
+
+
+def test_session_label_finder():
+    assert SESSION_LABEL.search("figures of Session 12 on a Xeon")
+    assert not SESSION_LABEL.search("a Ray session's log; session-scoped fixture")
+
+
+def test_no_file_names_a_figure_by_its_work_session():
+    # "session 12" meant nothing to a reader who was not there: figures are named by date and machine.
+    found = [
+        f"{p.relative_to(ROOT)}:{n}"
+        for p in _tracked_text_files()
+        if p != Path(__file__).resolve()
+        for n, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        if SESSION_LABEL.search(line)
+    ]
+    assert not found, found

@@ -1,6 +1,6 @@
 """Files cut into Ray Data executions of whole files (compute.rows_per_execution)."""
 
-from pipelines.run.runner import execution_groups
+from pipelines.run.resources import execution_groups
 
 
 def test_whole_files_in_order_up_to_the_limit_a_larger_file_alone():

@@ -229,12 +229,12 @@ def test_job_commands_in_docs_are_valid(doc):
 
 def test_the_grafana_dashboard_queries_only_metrics_the_job_exports():
     """infra/grafana/embedpipe.json: valid JSON, and every ``ray_embedpipe_*`` series it queries is one
-    that pipelines/run/metrics.py makes (a counter gains ``_total``, a histogram ``_bucket``;
+    that pipelines/run/prometheus.py makes (a counter gains ``_total``, a histogram ``_bucket``;
     tests/integration/test_run_metrics.py reads the same names off a real head's endpoint)."""
     import json
 
     dashboard = json.loads((ROOT / "infra" / "grafana" / "embedpipe.json").read_text())
-    source = (ROOT / "pipelines" / "run" / "metrics.py").read_text()
+    source = (ROOT / "pipelines" / "run" / "prometheus.py").read_text()
     counters = {f"ray_embedpipe_{n}_total" for n in re.findall(r'counter\(\s*"(\w+)"', source)}
     others = set(re.findall(r'"(embedpipe_\w+)"', source))
     exported = counters | {f"ray_{n}{suffix}" for n in others for suffix in ("_total", "_bucket")}

@@ -87,7 +87,7 @@ def test_bfloat16_vectors_are_within_cosine_0999_of_float32(minilm_dir, sample_t
 
 def test_append_and_upsert_keep_the_dtype_the_table_was_embedded_in():
     """The rule tests/integration/test_end_to_end.py (slow) checks through a real upsert."""
-    from pipelines.run.runner import _with_dtype
+    from pipelines.run.preflight import _with_dtype
 
     auto = load_config(overrides=["model.device=cpu"])
     table = {"model": {"dtype": "bfloat16"}}

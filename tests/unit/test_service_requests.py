@@ -15,13 +15,14 @@ from starlette.requests import Request
 
 from connectors.errors import UserError
 from pipelines.config import ConfigError, ServiceConfig
-from pipelines.search import service
-from pipelines.search.service import _BadRequest, _Batcher, _jsonable, _parse_request, _read_body
+from pipelines.search import auth, service
+from pipelines.search.batcher import Batcher
+from pipelines.search.requests import BadRequest, jsonable, parse_request, read_body
 
 
-def _refused(body: bytes, max_k: int = 100) -> _BadRequest:
-    with pytest.raises(_BadRequest) as caught:
-        _parse_request(body, max_k)
+def _refused(body: bytes, max_k: int = 100) -> BadRequest:
+    with pytest.raises(BadRequest) as caught:
+        parse_request(body, max_k)
     return caught.value
 
 
@@ -37,7 +38,7 @@ def test_a_failing_batch_is_answered_query_by_query_so_only_the_bad_one_fails():
         return [item.upper() for item in batch]
 
     async def main():
-        batcher = _Batcher(run, max_size=8)
+        batcher = Batcher(run, max_size=8)
         return await asyncio.gather(*(batcher.submit(q) for q in ["a", "bad", "c"]), return_exceptions=True)
 
     a, bad, c = asyncio.run(main())
@@ -93,7 +94,7 @@ def test_nan_and_infinity_in_a_float_column_are_null_in_the_answer():
             "score": pa.array([0.9, 0.8, float("nan")], pa.float32()),
         }
     )
-    body = json.loads(JSONResponse({"hits": _jsonable(hits)}).body)
+    body = json.loads(JSONResponse({"hits": jsonable(hits)}).body)
     assert body["hits"] == [
         {"id": "a", "rating": None, "tags": [1.0, None], "score": pytest.approx(0.9)},
         {"id": "b", "rating": None, "tags": [], "score": pytest.approx(0.8)},
@@ -116,31 +117,31 @@ def _chunked_request(chunk: bytes, chunks: int, headers: list[tuple[bytes, bytes
 def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit():
     """Before: a body sent without Content-Length was read whole (20 MB here) before the 413."""
     request, pulled = _chunked_request(b"x" * 1024, 20 * 1024, [(b"transfer-encoding", b"chunked")])
-    with pytest.raises(_BadRequest) as caught:
-        asyncio.run(_read_body(request, 4096))
+    with pytest.raises(BadRequest) as caught:
+        asyncio.run(read_body(request, 4096))
     assert caught.value.status == 413 and "4096" in caught.value.reason
     assert pulled[0] == 5  # the fifth KiB passed the limit: nothing after it was read
 
     request, _ = _chunked_request(b"y" * 1000, 4, [])
-    assert asyncio.run(_read_body(request, 4096)) == b"y" * 4000
+    assert asyncio.run(read_body(request, 4096)) == b"y" * 4000
     request, pulled = _chunked_request(b"z", 1, [(b"content-length", b"999999")])
-    with pytest.raises(_BadRequest, match="999999 bytes"):
-        asyncio.run(_read_body(request, 4096))
+    with pytest.raises(BadRequest, match="999999 bytes"):
+        asyncio.run(read_body(request, 4096))
     assert pulled[0] == 0  # a declared length over the limit: refused before reading
 
 
 def test_the_token_comes_from_the_named_variable_or_file_and_a_missing_one_stops_the_replica(tmp_path, monkeypatch):
-    assert service._bearer_token(ServiceConfig()) is None
+    assert auth.bearer_token(ServiceConfig()) is None
     monkeypatch.setenv("SEARCH_TOKEN", " s3cret\n")
-    assert service._bearer_token(ServiceConfig(auth_token_env="SEARCH_TOKEN")) == "s3cret"
+    assert auth.bearer_token(ServiceConfig(auth_token_env="SEARCH_TOKEN")) == "s3cret"
     secret = tmp_path / "token"
     secret.write_text("from-a-file\n")
-    assert service._bearer_token(ServiceConfig(auth_token_file=str(secret))) == "from-a-file"
+    assert auth.bearer_token(ServiceConfig(auth_token_file=str(secret))) == "from-a-file"
     monkeypatch.delenv("SEARCH_TOKEN")
     with pytest.raises(UserError, match="SEARCH_TOKEN"):  # fail closed: never serve open by accident
-        service._bearer_token(ServiceConfig(auth_token_env="SEARCH_TOKEN"))
+        auth.bearer_token(ServiceConfig(auth_token_env="SEARCH_TOKEN"))
     with pytest.raises(UserError, match="nowhere"):
-        service._bearer_token(ServiceConfig(auth_token_file=str(tmp_path / "nowhere")))
+        auth.bearer_token(ServiceConfig(auth_token_file=str(tmp_path / "nowhere")))
     with pytest.raises(ConfigError, match="auth_token_env.*auth_token_file|auth_token_file.*auth_token_env"):
         ServiceConfig.load({"auth_token_env": "SEARCH_TOKEN", "auth_token_file": str(secret)})
     with pytest.raises(ConfigError, match="auth_token_env"):
@@ -162,12 +163,12 @@ def test_the_token_comes_from_the_named_variable_or_file_and_a_missing_one_stops
 def test_only_the_right_bearer_token_passes_and_a_refusal_says_how_to_authenticate(header, ok):
     headers = [(b"authorization", header.encode("latin-1"))] if header else []
     request = Request({"type": "http", "method": "GET", "path": "/stats", "headers": headers, "query_string": b""})
-    refusal = service._unauthorised(request, "s3cret")
+    refusal = auth.unauthorised(request, "s3cret")
     if ok:
         assert refusal is None
     else:
         assert refusal.status_code == 401 and refusal.headers["www-authenticate"].startswith("Bearer")
-    assert service._unauthorised(request, None) is None  # no token configured: open
+    assert auth.unauthorised(request, None) is None  # no token configured: open
 
 
 def test_the_served_columns_default_to_id_text_and_the_sources_metadata_never_the_bookkeeping():

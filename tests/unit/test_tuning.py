@@ -6,18 +6,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from connectors.lance_index import code_bytes, index_size_bytes, sample_vectors, search_batch
+from connectors.lance_index import build_index, code_bytes, index_size_bytes, sample_vectors, search_batch
 from pipelines.config import IndexConfig
 from pipelines.run.summary import RunSummary
-from pipelines.vector_index.tuning import (
-    build_tuned_index,
-    index_lineage,
-    knn_recall,
-    nprobes_grid,
-    recall_lower_bound,
-)
+from pipelines.vector_index.params import derive_index_params
+from pipelines.vector_index.step import tune_index
+from pipelines.vector_index.tuning import index_lineage, knn_recall, nprobes_grid, recall_lower_bound
 
 ROWS, DIM = 2048, 32
+
+
+def build_tuned_index(table, rows: int, dimension: int, config: IndexConfig, *, id_column: str):
+    """Derive, build and (when ``config.target_recall`` is set) tune the index, as the index step does."""
+    params = build_index(table, derive_index_params(rows, dimension, config))
+    return params, tune_index(table, params, config, id_column=id_column, rows=rows, dimension=dimension)
 
 
 def _config(**settings) -> IndexConfig:

@@ -19,7 +19,7 @@ from connectors import columns as C
 from pipelines.config import ModelConfig
 from pipelines.embed.hf_encoder import HFEncoder
 from pipelines.embed.postprocess import postprocess
-from pipelines.run.metrics import EncodeMetrics
+from pipelines.run.prometheus import EncodeMetrics
 
 __all__ = ["EncodeStage", "load_encoder", "placement", "vectors_to_arrow"]
 

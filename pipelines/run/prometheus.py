@@ -66,7 +66,7 @@ class RunMetrics:
             self.expected.inc(total_rows, tags=self.tags)
 
     def batch(self, rows: int, written: int, rejected: dict, tokens: int, truncated: int, skipped: int) -> None:
-        """One committed sink batch's counts (as :meth:`RunSummary.add_batch` takes them)."""
+        """One committed sink batch's counts (as :meth:`~pipelines.run.summary.EmbedCounts.add_batch` takes them)."""
         if not self.on:
             return
         for metric, value in (

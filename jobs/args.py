@@ -1,4 +1,5 @@
-"""What every job does with an error: one clear line on stderr and a non-zero exit code."""
+"""What every job shares on the command line: the config options, the log lines, the result output, and
+what it does with an error (one clear line on stderr and a non-zero exit code)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import os
 import sys
 import traceback
+from typing import Optional
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -20,8 +22,9 @@ def setup_logging(verbose: bool = False) -> None:
         logger.propagate = False
 
 
-def add_config_arguments(parser, config_help: str, set_example: str, summary_help: str) -> None:
-    """The options every config-driven job has: --config, --set KEY=VALUE, --summary-json."""
+def add_config_arguments(parser, config_help: str, set_example: str, summary_help: Optional[str] = None) -> None:
+    """The options every config-driven job has: --config, --set KEY=VALUE, --verbose, and --summary-json
+    where the job writes a run summary (``summary_help`` given)."""
     parser.add_argument("--config", help=config_help)
     parser.add_argument(
         "--set",
@@ -31,7 +34,8 @@ def add_config_arguments(parser, config_help: str, set_example: str, summary_hel
         metavar="KEY=VALUE",
         help=f"override one config key, e.g. --set {set_example} (repeatable)",
     )
-    parser.add_argument("--summary-json", metavar="FILE", help=summary_help)
+    if summary_help is not None:
+        parser.add_argument("--summary-json", metavar="FILE", help=summary_help)
     parser.add_argument(
         "--verbose", action="store_true", help="debug lines, and Ray Data's per-operator progress every few seconds"
     )
@@ -48,6 +52,7 @@ def report(result, summary_json) -> None:
 
 
 def fail(exc: BaseException) -> int:
+    """Print ``exc`` as one line on stderr (credentials redacted) and return the job's exit code."""
     if os.environ.get("EMBEDPIPE_DEBUG"):
         traceback.print_exception(exc)
     name = type(exc).__name__
