@@ -65,6 +65,7 @@ SCENARIOS = ("overwrite", "upsert", "overlap")
 TARGETS = ("driver", "encoder", "writer")
 MAX_ATTEMPTS = 5
 ATTEMPT_TIMEOUT = 900  # seconds (--attempt-timeout); a run still going then is killed, reported hung
+STALL_TIMEOUT = 120  # seconds (--stall-timeout): the jobs' compute.stall_timeout_s
 HUNG = 124
 RAY_CPUS = 6
 TABLE = "docs"
@@ -622,6 +623,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=ATTEMPT_TIMEOUT,
         help=f"seconds before a run is killed and reported hung (default {ATTEMPT_TIMEOUT})",
     )
+    ap.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=STALL_TIMEOUT,
+        help=f"the jobs' compute.stall_timeout_s (default {STALL_TIMEOUT:g}; a stall after a kill waits this long)",
+    )
     ap.add_argument("--out", default=None, help="results JSON (default: <workdir>/results.json)")
     return ap.parse_args(argv)
 
@@ -647,7 +654,7 @@ def setup_run(args, workdir: Path, address: str) -> Setup:
         f"sink.checkpoint_rows={max(128, args.docs // 8)}",
         # A stream that stalls after a kill (Ray waiting on a vanished task) restarts its pass
         # well inside an attempt, instead of hanging until the attempt's timeout.
-        "compute.stall_timeout_s=120",
+        f"compute.stall_timeout_s={args.stall_timeout:g}",
     ]
     env = job_env(address)
     reference = Reference(model)

@@ -143,7 +143,7 @@ class LocalRayHead:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
                 pass
-            time.sleep(1)
+            time.sleep(0.25)
         raise TimeoutError(f"Ray head not ready after {timeout:.0f}s:\n{self.log()}")
 
     @staticmethod
@@ -312,7 +312,7 @@ class LocalRayNode(LocalRayHead):
                 if self.marker in node.get("resources_total", {}) and node.get("state") == "ALIVE":
                     self.node_id = node["node_id"]
                     return
-            time.sleep(1)
+            time.sleep(0.25)
         raise TimeoutError(f"worker node not alive after {timeout:.0f}s:\n{self.log()}")
 
     def kill(self) -> None:

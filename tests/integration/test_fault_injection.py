@@ -48,6 +48,13 @@ def test_kills_of_driver_actor_and_writer_lose_and_double_nothing(tmp_path, seed
             str(seeds.start),
             "--attempt-timeout",
             "300",
+            # The script's 120 s is for its 20k-document proof. Here a whole pass over the 600 documents,
+            # an encoder actor's start included, takes ~12 s, and seed 2's kills leave the stream stalled
+            # (Ray waiting on the killed task): 30 s without a block moving is that stall, not a slow
+            # step, and the pass restarts 90 s sooner (seed 2: 63 s instead of 150 s, Intel Xeon 2 vCPU,
+            # 2026-12-07). A false stall would only restart a pass, as a lost worker does.
+            "--stall-timeout",
+            "30",
             "--workdir",
             str(tmp_path / "work"),
             "--out",

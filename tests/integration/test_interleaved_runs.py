@@ -88,15 +88,23 @@ def _run_while_another_job_holds_the_lease(db: Path, made_meanwhile: Path, job, 
     return out["result"]
 
 
+@pytest.fixture(scope="module")
+def made_meanwhile(ray_cluster, sample_table, tiny_bert_dir, tmp_path_factory) -> Path:
+    """Table A (12 documents, the tiny model, no prompt), made once: what another job committed while
+    a job waited for the lease. The two tests below only read it (the helper copies it into place)."""
+    a = _corpus(tmp_path_factory.mktemp("a"), sample_table, 2000, 1, 12)
+    elsewhere = tmp_path_factory.mktemp("made-meanwhile")
+    run_index(_cfg(a, elsewhere, tiny_bert_dir, "sink.mode=create"))
+    return elsewhere
+
+
 def test_a_create_that_waited_for_the_lease_does_not_replace_the_table_made_meanwhile(
-    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+    made_meanwhile, sample_table, tiny_bert_dir, tmp_path
 ):
     from connectors.lance.table import SinkError
 
-    a = _corpus(tmp_path / "a", sample_table, 2000, 1, 12)
     b = _corpus(tmp_path / "b", sample_table, 2100, 1, 12)
-    elsewhere, db = tmp_path / "elsewhere", tmp_path / "db"
-    run_index(_cfg(a, elsewhere, tiny_bert_dir, "sink.mode=create"))
+    elsewhere, db = made_meanwhile, tmp_path / "db"
     a_ids = sorted(r["id"] for r in _rows(elsewhere))
 
     cfg = _cfg(b, db, tiny_bert_dir, "sink.mode=create", "sink.on_busy=wait")
@@ -106,14 +114,12 @@ def test_a_create_that_waited_for_the_lease_does_not_replace_the_table_made_mean
 
 
 def test_an_append_that_waited_for_the_lease_checks_the_lineage_of_the_table_made_meanwhile(
-    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+    made_meanwhile, sample_table, tiny_bert_dir, tmp_path
 ):
     from pipelines.lineage import LineageMismatchError
 
-    a = _corpus(tmp_path / "a", sample_table, 2200, 1, 12)
     c = _corpus(tmp_path / "c", sample_table, 2300, 1, 12)
-    elsewhere, db = tmp_path / "elsewhere", tmp_path / "db"
-    run_index(_cfg(a, elsewhere, tiny_bert_dir, "sink.mode=create"))
+    elsewhere, db = made_meanwhile, tmp_path / "db"
     cfg = _cfg(c, db, tiny_bert_dir, "sink.mode=append", "sink.on_busy=wait", "model.document_prompt=passage: ")
     got = _run_while_another_job_holds_the_lease(db, elsewhere, lambda: run_index(cfg))
     assert isinstance(got, LineageMismatchError) and "document_prompt" in str(got), got

@@ -45,6 +45,16 @@ def _index(env: dict, corpus: Path, db: Path, *extra: str) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _index_in_this_process(corpus: Path, db: Path) -> None:
+    """The same table as ``_index`` makes, built on the session's Ray in this process: the service's
+    first table, whose making is not under test here (a job process and its Ray start cost ~10 s)."""
+    from pipelines.config import load_config
+    from pipelines.run.runner import run_index
+
+    sets = [f"source.path={corpus}", f"sink.uri={db}", "sink.table=docs"]
+    run_index(load_config(overrides=[*sets, "source.metadata_columns=[title, length_chars, rating]"]))
+
+
 def _call(url: str, body=None, *, raw: bytes | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
     return _request(url, body, raw=raw, token=token)[::2]
 
@@ -89,18 +99,18 @@ def _job_query(env: dict, db: Path, texts: list[str], k: int, tmp_path: Path) ->
 
 
 @pytest.fixture
-def service(sample_table, tmp_path):
+def service(ray_cluster, sample_table, tmp_path):
     """A table of 200 documents and the service on it, on a head of its own; yields (url, db, env)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     pq.write_table(_docs(sample_table, 0, 200), corpus / "part-0.parquet")
+    db = tmp_path / "db"
+    _index_in_this_process(corpus, db)  # the upsert below is a job on the service's head
     (tmp_path / "token").write_text(TOKEN + "\n")  # a mounted secret; the YAML names only its path
     head = LocalRayHead(num_cpus=3)  # the replica holds one; the upsert below needs two
     serve_proc = None
     try:
         env = {**head.env, "RAY_ADDRESS": f"127.0.0.1:{head.gcs_port}", "HF_HUB_OFFLINE": "1"}
-        db = tmp_path / "db"
-        _index(env, corpus, db)
         config = yaml.safe_load((ROOT / "infra/serve/search.yaml").read_text())
         port = free_port()
         config["http_options"] = {"host": "127.0.0.1", "port": port}

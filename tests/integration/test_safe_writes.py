@@ -8,6 +8,7 @@ crash tests kill a real driver process by pid.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,25 +118,36 @@ def test_chunked_upsert_replaces_whole_documents_skips_unchanged_and_deletes_all
 # -- 2. delete_missing on a partial view --------------------------------------------------------------
 
 
-def test_delete_missing_deletes_nothing_when_a_file_was_skipped(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
-    src = _corpus(tmp_path / "src", sample_table, 200, 3, 20)
-    db = tmp_path / "db"
-    run_index(_cfg(src, db, tiny_bert_dir))
+@pytest.fixture(scope="module")
+def four_files_indexed(ray_cluster, sample_table, tiny_bert_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """4 files of 20 documents and the table one run made of them: (source, db), made once. Each test
+    below changes both, so it works on a copy of each (``_copy``)."""
+    root = tmp_path_factory.mktemp("four-files")
+    src = _corpus(root / "src", sample_table, 300, 4, 20)
+    run_index(_cfg(src, root / "db", tiny_bert_dir))
+    return src, root / "db"
+
+
+def _copy(made: tuple[Path, Path], to: Path) -> tuple[Path, Path]:
+    src, db = made
+    return Path(shutil.copytree(src, to / "src")), Path(shutil.copytree(db, to / "db"))
+
+
+def test_delete_missing_deletes_nothing_when_a_file_was_skipped(four_files_indexed, tiny_bert_dir, tmp_path):
+    src, db = _copy(four_files_indexed, tmp_path)
     (src / "p1.parquet").write_bytes(b"PAR1 truncated upload")
     up = run_index(
         _cfg(src, db, tiny_bert_dir, "sink.mode=upsert", "sink.delete_missing=true", "source.on_bad_file=skip")
     )
-    assert len(_rows(db)) == 60
+    assert len(_rows(db)) == 80  # p1's 20 documents too
     assert up.deleted_missing == 0 and "unreadable" in up.delete_missing_skipped
     assert "deleted      none" in up.format()
 
 
 def test_delete_missing_fails_before_deleting_more_than_the_allowed_share(
-    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+    four_files_indexed, sample_table, tiny_bert_dir, tmp_path
 ):
-    src = _corpus(tmp_path / "src", sample_table, 300, 4, 20)
-    db = tmp_path / "db"
-    run_index(_cfg(src, db, tiny_bert_dir))
+    _, db = _copy(four_files_indexed, tmp_path)
     partial = tmp_path / "partial"
     _write(partial, "p0.parquet", _docs(sample_table, 300, 20))  # a prefix listed with 1 of 4 files
     cfg = ["sink.mode=upsert", "sink.delete_missing=true", "run.id=daily-2"]
