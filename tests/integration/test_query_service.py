@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import socket
 import subprocess
 import sys
@@ -83,7 +84,16 @@ def _unended_chunked_search(url: str, size: int) -> bytes:
     head += "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(head.encode() + f"{size:x}\r\n".encode() + b"x" * size + b"\r\n")
-        return sock.recv(65536)
+        # The headers and the body may come in separate packets (seen: a first recv of the headers
+        # alone): read until the body's Content-Length is in, or the server closes.
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+            headers, sep, body = reply.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", headers)
+            if sep and length and len(body) >= int(length.group(1)):
+                break
+        return reply
 
 
 def _job_query(env: dict, db: Path, texts: list[str], k: int, tmp_path: Path) -> dict[str, list[dict]]:
@@ -135,7 +145,7 @@ def service(ray_cluster, sample_table, tmp_path):
                     break
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
-            time.sleep(1)
+            time.sleep(0.25)
         else:
             pytest.fail("service not ready in 240 s:\n" + (tmp_path / "serve.log").read_text()[-4000:])
         yield url, db, env, corpus
@@ -264,7 +274,7 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
         status, body = _call(f"{url}/search", {"query": target[:2000], "k": 1})
         if status == 200 and body["table_version"] > version and body["hits"][0]["id"] == new.column("id")[0].as_py():
             break
-        time.sleep(1)
+        time.sleep(0.25)
     else:
         pytest.fail(f"the upserted version was not served within 30 s (refresh_seconds=2): {body}")
 
