@@ -113,7 +113,11 @@ class VLLMEncoder:
         self.llm = LLM(**kwargs)
         self.params = PoolingParams(dimensions=dimension if self.native_dimensions else None, use_activation=normalize)
 
-    def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens=None) -> np.ndarray:
+    def prompt_tokens(self, prompt: str) -> int:
+        """0: vLLM pools every token (a model with ``include_prompt: false`` is refused before any work)."""
+        return 0
+
+    def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens=None, prompt_tokens: int = 0) -> np.ndarray:
         """Vectors in input order: (n, dimension) when vLLM truncated them, else (n, hidden size).
 
         ``batch_tokens`` is accepted for the encoder interface and unused: vLLM's scheduler batches

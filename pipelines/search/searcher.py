@@ -168,7 +168,7 @@ class Searcher:
         encoder = self._encode()
         eos_id = eos_to_append(self._tokenizer, self.model_config.append_eos, self.model_config.pooling)
         ids, _ = tokenize_texts(self._tokenizer, [prompt + t for t in texts], self.model_config.max_tokens, eos_id)
-        pooled = encoder.embed(ids)
+        pooled = encoder.embed(ids, None, encoder.prompt_tokens(prompt))
         return postprocess(pooled, self.dimension, self.lineage.normalize)
 
     def search(
