@@ -56,7 +56,11 @@ class ResolvedModel:
 
     def describe(self) -> list[str]:
         """One line per setting: ``pooling cls (model's 1_Pooling/config.json)``."""
-        return [f"{name} {getattr(self.model, name)!r} ({self.reasons[name]})" for name in AUTO_FIELDS]
+        def shown(name):
+            value = getattr(self.model, name)
+            return repr(value) if name.endswith("prompt") else str(value).lower()
+
+        return [f"{name} {shown(name)} ({self.reasons[name]})" for name in AUTO_FIELDS]
 
 
 def resolve_model_settings(
@@ -99,7 +103,8 @@ def _from_pipeline(name: str, pipeline: ModelPipeline):
             return None
         return getattr(pipeline, name), f"model's {pipeline.pooling_file}"
     if name == "dense":
-        return bool(pipeline.dense), f"model's modules.json: {len(pipeline.dense)} Dense layer(s)"
+        n = len(pipeline.dense)
+        return bool(n), f"model's modules.json: {n or 'no'} Dense layer{'s' if n != 1 else ''}"
     names = ("query",) if name == "query_prompt" else ("document", "passage", "corpus")
     prompt = pipeline.query_prompt() if name == "query_prompt" else pipeline.document_prompt()
     if prompt is None:
