@@ -435,7 +435,11 @@ class IndexConfig(_PipelineSection):
         "ivf_hnsw_sq, or none; the float vectors stay in the table and refine_factor re-scores "
         "candidates against them. ivf_rq with 4 bits answers fastest at recall 0.95 (docs/benchmarks.md).",
     )
-    metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Distance for index and search.")
+    metric: Literal["auto", "cosine", "dot", "l2"] = Field(
+        "auto",
+        description="Distance for index and search; auto: the table's (append/upsert, maintenance), else the "
+        "model's similarity_fn_name (config_sentence_transformers.json: cosine, dot, euclidean -> l2), else cosine.",
+    )
     num_partitions: Union[int, Literal["auto"]] = Field("auto", description="IVF lists; auto ~ sqrt(rows).")
     num_sub_vectors: Union[int, Literal["auto"]] = Field(
         "auto", description="ivf_pq only: PQ sub-vectors; auto = dimension / 8 (must divide the dimension)."

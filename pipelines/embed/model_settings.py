@@ -56,6 +56,7 @@ class ResolvedModel:
 
     def describe(self) -> list[str]:
         """One line per setting: ``pooling cls (model's 1_Pooling/config.json)``."""
+
         def shown(name):
             value = getattr(self.model, name)
             return repr(value) if name.endswith("prompt") else str(value).lower()

@@ -104,32 +104,14 @@ class VLLMEncoder:
         engine_dir = _without_modules_json(model_dir) if pipeline is not None and pipeline.dense else model_dir
         activation = normalize and self.head is None
 
-        kwargs = dict(
-            model=str(engine_dir),
-            tokenizer=str(engine_dir),
-            runner="pooling",
-            # vLLM's own "auto" means the checkpoint's dtype; ours is the hardware rule (precision.py).
-            dtype=resolve_dtype(model.dtype, "cuda" if _cuda_available() else "cpu")[0],
-            tensor_parallel_size=options.tensor_parallel_size,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            enforce_eager=options.enforce_eager,
-            pooler_config=PoolerConfig(pooling_type=_POOLING_TYPES[model.pooling], use_activation=activation),
-            seed=0,
+        self.llm = LLM(
+            **_engine_kwargs(
+                model,
+                engine_dir,
+                PoolerConfig(pooling_type=_POOLING_TYPES[model.pooling], use_activation=activation),
+                max_tokens,
+            )
         )
-        if max_tokens:
-            kwargs["max_model_len"] = int(max_tokens)
-        if options.max_num_seqs:
-            kwargs["max_num_seqs"] = options.max_num_seqs
-        if options.max_num_batched_tokens:
-            kwargs["max_num_batched_tokens"] = options.max_num_batched_tokens
-        if options.in_process:
-            kwargs["distributed_executor_backend"] = "uni"
-        elif options.tensor_parallel_size > 1:
-            # Inside a Ray actor vLLM would pick its Ray executor and ask Ray for tensor_parallel_size
-            # more GPUs, which this actor already holds: a pool of such actors would wait forever.
-            # Worker processes on the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES) avoid that.
-            kwargs["distributed_executor_backend"] = "mp"
-        self.llm = LLM(**kwargs)
         self.params = PoolingParams(dimensions=dimension if self.native_dimensions else None, use_activation=activation)
         if self.head is not None:
             self.output_dimension = pipeline.dense[-1].out_features
@@ -169,6 +151,37 @@ class VLLMEncoder:
             if shutdown is not None:
                 shutdown()
             del llm
+
+
+def _engine_kwargs(model: ModelConfig, engine_dir: Path, pooler_config, max_tokens: Optional[int]) -> dict:
+    """``LLM(...)``'s arguments: the engine settings of ``model.vllm``, the pooler, the token limit."""
+    options = model.vllm
+    kwargs = dict(
+        model=str(engine_dir),
+        tokenizer=str(engine_dir),
+        runner="pooling",
+        # vLLM's own "auto" means the checkpoint's dtype; ours is the hardware rule (precision.py).
+        dtype=resolve_dtype(model.dtype, "cuda" if _cuda_available() else "cpu")[0],
+        tensor_parallel_size=options.tensor_parallel_size,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        enforce_eager=options.enforce_eager,
+        pooler_config=pooler_config,
+        seed=0,
+    )
+    if max_tokens:
+        kwargs["max_model_len"] = int(max_tokens)
+    if options.max_num_seqs:
+        kwargs["max_num_seqs"] = options.max_num_seqs
+    if options.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = options.max_num_batched_tokens
+    if options.in_process:
+        kwargs["distributed_executor_backend"] = "uni"
+    elif options.tensor_parallel_size > 1:
+        # Inside a Ray actor vLLM would pick its Ray executor and ask Ray for tensor_parallel_size
+        # more GPUs, which this actor already holds: a pool of such actors would wait forever.
+        # Worker processes on the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES) avoid that.
+        kwargs["distributed_executor_backend"] = "mp"
+    return kwargs
 
 
 def _without_modules_json(model_dir: Path) -> Path:

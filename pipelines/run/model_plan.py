@@ -40,7 +40,8 @@ class ModelPlan:
     def describe(self) -> list[str]:
         """The chain and its dimensions, then each setting and where it came from (summary, dry run)."""
         chain = " -> ".join(self.resolved.modules)
-        return [f"{chain}: {self.output_dimension} dims, {self.dimension} stored", *self.resolved.describe()]
+        metric = f"index.metric {self.config.index.metric} ({self.resolved.reasons.get('metric', '')})"
+        return [f"{chain}: {self.output_dimension} dims, {self.dimension} stored", *self.resolved.describe(), metric]
 
     def warnings(self) -> list[str]:
         """Lines for the run's summary: a dimension the model was not trained to be cut at."""
@@ -54,15 +55,24 @@ class ModelPlan:
 
 
 def plan_model(
-    config: PipelineConfig, model_dir: Path, storage, recorded: Optional[dict] = None, table: str = ""
+    config: PipelineConfig,
+    model_dir: Path,
+    storage,
+    recorded: Optional[dict] = None,
+    table: str = "",
+    recorded_metric: Optional[str] = None,
 ) -> ModelPlan:
-    """Settle ``config.model``'s ``auto`` settings (``recorded``: the table's lineage ``model`` section on
-    append/upsert) and check the dimension and chunk window they give. Raises naming the setting."""
+    """Settle ``config.model``'s ``auto`` settings and ``index.metric`` (``recorded``: the table's lineage
+    ``model`` section on append/upsert, ``recorded_metric`` its metric) and check the dimension and chunk
+    window they give. Raises naming the setting."""
     resolved = resolve_model_settings(config.model, model_dir, recorded, table)
     model = resolved.model
     if model.backend == "vllm":
         _check_vllm(model, model_dir)
-    config = config.model_copy(update={"model": model})
+    metric, why = _metric(config.index.metric, resolved.pipeline, recorded_metric, table)
+    resolved.reasons["metric"] = why
+    index = config.index.model_copy(update={"metric": metric})
+    config = config.model_copy(update={"model": model, "index": index})
     tokenizer = load_tokenizer(model.path, model.revision, padding_side_for(model), storage)
     hf_config = json.loads((model_dir / "config.json").read_text())
     hidden = int(_hidden_size(hf_config, model_dir))
@@ -93,6 +103,27 @@ def _matryoshka(hf_config: dict, model_dir: Path) -> Optional[list[int]]:
     if not declared and st.is_file():
         declared = json.loads(st.read_text()).get("matryoshka_dimensions")
     return sorted(int(d) for d in declared) if declared else None
+
+
+# sentence-transformers' similarity_fn_name -> LanceDB's distance
+_METRICS = {"cosine": "cosine", "dot": "dot", "euclidean": "l2"}
+
+
+def _metric(value: str, pipeline, recorded: Optional[str], table: str) -> tuple[str, str]:
+    """``index.metric`` settled, and why (see the field's description)."""
+    if value != "auto":
+        return value, "set in the config"
+    if recorded:
+        return recorded, f"table {table!r}'s lineage"
+    name = pipeline.similarity_fn_name if pipeline is not None else None
+    if name is None:
+        return "cosine", "default: the model states none"
+    if name not in _METRICS:
+        raise ConfigError(
+            f"the model's similarity_fn_name {name!r} (config_sentence_transformers.json) has no LanceDB "
+            f"distance ({sorted(_METRICS)}): set index.metric"
+        )
+    return _METRICS[name], "model's config_sentence_transformers.json similarity_fn_name"
 
 
 def _check_vllm(model, model_dir: Path) -> None:
