@@ -27,6 +27,7 @@ __all__ = [
     "ModelPipeline",
     "POOLING_NAMES",
     "UnsupportedModelError",
+    "declared_dimensions",
     "dense_dimension",
     "read_model_pipeline",
 ]
@@ -229,6 +230,15 @@ def dense_dimension(pipeline: Optional[ModelPipeline], hidden_size: int, pooling
     if dense and pipeline is not None and pipeline.dense:
         return pipeline.dense[-1].out_features
     return hidden_size * len(pooling.split("+"))
+
+
+def declared_dimensions(model_dir: Path) -> Optional[list[int]]:
+    """The Matryoshka dimensions the model declares, ascending: ``matryoshka_dimensions`` in its
+    ``config.json`` (as vLLM reads them) or in ``config_sentence_transformers.json``; None when none."""
+    model_dir = Path(model_dir)
+    declared = _read_json(model_dir / "config.json").get("matryoshka_dimensions")
+    declared = declared or _read_json(model_dir / "config_sentence_transformers.json").get("matryoshka_dimensions")
+    return sorted(int(d) for d in declared) if declared else None
 
 
 def _read_json(path: Path) -> dict:

@@ -42,7 +42,7 @@ from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows
 from pipelines.vector_index.step import index_step
 from pipelines.vector_index.tuning import index_lineage, knn_recall
 
-__all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
+__all__ = ["EvalRow", "evaluate_dataset", "model_dimensions", "parse_dimensions"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,15 @@ class _Table:
     searcher: object  # pipelines.search.searcher.Searcher
     queries: np.ndarray
     run: dict  # its entry in the report's "runs"
+
+
+def model_dimensions(config: PipelineConfig) -> list[int]:
+    """The Matryoshka dimensions ``config.model`` declares (config.json or its sentence-transformers
+    config), widest first; [] when it declares none."""
+    from connectors.model_store import resolve_model_dir
+    from pipelines.embed.model_pipeline import declared_dimensions
+
+    return sorted(declared_dimensions(resolve_model_dir(config.model.path, config.model.revision)) or [], reverse=True)
 
 
 def parse_dimensions(text: Optional[str]) -> list[Optional[int]]:

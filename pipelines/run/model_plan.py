@@ -7,14 +7,13 @@ table's recorded lineage, which ``auto`` settings follow (:mod:`pipelines.embed.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
-from pipelines.embed.model_pipeline import dense_dimension
+from pipelines.embed.model_pipeline import declared_dimensions, dense_dimension
 from pipelines.embed.model_settings import ResolvedModel, resolve_model_settings
 from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 
@@ -74,8 +73,7 @@ def plan_model(
     index = config.index.model_copy(update={"metric": metric})
     config = config.model_copy(update={"model": model, "index": index})
     tokenizer = load_tokenizer(model.path, model.revision, padding_side_for(model), storage)
-    hf_config = json.loads((model_dir / "config.json").read_text())
-    hidden = int(_hidden_size(hf_config, model_dir))
+    hidden = _hidden_size(model_dir)
     output = dense_dimension(resolved.pipeline, hidden, model.pooling, model.dense)
     dimension = config.embed.dimension or output
     if dimension > output:
@@ -85,24 +83,14 @@ def plan_model(
     if config.embed.long_text == "chunk":  # before any row is committed, not in the first tokenize task
         chunk_window(tokenizer, max_tokens, model.document_prompt, eos_id, config.embed.chunk_overlap)
     return ModelPlan(
-        config, resolved, hidden, output, dimension, max_tokens, eos_id is not None, _matryoshka(hf_config, model_dir)
+        config, resolved, hidden, output, dimension, max_tokens, eos_id is not None, declared_dimensions(model_dir)
     )
 
 
-def _hidden_size(hf_config: dict, model_dir: Path) -> int:
+def _hidden_size(model_dir: Path) -> int:
     from transformers import AutoConfig  # knows each architecture's name for it (T5: d_model)
 
-    return AutoConfig.from_pretrained(str(model_dir)).hidden_size
-
-
-def _matryoshka(hf_config: dict, model_dir: Path) -> Optional[list[int]]:
-    """The Matryoshka dimensions in ``config.json`` (``matryoshka_dimensions``, as vLLM reads them) or
-    sentence-transformers' config; None when the model declares none."""
-    st = model_dir / "config_sentence_transformers.json"
-    declared = hf_config.get("matryoshka_dimensions")
-    if not declared and st.is_file():
-        declared = json.loads(st.read_text()).get("matryoshka_dimensions")
-    return sorted(int(d) for d in declared) if declared else None
+    return int(AutoConfig.from_pretrained(str(model_dir)).hidden_size)
 
 
 # sentence-transformers' similarity_fn_name -> LanceDB's distance
