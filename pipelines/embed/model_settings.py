@@ -55,13 +55,17 @@ class ResolvedModel:
         return names
 
     def describe(self) -> list[str]:
-        """One line per setting: ``pooling cls (model's 1_Pooling/config.json)``."""
+        """Each setting and where it came from, one line per source:
+        ``pooling cls, include_prompt true (model's 1_Pooling/config.json)``."""
 
         def shown(name):
             value = getattr(self.model, name)
-            return repr(value) if name.endswith("prompt") else str(value).lower()
+            return repr(value) if name in ("query_prompt", "document_prompt") else str(value).lower()
 
-        return [f"{name} {shown(name)} ({self.reasons[name]})" for name in AUTO_FIELDS]
+        groups: dict[str, list[str]] = {}  # settings that came from the same place share a line
+        for name in AUTO_FIELDS:
+            groups.setdefault(self.reasons[name], []).append(f"{name} {shown(name)}")
+        return [f"{', '.join(items)} ({reason})" for reason, items in groups.items()]
 
 
 def resolve_model_settings(
