@@ -90,7 +90,8 @@ def test_an_append_follows_the_tables_lineage_not_the_models_files(ray_cluster, 
     pq.write_table(table.set_column(0, "id", [[f"x{i}" for i in range(table.num_rows)]]), more)
     summary = run_index(_config(dense_model, more, db, "append"))
     lines = "\n".join(summary.model)
-    followed = "pooling mean, include_prompt true, dense false, query_prompt '', document_prompt '' (table 'docs''s lineage)"
+    followed = "pooling mean, include_prompt true, dense false, query_prompt '', document_prompt ''"
+    followed += " (table 'docs''s lineage)"
     assert followed in lines
     assert summary.rows_written == 12 and read_lineage(str(db), "docs")["dimension"] == 32
 

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("vllm")
 
 from connectors import columns as C  # noqa: E402
-from helpers.settled import settled  # noqa: E402
 from connectors.lance.metadata import read_lineage  # noqa: E402
+from helpers.settled import settled  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.embed.hf_encoder import HFEncoder  # noqa: E402
 from pipelines.embed.postprocess import postprocess  # noqa: E402
