@@ -38,7 +38,7 @@ class ModelPlan:
 
     def describe(self) -> list[str]:
         """The chain and its dimensions, then each setting and where it came from (summary, dry run)."""
-        chain = " -> ".join(self.resolved.modules)
+        chain = " -> ".join(self.resolved.modules + (["Normalize"] if self.config.embed.normalize else []))
         metric = f"index.metric {self.config.index.metric} ({self.resolved.reasons.get('metric', '')})"
         return [f"{chain}: {self.output_dimension} dims, {self.dimension} stored", *self.resolved.describe(), metric]
 

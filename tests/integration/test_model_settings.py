@@ -60,7 +60,7 @@ def _config(model, docs, db, mode, *extra):
 def test_a_new_table_takes_the_models_own_chain_and_records_it(ray_cluster, dense_model, docs, tmp_path):
     summary = run_index(_config(dense_model, docs, tmp_path / "db", "overwrite"))
     lines = "\n".join(summary.model)
-    assert "Transformer -> Pooling(cls) -> Dense(32->16, Tanh): 16 dims, 16 stored" in lines
+    assert "Transformer -> Pooling(cls) -> Dense(32->16, Tanh) -> Normalize: 16 dims, 16 stored" in lines
     assert "pooling cls, include_prompt true (model's 1_Pooling/config.json)" in lines
     assert "dense true (model's modules.json: 1 Dense layer)" in lines
     assert "document_prompt 'passage: ' (model's config_sentence_transformers.json prompts['passage'])" in lines
