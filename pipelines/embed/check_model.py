@@ -1,11 +1,11 @@
 """Does this project embed a model as its authors' library does? The project's vectors beside
 sentence-transformers' for a handful of texts, per text, with the chain the project settled on.
 
-``embedpipe check-model PATH`` (jobs/check_model.py) prints :meth:`ModelCheck.format`. Documents go
-through ``encode_document`` and queries through ``encode_query`` on the reference side, and through
-the settled document and query prompts here, both in float32 on CPU, so a difference is the chain's
-(pooling, prompts, head), not the numerics'. Without sentence-transformers installed, or for a plain
-transformers directory (no ``modules.json``), only the chain is shown.
+``embedpipe check-model PATH`` (jobs/check_model.py) prints :meth:`ModelCheck.format`. Documents and
+queries go through ``encode(prompt_name=...)`` with the prompt the project takes for each role on the
+reference side, and through the settled document and query prompts here, both in float32 on CPU, so a
+difference is the chain's (pooling, prompts, head), not the numerics'. Without sentence-transformers
+installed, or for a plain transformers directory (no ``modules.json``), only the chain is shown.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def check_model(path: str, texts: Sequence[str] = DEFAULT_TEXTS, revision: Optio
     if isinstance(reference, str):
         check.reference = reference
         return check
-    check.reference = "sentence-transformers encode_document / encode_query, float32, cpu"
+    check.reference = "sentence-transformers encode(prompt_name=...), float32, cpu"
     for role, theirs in reference.items():
         theirs = theirs / np.maximum(np.linalg.norm(theirs, axis=1, keepdims=True), 1e-12)
         check.cosines[role] = [float(c) for c in (ours[role] * theirs).sum(axis=1)]
@@ -106,7 +106,12 @@ def _reference(model_dir: str, texts: Sequence[str], resolved: ResolvedModel):
     except ImportError:
         return "none: sentence-transformers is not installed (pip install sentence-transformers)"
     st = SentenceTransformer(model_dir, device="cpu", local_files_only=True)
+    names = {"document": resolved.pipeline.document_prompt_name(), "query": resolved.pipeline.query_prompt_name()}
+    # encode(prompt_name=...) with the prompt the project takes for each role (ModelPipeline's rule; it
+    # is encode_query/encode_document's except where those take an empty placeholder, docs/models.md).
     return {
-        "document": st.encode_document(list(texts), convert_to_numpy=True).astype(np.float32),
-        "query": st.encode_query(list(texts), convert_to_numpy=True).astype(np.float32),
+        role: st.encode(
+            list(texts), prompt_name=name, prompt="" if name is None else None, convert_to_numpy=True
+        ).astype(np.float32)
+        for role, name in names.items()
     }

@@ -54,7 +54,9 @@ _LEGACY_POOLING_KEYS = {
 _NO_OP_MODULES = {"Dropout"}
 _DENSE_KEYS = {"in_features", "out_features", "bias", "activation_function", "module_input_name",
                "module_output_name", "use_residual"}  # fmt: skip
-# The sentence-transformers prompt names a document may carry, in the order encode_document tries them.
+# The prompt names a query and a document may carry, in the order sentence-transformers' encode_query
+# and encode_document try them.
+QUERY_PROMPT_NAMES = ("query",)
 DOCUMENT_PROMPT_NAMES = ("document", "passage", "corpus")
 
 
@@ -101,26 +103,31 @@ class ModelPipeline:
         names += [layer.describe() for layer in self.dense]
         return names + (["Normalize"] if self.normalize else [])
 
+    def query_prompt_name(self) -> Optional[str]:
+        """The named prompt queries take: ``query``, else the default prompt (None: no prompt)."""
+        return self._prompt_name(QUERY_PROMPT_NAMES)
+
+    def document_prompt_name(self) -> Optional[str]:
+        """The named prompt documents take: ``document``, ``passage`` or ``corpus``, else the default."""
+        return self._prompt_name(DOCUMENT_PROMPT_NAMES)
+
     def query_prompt(self) -> Optional[str]:
-        """The prompt sentence-transformers' ``encode_query`` applies: ``query``, else the default prompt."""
-        return self._prompt(("query",))
+        name = self.query_prompt_name()
+        return None if name is None else self.prompts[name]
 
     def document_prompt(self) -> Optional[str]:
-        """The prompt ``encode_document`` applies: ``document``/``passage``/``corpus``, else the default."""
-        return self._prompt(DOCUMENT_PROMPT_NAMES)
+        name = self.document_prompt_name()
+        return None if name is None else self.prompts[name]
 
-    def prompt_source(self, names: tuple[str, ...]) -> str:
-        """Which named prompt :meth:`query_prompt`/:meth:`document_prompt` took, for messages."""
-        name = next((n for n in names if n in self.prompts), self.default_prompt_name)
-        return f"prompts[{name!r}]" if name else "no prompt"
-
-    def _prompt(self, names: tuple[str, ...]) -> Optional[str]:
+    def _prompt_name(self, names: tuple[str, ...]) -> Optional[str]:
+        # An empty prompt is passed over: sentence-transformers 6 saves every model with "query" and
+        # "document" keys, empty where the authors gave none, so e5's {"query": "query: ", "document": "",
+        # "passage": "passage: "} means passages take "passage: " (its authors' convention), where its
+        # encode_document takes the empty placeholder (docs/models.md).
         for name in names:
-            if name in self.prompts:
-                return self.prompts[name]
-        if self.default_prompt_name:
-            return self.prompts[self.default_prompt_name]
-        return None
+            if self.prompts.get(name):
+                return name
+        return self.default_prompt_name or None
 
 
 def read_model_pipeline(model_dir: Path) -> Optional[ModelPipeline]:

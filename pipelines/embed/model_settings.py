@@ -110,8 +110,7 @@ def _from_pipeline(name: str, pipeline: ModelPipeline):
     if name == "dense":
         n = len(pipeline.dense)
         return bool(n), f"model's modules.json: {n or 'no'} Dense layer{'s' if n != 1 else ''}"
-    names = ("query",) if name == "query_prompt" else ("document", "passage", "corpus")
-    prompt = pipeline.query_prompt() if name == "query_prompt" else pipeline.document_prompt()
-    if prompt is None:
+    chosen = pipeline.query_prompt_name() if name == "query_prompt" else pipeline.document_prompt_name()
+    if chosen is None:
         return None
-    return prompt, f"model's config_sentence_transformers.json {pipeline.prompt_source(names)}"
+    return pipeline.prompts[chosen], f"model's config_sentence_transformers.json prompts[{chosen!r}]"

@@ -29,7 +29,7 @@ def dense_model(tmp_path_factory, tiny_bert_dir) -> Path:
 
     torch.manual_seed(0)
     modules = [Transformer(str(tiny_bert_dir)), Pooling(32, pooling_mode="cls"), Dense(32, 16), Normalize()]
-    prompts = {"query": "query: ", "passage": "passage: "}
+    prompts = {"query": "query: ", "passage": "passage: "}  # saved with an empty "document" placeholder too
     out = tmp_path_factory.mktemp("dense-model")
     SentenceTransformer(modules=modules, prompts=prompts, device="cpu").save(str(out))
     return out

@@ -127,6 +127,11 @@ def test_prompts_follow_encode_query_and_encode_document(model):
     _write(model / "config_sentence_transformers.json", settings)
     read = read_model_pipeline(model)
     assert (read.query_prompt(), read.document_prompt()) == ("q: ", "p: ")  # passage before corpus
+    # sentence-transformers 6 saves empty "query"/"document" placeholders: an empty one is passed over
+    e5 = {"prompts": {"query": "query: ", "document": "", "passage": "passage: "}}
+    _write(model / "config_sentence_transformers.json", e5)
+    read = read_model_pipeline(model)
+    assert (read.document_prompt_name(), read.document_prompt()) == ("passage", "passage: ")
     _write(model / "config_sentence_transformers.json", {"prompts": {"all": "x: "}, "default_prompt_name": "all"})
     read = read_model_pipeline(model)
     assert (read.query_prompt(), read.document_prompt()) == ("x: ", "x: ")  # the default prompt, for both
