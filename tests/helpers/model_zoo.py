@@ -59,7 +59,8 @@ SPECS: dict[str, Optional[Shape]] = {
     "bert_cls": Shape("bert", "cls", normalize=True),  # bge / gte
     "bert_max": Shape("bert", "max"),
     "bert_weightedmean": Shape("bert", "weightedmean"),
-    "bert_mean_sqrt_len": Shape("bert", "mean_sqrt_len_tokens"),
+    # Dense with a bias after it: normalised alone, sqrt-length pooling is mean pooling's direction.
+    "bert_mean_sqrt_len": Shape("bert", "mean_sqrt_len_tokens", dense=((32, True, _TANH),)),
     # LaBSE's head (a Dense with tanh), here also changing the dimension: 64 -> 32
     "labse": Shape("bert", "cls", dense=((32, True, _TANH),), normalize=True, hidden=64),
     # EmbeddingGemma's head (768 -> 3072 -> 768, no bias, no activation) on a BERT backbone

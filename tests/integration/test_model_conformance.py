@@ -7,8 +7,9 @@ legacy hub config form as well:
 
 - documents: a dozen sample texts indexed by ``run_index`` with only ``model.path`` and
   ``model.dtype=float32`` set (pooling, prompts and head must come from the model directory) match
-  ``SentenceTransformer.encode_document`` row by row (cosine >= 0.99999), in its dimension;
-- queries: ``Searcher.embed_queries`` on that table matches ``encode_query`` (its prompt applied).
+  ``SentenceTransformer.encode(texts, prompt_name=<the document prompt>)`` row by row (cosine >=
+  0.99999), in its dimension;
+- queries: ``Searcher.embed_queries`` on that table matches ``encode(queries, prompt_name="query")``.
 
 Both sides are L2-normalised before comparing (the table stores unit vectors). One job per case,
 on the session's local Ray.
@@ -33,7 +34,7 @@ from pipelines.search.searcher import Searcher
 
 MIN_COSINE = 0.99999
 # Shapes also checked in the legacy config form (1_Pooling booleans, sentence_transformers.models.*)
-LEGACY = ["bert_cls", "labse", "qwen3_lasttoken", "instructor_no_prompt"]
+LEGACY = ["bert_cls", "labse", "qwen3_lasttoken"]
 # T5 last: its job fails on today's code (the encoder-decoder loaded with AutoModel), and Ray Data can
 # leave a failed execution's encoder actor holding its CPU for minutes (a pending task's callback keeps
 # its handle), which would fail the next case's preflight ("CPUs held by others").
@@ -45,6 +46,17 @@ QUERIES = [
     "capital city of France",
     "who wrote the play Hamlet",
 ]
+
+
+# The named prompt each role takes: the first of these the model gives a non-empty prompt, else its
+# default prompt. sentence-transformers' encode_query / encode_document try the same names, but 6.x
+# saves every model with empty "query"/"document" placeholders and then takes the empty "document"
+# before e5's "passage" (docs/models.md).
+QUERY, DOCUMENT = ("query",), ("document", "passage", "corpus")
+
+
+def _prompt_name(st, names: tuple[str, ...]) -> Optional[str]:
+    return next((n for n in names if st.prompts.get(n)), None) or st.default_prompt_name
 
 
 def _case_id(case) -> str:
@@ -89,8 +101,8 @@ def indexed(request, ray_cluster, model_zoo, documents, tmp_path_factory) -> Ind
     model_dir = model_zoo(shape, legacy_config=legacy)
     path, ids, texts = documents
     st = SentenceTransformer(str(model_dir), device="cpu")
-    docs = _unit(st.encode_document(texts, convert_to_numpy=True))
-    queries = _unit(st.encode_query(QUERIES, convert_to_numpy=True))
+    docs = _unit(st.encode(texts, prompt_name=_prompt_name(st, DOCUMENT), convert_to_numpy=True))
+    queries = _unit(st.encode(QUERIES, prompt_name=_prompt_name(st, QUERY), convert_to_numpy=True))
     db = str(tmp_path_factory.mktemp(f"conformance-{name}"))
     config = load_config(
         overrides=[
