@@ -226,3 +226,14 @@ def test_vector_keys_of_tables_of_before_hold(minilm_dir):
     dense = config.model_copy(update={"model": config.model.model_copy(update={"dense": True})})
     with_head = make_lineage(dense, fingerprint="f", hidden_size=384, max_tokens=256, dimension=384)
     assert vector_key(with_head, config) != vector_key(made, config)
+
+
+def test_check_model_flags_a_cosine_below_the_bound(minilm_dir):
+    from pipelines.embed.check_model import MIN_COSINE, ModelCheck
+
+    resolved = resolve_model_settings(ModelConfig(path=str(minilm_dir)), minilm_dir)
+    same = ModelCheck("m", resolved, 384, ["a", "b"], "ref", {"document": [1.0, 0.99999], "query": [1.0, 1.0]})
+    assert same.ok and "the same vectors" in same.format()
+    off = ModelCheck("m", resolved, 384, ["a", "b"], "ref", {"document": [1.0, 0.93], "query": [1.0, 1.0]})
+    assert not off.ok and off.worst == 0.93 < MIN_COSINE
+    assert "  BAD document cosine 0.930000  b" in off.format() and "DIFFERENT vectors" in off.format()
