@@ -180,6 +180,8 @@ def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) ->
 def _index(config: PipelineConfig, rows: int, dimension: int, lineage: Lineage):
     """``config.sink.table`` indexed as a run indexes it (:func:`~pipelines.vector_index.step.index_step`),
     the index recorded in its lineage; returns the index parameters, the tuning and the seconds."""
+    if config.index.metric == "auto":  # the table's, as a run settles it (pipelines/run/model_plan.py)
+        config = config.model_copy(update={"index": config.index.model_copy(update={"metric": lineage.metric})})
     params, tuning, seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
     LanceTable(config.sink.uri, config.sink.table).update_lineage(lineage, **index_lineage(params, tuning))
     return params, tuning, seconds
