@@ -106,6 +106,7 @@ def stage_rates(corpus: Path, db: Path, model: Path) -> dict:
     pa.set_io_thread_count(1)
     config = load_config(overrides=job_config(corpus, db, "rates", model))
     plan = preflight(config)
+    config = plan.config  # the model's auto settings settled, as the run settles them
     stages = {
         s.name: s
         for s in embedding_stages(

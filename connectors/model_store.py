@@ -160,7 +160,8 @@ def model_fingerprint(model_dir: Path, cache_file: Optional[Path] = None) -> str
 
     Hashes ``config.json`` (less the fields that name where or with what it was saved) and, for
     each weight file, its name and the SHA-256 of all its bytes, so any changed weight changes the
-    fingerprint. A file's digest is cached (``cache_file``, default
+    fingerprint; weights in subfolders (sentence-transformers' Dense modules) count too, with their
+    module's config. A file's digest is cached (``cache_file``, default
     ``~/.cache/embedpipe/weight-digests.json``) under its absolute path, size and mtime, so later
     runs on the node do not read gigabytes again; a changed file has another size or mtime.
 
@@ -175,12 +176,15 @@ def model_fingerprint(model_dir: Path, cache_file: Optional[Path] = None) -> str
     cache = _read_digest_cache(cache_file)
     digest = hashlib.sha256(_config_bytes(model_dir))
     added = False
-    for weight in _weight_files(model_dir):
+    for weight in _weight_files(model_dir) + _module_weight_files(model_dir):
         stat = weight.stat()
         key = f"{weight.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
         if key not in cache:
             cache[key], added = _file_sha256(weight), True
-        digest.update(f"\0{weight.name}\0{cache[key]}".encode())
+        name = weight.relative_to(model_dir).as_posix()
+        digest.update(f"\0{name}\0{cache[key]}".encode())
+        if weight.parent != model_dir and (weight.parent / "config.json").is_file():  # a Dense's activation
+            digest.update((weight.parent / "config.json").read_bytes())
     if added:
         _write_digest_cache(cache_file, cache)
     return f"{FINGERPRINT_SCHEME}:{digest.hexdigest()[:32]}"
@@ -213,6 +217,17 @@ def _config_bytes(model_dir: Path) -> bytes:
 
 def _weight_files(model_dir: Path) -> list[Path]:
     return sorted(p for p in model_dir.iterdir() if p.suffix in _WEIGHT_SUFFIXES)
+
+
+def _module_weight_files(model_dir: Path) -> list[Path]:
+    """Weights of the sentence-transformers modules ``modules.json`` names (a Dense head's
+    ``2_Dense/model.safetensors``): a changed head is another model. A model without such weights keeps
+    the fingerprint it always had."""
+    modules = model_dir / "modules.json"
+    if not modules.is_file():
+        return []
+    folders = {str(m.get("path", "")) for m in json.loads(modules.read_text())} - {"", "."}
+    return sorted(p for f in folders if (model_dir / f).is_dir() for p in _weight_files(model_dir / f))
 
 
 def _file_sha256(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""One command for every job: ``embedpipe index|query|evaluate|maintain [options]``.
+"""One command for every job: ``embedpipe index|query|evaluate|maintain|check-model [options]``.
 
 ``embedpipe index ...`` is ``python -m jobs.index ...`` (the cluster files, the Airflow DAG and
 ``ray job submit`` use the module form, which stays); ``embedpipe <job> --help`` lists a job's options.
@@ -14,6 +14,7 @@ JOBS = {
     "query": "search a table with its own model",
     "evaluate": "retrieval quality on a BEIR-layout test set",
     "maintain": "index upkeep, housekeeping and the duplicate-id check of a table",
+    "check-model": "a model's chain and its vectors beside sentence-transformers', before indexing with it",
 }
 
 
@@ -22,12 +23,12 @@ def main(argv=None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: embedpipe {" + ",".join(JOBS) + "} [options]\n")
         for name, what in JOBS.items():
-            print(f"  {name:<9} {what}")
+            print(f"  {name:<12} {what}")
         return 0 if argv else 2
     if argv[0] not in JOBS:
         print(f"embedpipe: unknown job {argv[0]!r}; choose one of {', '.join(JOBS)}", file=sys.stderr)
         return 2
-    return importlib.import_module(f"jobs.{argv[0]}").main(argv[1:])
+    return importlib.import_module(f"jobs.{argv[0].replace('-', '_')}").main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument(
         "--dimensions",
-        help="comma-separated Matryoshka dimensions, e.g. 384,256,128,64 (default: the config's embed.dimension)",
+        help="comma-separated Matryoshka dimensions, e.g. 384,256,128,64 (default: the config's embed.dimension, "
+        "else the ones the model declares, else its own)",
     )
     p.add_argument(
         "--index-types",
@@ -61,11 +62,13 @@ def main(argv=None) -> int:
     setup_logging(args.verbose)
     try:
         from pipelines.config import load_config
-        from pipelines.evaluation.evaluate import evaluate_dataset, parse_dimensions
+        from pipelines.evaluation.evaluate import evaluate_dataset, model_dimensions, parse_dimensions
         from pipelines.evaluation.report import format_markdown, write_report
 
         config = load_config(args.config, args.overrides)
         dimensions = parse_dimensions(args.dimensions)
+        if args.dimensions is None and config.embed.dimension is None:
+            dimensions = model_dimensions(config) or dimensions  # the Matryoshka dimensions it declares
         out = Path(args.out or Path("out/eval") / Path(args.dataset).resolve().name)
         report = evaluate_dataset(
             args.dataset,

@@ -51,6 +51,8 @@ __all__ = [
 ]
 
 PACKAGED_MINILM = "packaged:all-MiniLM-L6-v2"
+# model.pooling's modes (pipelines/embed/pooling.py computes them; "lasttoken", sentence-transformers' name, is "last").
+POOLING_MODES = ("mean", "cls", "last", "max", "mean_sqrt_len_tokens", "weightedmean")
 # Lance's IVF-RQ packs codes a byte at a time (derive_index_params raises it for a model's own dimension).
 RQ_DIMENSION = (
     "index.type=ivf_rq needs a dimension divisible by 8, this one is {dim}: set embed.dimension to one "
@@ -211,14 +213,33 @@ class ModelConfig(_PipelineSection):
     backend: Literal["hf", "vllm"] = Field(
         "hf", description="Encoder implementation: 'hf' (transformers) or 'vllm' (one vLLM engine per actor)."
     )
-    pooling: Literal["mean", "cls", "last"] = Field(
-        "mean", description="mean over the attention mask (BERT-style), cls, or last token (decoders)."
+    pooling: str = Field(
+        "auto",
+        description="auto: the model's own (sentence-transformers' 1_Pooling/config.json; on append/upsert the "
+        "table's), else mean. Or mean, cls, last (decoders; 'lasttoken' too), max, mean_sqrt_len_tokens, "
+        "weightedmean, several joined by '+' (concatenated).",
+    )
+    include_prompt: Union[bool, Literal["auto"]] = Field(
+        "auto", description="Pool the prompt's tokens too; auto: the model's Pooling setting, else true."
+    )
+    dense: Union[bool, Literal["auto"]] = Field(
+        "auto",
+        description="Apply the model's Dense layers (modules.json) after pooling; auto: when it has them "
+        "(on append/upsert: as the table's vectors were made).",
     )
     max_tokens: Optional[int] = Field(
         None, ge=1, description="Token limit per text; defaults to the model's own limit."
     )
-    query_prompt: str = Field("", description="Prefix added to queries, e.g. 'query: '.")
-    document_prompt: str = Field("", description="Prefix added to documents, e.g. 'passage: '.")
+    query_prompt: str = Field(
+        "auto",
+        description="Prefix added to queries, e.g. 'query: '; auto: the model's prompts['query'] "
+        "(config_sentence_transformers.json, else its default prompt), else none.",
+    )
+    document_prompt: str = Field(
+        "auto",
+        description="Prefix added to documents, e.g. 'passage: '; auto: the model's 'document', 'passage' or "
+        "'corpus' prompt, else its default prompt, else none.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="Compute dtype; 'auto': bfloat16 on CUDA and on CPUs with native bf16 (AVX512-BF16, AMX), "
@@ -234,6 +255,17 @@ class ModelConfig(_PipelineSection):
         "'auto': only for last-token pooling.",
     )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings (backend vllm).")
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        modes = ["last" if m == "lasttoken" else m for m in value.split("+")]
+        unknown = [m for m in modes if m not in POOLING_MODES]
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not 'auto' or one of {list(POOLING_MODES)} (several joined by '+')")
+        return "+".join(modes)
 
     @field_validator("device")
     @classmethod
@@ -403,7 +435,11 @@ class IndexConfig(_PipelineSection):
         "ivf_hnsw_sq, or none; the float vectors stay in the table and refine_factor re-scores "
         "candidates against them. ivf_rq with 4 bits answers fastest at recall 0.95 (docs/benchmarks.md).",
     )
-    metric: Literal["cosine", "dot", "l2"] = Field("cosine", description="Distance for index and search.")
+    metric: Literal["auto", "cosine", "dot", "l2"] = Field(
+        "auto",
+        description="Distance for index and search; auto: the table's (append/upsert, maintenance), else the "
+        "model's similarity_fn_name (config_sentence_transformers.json: cosine, dot, euclidean -> l2), else cosine.",
+    )
     num_partitions: Union[int, Literal["auto"]] = Field("auto", description="IVF lists; auto ~ sqrt(rows).")
     num_sub_vectors: Union[int, Literal["auto"]] = Field(
         "auto", description="ivf_pq only: PQ sub-vectors; auto = dimension / 8 (must divide the dimension)."

@@ -15,8 +15,10 @@ from connectors.errors import UserError
 from connectors.lance.lineage import FORMAT_VERSION, Lineage
 from connectors.model_store import is_legacy_fingerprint
 from pipelines.config import ModelConfig, PipelineConfig
+from pipelines.embed.model_settings import AUTO_FIELDS
 
 __all__ = [
+    "ABSENT_MEANS",
     "IDENTITY_FIELDS",
     "Lineage",
     "LineageMismatchError",
@@ -39,6 +41,8 @@ IDENTITY_FIELDS = (
     "dimension",
     "normalize",
     "metric",
+    "model.include_prompt",
+    "model.dense",
 )
 
 
@@ -54,10 +58,20 @@ def make_lineage(
     max_tokens: int,
     dimension: int,
     append_eos: bool = False,
+    modules: Optional[list[str]] = None,
+    matryoshka_dimensions: Optional[list[int]] = None,
 ) -> Lineage:
     """``append_eos``: whether the pipeline appends EOS to every text (``model.append_eos`` resolved
-    against the tokenizer), so queries get exactly the same treatment."""
+    against the tokenizer), so queries get exactly the same treatment. ``config.model``'s settings must
+    be settled (:mod:`pipelines.embed.model_settings`): a lineage records what ran, never ``auto``.
+    ``modules``: the chain as words; ``matryoshka_dimensions``: what the model declares."""
     m = config.model
+    unsettled = [f"model.{name}" for name in AUTO_FIELDS if getattr(m, name) == "auto"]
+    if unsettled:
+        raise ValueError(f"make_lineage needs settled model settings; {unsettled} are still 'auto'")
+    extra = {"modules": modules} if modules else {}
+    if matryoshka_dimensions:
+        extra["matryoshka_dimensions"] = list(matryoshka_dimensions)
     return Lineage.parse(
         {
             "format": FORMAT_VERSION,
@@ -75,6 +89,11 @@ def make_lineage(
                 "padding_side": m.padding_side,
                 "append_eos": bool(append_eos),
                 "hidden_size": hidden_size,
+                # Recorded only where they differ from what their absence means (tables of before them):
+                # the same lineage, and the same vector key, for every model without them.
+                **({"include_prompt": False} if not m.include_prompt else {}),
+                **({"dense": True} if m.dense else {}),
+                **extra,
             },
             "dimension": dimension,
             "normalize": config.embed.normalize,
@@ -112,12 +131,14 @@ def _value_at(lineage: dict, dotted: str) -> Any:
 
 
 # Identity fields added after format 1 tables were first written, and what their absence meant.
-_ABSENT_MEANS = {"model.append_eos": False}
+ABSENT_MEANS = {"model.append_eos": False, "model.include_prompt": True, "model.dense": False}
+# Of those, the ones a vector key leaves out at that value, so the keys of the rows already stored hold.
+_KEYED_ONLY_WHEN_SET = {"model.include_prompt": True, "model.dense": False}
 
 
 def _identity(lineage: dict, dotted: str) -> Any:
     value = _value_at(lineage, dotted)
-    return _ABSENT_MEANS.get(dotted) if value is None else value
+    return ABSENT_MEANS.get(dotted) if value is None else value
 
 
 def check_compatible(
@@ -165,6 +186,9 @@ def vector_key(lineage: Union[Lineage, dict], config: PipelineConfig) -> str:
 
     lineage = _raw(lineage)
     settings = {f: _identity(lineage, f) for f in VECTOR_FIELDS}
+    for f, absent in _KEYED_ONLY_WHEN_SET.items():
+        if settings[f] == absent:
+            del settings[f]
     settings["embed.long_text"] = config.embed.long_text
     settings["embed.chunk_overlap"] = config.embed.chunk_overlap if config.embed.long_text == "chunk" else None
     return hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=32).hexdigest()

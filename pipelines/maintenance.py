@@ -168,7 +168,10 @@ def _maintain(config: PipelineConfig, table: LanceTable, lineage: Lineage, check
     handle = table.open()
     report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=handle.count_rows())
     report.before = index_stats(handle)
-    params = maintain_index(handle, report.rows, lineage.dimension, config.index)
+    index = config.index
+    if index.metric == "auto":  # the table's own distance (an index of another metric would answer other queries)
+        index = index.model_copy(update={"metric": lineage.metric or "cosine"})
+    params = maintain_index(handle, report.rows, lineage.dimension, index)
     if params.type == "none":
         report.action, report.reason = "none", params.reason
     elif params.reason.startswith("optimized"):

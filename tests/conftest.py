@@ -121,3 +121,26 @@ def tiny_qwen3_dir(tmp_path_factory, sample_table) -> Path:
 
     tokenizer = build_tokenizer(_decoder_texts(sample_table), "qwen")
     return build_tiny_decoder(tmp_path_factory.mktemp("tiny-qwen3"), "qwen3", tokenizer, matryoshka=True)
+
+
+@pytest.fixture(scope="session")
+def model_zoo(tmp_path_factory):
+    """``model_zoo(shape, legacy_config=False)``: the directory of a tiny sentence-transformers model of
+    that shape (tests/helpers/model_zoo.py), built once per session; skips a shape the installed
+    transformers cannot build."""
+    from helpers.model_zoo import build_model, unavailable
+
+    root = tmp_path_factory.mktemp("model-zoo")
+    built: dict[tuple[str, bool], Path] = {}
+
+    def get(shape: str, legacy_config: bool = False) -> Path:
+        reason = unavailable(shape)
+        if reason:
+            pytest.skip(f"{shape}: {reason}")
+        key = (shape, legacy_config)
+        if key not in built:
+            name = f"{shape}-legacy" if legacy_config else shape
+            built[key] = build_model(shape, root / name, legacy_config=legacy_config)
+        return built[key]
+
+    return get

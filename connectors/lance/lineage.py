@@ -42,6 +42,10 @@ class ModelLineage(_Record):
     padding_side: str = "auto"
     append_eos: bool = False
     hidden_size: Optional[int] = None
+    include_prompt: bool = True  # the prompt's tokens pooled (sentence-transformers' Pooling include_prompt)
+    dense: bool = False  # the model's Dense head applied after pooling
+    modules: Optional[list[str]] = None  # the chain, as words: ["Transformer", "Pooling(cls)", "Dense(64->32, Tanh)"]
+    matryoshka_dimensions: Optional[list[int]] = None  # the dimensions the model declares it was trained for
 
 
 class SourceLineage(_Record):

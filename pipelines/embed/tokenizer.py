@@ -12,7 +12,15 @@ from typing import Optional, Sequence
 from connectors.model_store import resolve_model_dir
 from pipelines.config import ConfigError
 
-__all__ = ["chunk_texts", "chunk_window", "effective_max_tokens", "eos_to_append", "load_tokenizer", "tokenize_texts"]
+__all__ = [
+    "chunk_texts",
+    "chunk_window",
+    "effective_max_tokens",
+    "eos_to_append",
+    "load_tokenizer",
+    "prompt_length",
+    "tokenize_texts",
+]
 
 
 @lru_cache(maxsize=4)
@@ -20,11 +28,43 @@ def load_tokenizer(model_path: str, revision: Optional[str], padding_side: str, 
     """The model's fast tokenizer, once per worker process (``storage``: for an s3:// model)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(resolve_model_dir(model_path, revision, storage)))
+    model_dir = resolve_model_dir(model_path, revision, storage)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     tokenizer.padding_side = padding_side
+    if _lowercases(model_dir):
+        _add_lowercase(tokenizer)
     if tokenizer.pad_token_id is None:  # decoder tokenizers often have none
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _lowercases(model_dir: Path) -> bool:
+    """sentence-transformers' ``do_lower_case`` (sentence_bert_config.json): lowercase every text."""
+    import json
+
+    config = model_dir / "sentence_bert_config.json"
+    return config.is_file() and bool(json.loads(config.read_text()).get("do_lower_case", False))
+
+
+def _add_lowercase(tokenizer) -> None:
+    """Put a Lowercase normalizer first in the fast tokenizer, as sentence-transformers does for
+    ``do_lower_case`` (unless it lowercases already)."""
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.normalizers import Sequence as NormalizerSequence
+
+    backend = tokenizer.backend_tokenizer
+    current = backend.normalizer
+    if current is not None and "Lowercase" in repr(current):
+        return
+    parts = [Lowercase()] + (list(current) if isinstance(current, NormalizerSequence) else [current] if current else [])
+    backend.normalizer = NormalizerSequence(parts)
+
+
+def prompt_length(tokenizer, prompt: str) -> int:
+    """Tokens a text's ``prompt`` prefix takes, special tokens before it included and a trailing special
+    token (EOS, SEP) not: what sentence-transformers leaves out of the pool for ``include_prompt: false``."""
+    ids = tokenizer(prompt)["input_ids"]
+    return len(ids) - (1 if ids and ids[-1] in set(tokenizer.all_special_ids) else 0)
 
 
 def effective_max_tokens(model_dir: Path, tokenizer, configured: Optional[int]) -> int:
@@ -71,7 +111,7 @@ def eos_to_append(tokenizer, append_eos, pooling: str) -> Optional[int]:
     """
     explicit = append_eos is True
     if append_eos == "auto":
-        append_eos = pooling == "last"
+        append_eos = "last" in pooling.split("+")
     if not append_eos:
         return None
     eos = tokenizer.eos_token_id

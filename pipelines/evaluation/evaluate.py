@@ -42,7 +42,7 @@ from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows
 from pipelines.vector_index.step import index_step
 from pipelines.vector_index.tuning import index_lineage, knn_recall
 
-__all__ = ["EvalRow", "evaluate_dataset", "parse_dimensions"]
+__all__ = ["EvalRow", "evaluate_dataset", "model_dimensions", "parse_dimensions"]
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,15 @@ class _Table:
     searcher: object  # pipelines.search.searcher.Searcher
     queries: np.ndarray
     run: dict  # its entry in the report's "runs"
+
+
+def model_dimensions(config: PipelineConfig) -> list[int]:
+    """The Matryoshka dimensions ``config.model`` declares (config.json or its sentence-transformers
+    config), widest first; [] when it declares none."""
+    from connectors.model_store import resolve_model_dir
+    from pipelines.embed.model_pipeline import declared_dimensions
+
+    return sorted(declared_dimensions(resolve_model_dir(config.model.path, config.model.revision)) or [], reverse=True)
 
 
 def parse_dimensions(text: Optional[str]) -> list[Optional[int]]:
@@ -171,6 +180,8 @@ def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) ->
 def _index(config: PipelineConfig, rows: int, dimension: int, lineage: Lineage):
     """``config.sink.table`` indexed as a run indexes it (:func:`~pipelines.vector_index.step.index_step`),
     the index recorded in its lineage; returns the index parameters, the tuning and the seconds."""
+    if config.index.metric == "auto":  # the table's, as a run settles it (pipelines/run/model_plan.py)
+        config = config.model_copy(update={"index": config.index.model_copy(update={"metric": lineage.metric})})
     params, tuning, seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
     LanceTable(config.sink.uri, config.sink.table).update_lineage(lineage, **index_lineage(params, tuning))
     return params, tuning, seconds

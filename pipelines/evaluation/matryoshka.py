@@ -108,7 +108,7 @@ def _check_matches(config: PipelineConfig, source: str, wide: dict) -> None:
         ("metric", "index.metric", config.index.metric),
     )
     for key, setting, value in shared:
-        if wide.get(key) != value:
+        if wide.get(key) != value and value != "auto":
             raise ConfigError(f"{setting}={value}: table {source!r} was made with {key}={wide.get(key)}")
 
 

@@ -60,6 +60,8 @@ class DryRunReport:
     index: str = "none"
     index_bytes: int = 0
     seconds: float = 0.0  # what the dry run itself took
+    model: list = field(default_factory=list)  # the model's chain and where each setting came from
+    warnings: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +86,8 @@ class DryRunReport:
             "if the CPU stages keep up",
             f"table        {self.table_rows:,} rows, about {self.table_bytes / gib:.2f} GiB; index {self.index}, "
             f"about {self.index_bytes / gib:.2f} GiB",
+            *[("model        " if i == 0 else " " * 13) + line for i, line in enumerate(self.model)],
+            *[f"warning      {line}" for line in self.warnings],
             f"took         {self.seconds:.1f}s",
         ]
 
@@ -111,9 +115,11 @@ def dry_run(config: PipelineConfig, sample_rows: int = 256, sample_files: int = 
 
     started = time.perf_counter()
     plan = preflight(config)
+    config = plan.config  # the model's auto settings settled, as the run would settle them
     src = config.source
     rows = sum(plan.source.rows.values())
     report = DryRunReport(files=len(plan.source.files), rows=rows, skipped_files=dict(plan.source.skipped))
+    report.model, report.warnings = plan.model.describe(), plan.model.warnings()
     stages = {
         s.name: s
         for s in embedding_stages(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import pyarrow as pa
@@ -21,10 +22,9 @@ from connectors.model_store import model_fingerprint, resolve_model_dir
 from connectors.parquet_source import ParquetSource, open_source
 from connectors.storage import Storage, is_s3
 from pipelines.config import ConfigError, PipelineConfig
-from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.embed.precision import planned_device, resolve_dtype
-from pipelines.embed.tokenizer import chunk_window, effective_max_tokens, eos_to_append, load_tokenizer
 from pipelines.lineage import Lineage, check_compatible, make_lineage
+from pipelines.run.model_plan import ModelPlan, plan_model
 from pipelines.vector_index.step import check_tuning_queries
 
 __all__ = ["Inputs", "RunPlan", "check_inputs", "plan_on_table", "preflight"]
@@ -45,6 +45,7 @@ class RunPlan:
     dtype_reason: str = ""  # why config.model.dtype (resolved from auto here) is what it is
     others_cpus: float = 0.0  # CPUs others (a service, another job) held when the run started
     table: Optional[LanceTable] = None  # the sink's table: its versions, lineage, run log, rejects
+    model: Optional[ModelPlan] = None  # the model's settled settings, where each came from, its dimensions
 
     @property
     def sink_options(self) -> Optional[dict]:
@@ -87,20 +88,19 @@ def _table_schema(config: PipelineConfig, source: ParquetSource, dimension: int,
 class Inputs:
     """What a run learns before it looks at the table: its source, model, dimension and token limit."""
 
-    config: PipelineConfig
+    config: PipelineConfig  # the model's auto settings settled from its own files
     source: ParquetSource
     storage: Storage
     fingerprint: str
-    hidden: int
-    dimension: int
-    max_tokens: int
-    append_eos: bool
+    model: ModelPlan
+    requested: PipelineConfig  # as given: an append settles its auto settings again from the table's lineage
+    model_dir: Path
 
 
 def check_inputs(config: PipelineConfig) -> Inputs:
-    """The checks that do not depend on the table: config, source files and columns, the model and its
-    dimension, the tokens of a chunk (and, for ``s3://``, that buckets exist and credentials work).
-    Raises with a message naming the problem."""
+    """The checks that do not depend on the table: config, source files and columns, the model (its
+    modules, settings and dimension), the tokens of a chunk (and, for ``s3://``, that buckets exist and
+    credentials work). Raises with a message naming the problem."""
     src, sink = config.source, config.sink
     columns = [src.id_column, src.text_column, *src.metadata_columns]
     storage = Storage.resolve(
@@ -113,20 +113,8 @@ def check_inputs(config: PipelineConfig) -> Inputs:
         check_tuning_queries(config.index.tuning_queries_path, storage)
 
     model_dir = resolve_model_dir(config.model.path, config.model.revision, storage)
-    tokenizer = load_tokenizer(config.model.path, config.model.revision, padding_side_for(config.model), storage)
-    from transformers import AutoConfig
-
-    hidden = int(AutoConfig.from_pretrained(str(model_dir)).hidden_size)
-    dimension = config.embed.dimension or hidden
-    if dimension > hidden:
-        raise ConfigError(f"embed.dimension={dimension} is larger than the model's {hidden} dimensions")
-    max_tokens = effective_max_tokens(model_dir, tokenizer, config.model.max_tokens)
-    eos_id = eos_to_append(tokenizer, config.model.append_eos, config.model.pooling)
-    if config.embed.long_text == "chunk":  # before any row is committed, not in the first tokenize task
-        chunk_window(tokenizer, max_tokens, config.model.document_prompt, eos_id, config.embed.chunk_overlap)
-    return Inputs(
-        config, source, storage, model_fingerprint(model_dir), hidden, dimension, max_tokens, eos_id is not None
-    )
+    model = plan_model(config, model_dir, storage)
+    return Inputs(model.config, source, storage, model_fingerprint(model_dir), model, config, model_dir)
 
 
 def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
@@ -141,14 +129,21 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
     version = table.version()
     adding = version is not None and sink.mode in ("append", "upsert")
     existing = table.lineage() if adding else None
+    model = inputs.model
+    if existing is not None and existing.model is not None:  # auto settings follow the table's vectors
+        recorded = existing.to_dict().get("model", {})
+        model = plan_model(inputs.requested, inputs.model_dir, storage, recorded, sink.table, existing.metric)
+        config = model.config
     config, dtype_reason = _with_dtype(config, existing)
     lineage = make_lineage(
         config,
         fingerprint=inputs.fingerprint,
-        hidden_size=inputs.hidden,
-        max_tokens=inputs.max_tokens,
-        dimension=inputs.dimension,
-        append_eos=inputs.append_eos,
+        hidden_size=model.output_dimension,
+        max_tokens=model.max_tokens,
+        dimension=model.dimension,
+        append_eos=model.append_eos,
+        modules=model.resolved.modules,
+        matryoshka_dimensions=model.matryoshka_dimensions,
     )
 
     run_id = _pick_run_id(config, table, new_run_id)
@@ -157,20 +152,21 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
     if adding or (version is not None and resuming):
         existing = existing or table.lineage()
         check_compatible(existing, lineage, "this run's config")
-    schema = _table_schema(config, source, inputs.dimension, lineage)
+    schema = _table_schema(config, source, model.dimension, lineage)
     return RunPlan(
         config,
         run_id,
         resuming,
         source,
         lineage,
-        inputs.max_tokens,
-        inputs.dimension,
+        model.max_tokens,
+        model.dimension,
         schema,
         version,
         storage,
         dtype_reason,
         table=table,
+        model=model,
     )
 
 

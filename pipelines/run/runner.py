@@ -132,6 +132,8 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
         skipped_files=dict(plan.source.skipped),
         dtype=plan.config.model.dtype,
         dtype_reason=plan.dtype_reason,
+        model=plan.model.describe(),
+        warnings=plan.model.warnings(),
     )
     runlog = plan.table.runs
     runlog.mark_started(plan.run_id, plan.config.sink.mode)

@@ -78,6 +78,8 @@ class RunSummary:
     ray_start_seconds: float = 0.0  # ray.init() when the job started its own local Ray (0 when connected)
     dtype: str = ""  # the encoder's compute dtype (model.dtype resolved) and why
     dtype_reason: str = ""
+    model: list = field(default_factory=list)  # the model's chain and where each setting came from
+    warnings: list = field(default_factory=list)  # e.g. a dimension the model was not trained to be cut at
 
     @property
     def rows_rejected(self) -> int:
@@ -154,6 +156,8 @@ class RunSummary:
             f"throughput   {self.rows_written / secs:.1f} docs/s, {self.tokens / secs:.0f} tokens/s "
             f"({self.tokens} tokens in {self.embed_seconds:.1f}s; job {self.seconds:.1f}s)",
             *([f"dtype        {self.dtype} ({self.dtype_reason})"] if self.dtype else []),
+            *[("model        " if i == 0 else " " * 13) + line for i, line in enumerate(self.model)],
+            *[f"warning      {line}" for line in self.warnings],
             f"index        {index_line}",
             *([f"placement    {_placement_line(self.placement)}"] if self.encoders else []),
             *([f"deleted      {self.deleted_missing} rows whose id left the source"] if self.deleted_missing else []),

@@ -28,7 +28,6 @@ from connectors.lance.metadata import lineage_in
 from connectors.lance.table import LanceTable, SinkError
 from connectors.model_store import is_legacy_fingerprint, legacy_model_fingerprint, model_fingerprint, resolve_model_dir
 from connectors.storage import Storage, is_s3
-from pipelines.embed.postprocess import postprocess
 from pipelines.embed.precision import query_dtype
 from pipelines.lineage import Lineage, LineageMismatchError, check_compatible, query_model_config
 from pipelines.search.filters import FilterError, build_filter
@@ -142,16 +141,9 @@ class Searcher:
         # takes tens of seconds to start for a handful of texts, and the backends agree (the vLLM
         # tests hold them to cosine >= 0.999 on the same inputs).
         if self._encoder is None:
-            from pipelines.embed.hf_encoder import HFEncoder, padding_side_for
-            from pipelines.embed.tokenizer import load_tokenizer
+            from pipelines.embed.hf_encoder import HFEncoder
 
             self._encoder = HFEncoder(self.model_config, storage=self.storage)
-            self._tokenizer = load_tokenizer(
-                self.model_config.path,
-                self.model_config.revision,
-                padding_side_for(self.model_config),
-                self.storage,
-            )
         return self._encoder
 
     def embed_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -163,13 +155,10 @@ class Searcher:
         return self._embed(texts, self.model_config.document_prompt)
 
     def _embed(self, texts: Sequence[str], prompt: str) -> np.ndarray:
-        from pipelines.embed.tokenizer import eos_to_append, tokenize_texts
+        from pipelines.embed.texts import embed_texts
 
         encoder = self._encode()
-        eos_id = eos_to_append(self._tokenizer, self.model_config.append_eos, self.model_config.pooling)
-        ids, _ = tokenize_texts(self._tokenizer, [prompt + t for t in texts], self.model_config.max_tokens, eos_id)
-        pooled = encoder.embed(ids)
-        return postprocess(pooled, self.dimension, self.lineage.normalize)
+        return embed_texts(encoder, texts, prompt, self.model_config.max_tokens, self.dimension, self.lineage.normalize)
 
     def search(
         self,

@@ -61,6 +61,8 @@ def min_index_rows(config: IndexConfig, dimension: int) -> int:
 def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Optional[float] = None) -> IndexParams:
     """Index parameters for ``rows`` vectors of ``dimension``; explicit config values win. ``cpus``:
     the cluster's, for ``index.workers=auto``."""
+    if config.metric == "auto":  # a run settles it (pipelines/run/model_plan.py), maintenance from the table;
+        config = config.model_copy(update={"metric": "cosine"})  # with neither to read it from, the default
     if config.type == "none":
         return IndexParams("none", config.metric, reason="index.type=none")
     least = min_index_rows(config, dimension)

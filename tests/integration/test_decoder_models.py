@@ -179,9 +179,10 @@ def test_vllm_backend_without_vllm_says_what_to_install():
 
 
 def test_append_eos_is_part_of_the_embedding_space():
+    from helpers.settled import settled
     from pipelines.lineage import LineageMismatchError, check_compatible, make_lineage
 
-    config = load_config()
+    config = settled(load_config())
     kwargs = dict(fingerprint="f" * 16, hidden_size=384, max_tokens=256, dimension=384)
     with_eos, without = make_lineage(config, append_eos=True, **kwargs), make_lineage(config, **kwargs)
     with pytest.raises(LineageMismatchError, match="model.append_eos: table has False, this run has True"):

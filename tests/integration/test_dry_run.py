@@ -41,6 +41,10 @@ def test_dry_run_measures_and_writes_nothing(ray_cluster, sample_table, tmp_path
     assert plan["table_rows"] == round(402 * (1 - 2 / 230))  # the sample's reject share, on every row
     assert plan["table_bytes"] > plan["table_rows"] * 384 * 4  # vectors, texts and the job's columns
     assert "dry run (nothing was written)" in done.stdout and "estimate " in done.stdout
+    # The model's chain as the run would settle it, and where each setting came from.
+    assert "model        Transformer -> Pooling(mean) -> Normalize: 384 dims, 384 stored" in done.stdout
+    assert "pooling mean, include_prompt true (model's 1_Pooling/config.json)" in done.stdout
+    assert plan["model"][0].startswith("Transformer -> Pooling(mean)")
     assert not (tmp_path / "db").exists()  # no table, no run log, no lease
 
     # Chunked: a document becomes several rows; the table's rows follow.

@@ -34,8 +34,17 @@ def test_tokenize_truncates_at_limit_and_reports_it():
 
 
 def test_plan_takes_actor_resources_from_config(ray_cluster):
-    config = load_config(
-        overrides=["compute.actors=2", "compute.max_actors=4", "compute.gpus_per_actor=1", "compute.cpus_per_actor=0.5"]
+    from helpers.settled import settled
+
+    config = settled(
+        load_config(
+            overrides=[
+                "compute.actors=2",
+                "compute.max_actors=4",
+                "compute.gpus_per_actor=1",
+                "compute.cpus_per_actor=0.5",
+            ]
+        )
     )
     stages = embedding_stages(config, max_tokens=256, dimension=384)
     assert [s.name for s in stages] == ["validate", "tokenize", "encode"]

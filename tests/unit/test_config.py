@@ -27,7 +27,7 @@ def test_yaml_then_overrides(tmp_path):
         (["compute.actorz=2"], "compute.actorz"),
         (["sourc.path=x"], "sourc"),
         (["compute.actors=0"], "compute.actors"),
-        (["model.pooling=max"], "model.pooling"),
+        (["model.pooling=maximum"], "model.pooling"),
         (["model.device=tpu"], "model.device"),
         (["sink.mode=merge"], "sink.mode"),
         (["index.num_partitions=-3"], "index.num_partitions"),

@@ -6,6 +6,7 @@ import copy
 import json
 
 from connectors.lance.metadata import table_metadata
+from helpers.settled import settled
 from pipelines.config import ModelConfig, load_config
 from pipelines.embed.precision import query_dtype
 from pipelines.lineage import Lineage, check_compatible, make_lineage, query_model_config, vector_key
@@ -61,7 +62,7 @@ def test_a_stored_lineage_round_trips_key_for_key():
 
 
 def test_made_lineage_holds_every_key_and_updates_add_only_theirs():
-    config = load_config()
+    config = settled(load_config())
     made = make_lineage(config, fingerprint="sha256-full:ab", hidden_size=384, max_tokens=256, dimension=384)
     stored = made.to_dict()
     assert set(stored) == {
@@ -103,6 +104,8 @@ def test_queries_take_the_model_settings_from_the_lineage():
         padding_side=m["padding_side"],
         device="cpu",
         append_eos=True,
+        include_prompt=True,  # what a lineage without the keys means: nothing is left "auto" for a query
+        dense=False,
     )
     assert got == want
     old = query_model_config(Lineage.parse(STORED), "p", "float32", "cpu")

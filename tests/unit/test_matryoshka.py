@@ -9,6 +9,7 @@ import pytest
 
 from connectors.lance.metadata import read_lineage, table_metadata
 from connectors.lance.table import SinkError, dataset_uri, table_schema
+from helpers.settled import settled
 from pipelines.config import ConfigError, load_config
 from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
@@ -19,16 +20,18 @@ ROWS, WIDE, NARROW = 10, 8, 4
 
 
 def _config(db, dimension, *extra):
-    return load_config(
-        overrides=[
-            "source.path=corpus.parquet",
-            "source.metadata_columns=[title]",
-            f"sink.uri={db}",
-            f"sink.table=d{dimension}",
-            f"embed.dimension={dimension}",
-            "index.type=ivf_pq",  # IVF-RQ (the default) needs a dimension divisible by 8
-            *extra,
-        ]
+    return settled(
+        load_config(
+            overrides=[
+                "source.path=corpus.parquet",
+                "source.metadata_columns=[title]",
+                f"sink.uri={db}",
+                f"sink.table=d{dimension}",
+                f"embed.dimension={dimension}",
+                "index.type=ivf_pq",  # IVF-RQ (the default) needs a dimension divisible by 8
+                *extra,
+            ]
+        )
     )
 
 

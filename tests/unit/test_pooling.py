@@ -36,5 +36,5 @@ def test_last_token_left_padding():
 
 
 def test_unknown_mode_lists_valid_ones():
-    with pytest.raises(ValueError, match="cls.*last.*mean"):
-        pool("max", HIDDEN, RIGHT)
+    with pytest.raises(ValueError, match="cls.*last.*max.*mean.*weightedmean"):
+        pool("maximum", HIDDEN, RIGHT)

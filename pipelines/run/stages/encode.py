@@ -84,6 +84,8 @@ class EncodeStage:
         self.encoder = load_encoder(
             model, dimension=dimension, normalize=normalize, threads=threads, max_tokens=max_tokens, storage=storage
         )
+        # A model that pools without its prompt (include_prompt false) leaves the document prompt's tokens out.
+        self.prompt_tokens = self.encoder.prompt_tokens(model.document_prompt)
         self.dimension = dimension
         self.normalize = normalize
         self.batch_tokens = batch_tokens
@@ -102,7 +104,7 @@ class EncodeStage:
         rows = [i for i, r in enumerate(reject) if r is None and ids[i]]
         vectors = np.zeros((batch.num_rows, self.dimension), dtype=np.float32)
         if rows:
-            pooled = self.encoder.embed([ids[i] for i in rows], self.batch_tokens)
+            pooled = self.encoder.embed([ids[i] for i in rows], self.batch_tokens, self.prompt_tokens)
             vectors[rows] = postprocess(pooled, self.dimension, self.normalize)
         finite = np.isfinite(vectors).all(axis=1)
         valid = np.zeros(batch.num_rows, dtype=bool)

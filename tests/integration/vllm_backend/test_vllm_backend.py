@@ -15,6 +15,7 @@ pytest.importorskip("vllm")
 
 from connectors import columns as C  # noqa: E402
 from connectors.lance.metadata import read_lineage  # noqa: E402
+from helpers.settled import settled  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.embed.hf_encoder import HFEncoder  # noqa: E402
 from pipelines.embed.postprocess import postprocess  # noqa: E402
@@ -34,7 +35,7 @@ MIN_COSINE = 0.999
 def _config(backend, *overrides):
     # float32 on both backends: they are compared to each other (auto picks bf16 on some CPUs)
     backend_set = [f"model.backend={backend}", "model.dtype=float32", *(VLLM_CPU if backend == "vllm" else [])]
-    return load_config(overrides=[*backend_set, *overrides])
+    return settled(load_config(overrides=[*backend_set, *overrides]))  # as a run's preflight settles it
 
 
 def _batch(sample_table, n=24):

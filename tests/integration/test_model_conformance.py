@@ -1,0 +1,191 @@
+"""Model conformance: the pipeline embeds every shape of sentence-transformers model the way
+sentence-transformers itself does, reading the model's own pipeline from its directory.
+
+For each shape of tests/helpers/model_zoo.py (pooling modes, Dense heads, Normalize, prompts,
+T5's encoder, decoders, bidirectional Gemma3, the packaged MiniLM), and for a few shapes in the
+legacy hub config form as well:
+
+- documents: a dozen sample texts indexed by ``run_index`` with only ``model.path`` and
+  ``model.dtype=float32`` set (pooling, prompts and head must come from the model directory) match
+  ``SentenceTransformer.encode(texts, prompt_name=<the document prompt>)`` row by row (cosine >=
+  0.99999), in its dimension;
+- queries: ``Searcher.embed_queries`` on that table matches ``encode(queries, prompt_name="query")``.
+
+Both sides are L2-normalised before comparing (the table stores unit vectors). One job per case,
+on the session's local Ray.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from helpers.model_zoo import SHAPES
+from pipelines.config import load_config
+from pipelines.run.runner import run_index
+from pipelines.search.searcher import Searcher
+
+MIN_COSINE = 0.99999
+# Shapes also checked in the legacy config form (1_Pooling booleans, sentence_transformers.models.*)
+LEGACY = ["bert_cls", "labse", "qwen3_lasttoken"]
+# T5 last: its job fails on today's code (the encoder-decoder loaded with AutoModel), and Ray Data can
+# leave a failed execution's encoder actor holding its CPU for minutes (a pending task's callback keeps
+# its handle), which would fail the next case's preflight ("CPUs held by others").
+LAST = "t5_mean_dense"
+CASES = [(s, False) for s in SHAPES if s != LAST] + [(s, True) for s in LEGACY] + [(LAST, False)]
+QUERIES = [
+    "Which planet is the largest?",
+    "how do vaccines work",
+    "capital city of France",
+    "who wrote the play Hamlet",
+]
+
+
+# The named prompt each role takes: the first of these the model gives a non-empty prompt, else its
+# default prompt. sentence-transformers' encode_query / encode_document try the same names, but 6.x
+# saves every model with empty "query"/"document" placeholders and then takes the empty "document"
+# before e5's "passage" (docs/models.md).
+QUERY, DOCUMENT = ("query",), ("document", "passage", "corpus")
+
+
+def _prompt_name(st, names: tuple[str, ...]) -> Optional[str]:
+    return next((n for n in names if st.prompts.get(n)), None) or st.default_prompt_name
+
+
+def _case_id(case) -> str:
+    shape, legacy = case
+    return f"{shape}-legacy" if legacy else shape
+
+
+@dataclass
+class Indexed:
+    name: str  # the case, as the failure messages name it
+    model_dir: Path
+    dimension: int  # sentence-transformers' get_embedding_dimension()
+    ids: list
+    docs: np.ndarray  # encode_document, L2-normalised, one row per id
+    queries: np.ndarray  # encode_query, L2-normalised
+    db: str
+    error: Optional[str]  # what run_index raised, if it did (its last line: a worker's exception)
+
+
+def _unit(vectors) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def documents(sample_table, tmp_path_factory):
+    """Twelve sample texts of different lengths (every batch pads), in one Parquet file."""
+    rows = sample_table.slice(0, 12)
+    texts = [text[: 60 + 25 * i].strip() for i, text in enumerate(rows.column("text").to_pylist())]
+    table = pa.table({"id": rows.column("id").to_pylist(), "text": texts})
+    path = tmp_path_factory.mktemp("conformance-docs") / "docs.parquet"
+    pq.write_table(table, path)
+    return path, table["id"].to_pylist(), texts
+
+
+@pytest.fixture(scope="module", params=CASES, ids=_case_id)
+def indexed(request, ray_cluster, model_zoo, documents, tmp_path_factory) -> Indexed:
+    from sentence_transformers import SentenceTransformer
+
+    shape, legacy = request.param
+    name = _case_id(request.param)
+    model_dir = model_zoo(shape, legacy_config=legacy)
+    path, ids, texts = documents
+    st = SentenceTransformer(str(model_dir), device="cpu")
+    docs = _unit(st.encode(texts, prompt_name=_prompt_name(st, DOCUMENT), convert_to_numpy=True))
+    queries = _unit(st.encode(QUERIES, prompt_name=_prompt_name(st, QUERY), convert_to_numpy=True))
+    db = str(tmp_path_factory.mktemp(f"conformance-{name}"))
+    config = load_config(
+        overrides=[
+            f"source.path={path}",
+            f"sink.uri={db}",
+            "sink.table=docs",
+            f"model.path={model_dir}",
+            "model.dtype=float32",  # compared with sentence-transformers in float32
+            "index.type=none",
+        ]
+    )
+    error = None
+    try:
+        run_index(config)
+    except Exception as exc:  # reported by each test of the case, naming it
+        error = _cause(exc)
+    if error:  # the traceback no longer holds the failed execution: its encoder actor can go
+        _wait_for_free_cpus()
+    return Indexed(name, model_dir, st.get_embedding_dimension(), ids, docs, queries, db, error)
+
+
+def _cause(exc: Exception) -> str:
+    """The exception's type and the line naming its cause (a Ray worker's error comes wrapped in
+    its traceback and Ray's retry advice)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()] or [""]
+    causes = [line for line in lines if re.match(r"[\w.]+(Error|Exception): ", line) and not line.startswith("ray.")]
+    return f"{type(exc).__name__}: {causes[-1] if causes else lines[0]}"
+
+
+def _wait_for_free_cpus(timeout_s: float = 60.0) -> None:
+    """After a failed job, until its encoder actor has given its CPU back (the next case's preflight
+    counts CPUs held by others; see LAST)."""
+    import gc
+    import time
+
+    import ray
+
+    gc.collect()
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if ray.available_resources().get("CPU", 0) >= ray.cluster_resources().get("CPU", 0):
+            break
+        time.sleep(0.5)
+
+
+def _require_table(case: Indexed) -> None:
+    if case.error is not None:
+        pytest.fail(f"{case.name}: the index job failed: {case.error}")
+
+
+def _check(case: Indexed, what: str, got: np.ndarray, expected: np.ndarray, labels: list) -> None:
+    assert got.shape[1] == case.dimension, (
+        f"{case.name}: {what} have dimension {got.shape[1]}, sentence-transformers' "
+        f"get_embedding_dimension() is {case.dimension}"
+    )
+    cosines = np.sum(_unit(got) * expected, axis=1)
+    worst = int(np.argmin(cosines))
+    assert cosines[worst] >= MIN_COSINE, (
+        f"{case.name}: {what}: worst cosine with sentence-transformers {cosines[worst]:.6f} "
+        f"({labels[worst]!r}) < {MIN_COSINE}; {int(np.sum(cosines < MIN_COSINE))} of {len(cosines)} below"
+    )
+
+
+def test_reference_vectors_are_distinct(indexed):
+    """The zoo's random models give different texts clearly different vectors, so agreement to
+    0.99999 below means the same computation, not a degenerate model."""
+    off_diagonal = (indexed.docs @ indexed.docs.T)[~np.eye(len(indexed.docs), dtype=bool)]
+    assert off_diagonal.max() < 0.999, f"{indexed.name}: two documents' vectors have cosine {off_diagonal.max():.6f}"
+
+
+def test_table_vectors_match_encode_document(indexed):
+    import lancedb
+
+    _require_table(indexed)
+    table = lancedb.connect(indexed.db).open_table("docs").to_arrow()
+    stored = dict(zip(table.column("id").to_pylist(), table.column("vector").to_pylist()))
+    assert sorted(stored) == sorted(indexed.ids), f"{indexed.name}: the table's ids differ from the corpus's"
+    got = np.array([stored[i] for i in indexed.ids], dtype=np.float64)
+    _check(indexed, "stored vectors", got, indexed.docs, indexed.ids)
+
+
+def test_searcher_queries_match_encode_query(indexed):
+    _require_table(indexed)
+    searcher = Searcher.open(indexed.db, "docs", device="cpu")
+    got = np.asarray(searcher.embed_queries(QUERIES), dtype=np.float64)
+    _check(indexed, "query vectors", got, indexed.queries, QUERIES)
