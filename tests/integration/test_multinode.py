@@ -82,8 +82,12 @@ def test_a_stalled_stream_is_stopped_and_counts_as_lost(ray_cluster, tmp_path):
 
 @pytest.fixture(scope="module")
 def cluster():
-    """Shared by the tests below in file order; the last one kills a node."""
-    head = LocalRayHead(num_cpus=0)
+    """Shared by the tests below in file order; the last one kills a node.
+
+    The head's GCS checks each node every second instead of every 3 s: a killed node (its raylet
+    refuses the check at once) is declared dead after 5 failed checks, ~5 s instead of ~15 s that the
+    job waits doing nothing; a live but slow node still has each check's 10 s timeout, 5 times over."""
+    head = LocalRayHead(num_cpus=0, env={"RAY_health_check_period_ms": "1000"})
     nodes = []
     try:
         nodes = [LocalRayNode(head, num_cpus=2) for _ in range(2)]

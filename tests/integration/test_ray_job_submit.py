@@ -129,8 +129,9 @@ def test_a_retry_follows_the_running_job_of_its_run_instead_of_submitting_anothe
     ray_jobs = _dag_helpers()
     token = head.auth_headers()["Authorization"].removeprefix("Bearer ")
     client = ray_jobs.connect(head.address, token=token)
+    # Long enough to be pending or running at the second call, which comes at once (before: 8 s).
     (tmp_path / "job.py").write_text(
-        "import json, time\ntime.sleep(8)\nprint('done')\nprint(json.dumps({'run_id': 'daily-x', 'rows': 3}))\n"
+        "import json, time\ntime.sleep(3)\nprint('done')\nprint(json.dumps({'run_id': 'daily-x', 'rows': 3}))\n"
     )
     env = ray_jobs.runtime_env(str(tmp_path))
     first, attached = ray_jobs.submit_or_attach(client, "daily-x", ["python", "job.py"], env, log=lambda _: None)
@@ -138,7 +139,7 @@ def test_a_retry_follows_the_running_job_of_its_run_instead_of_submitting_anothe
     again, attached = ray_jobs.submit_or_attach(client, "daily-x", ["python", "job.py"], env, log=lambda _: None)
     assert (again, attached) == (first, True)  # the first attempt's job is still running: follow it
     lines = []
-    result = ray_jobs.wait(client, again, attached=True, log=lines.append, poll_seconds=1)
+    result = ray_jobs.wait(client, again, attached=True, log=lines.append, poll_seconds=0.25)
     assert result.status == "SUCCEEDED" and result.summary == {"run_id": "daily-x", "rows": 3}
     assert "done" in lines
     # Once it has finished, the next attempt submits a new job (which resumes by run id).
@@ -159,7 +160,7 @@ def test_a_failed_job_raises_with_its_error_line_and_exit_code(head, tmp_path):
         client, "daily-fail", ["python", "job.py"], ray_jobs.runtime_env(str(tmp_path)), log=lambda _: None
     )
     with pytest.raises(ray_jobs.JobFailed) as failure:
-        ray_jobs.wait(client, job_id, log=lambda _: None, poll_seconds=1)
+        ray_jobs.wait(client, job_id, log=lambda _: None, poll_seconds=0.25)
     assert failure.value.exit_code == 2
     assert "FAILED (exit code 2): error: source.path=s3://x/: no Parquet files" in str(failure.value)
 
