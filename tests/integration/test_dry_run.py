@@ -12,16 +12,25 @@ from pathlib import Path
 import pytest
 
 from helpers.corpora import two_files_with_bad_rows
+from helpers.job_main import run_job_main
+from jobs.index import main as index_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _dry_run(ray_cluster, tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict]:
-    args = [sys.executable, "-m", "jobs.index", "--dry-run", "--summary-json", str(tmp_path / "plan.json")]
+def _dry_run(ray_cluster, tmp_path: Path, *overrides: str, in_process: bool = False) -> tuple:
+    """``python -m jobs.index --dry-run`` in a process of its own, or its ``main`` in this one on the
+    session's Ray (helpers/job_main.py: the same output and exit code, without a Python start)."""
+    args = ["--dry-run", "--summary-json", str(tmp_path / "plan.json")]
     for item in [f"sink.uri={tmp_path / 'db'}", *overrides]:
         args += ["--set", item]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_cluster.address_info["address"]}
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    if in_process:
+        done = run_job_main(index_main, args)
+    else:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": ray_cluster.address_info["address"]}
+        done = subprocess.run(
+            [sys.executable, "-m", "jobs.index", *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=600
+        )
     assert done.returncode == 0, done.stderr[-3000:]
     return done, json.loads((tmp_path / "plan.json").read_text())
 
@@ -47,9 +56,9 @@ def test_dry_run_measures_and_writes_nothing(ray_cluster, sample_table, tmp_path
     assert plan["model"][0].startswith("Transformer -> Pooling(mean)")
     assert not (tmp_path / "db").exists()  # no table, no run log, no lease
 
-    # Chunked: a document becomes several rows; the table's rows follow.
+    # Chunked: a document becomes several rows; the table's rows follow (the job's main in this process).
     _, chunked = _dry_run(
-        ray_cluster, tmp_path, f"source.path={corpus}", "embed.long_text=chunk", "model.max_tokens=64"
+        ray_cluster, tmp_path, f"source.path={corpus}", "embed.long_text=chunk", "model.max_tokens=64", in_process=True
     )
     assert chunked["rows_per_doc"] > 1.5 and chunked["truncated_share"] == 0
     assert chunked["table_rows"] == round(402 * (1 - 2 / 230) * chunked["rows_per_doc"])

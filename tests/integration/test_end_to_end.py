@@ -344,29 +344,24 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
     assert same.returncode == 0, same.stderr[-2000:]
     assert [json.loads(line) for line in same.stdout.splitlines()] == lines
 
-    # The project's own evaluation queries (BEIR's "_id") are a queries file too.
-    beir = _run(
-        [
-            "jobs.query",
-            "--uri",
-            str(db),
-            "--table",
-            "documents",
-            "-k",
-            "1",
-            "--json",
-            "--queries",
-            os.path.join(ROOT, "data", "eval", "wiki_desc", "queries.jsonl"),
-        ]
+    # The project's own evaluation queries (BEIR's "_id") are a queries file too. This and the refusals
+    # below run the query job's main in this process (helpers/job_main.py): the same output and exit
+    # code; the two commands above are the ones run as processes.
+    from helpers.job_main import run_job_main
+    from jobs.query import main as query_main
+
+    queries_file = os.path.join(ROOT, "data", "eval", "wiki_desc", "queries.jsonl")
+    beir = run_job_main(
+        query_main, ["--uri", db, "--table", "documents", "-k", "1", "--json", "--queries", queries_file]
     )
     assert beir.returncode == 0, beir.stderr[-2000:]
     assert [json.loads(line)["query_id"] for line in beir.stdout.splitlines()][:2] == ["q000", "q001"]
 
-    missing = _run(["jobs.query", "--uri", str(db), "--table", "nope", "hello"])
+    missing = run_job_main(query_main, ["--uri", db, "--table", "nope", "hello"])
     assert missing.returncode == 2 and "no table 'nope'" in missing.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": "q1", "text": "fine"}) + "\n" + json.dumps({"id": "q2", "query": "x"}) + "\n")
-    refused = _run(["jobs.query", "--uri", str(db), "--table", "documents", "--queries", str(bad)])
+    refused = run_job_main(query_main, ["--uri", db, "--table", "documents", "--queries", bad])
     assert refused.returncode == 2 and "bad.jsonl:2: expected a JSON object with a string 'text'" in refused.stderr
 
 

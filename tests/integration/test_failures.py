@@ -88,7 +88,17 @@ def test_killed_encoder_actor_is_replaced_and_no_row_is_lost_or_doubled(
 
     def run():
         try:
-            config = _config(corpus, db, "compute.block_rows=16", "sink.checkpoint_rows=1000000", per_execution)
+            # The real model, at 64 tokens a document: what is tested is the actor's replacement, not
+            # the vectors (a third of the embedding work of the full 256 tokens; blocks still last long
+            # enough that the kill lands mid-run).
+            config = _config(
+                corpus,
+                db,
+                "compute.block_rows=16",
+                "sink.checkpoint_rows=1000000",
+                "model.max_tokens=64",
+                per_execution,
+            )
             result["summary"] = run_index(config)
         except Exception as exc:  # surfaced by the assertion below
             error["exc"] = exc

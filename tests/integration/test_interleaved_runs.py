@@ -91,7 +91,8 @@ def _run_while_another_job_holds_the_lease(db: Path, made_meanwhile: Path, job, 
 @pytest.fixture(scope="module")
 def made_meanwhile(ray_cluster, sample_table, tiny_bert_dir, tmp_path_factory) -> Path:
     """Table A (12 documents, the tiny model, no prompt), made once: what another job committed while
-    a job waited for the lease. The two tests below only read it (the helper copies it into place)."""
+    a job waited for the lease. The tests below only read it (the helper copies it into place; the
+    maintenance test maintains a copy)."""
     a = _corpus(tmp_path_factory.mktemp("a"), sample_table, 2000, 1, 12)
     elsewhere = tmp_path_factory.mktemp("made-meanwhile")
     run_index(_cfg(a, elsewhere, tiny_bert_dir, "sink.mode=create"))
@@ -127,15 +128,16 @@ def test_an_append_that_waited_for_the_lease_checks_the_lineage_of_the_table_mad
 
 
 def test_maintenance_that_waited_for_the_lease_keeps_the_lineage_of_the_table_made_meanwhile(
-    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+    made_meanwhile, sample_table, tiny_bert_dir, tmp_path
 ):
-    """An index build writes the lineage back: one read before the wait was another model's."""
+    """An index build writes the lineage back: one read before the wait was another model's. The table
+    maintained is a copy of ``made_meanwhile`` (no prompt); the one made meanwhile has a prompt."""
     from connectors.lance.metadata import read_lineage
     from pipelines.maintenance import run_maintenance
 
-    a = _corpus(tmp_path / "a", sample_table, 2700, 1, 300)
-    elsewhere, db = tmp_path / "elsewhere", tmp_path / "db"
-    run_index(_cfg(a, db, tiny_bert_dir))
+    a = _corpus(tmp_path / "a", sample_table, 2700, 1, 12)
+    elsewhere, db = tmp_path / "elsewhere", Path(shutil.copytree(made_meanwhile, tmp_path / "db"))
+    assert read_lineage(str(db), "docs")["model"]["document_prompt"] in (None, "")
     run_index(_cfg(a, elsewhere, tiny_bert_dir, "model.document_prompt=passage: "))
     index = ["index.type=ivf_sq", "index.min_rows=1", "index.num_partitions=2", "index.target_recall=null"]
     cfg = _cfg(a, db, tiny_bert_dir, "sink.on_busy=wait", *index)

@@ -22,6 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from connectors.lance.commits import ConcurrentWriteError, commit_checkpoint
+from helpers.job_main import run_job_main
+from jobs.index import main as index_main
 from pipelines.config import ConfigError, load_config
 from pipelines.run.runner import run_index
 
@@ -217,19 +219,9 @@ def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sa
     first = _job(_job_args(src, db, tiny_bert_dir, "run.id=first-run"), env)
     _wait_for(lambda: (db / "docs.lease").exists(), what="the first job's lease")
     # An overwrite to another dimension, started while the first runs: refused before any work.
-    second = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.index",
-            *_job_args(src, db, tiny_bert_dir, "embed.dimension=16", "run.id=second-run"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # The second job's command line runs in this process (helpers/job_main.py): its exit code and its
+    # line are what is checked, and it is refused in a second instead of after a Python start.
+    second = run_job_main(index_main, _job_args(src, db, tiny_bert_dir, "embed.dimension=16", "run.id=second-run"))
     assert first.poll() is None, "the first job ended before the second started"
     assert second.returncode == 2, second.stderr[-2000:]
     assert "being written by run first-run" in second.stderr and "sink.on_busy=wait" in second.stderr
@@ -387,20 +379,9 @@ def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster,
     assert f"run {run_id} started" in err and f"--set run.id={run_id}" in err  # said at the start
     # Readers still see the old table, whole and readable.
     assert sorted(r["id"] for r in _rows(db)) == old_ids
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.index",
-            *_job_args(new, db, tiny_bert_dir, "run.resume=true"),
-            "--summary-json",
-            str(tmp_path / "s.json"),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    # The resume's command line, in this process (helpers/job_main.py): the kill above needed a process.
+    resumed = run_job_main(
+        index_main, [*_job_args(new, db, tiny_bert_dir, "run.resume=true"), "--summary-json", tmp_path / "s.json"]
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"run {run_id} resumed" in resumed.stderr
@@ -431,14 +412,8 @@ def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
     _write(Path(finished).parent, Path(finished).name, rewritten)
     renamed = Path(unfinished[-1])
     renamed.rename(renamed.with_name("renamed-" + renamed.name))
-    resumed = subprocess.run(
-        [sys.executable, "-m", "jobs.index", *_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    # The resume's command line, in this process (helpers/job_main.py): the kill above needed a process.
+    resumed = run_job_main(index_main, _job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = _rows(db)
     assert len(rows) == len({r["id"] for r in rows}) == 300
