@@ -133,7 +133,7 @@ def _value_at(lineage: dict, dotted: str) -> Any:
 # Identity fields added after format 1 tables were first written, and what their absence meant.
 ABSENT_MEANS = {"model.append_eos": False, "model.include_prompt": True, "model.dense": False}
 # Of those, the ones a vector key leaves out at that value, so the keys of the rows already stored hold.
-_KEYED_ONLY_WHEN_SET = {"model.include_prompt": True, "model.dense": False}
+_KEYED_ONLY_WHEN_SET = ("model.include_prompt", "model.dense")
 
 
 def _identity(lineage: dict, dotted: str) -> Any:
@@ -186,8 +186,8 @@ def vector_key(lineage: Union[Lineage, dict], config: PipelineConfig) -> str:
 
     lineage = _raw(lineage)
     settings = {f: _identity(lineage, f) for f in VECTOR_FIELDS}
-    for f, absent in _KEYED_ONLY_WHEN_SET.items():
-        if settings[f] == absent:
+    for f in _KEYED_ONLY_WHEN_SET:
+        if settings[f] == ABSENT_MEANS[f]:
             del settings[f]
     settings["embed.long_text"] = config.embed.long_text
     settings["embed.chunk_overlap"] = config.embed.chunk_overlap if config.embed.long_text == "chunk" else None

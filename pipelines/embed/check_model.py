@@ -75,15 +75,17 @@ def check_model(path: str, texts: Sequence[str] = DEFAULT_TEXTS, revision: Optio
     with sentence-transformers; see :class:`ModelCheck`."""
     from pipelines.embed.hf_encoder import HFEncoder
     from pipelines.embed.texts import embed_texts
+    from pipelines.embed.tokenizer import effective_max_tokens
 
     model_dir = resolve_model_dir(path, revision)
     config = ModelConfig(path=path, revision=revision, dtype="float32", device="cpu")
     resolved = resolve_model_settings(config, model_dir)
     encoder = HFEncoder(resolved.model)
     m = encoder.config
+    limit = effective_max_tokens(model_dir, encoder.tokenizer, None)  # the job's (max_seq_length), not the tokenizer's
     ours = {
-        "document": embed_texts(encoder, texts, m.document_prompt, None, encoder.hidden_size),
-        "query": embed_texts(encoder, texts, m.query_prompt, None, encoder.hidden_size),
+        "document": embed_texts(encoder, texts, m.document_prompt, limit, encoder.hidden_size),
+        "query": embed_texts(encoder, texts, m.query_prompt, limit, encoder.hidden_size),
     }
     check = ModelCheck(path, resolved, encoder.hidden_size, list(texts))
     reference = _reference(str(model_dir), texts, resolved)

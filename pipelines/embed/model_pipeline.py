@@ -4,8 +4,9 @@ A sentence-transformers model directory says how its authors turn token embeddin
 vector (``modules.json``: Transformer -> Pooling -> Dense ... -> Normalize), how it pools
 (``1_Pooling/config.json``, in the legacy ``pooling_mode_*_token`` form of hub models or the
 ``pooling_mode`` form sentence-transformers 6 saves), which prompts it was trained with
-(``config_sentence_transformers.json``: ``prompts``, ``default_prompt_name``, ``similarity_fn_name``) and
-whether it lowercases (``sentence_bert_config.json``). :func:`read_model_pipeline` reads all of it;
+(``config_sentence_transformers.json``: ``prompts``, ``default_prompt_name``, ``similarity_fn_name``).
+:func:`read_model_pipeline` reads all of it (the tokenizer reads ``do_lower_case`` itself,
+:func:`pipelines.embed.tokenizer.load_tokenizer`);
 :mod:`pipelines.embed.model_settings` turns it into the run's settings. A module the project cannot run
 is an error naming it, never a silent skip: the vectors would look fine and be wrong.
 
@@ -92,16 +93,6 @@ class ModelPipeline:
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: Optional[str] = None
     similarity_fn_name: Optional[str] = None
-    do_lower_case: bool = False
-
-    @property
-    def modules(self) -> list[str]:
-        """The chain as words: ["Transformer", "Pooling(cls)", "Dense(64->32, Tanh)", "Normalize"]."""
-        names = ["Transformer"]
-        if self.pooling:
-            names.append(f"Pooling({self.pooling}{'' if self.include_prompt else ', prompt excluded'})")
-        names += [layer.describe() for layer in self.dense]
-        return names + (["Normalize"] if self.normalize else [])
 
     def query_prompt_name(self) -> Optional[str]:
         """The named prompt queries take: ``query``, else the default prompt (None: no prompt)."""
@@ -155,7 +146,6 @@ def read_model_pipeline(model_dir: Path) -> Optional[ModelPipeline]:
         prompts=prompts,
         default_prompt_name=default_name,
         similarity_fn_name=settings.get("similarity_fn_name") or None,
-        do_lower_case=bool(_read_json(model_dir / "sentence_bert_config.json").get("do_lower_case", False)),
     )
 
 

@@ -20,21 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from connectors.lance.lineage import ModelLineage
 from pipelines.config import ConfigError, ModelConfig
 from pipelines.embed.model_pipeline import ModelPipeline, read_model_pipeline
 
 __all__ = ["ResolvedModel", "resolve_model_settings", "AUTO_FIELDS"]
 
 AUTO_FIELDS = ("pooling", "include_prompt", "dense", "query_prompt", "document_prompt")
-# What a lineage without the field meant (tables written before it was recorded).
-_RECORDED_ABSENT = {
-    "pooling": "mean",
-    "include_prompt": True,
-    "dense": False,
-    "query_prompt": "",
-    "document_prompt": "",
-}
-_DEFAULTS = dict(_RECORDED_ABSENT)
+# A plain transformers model's (a table's lineage without a field means what ModelLineage's default says).
+_DEFAULTS = {"pooling": "mean", "include_prompt": True, "dense": False, "query_prompt": "", "document_prompt": ""}
 
 
 @dataclass
@@ -69,11 +63,12 @@ class ResolvedModel:
 
 
 def resolve_model_settings(
-    model: ModelConfig, model_dir: Path, recorded: Optional[dict] = None, table: str = ""
+    model: ModelConfig, model_dir: Path, recorded: Optional[ModelLineage] = None, table: str = ""
 ) -> ResolvedModel:
     """``model`` with every ``auto`` of :data:`AUTO_FIELDS` settled (see the module docstring).
 
-    ``recorded``: the table's lineage ``model`` section as stored (a dict; None for a new table).
+    ``recorded``: the table's lineage ``model`` section (None for a new table); a field its table did
+    not record has the default that absence meant.
 
     Raises:
         ConfigError: ``model.dense=true`` for a model without Dense layers.
@@ -88,12 +83,11 @@ def resolve_model_settings(
     return ResolvedModel(model.model_copy(update=values), pipeline, reasons)
 
 
-def _resolve(name: str, value, pipeline: Optional[ModelPipeline], recorded: Optional[dict], table: str):
+def _resolve(name: str, value, pipeline: Optional[ModelPipeline], recorded: Optional[ModelLineage], table: str):
     if value != "auto":
         return value, "set in the config"
     if recorded is not None:
-        stored = recorded.get(name)
-        return (_RECORDED_ABSENT[name] if stored is None else stored), f"table {table!r}'s lineage"
+        return getattr(recorded, name), f"table {table!r}'s lineage"
     if pipeline is not None:
         found = _from_pipeline(name, pipeline)
         if found is not None:

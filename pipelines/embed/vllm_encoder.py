@@ -34,6 +34,7 @@ import numpy as np
 from connectors.model_store import resolve_model_dir
 from pipelines.config import ModelConfig
 from pipelines.embed.head import DenseHead
+from pipelines.embed.model_pipeline import dense_dimension
 from pipelines.embed.model_settings import resolve_model_settings
 from pipelines.embed.precision import resolve_dtype
 
@@ -97,7 +98,8 @@ class VLLMEncoder:
             and dimension != self.hidden_size
             and (not declared or dimension in declared)
         )
-        self.output_dimension = dimension if self.native_dimensions else self.hidden_size
+        full = dense_dimension(pipeline, self.hidden_size, model.pooling, model.dense)  # pooled, through the head
+        self.output_dimension = dimension if self.native_dimensions else full
         # vLLM applies a sentence-transformers Dense head itself for some architectures: it gets a view
         # of the directory without modules.json, and the head (when the run uses it) is applied here,
         # exactly once, on vLLM's pooled, not yet normalised vectors.
@@ -113,8 +115,6 @@ class VLLMEncoder:
             )
         )
         self.params = PoolingParams(dimensions=dimension if self.native_dimensions else None, use_activation=activation)
-        if self.head is not None:
-            self.output_dimension = pipeline.dense[-1].out_features
 
     def prompt_tokens(self, prompt: str) -> int:
         """0: vLLM pools every token (a model with ``include_prompt: false`` is refused before any work)."""

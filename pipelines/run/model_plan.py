@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from connectors.lance.lineage import ModelLineage
 from pipelines.config import ConfigError, PipelineConfig
 from pipelines.embed.hf_encoder import padding_side_for
 from pipelines.embed.model_pipeline import declared_dimensions, dense_dimension
@@ -35,11 +36,12 @@ class ModelPlan:
     max_tokens: int
     append_eos: bool
     matryoshka_dimensions: Optional[list[int]]  # what the model declares (None: nothing)
+    metric_reason: str  # where index.metric came from
 
     def describe(self) -> list[str]:
         """The chain and its dimensions, then each setting and where it came from (summary, dry run)."""
         chain = " -> ".join(self.resolved.modules + (["Normalize"] if self.config.embed.normalize else []))
-        metric = f"index.metric {self.config.index.metric} ({self.resolved.reasons.get('metric', '')})"
+        metric = f"index.metric {self.config.index.metric} ({self.metric_reason})"
         return [f"{chain}: {self.output_dimension} dims, {self.dimension} stored", *self.resolved.describe(), metric]
 
     def warnings(self) -> list[str]:
@@ -57,7 +59,7 @@ def plan_model(
     config: PipelineConfig,
     model_dir: Path,
     storage,
-    recorded: Optional[dict] = None,
+    recorded: Optional[ModelLineage] = None,
     table: str = "",
     recorded_metric: Optional[str] = None,
 ) -> ModelPlan:
@@ -68,8 +70,7 @@ def plan_model(
     model = resolved.model
     if model.backend == "vllm":
         _check_vllm(model, model_dir)
-    metric, why = _metric(config.index.metric, resolved.pipeline, recorded_metric, table)
-    resolved.reasons["metric"] = why
+    metric, metric_reason = _metric(config.index.metric, resolved.pipeline, recorded_metric, table)
     index = config.index.model_copy(update={"metric": metric})
     config = config.model_copy(update={"model": model, "index": index})
     tokenizer = load_tokenizer(model.path, model.revision, padding_side_for(model), storage)
@@ -83,7 +84,15 @@ def plan_model(
     if config.embed.long_text == "chunk":  # before any row is committed, not in the first tokenize task
         chunk_window(tokenizer, max_tokens, model.document_prompt, eos_id, config.embed.chunk_overlap)
     return ModelPlan(
-        config, resolved, hidden, output, dimension, max_tokens, eos_id is not None, declared_dimensions(model_dir)
+        config,
+        resolved,
+        hidden,
+        output,
+        dimension,
+        max_tokens,
+        eos_id is not None,
+        declared_dimensions(model_dir),
+        metric_reason,
     )
 
 

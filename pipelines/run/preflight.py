@@ -131,8 +131,7 @@ def plan_on_table(inputs: Inputs, new_run_id: Optional[str] = None) -> RunPlan:
     existing = table.lineage() if adding else None
     model = inputs.model
     if existing is not None and existing.model is not None:  # auto settings follow the table's vectors
-        recorded = existing.to_dict().get("model", {})
-        model = plan_model(inputs.requested, inputs.model_dir, storage, recorded, sink.table, existing.metric)
+        model = plan_model(inputs.requested, inputs.model_dir, storage, existing.model, sink.table, existing.metric)
         config = model.config
     config, dtype_reason = _with_dtype(config, existing)
     lineage = make_lineage(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from connectors.lance.lineage import ModelLineage
 from connectors.model_store import model_fingerprint
 from pipelines.config import ConfigError, ModelConfig, load_config
 from pipelines.embed.model_pipeline import DenseLayer, UnsupportedModelError, read_model_pipeline
@@ -116,7 +117,8 @@ def test_dense_layers_are_read_in_order_and_a_foreign_activation_refused(model):
         DenseLayer("2_Dense", 384, 64, bias=False, activation="torch.nn.modules.linear.Identity"),
         DenseLayer("3_Dense", 64, 32),  # sentence-transformers' defaults: bias, Tanh
     )
-    assert read.modules == ["Transformer", "Pooling(mean)", "Dense(384->64, Identity)", "Dense(64->32, Tanh)"]
+    chain = resolve_model_settings(ModelConfig(path=str(model)), model).modules  # the head settled on
+    assert chain == ["Transformer", "Pooling(mean)", "Dense(384->64, Identity)", "Dense(64->32, Tanh)"]
     _write(model / "3_Dense" / "config.json", {"in_features": 64, "out_features": 32, "activation_function": "x.Y"})
     with pytest.raises(UnsupportedModelError, match="'x.Y' is not a torch module"):
         read_model_pipeline(model)
@@ -152,7 +154,7 @@ def test_settings_come_from_the_config_then_the_table_then_the_model(model):
     assert from_model.reasons["pooling"] == "model's 1_Pooling/config.json"
     assert "prompts['query']" in from_model.reasons["query_prompt"]
     # A table made before the model's files were read recorded mean and no prompts: an append keeps them.
-    recorded = {"pooling": "mean", "query_prompt": "", "document_prompt": ""}
+    recorded = ModelLineage(path=str(model), fingerprint="f", pooling="mean", query_prompt="", document_prompt="")
     on_table = resolve_model_settings(ModelConfig(path=str(model)), model, recorded, "docs")
     assert (on_table.model.pooling, on_table.model.query_prompt, on_table.model.dense) == ("mean", "", False)
     assert on_table.reasons["pooling"] == "table 'docs''s lineage"
