@@ -15,7 +15,7 @@ from connectors.errors import UserError
 from connectors.lance.lineage import FORMAT_VERSION, Lineage
 from connectors.model_store import is_legacy_fingerprint
 from pipelines.config import ModelConfig, PipelineConfig
-from pipelines.embed.model_settings import AUTO_FIELDS
+from pipelines.embed.model_settings import unsettled
 
 __all__ = [
     "ABSENT_MEANS",
@@ -66,9 +66,8 @@ def make_lineage(
     be settled (:mod:`pipelines.embed.model_settings`): a lineage records what ran, never ``auto``.
     ``modules``: the chain as words; ``matryoshka_dimensions``: what the model declares."""
     m = config.model
-    unsettled = [f"model.{name}" for name in AUTO_FIELDS if getattr(m, name) == "auto"]
-    if unsettled:
-        raise ValueError(f"make_lineage needs settled model settings; {unsettled} are still 'auto'")
+    if unsettled(m):
+        raise ValueError(f"make_lineage needs settled model settings; {unsettled(m)} are still 'auto'")
     extra = {"modules": modules} if modules else {}
     if matryoshka_dimensions:
         extra["matryoshka_dimensions"] = list(matryoshka_dimensions)

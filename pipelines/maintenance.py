@@ -30,6 +30,7 @@ from connectors.lance.lineage import Lineage
 from connectors.lance.table import LanceTable, SinkError
 from connectors.storage import Storage, is_s3
 from pipelines.config import PipelineConfig, parse_duration
+from pipelines.vector_index.params import settle_metric
 from pipelines.vector_index.step import maintain_index
 
 log = logging.getLogger(__name__)
@@ -168,9 +169,7 @@ def _maintain(config: PipelineConfig, table: LanceTable, lineage: Lineage, check
     handle = table.open()
     report = MaintenanceReport(table_uri=sink.uri, table=sink.table, rows=handle.count_rows())
     report.before = index_stats(handle)
-    index = config.index
-    if index.metric == "auto":  # the table's own distance (an index of another metric would answer other queries)
-        index = index.model_copy(update={"metric": lineage.metric or "cosine"})
+    index = settle_metric(config.index, lineage.metric)
     params = maintain_index(handle, report.rows, lineage.dimension, index)
     if params.type == "none":
         report.action, report.reason = "none", params.reason

@@ -24,7 +24,7 @@ from connectors.lance.lineage import ModelLineage
 from pipelines.config import ConfigError, ModelConfig
 from pipelines.embed.model_pipeline import ModelPipeline, read_model_pipeline
 
-__all__ = ["ResolvedModel", "resolve_model_settings", "AUTO_FIELDS"]
+__all__ = ["AUTO_FIELDS", "ResolvedModel", "resolve_model_settings", "unsettled"]
 
 AUTO_FIELDS = ("pooling", "include_prompt", "dense", "query_prompt", "document_prompt")
 # A plain transformers model's (a table's lineage without a field means what ModelLineage's default says).
@@ -60,6 +60,11 @@ class ResolvedModel:
         for name in AUTO_FIELDS:
             groups.setdefault(self.reasons[name], []).append(f"{name} {shown(name)}")
         return [f"{', '.join(items)} ({reason})" for reason, items in groups.items()]
+
+
+def unsettled(model: ModelConfig) -> list[str]:
+    """The settings of :data:`AUTO_FIELDS` still ``auto`` in ``model`` (``model.pooling``, ...)."""
+    return [f"model.{name}" for name in AUTO_FIELDS if getattr(model, name) == "auto"]
 
 
 def resolve_model_settings(

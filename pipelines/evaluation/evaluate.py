@@ -38,7 +38,7 @@ from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
 from pipelines.lineage import Lineage
-from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows
+from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows, settle_metric
 from pipelines.vector_index.step import index_step
 from pipelines.vector_index.tuning import index_lineage, knn_recall
 
@@ -180,8 +180,7 @@ def _indexed(config: PipelineConfig, texts: list[str], on_run, verbose: bool) ->
 def _index(config: PipelineConfig, rows: int, dimension: int, lineage: Lineage):
     """``config.sink.table`` indexed as a run indexes it (:func:`~pipelines.vector_index.step.index_step`),
     the index recorded in its lineage; returns the index parameters, the tuning and the seconds."""
-    if config.index.metric == "auto":  # the table's, as a run settles it (pipelines/run/model_plan.py)
-        config = config.model_copy(update={"index": config.index.model_copy(update={"metric": lineage.metric})})
+    config = config.model_copy(update={"index": settle_metric(config.index, lineage.metric)})  # as a run settles it
     params, tuning, seconds = index_step(config, rows=rows, dimension=dimension, lineage=lineage)
     LanceTable(config.sink.uri, config.sink.table).update_lineage(lineage, **index_lineage(params, tuning))
     return params, tuning, seconds

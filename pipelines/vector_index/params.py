@@ -22,6 +22,7 @@ __all__ = [
     "DEFAULT_REFINE_FACTOR",
     "DEFAULT_RQ_BITS",
     "derive_index_params",
+    "settle_metric",
     "index_workers",
     "min_index_rows",
     "ROWS_PER_LIST",
@@ -58,11 +59,18 @@ def min_index_rows(config: IndexConfig, dimension: int) -> int:
     return math.ceil(EXACT_SEARCH_FLOATS / dimension)
 
 
+def settle_metric(config: IndexConfig, table_metric: Optional[str]) -> IndexConfig:
+    """``config`` with ``metric: auto`` settled to the table's (``table_metric``), else cosine: an index of
+    another distance than the table's vectors were made for would answer other queries."""
+    if config.metric != "auto":
+        return config
+    return config.model_copy(update={"metric": table_metric or "cosine"})
+
+
 def derive_index_params(rows: int, dimension: int, config: IndexConfig, cpus: Optional[float] = None) -> IndexParams:
     """Index parameters for ``rows`` vectors of ``dimension``; explicit config values win. ``cpus``:
     the cluster's, for ``index.workers=auto``."""
-    if config.metric == "auto":  # a run settles it (pipelines/run/model_plan.py), maintenance from the table;
-        config = config.model_copy(update={"metric": "cosine"})  # with neither to read it from, the default
+    config = settle_metric(config, None)  # a run settles it (pipelines/run/model_plan.py); else the default
     if config.type == "none":
         return IndexParams("none", config.metric, reason="index.type=none")
     least = min_index_rows(config, dimension)

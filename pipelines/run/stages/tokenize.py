@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from connectors import columns as C
 from pipelines.config import ModelConfig
 from pipelines.embed.hf_encoder import padding_side_for
-from pipelines.embed.model_settings import AUTO_FIELDS
+from pipelines.embed.model_settings import unsettled
 from pipelines.embed.tokenizer import chunk_texts, chunk_window, eos_to_append, load_tokenizer, tokenize_texts
 
 __all__ = ["TokenizeStage"]
@@ -38,9 +38,8 @@ class TokenizeStage:
         overlap: int = 0,
         storage=None,
     ):
-        unsettled = [name for name in AUTO_FIELDS if getattr(model, name) == "auto"]
-        if unsettled:  # "auto" would become a prompt: the run's preflight settles them (pipelines/run/model_plan.py)
-            raise ValueError(f"TokenizeStage needs settled model settings; model.{unsettled} are 'auto'")
+        if unsettled(model):  # "auto" would become a prompt: the run's preflight settles them (run/model_plan.py)
+            raise ValueError(f"TokenizeStage needs settled model settings; {unsettled(model)} are 'auto'")
         self.model = model
         self.storage = storage  # where an s3:// model comes from (connectors.storage.Storage)
         self.id_column = id_column
