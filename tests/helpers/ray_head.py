@@ -17,6 +17,7 @@ need ``RAY_AUTH_MODE=token`` (the token is ~/.ray/auth_token, created by the hea
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -37,6 +38,38 @@ JOIN_ON_LOOPBACK = (
     "from ray.scripts.scripts import main; main()"
 )
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
+
+
+def thin_python() -> str:
+    """This interpreter behind a virtualenv of a few files that reads this one's packages (a ``.pth``).
+
+    A head whose Ray runs from a virtualenv makes every ``pip`` runtime env by copying that virtualenv
+    on every node (Ray's ``_clonevirtualenv``): 2.7 GB of .venv per node and job here, most of the time
+    of a ``ray job submit`` test. From this one Ray copies a few files, ``pip`` finds every pinned
+    package already installed, and the job imports the same packages (made once per interpreter)."""
+    import hashlib
+    import site
+    import sysconfig
+
+    packages = site.getsitepackages()[0]
+    key = hashlib.sha256(f"{sys.executable}:{packages}".encode()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / f"embedpipe-thin-python-{key}"
+    python, done = root / "bin" / "python", root / "made"
+    # Made in place (its scripts name their own path), once, under a lock other test processes share.
+    with open(f"{root}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+            purelib = Path(sysconfig.get_path("purelib", vars={"base": str(root), "platbase": str(root)}))
+            # `import` lines of a .pth run at start: addsitedir also reads that directory's own .pth
+            # files (the editable install of this project among them).
+            (purelib / "embedpipe_packages.pth").write_text(f"import site; site.addsitedir({packages!r})\n")
+            ray_cli = root / "bin" / "ray"
+            ray_cli.write_text(f"#!{python}\nimport sys\nfrom ray.scripts.scripts import main\nsys.exit(main())\n")
+            ray_cli.chmod(0o755)
+            done.write_text("")
+    return str(python)
 
 
 def free_port() -> int:
@@ -60,7 +93,7 @@ class LocalRayHead:
     ):
         self.resources = resources or {}
         self.object_store_mb = object_store_mb
-        self.python = python or sys.executable
+        self.python = python or thin_python()
         self.env = {**os.environ, **LOOPBACK_ENV, **(env or {})}
         self.env.pop("RAY_ADDRESS", None)  # the pytest session's own cluster is not this one
         self.num_cpus = num_cpus
