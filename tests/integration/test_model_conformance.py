@@ -197,35 +197,46 @@ def test_reference_vectors_are_distinct(reference):
     assert off_diagonal.max() < 0.999, f"{reference.name}: two documents' vectors have cosine {off_diagonal.max():.6f}"
 
 
-def test_run_stages_embed_documents_and_queries_like_sentence_transformers(reference, ray_cluster, documents, tmp_path):
-    """The run's preflight settles the model's chain; its stages embed the documents; a ``Searcher``
-    on the lineage it would record embeds the queries."""
+@dataclass
+class Staged:
+    reference: Reference
+    docs: np.ndarray  # what the run's stages made of the documents, one row per id
+    queries: np.ndarray  # what a Searcher on the planned lineage made of QUERIES
+
+
+@pytest.fixture(scope="module")
+def staged(reference, ray_cluster, documents, tmp_path_factory) -> Staged:
+    """The run's preflight settles the model's chain; its validate, tokenize and encode stages embed
+    the documents; a ``Searcher`` on the lineage preflight planned for the table embeds the queries."""
     from connectors.lance.metadata import lineage_in
     from pipelines.lineage import vector_key
     from pipelines.run.plan import embedding_stages
     from pipelines.run.preflight import preflight
 
-    plan = preflight(_config(reference, documents, str(tmp_path / "db")))
+    db = str(tmp_path_factory.mktemp(f"conformance-stages-{reference.name}"))
+    plan = preflight(_config(reference, documents, db))
+    key = vector_key(plan.lineage, plan.config)
     stages = {
         s.name: s
-        for s in embedding_stages(
-            plan.config,
-            max_tokens=plan.max_tokens,
-            dimension=plan.dimension,
-            lineage_key=vector_key(plan.lineage, plan.config),
-        )
+        for s in embedding_stages(plan.config, max_tokens=plan.max_tokens, dimension=plan.dimension, lineage_key=key)
     }
-    batch = stages["tokenize"].fn(
-        stages["validate"].fn(
-            pq.read_table(documents[0]).append_column("path", pa.array([str(documents[0])] * len(reference.ids)))
-        )
+    read = pq.read_table(documents[0])
+    read = read.append_column("path", pa.array([str(documents[0])] * read.num_rows))  # as Ray's reader adds it
+    encoded = stages["encode"].fn(**stages["encode"].constructor_kwargs)(
+        stages["tokenize"].fn(stages["validate"].fn(read))
     )
-    encoded = stages["encode"].fn(**stages["encode"].constructor_kwargs)(batch)
-    assert encoded.column("id").to_pylist() == reference.ids
-    _check(reference, "documents", np.array(encoded.column("vector").to_pylist()), reference.docs, reference.ids)
-
+    vectors = dict(zip(encoded.column("id").to_pylist(), encoded.column("vector").to_pylist()))
+    assert sorted(vectors) == sorted(reference.ids), f"{reference.name}: the stages' ids differ from the corpus's"
     searcher = Searcher(None, lineage_in(plan.table_schema, "the planned table"), device="cpu")
-    _check(reference, "query vectors", np.asarray(searcher.embed_queries(QUERIES)), reference.queries, QUERIES)
+    return Staged(reference, np.array([vectors[i] for i in reference.ids]), np.asarray(searcher.embed_queries(QUERIES)))
+
+
+def test_run_stages_embed_documents_like_encode_document(staged):
+    _check(staged.reference, "documents", staged.docs, staged.reference.docs, staged.reference.ids)
+
+
+def test_planned_lineage_embeds_queries_like_encode_query(staged):
+    _check(staged.reference, "query vectors", staged.queries, staged.reference.queries, QUERIES)
 
 
 def test_job_table_vectors_match_encode_document(indexed):
