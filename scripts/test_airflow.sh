@@ -20,5 +20,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
   echo "test_airflow: $venv ready in $(( $(date +%s) - start ))s"
 fi
+# EMBEDPIPE_SETUP_ONLY=1: build .venv-airflow and stop (.ci/run does this while the main suite runs).
+[ "${EMBEDPIPE_SETUP_ONLY:-0}" = 1 ] && exit 0
 export HF_HUB_OFFLINE=1 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 EMBEDPIPE_AIRFLOW_VENV="$PWD/$venv"
 exec .venv/bin/python -m pytest -q tests/integration/test_airflow_dag.py "$@"
