@@ -1,7 +1,7 @@
 """jobs.evaluate on the shipped BEIR-layout set, checked against numpy and sentence-transformers.
 
 One run of the command line (two Matryoshka dimensions, IVF-PQ from the config plus the 4-bit IVF-RQ
-index) feeds every test; the checks recompute its numbers independently from the tables it leaves. The
+index), in this process, feeds every test; the checks recompute its numbers independently from the tables it leaves. The
 corpus is embedded once, at 384 dimensions; the 128 table is derived from it (its equality with a
 separate run at 128 is tests/integration/test_matryoshka_derive.py's).
 """
@@ -19,6 +19,9 @@ import pytest
 
 from connectors.beir import load_beir
 from connectors.lance.metadata import read_lineage
+from helpers.job_main import run_job_main
+from jobs.evaluate import main as evaluate_main
+from jobs.query import main as query_main
 
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = ROOT / "data" / "eval" / "wiki_desc"
@@ -38,17 +41,20 @@ def _run(args, **env):
 
 @pytest.fixture(scope="module")
 def evaluated(ray_cluster, tmp_path_factory):
+    """The evaluation's command line, run in this process on the session's Ray (helpers/job_main.py):
+    the same output and exit code as its process, without a Python start and a Ray job of its own."""
     out = tmp_path_factory.mktemp("eval")
-    result = _run(
+    result = run_job_main(
+        evaluate_main,
         [
             "--dataset",
-            str(DATASET),
+            DATASET,
             "--dimensions",
             ",".join(map(str, DIMS)),
             "--index-types",
             "ivf_rq",
             "--out",
-            str(out),
+            out,
             "--set",
             "compute.block_rows=128",
             "--set",
@@ -56,7 +62,6 @@ def evaluated(ray_cluster, tmp_path_factory):
             "--set",
             "index.type=ivf_pq",  # the config's type first, then --index-types: ivf_rq is built last
         ],
-        RAY_ADDRESS=ray_cluster.address_info["address"],
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result, out, json.loads((out / "results.json").read_text())
@@ -261,27 +266,9 @@ def test_query_cli_exact_flag_scans_every_vector(evaluated, dataset):
     data = _table(out, 128).to_arrow()
     docs = np.asarray(data.column("vector").to_pylist(), dtype=np.float32)
     text = dataset.queries["q007"]
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jobs.query",
-            "--uri",
-            str(out / "lancedb"),
-            "--table",
-            "wiki_desc_d128",
-            "-k",
-            "5",
-            "--exact",
-            "--json",
-            text,
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        timeout=300,
-    )
+    # The query job's command line in this process (helpers/job_main.py).
+    argv = ["--uri", out / "lancedb", "--table", "wiki_desc_d128", "-k", "5", "--exact", "--json", text]
+    result = run_job_main(query_main, argv)
     assert result.returncode == 0, result.stderr[-2000:]
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     from pipelines.search.searcher import Searcher

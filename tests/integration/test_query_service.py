@@ -37,23 +37,14 @@ def _docs(sample_table, start: int, n: int) -> pa.Table:
     return docs.append_column("rating", pa.array(rating, pa.float64()))
 
 
-def _index(env: dict, corpus: Path, db: Path, *extra: str) -> None:
-    cmd = [sys.executable, "-m", "jobs.index", "--set", f"source.path={corpus}", "--set", f"sink.uri={db}"]
-    cmd += ["--set", "sink.table=docs", "--set", "source.metadata_columns=[title, length_chars, rating]"]
-    for item in extra:
-        cmd += ["--set", item]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-
-def _index_in_this_process(corpus: Path, db: Path) -> None:
-    """The same table as ``_index`` makes, built on the session's Ray in this process: the service's
-    first table, whose making is not under test here (a job process and its Ray start cost ~10 s)."""
+def _index_in_this_process(corpus: Path, db: Path, *extra: str) -> None:
+    """The service's table, built (and upserted) on the session's Ray in this process: its making is
+    not under test here (a ``python -m jobs.index`` process and its Ray job workers cost ~10 s more)."""
     from pipelines.config import load_config
     from pipelines.run.runner import run_index
 
     sets = [f"source.path={corpus}", f"sink.uri={db}", "sink.table=docs"]
-    run_index(load_config(overrides=[*sets, "source.metadata_columns=[title, length_chars, rating]"]))
+    run_index(load_config(overrides=[*sets, "source.metadata_columns=[title, length_chars, rating]", *extra]))
 
 
 def _call(url: str, body=None, *, raw: bytes | None = None, token: str | None = TOKEN) -> tuple[int, dict]:
@@ -96,13 +87,16 @@ def _unended_chunked_search(url: str, size: int) -> bytes:
         return reply
 
 
-def _job_query(env: dict, db: Path, texts: list[str], k: int, tmp_path: Path) -> dict[str, list[dict]]:
-    """jobs.query --json's hits for each text (one process: the model loads once)."""
+def _job_query(db: Path, texts: list[str], k: int, tmp_path: Path) -> dict[str, list[dict]]:
+    """jobs.query --json's hits for each text: its command line run in this process
+    (helpers/job_main.py), the same output as its process's, without a Python start."""
+    from helpers.job_main import run_job_main
+    from jobs.query import main as query_main
+
     queries = tmp_path / "queries.jsonl"
     queries.write_text("".join(json.dumps({"id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
-    cmd = [sys.executable, "-m", "jobs.query", "--uri", str(db), "--table", "docs", "-k", str(k), "--json"]
-    cmd += ["--queries", str(queries)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    argv = ["--uri", db, "--table", "docs", "-k", k, "--json", "--queries", queries]
+    done = run_job_main(query_main, argv)
     assert done.returncode == 0, done.stderr[-3000:]
     hits = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return {t: [h for h in hits if h["query"] == t] for t in texts}
@@ -110,14 +104,14 @@ def _job_query(env: dict, db: Path, texts: list[str], k: int, tmp_path: Path) ->
 
 @pytest.fixture
 def service(ray_cluster, sample_table, tmp_path):
-    """A table of 200 documents and the service on it, on a head of its own; yields (url, db, env)."""
+    """A table of 200 documents and the service on it, on a head of its own; yields (url, db, corpus)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     pq.write_table(_docs(sample_table, 0, 200), corpus / "part-0.parquet")
     db = tmp_path / "db"
-    _index_in_this_process(corpus, db)  # the upsert below is a job on the service's head
+    _index_in_this_process(corpus, db)
     (tmp_path / "token").write_text(TOKEN + "\n")  # a mounted secret; the YAML names only its path
-    head = LocalRayHead(num_cpus=3)  # the replica holds one; the upsert below needs two
+    head = LocalRayHead(num_cpus=1)  # the replica's; the jobs here run on the session's Ray
     serve_proc = None
     try:
         env = {**head.env, "RAY_ADDRESS": f"127.0.0.1:{head.gcs_port}", "HF_HUB_OFFLINE": "1"}
@@ -148,7 +142,7 @@ def service(ray_cluster, sample_table, tmp_path):
             time.sleep(0.25)
         else:
             pytest.fail("service not ready in 240 s:\n" + (tmp_path / "serve.log").read_text()[-4000:])
-        yield url, db, env, corpus
+        yield url, db, corpus
     finally:
         if serve_proc is not None:
             serve_proc.terminate()  # `serve run` shuts its application down on SIGTERM/SIGINT
@@ -160,13 +154,13 @@ def service(ray_cluster, sample_table, tmp_path):
 
 
 def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_requests(service, sample_table, tmp_path):
-    url, db, env, corpus = service
+    url, db, corpus = service
     assert _call(f"{url}/healthz", token=None) == (200, {"status": "ok"})  # probes carry no token
     status, ready = _call(f"{url}/ready", token=None)
     assert status == 200 and ready["ready"] and ready["dimension"] == 384
 
     # Same hits as jobs.query (same model, prompt, index defaults), one request at a time.
-    expected = _job_query(env, db, QUERIES, 5, tmp_path)
+    expected = _job_query(db, QUERIES, 5, tmp_path)
     assert all(len(expected[q]) == 5 for q in QUERIES), expected
     for q in QUERIES:
         status, body = _call(f"{url}/search", {"query": q, "k": 5})
@@ -267,7 +261,7 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
     version = ready["table_version"]
     new = _docs(sample_table, 200, 5)
     pq.write_table(new, corpus / "part-1.parquet")
-    _index(env, corpus, db, "sink.mode=upsert")
+    _index_in_this_process(corpus, db, "sink.mode=upsert")
     target = new.column("text")[0].as_py()
     deadline, body = time.time() + 30, {}
     while time.time() < deadline:

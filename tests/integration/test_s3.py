@@ -22,7 +22,10 @@ from connectors.lance.metadata import read_lineage
 from connectors.model_store import ModelNotFoundError, model_fingerprint
 from connectors.parquet_source import SourceError
 from connectors.storage import Storage, StorageError
+from helpers.job_main import run_job_main
 from helpers.s3_server import Proxy
+from jobs.index import main as index_main
+from jobs.query import main as query_main
 from pipelines.config import ConfigError, load_config
 from pipelines.run.preflight import preflight
 from pipelines.run.runner import run_index
@@ -89,6 +92,10 @@ def _config(*extra: str, table: str = "wiki", **kv):
             "sink.rows_per_fragment=20",
             "index.type=ivf_hnsw_sq",
             "index.min_rows=32",
+            # Recall tuning searches the table once per query at each setting it tries: with the default
+            # 100 queries that was ~1,000 GETs through moto (and the flaky test's proxy), 15-40 s of a
+            # run on 2 cores. 10 queries still tune the index in the bucket; no test here reads the result.
+            "index.tuning_queries=10",
             *extra,
         ]
         + [f"{k}={v}" for k, v in kv.items()]
@@ -183,32 +190,31 @@ def test_searcher_queries_the_table_in_the_bucket(indexed, sample_table):
     assert hits.num_rows == 5 and set(hits.column("date").to_pylist()) == {"2026-11-27"}
 
 
-def test_query_job_reads_from_the_bucket(indexed, aws, sample_table, tmp_path):
+def test_query_job_reads_from_the_bucket(indexed, aws, sample_table, tmp_path, capfd):
+    """The query job's command line in this process (helpers/job_main.py), with the AWS variables of
+    the ``aws`` fixture; what reaches the file descriptors (native clients' output) is checked too."""
     target = sample_table.slice(620, 1).to_pylist()[0]
     queries = tmp_path / "q.jsonl"
     queries.write_text(json.dumps({"id": "q1", "text": target["text"]}) + "\n")
-    result = _run(
-        ["jobs.query", "--uri", DB, "--table", "wiki", "-k", "2", "--json", "--queries", str(queries)], aws.env()
-    )
+    result = run_job_main(query_main, ["--uri", DB, "--table", "wiki", "-k", "2", "--json", "--queries", queries])
     assert result.returncode == 0, result.stderr[-2000:]
     hits = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(h["query_id"], h["rank"]) for h in hits] == [("q1", 1), ("q1", 2)]
     assert hits[0]["id"] == target["id"]
+    written = "".join(capfd.readouterr())
     for secret in _secrets(aws):
-        assert secret not in result.stdout + result.stderr
+        assert secret not in result.stdout + result.stderr + written
 
 
-def test_index_job_with_model_from_s3_then_query(corpus, aws, ray_cluster, tiny_bert_dir, tmp_path):
-    """The command line: the driver alone has the AWS variables; the model comes from the bucket."""
-    env = {
-        **aws.env(),
-        "RAY_ADDRESS": ray_cluster.address_info["address"],
-        "EMBEDPIPE_MODEL_CACHE": str(tmp_path / "cache"),
-    }
+def test_index_job_with_model_from_s3_then_query(corpus, aws, tiny_bert_dir, tmp_path, monkeypatch, capfd):
+    """The command lines, run in this process (helpers/job_main.py) on the session's Ray: the driver
+    alone has the AWS variables (its workers started before they were set); the model comes from the
+    bucket. What reaches the file descriptors (native clients' output) is checked for secrets too."""
+    monkeypatch.setenv("EMBEDPIPE_MODEL_CACHE", str(tmp_path / "cache"))
     summary_file = tmp_path / "summary.json"
-    result = _run(
+    result = run_job_main(
+        index_main,
         [
-            "jobs.index",
             "--set",
             f"source.path={CORPUS}",
             "--set",
@@ -222,9 +228,8 @@ def test_index_job_with_model_from_s3_then_query(corpus, aws, ray_cluster, tiny_
             "--set",
             "source.metadata_columns=[date]",
             "--summary-json",
-            str(summary_file),
+            summary_file,
         ],
-        env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "embedded     48" in result.stdout
@@ -235,11 +240,12 @@ def test_index_job_with_model_from_s3_then_query(corpus, aws, ray_cluster, tiny_
     assert lineage["model"]["fingerprint"] == model_fingerprint(tiny_bert_dir)
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()] != []
 
-    query = _run(["jobs.query", "--uri", DB, "--table", "tiny", "-k", "3", "--json", "rivers"], env)
+    query = run_job_main(query_main, ["--uri", DB, "--table", "tiny", "-k", "3", "--json", "rivers"])
     assert query.returncode == 0, query.stderr[-2000:]
     assert [json.loads(line)["rank"] for line in query.stdout.splitlines()] == [1, 2, 3]
+    written = "".join(capfd.readouterr())
     for secret in _secrets(aws):
-        for text in (result.stdout, result.stderr, summary, json.dumps(lineage), query.stdout, query.stderr):
+        for text in (result.stdout, result.stderr, summary, json.dumps(lineage), query.stdout, query.stderr, written):
             assert secret not in text
 
 
