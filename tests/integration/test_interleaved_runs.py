@@ -168,13 +168,13 @@ def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
 
     old, new = tmp_path / "old", tmp_path / "new"
     _write(old, "a.parquet", _docs(sample_table, 2400, 20))
-    _corpus(new, sample_table, 2500, 12, 10)
+    _corpus(new, sample_table, 2500, 8, 8)
     env = _env(ray_cluster)
     for attempt in range(3):
         db = tmp_path / f"db{attempt}"
         run_index(_cfg(old, db, tiny_bert_dir))
         proc = _job(_job_args(new, db, tiny_bert_dir, "run.id=killed"), env)
-        if _kill_mid_run(proc, db, 2, 12, "killed"):
+        if _kill_mid_run(proc, db, 2, 8, "killed"):
             break
     else:
         pytest.fail("in three tries the overwrite finished before a kill landed mid-run")

@@ -212,23 +212,48 @@ def _wait_for(predicate, timeout=300, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def _stop_outside_the_lease_lock(proc, lock: Path) -> None:
+    """SIGSTOP ``proc`` at a moment it does not hold the lease's flock (it takes it for a moment to
+    write the lease), so that another job can still read the lease and be refused."""
+    import fcntl
+
+    for _ in range(1000):
+        proc.send_signal(signal.SIGSTOP)
+        with open(lock, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                proc.send_signal(signal.SIGCONT)
+                time.sleep(0.01)
+                continue
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return
+    raise AssertionError(f"{lock} stayed locked")
+
+
 def test_second_job_on_a_table_fails_fast_naming_the_running_run(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
-    src = _corpus(tmp_path / "src", sample_table, 400, 8, 40)
+    src = _corpus(tmp_path / "src", sample_table, 400, 2, 8)
     db = tmp_path / "db"
     env = _env(ray_cluster)
     first = _job(_job_args(src, db, tiny_bert_dir, "run.id=first-run"), env)
     _wait_for(lambda: (db / "docs.lease").exists(), what="the first job's lease")
-    # An overwrite to another dimension, started while the first runs: refused before any work.
-    # The second job's command line runs in this process (helpers/job_main.py): its exit code and its
-    # line are what is checked, and it is refused in a second instead of after a Python start.
-    second = run_job_main(index_main, _job_args(src, db, tiny_bert_dir, "embed.dimension=16", "run.id=second-run"))
-    assert first.poll() is None, "the first job ended before the second started"
+    # The first job is stopped (SIGSTOP) while it holds the lease, so it is still running whatever the
+    # size of its corpus when the second starts; it goes on once the second was refused.
+    _stop_outside_the_lease_lock(first, db / "docs.lease.lock")
+    try:
+        # An overwrite to another dimension, started while the first runs: refused before any work.
+        # The second job's command line runs in this process (helpers/job_main.py): its exit code and its
+        # line are what is checked, and it is refused in a second instead of after a Python start.
+        second = run_job_main(index_main, _job_args(src, db, tiny_bert_dir, "embed.dimension=16", "run.id=second-run"))
+        assert first.poll() is None, "the first job ended before the second started"
+    finally:
+        first.send_signal(signal.SIGCONT)
     assert second.returncode == 2, second.stderr[-2000:]
     assert "being written by run first-run" in second.stderr and "sink.on_busy=wait" in second.stderr
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-2000:]
     rows = _rows(db)
-    assert len(rows) == len({r["id"] for r in rows}) == 320
+    assert len(rows) == len({r["id"] for r in rows}) == 16
     assert {len(r["vector"]) for r in rows} == {32}
     assert not (db / "docs.lease").exists()  # released
 
@@ -363,14 +388,14 @@ def _kill_mid_run(proc, db, count, total, run_id=None) -> bool:
 def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
     old, new = tmp_path / "old", tmp_path / "new"
     _write(old, "a.parquet", _docs(sample_table, 900, 30))
-    _corpus(new, sample_table, 1000, 20, 15)
+    _corpus(new, sample_table, 1000, 8, 8)
     env = _env(ray_cluster)
     for attempt in range(3):
         db = tmp_path / f"db{attempt}"
         run_index(_cfg(old, db, tiny_bert_dir))
         old_ids = sorted(r["id"] for r in _rows(db))
         proc = _job(_job_args(new, db, tiny_bert_dir), env)
-        if _kill_mid_run(proc, db, 3, 20):
+        if _kill_mid_run(proc, db, 3, 8):
             break
     else:
         pytest.fail("in three tries the overwrite finished before a kill landed mid-run")
@@ -395,12 +420,12 @@ def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster,
 def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
     ray_cluster, sample_table, tiny_bert_dir, tmp_path
 ):
-    src = _corpus(tmp_path / "src", sample_table, 1400, 20, 15)
+    src = _corpus(tmp_path / "src", sample_table, 1400, 8, 8)
     env = _env(ray_cluster)
     for attempt in range(3):
         db = tmp_path / f"db{attempt}"
         proc = _job(_job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1"), env)
-        if _kill_mid_run(proc, db, 3, 20, "r1"):
+        if _kill_mid_run(proc, db, 3, 8, "r1"):
             break
     else:
         pytest.fail("in three tries the run finished before a kill landed mid-run")
@@ -416,7 +441,7 @@ def test_resume_redoes_a_rewritten_file_and_leaves_nothing_of_a_renamed_one(
     resumed = run_job_main(index_main, _job_args(src, db, tiny_bert_dir, "sink.mode=append", "run.id=r1"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = _rows(db)
-    assert len(rows) == len({r["id"] for r in rows}) == 300
+    assert len(rows) == len({r["id"] for r in rows}) == 64
     assert {r["source_file"] for r in rows} <= {str(p) for p in src.glob("*.parquet")}  # nothing of the old name
     by_id = {r["id"]: r["text"] for r in rows}
     assert all(by_id[r["id"]] == r["text"] for r in rewritten)
