@@ -28,13 +28,13 @@ DATASET = ROOT / "data" / "eval" / "wiki_desc"
 DIMS = (384, 128)
 
 
-def _run(args, **env):
+def _run(args):
     return subprocess.run(
         [sys.executable, "-m", "jobs.evaluate", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
         timeout=900,
     )
 

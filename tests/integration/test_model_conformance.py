@@ -128,14 +128,28 @@ def _config(reference: Reference, documents, db: str):
     )
 
 
+@pytest.fixture(scope="module")
+def references(model_zoo, documents):
+    """``get(case)``: the case's sentence-transformers reference, made once (a case in ``JOBS`` needs it
+    for its stages and for its job)."""
+    made = {}
+
+    def get(case) -> Reference:
+        if case not in made:
+            made[case] = _reference(case, model_zoo, documents)
+        return made[case]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=CASES, ids=_case_id)
-def reference(request, model_zoo, documents) -> Reference:
-    return _reference(request.param, model_zoo, documents)
+def reference(request, references) -> Reference:
+    return references(request.param)
 
 
 @pytest.fixture(scope="module", params=JOBS, ids=_case_id)
-def indexed(request, ray_cluster, model_zoo, documents, tmp_path_factory) -> Indexed:
-    ref = _reference(request.param, model_zoo, documents)
+def indexed(request, ray_cluster, references, documents, tmp_path_factory) -> Indexed:
+    ref = references(request.param)
     db = str(tmp_path_factory.mktemp(f"conformance-{ref.name}"))
     error = None
     try:
