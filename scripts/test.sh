@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up .venv and run the test suite, tests/unit and tests/integration (real local Ray, LanceDB and model;
-# 22 minutes on an Intel Xeon 2 vCPU, 2026-12-07; docs/testing.md has each tier's time). Arguments go to
+# 22-25 minutes on an Intel Xeon 2 vCPU, 2026-12-07; docs/testing.md has each tier's time). Arguments go to
 # pytest: `bash scripts/test.sh -m "not integration"` runs the unit tests only (under a minute, nothing
 # started; docs/testing.md).
 set -euo pipefail
