@@ -91,6 +91,7 @@ def airflow(head, source, tmp_path_factory):
             "source.metadata_columns=[title, length_chars, date]",
             "compute.block_rows=16",
         ],
+        "poll_seconds": 0.5,  # each dags test runs two jobs of a few seconds: 5 s between looks wastes ~5 s
     }
 
     def run(day: str) -> subprocess.CompletedProcess:

@@ -62,7 +62,7 @@ class EmbedpipeRayJobOperator(BaseOperator):
         ray_conn_id: str = "embedpipe_ray",
         working_dir: str = "{{ params.working_dir }}",
         runtime_env_file: str = "{{ params.runtime_env }}",
-        poll_seconds: float = 5,
+        poll_seconds: Optional[float] = None,
         job_timeout: Optional[timedelta] = timedelta(hours=6),
         **kwargs: Any,
     ):
@@ -104,7 +104,7 @@ class EmbedpipeRayJobOperator(BaseOperator):
                 self._job_id,
                 attached=attached,
                 log=self._log_line,
-                poll_seconds=self.poll_seconds,
+                poll_seconds=self.poll_seconds or float(context["params"].get("poll_seconds") or 5),
                 timeout_seconds=timeout,
             )
         except embedpipe_ray.JobFailed as exc:
@@ -169,6 +169,12 @@ with DAG(
             pattern=r"^[A-Za-z0-9_.\-]*$",
             description="Appended to daily-<ds>: a new suffix re-reads the partition's "
             "files (upsert still skips unchanged documents).",
+        ),
+        "poll_seconds": Param(
+            5,
+            type="number",
+            exclusiveMinimum=0,
+            description="Seconds between looks at each Ray job's status and log while it runs.",
         ),
         "records_dir": Param(
             _param_default("records_dir", ""),
