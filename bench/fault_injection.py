@@ -66,6 +66,7 @@ TARGETS = ("driver", "encoder", "writer")
 MAX_ATTEMPTS = 5
 ATTEMPT_TIMEOUT = 900  # seconds (--attempt-timeout); a run still going then is killed, reported hung
 STALL_TIMEOUT = 120  # seconds (--stall-timeout): the jobs' compute.stall_timeout_s
+STALL_LINE = "the stream made no progress for compute.stall_timeout_s"  # a job's line when it restarts a pass
 HUNG = 124
 RAY_CPUS = 6
 TABLE = "docs"
@@ -230,6 +231,7 @@ class RunResult:
     attempts: list = field(default_factory=list)  # exit code of each attempt
     attempt_seconds: list = field(default_factory=list)
     first_error: str = ""  # the first failed attempt's error line (e.g. a lease naming the other run)
+    stalls: int = 0  # passes restarted because no block moved for compute.stall_timeout_s (in any attempt)
     seconds: float = 0.0
 
     @property
@@ -284,8 +286,10 @@ class Job:
         self.result.seconds += time.time() - started
         self.result.attempt_seconds.append(round(time.time() - started, 1))
         self.result.attempts.append(rc)
+        text = log.read_text(errors="replace")
+        self.result.stalls += text.count(STALL_LINE)
         if rc and not self.result.first_error:
-            lines = [x for x in log.read_text(errors="replace").splitlines() if x.startswith("error")]
+            lines = [x for x in text.splitlines() if x.startswith("error")]
             self.result.first_error = lines[-1] if lines else ("hung" if rc == HUNG else f"exit {rc}")
         return rc
 
@@ -565,6 +569,8 @@ def totals(results: list[dict]) -> dict:
             len(r["check"]["rejects_missing"]) + len(r["check"]["rejects_doubled"]) for r in results
         ),
         "runs_not_finished": sum(not x["ok"] for r in results for x in r["runs"]),
+        # Kills should fail a stream at once (a lost worker) or be retried, never leave it waiting.
+        "stall_restarts": sum(x["stalls"] for r in results for x in r["runs"]),
         "seeds_failed": [r["seed"] for r in results if r["failed"]],
     }
 

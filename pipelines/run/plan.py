@@ -17,10 +17,20 @@ from pipelines.run.stages.skip_unchanged import SkipUnchangedStage
 from pipelines.run.stages.tokenize import TokenizeStage
 from pipelines.run.stages.validate import ValidateStage
 
-__all__ = ["Stage", "TASK_STAGES", "apply_stages", "embedding_stages", "task_cpus"]
+__all__ = ["ENCODER_ACTOR_OPTIONS", "Stage", "TASK_STAGES", "apply_stages", "embedding_stages", "task_cpus"]
 
 # Operators that run as CPU tasks beside the encoder actors: read+validate(+skip unchanged), tokenize, sink.
 TASK_STAGES = 3
+
+# A batch in flight on an encoder actor that dies is not retried (max_task_retries=0): it fails the
+# stream at once, and the run starts over on its unfinished files with a pool that fits what is left
+# (pipelines.run.stream); a retry would wait, with its batches, for room that a cluster which lost a
+# node may never have again. The actor itself is restarted (max_restarts=-1): Ray Data 2.60 keeps a
+# dead actor in a fixed-size pool, never gives it a batch and never replaces it (ray-project/ray
+# #62746), so with max_restarts=0 an actor killed between batches, with none in flight to fail,
+# left the encoder's queue with no actor and the stream stalled until compute.stall_timeout_s
+# (bench/fault_injection.py seed 2: a writer, then an idle encoder, SIGKILLed; 30-120 s lost).
+ENCODER_ACTOR_OPTIONS = {"max_restarts": -1, "max_task_retries": 0}
 
 
 @dataclass
@@ -170,11 +180,7 @@ def _encode_stage(
             ),
             num_cpus=compute.cpus_per_actor,
             num_gpus=compute.gpus_per_actor,
-            # A dead encoder actor is not restarted: its batches fail the stream, and the run
-            # starts over on its unfinished files with a pool that fits what is left
-            # (pipelines.run.stream). A restart would wait, with its batches, for room that a
-            # cluster which lost a node may never have again.
-            max_restarts=0,
+            **ENCODER_ACTOR_OPTIONS,
         ),
     )
 
@@ -199,7 +205,7 @@ def apply_stages(dataset, stages: list[Stage], read_cpus: float = 1.0):
         if stage.constructor_kwargs:
             kwargs["fn_constructor_kwargs"] = stage.constructor_kwargs
         with warnings.catch_warnings():
-            # The encoder's max_restarts=0 has no named parameter yet (Ray 2.60 deprecates the
+            # The encoder's max_restarts has no named parameter yet (Ray 2.60 deprecates the
             # other remote args, ray-project/ray#65228, for removal in 2.64): not the user's to act on.
             warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
             dataset = dataset.map_batches(stage.fn, batch_format="pyarrow", **kwargs)

@@ -6,7 +6,7 @@ import pytest
 from connectors import columns as C
 from pipelines.config import load_config
 from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
-from pipelines.run.plan import embedding_stages
+from pipelines.run.plan import ENCODER_ACTOR_OPTIONS, embedding_stages
 from pipelines.run.stages.validate import ValidateStage
 
 
@@ -52,6 +52,8 @@ def test_plan_takes_actor_resources_from_config(ray_cluster):
     assert encode.map_kwargs["num_gpus"] == 1 and encode.map_kwargs["num_cpus"] == 0.5
     pool = encode.map_kwargs["compute"]
     assert (pool.min_size, pool.max_size) == (2, 4)
+    # A dead actor restarted, its batch in flight failing the stream (test_idle_encoder_death.py).
+    assert {k: encode.map_kwargs[k] for k in ENCODER_ACTOR_OPTIONS} == ENCODER_ACTOR_OPTIONS
     assert encode.constructor_kwargs["threads"] is None  # GPU actors keep torch's default
 
 
