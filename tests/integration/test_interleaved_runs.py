@@ -21,7 +21,6 @@ import pytest
 from test_safe_writes import (
     _cfg,
     _corpus,
-    _docs,
     _env,
     _job,
     _job_args,
@@ -159,20 +158,18 @@ def _age(paths, seconds: float) -> None:
 
 
 def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
-    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+    made_meanwhile, ray_cluster, sample_table, tiny_bert_dir, tmp_path
 ):
     """The overwrite's staged files are older than Lance's 7 days for unreferenced files when
     jobs.maintain prunes: they are removed, and the resume must embed those files again instead of
-    committing a version whose data files do not exist."""
+    committing a version whose data files do not exist. The table overwritten is a copy of
+    ``made_meanwhile`` (12 other documents), not a job run of its own."""
     from pipelines.maintenance import run_maintenance
 
-    old, new = tmp_path / "old", tmp_path / "new"
-    _write(old, "a.parquet", _docs(sample_table, 2400, 20))
-    _corpus(new, sample_table, 2500, 8, 8)
+    new = _corpus(tmp_path / "new", sample_table, 2500, 8, 8)
     env = _env(ray_cluster)
     for attempt in range(3):
-        db = tmp_path / f"db{attempt}"
-        run_index(_cfg(old, db, tiny_bert_dir))
+        db = Path(shutil.copytree(made_meanwhile, tmp_path / f"db{attempt}"))
         proc = _job(_job_args(new, db, tiny_bert_dir, "run.id=killed"), env)
         if _kill_mid_run(proc, db, 2, 8, "killed"):
             break

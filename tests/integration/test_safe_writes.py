@@ -385,14 +385,14 @@ def _kill_mid_run(proc, db, count, total, run_id=None) -> bool:
     return False  # the job ended between two looks
 
 
-def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(ray_cluster, sample_table, tiny_bert_dir, tmp_path):
-    old, new = tmp_path / "old", tmp_path / "new"
-    _write(old, "a.parquet", _docs(sample_table, 900, 30))
-    _corpus(new, sample_table, 1000, 8, 8)
+def test_crashed_overwrite_leaves_the_old_table_and_resumes_by_name(
+    four_files_indexed, ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
+    new = _corpus(tmp_path / "new", sample_table, 1000, 8, 8)
     env = _env(ray_cluster)
     for attempt in range(3):
-        db = tmp_path / f"db{attempt}"
-        run_index(_cfg(old, db, tiny_bert_dir))
+        # The old table: a copy of the module's finished one (80 other documents), not a job run of its own.
+        db = Path(shutil.copytree(four_files_indexed[1], tmp_path / f"db{attempt}"))
         old_ids = sorted(r["id"] for r in _rows(db))
         proc = _job(_job_args(new, db, tiny_bert_dir), env)
         if _kill_mid_run(proc, db, 3, 8):
