@@ -100,10 +100,13 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def corpus(sample_table, tmp_path_factory) -> Path:
+    """300 documents in three files: with the real model and blocks of 32 rows, enough for both
+    encoder actors to embed some (the first test) and for the job to run ~35 s past the moment the
+    first encoder starts on this machine (the second kills a node 3 s after it)."""
     root = tmp_path_factory.mktemp("multinode-corpus")
-    docs = sample_table.slice(0, 600).select(["id", "title", "text", "length_chars"])
+    docs = sample_table.slice(0, 300).select(["id", "title", "text", "length_chars"])
     for k in range(3):
-        pq.write_table(docs.slice(200 * k, 200), root / f"part-{k}.parquet")
+        pq.write_table(docs.slice(100 * k, 100), root / f"part-{k}.parquet")
     return root
 
 
@@ -133,7 +136,7 @@ def test_encoder_actors_and_writes_run_on_the_worker_nodes(cluster, corpus, tmp_
     head, nodes = cluster
     db, summary_file = tmp_path / "lancedb", tmp_path / "summary.json"
     done = submit(
-        head, corpus, db, summary_file, "compute.actors=2", "compute.block_rows=64", "index.target_recall=null"
+        head, corpus, db, summary_file, "compute.actors=2", "compute.block_rows=32", "index.target_recall=null"
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
@@ -143,7 +146,7 @@ def test_encoder_actors_and_writes_run_on_the_worker_nodes(cluster, corpus, tmp_
     placement = summary["placement"]
     assert placement["encoder_actors"] == 2 and placement["encoder_nodes"] == 2, placement
     assert set(placement["rows_per_node"]) == workers, (placement, workers)
-    assert sum(placement["rows_per_node"].values()) == 600
+    assert sum(placement["rows_per_node"].values()) == 300
     assert set(summary["writer_nodes"]) <= workers  # the head has no CPU: nothing ran there
     assert "placement    2 encoder actor(s) on 2 node(s)" in output
 
@@ -194,7 +197,7 @@ def test_a_lost_worker_node_shrinks_the_pool_and_the_job_finishes(cluster, corpu
     summary = json.loads(summary_file.read_text())
     assert summary["passes"] >= 1, output[-3000:]
     assert "a worker was lost" in output and "with 1 encoder actor(s)" in output
-    assert summary["rows_read"] == 600 and summary["rows_written"] == 600  # counted once, not per pass
+    assert summary["rows_read"] == 300 and summary["rows_written"] == 300  # counted once, not per pass
     import lancedb
 
     ids = lancedb.connect(str(db)).open_table("wiki").to_arrow().column("id").to_pylist()
