@@ -16,6 +16,8 @@ CHUNK = "chunk"  # embed.long_text=chunk: the chunk's number in its document
 # ---- columns beside a row's own: Ray Data's file path, and what a search returns with a hit ---------
 PATH = "path"  # the column Ray Data's include_paths adds (connectors.parquet_source.PATH_COLUMN)
 SCORE = "score"  # a hit's similarity (pipelines/search/searcher.py, the query service)
+FOUND_BY = "found_by"  # a hybrid search's hit: which searches found it (pipelines/search/fusion.py)
+ROW_ID = "_rowid"  # Lance's address of a row, asked for with with_row_id (a hybrid search's key)
 QUERY_INDEX = "query_index"  # what Lance adds to a search of several vectors at once
 
 # Every name the pipeline writes into the table or returns with a row, and why a source may not use it.
@@ -28,6 +30,7 @@ RESERVED = {
     CHUNK: "the table's column of a chunk's number (embed.long_text=chunk)",
     PATH: "the column Ray Data adds with each row's file (include_paths)",
     SCORE: "what a search returns with each hit (pipelines/search/searcher.py, the query service)",
+    FOUND_BY: "what a hybrid search returns with each hit (pipelines/search/fusion.py)",
     QUERY_INDEX: "what Lance adds to a search of several vectors at once (Searcher.search_many)",
 }
 

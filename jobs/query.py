@@ -2,10 +2,12 @@
 
     python -m jobs.query --uri out/lancedb --table documents -k 5 "how do vaccines work"
     python -m jobs.query --uri out/lancedb --table documents --queries queries.jsonl --json
+    python -m jobs.query --uri out/lancedb --table documents --mode hybrid "BRCA1 mutations"
 
 With --json: one object per hit per line,
 {"query_id": ..., "query": ..., "rank": 1, "id": ..., "score": ...}; rank counts from 1 and
-query_id comes from the queries file (null for a query given on the command line).
+query_id comes from the queries file (null for a query given on the command line); in hybrid mode
+also "found_by": "vector", "text" or "vector,text".
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--uri", default="out/lancedb", help="LanceDB database (directory or s3://)")
     p.add_argument("--table", default="documents")
     p.add_argument("-k", type=int, default=10, help="hits per query")
+    p.add_argument(
+        "--mode",
+        choices=["vector", "text", "hybrid"],
+        default="vector",
+        help="vector: the query's embedding; text: its words (BM25, the table's full-text index); "
+        "hybrid: both, fused by reciprocal rank",
+    )
     p.add_argument("--queries", help="queries file: JSON Lines or Parquet with 'text' and 'id' (or BEIR's '_id')")
     p.add_argument("--where", help='SQL filter on metadata columns, e.g. "length_chars > 500"')
     p.add_argument("--nprobes", type=int, help="IVF lists to probe (default: stored with the table)")
@@ -35,6 +44,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give either a query text or --queries FILE")
     if args.k < 1:
         p.error("-k must be >= 1")
+    if args.mode == "text":
+        vector_only = [f for f, v in (("--nprobes", args.nprobes), ("--refine-factor", args.refine_factor),
+                                      ("--exact", args.exact)) if v]  # fmt: skip
+        if vector_only:
+            p.error(f"{vector_only[0]} applies to the vector search, not --mode text")
     return args
 
 
@@ -55,11 +69,14 @@ def main(argv=None) -> int:
         searcher = Searcher.open(args.uri, args.table, model_path=args.model)
         id_column = searcher.lineage.source.id_column
         text_column = searcher.lineage.source.text_column
-        vectors = searcher.embed_queries([text for _, text in queries])
+        texts = [text for _, text in queries]
+        vectors = searcher.embed_queries(texts) if args.mode != "text" else texts
         for (query_id, text), vector in zip(queries, vectors):
             hits = searcher.search(
                 vector,
                 k=args.k,
+                mode=args.mode,
+                text=text,
                 where=args.where,
                 nprobes=args.nprobes,
                 refine_factor=args.refine_factor,
@@ -75,6 +92,7 @@ def main(argv=None) -> int:
                                 "rank": rank,
                                 "id": hit[id_column],
                                 "score": round(float(hit["score"]), 6),
+                                **({"found_by": hit["found_by"]} if args.mode == "hybrid" else {}),
                             }
                         )
                     )
@@ -82,7 +100,8 @@ def main(argv=None) -> int:
             print(f"\nquery: {text}")
             for rank, hit in enumerate(hits, 1):
                 snippet = " ".join(str(hit[text_column]).split())[:100]
-                print(f"{rank:3d}. {hit['score']:.4f}  {hit[id_column]}  {snippet}")
+                found = f"  [{hit['found_by']}]" if args.mode == "hybrid" else ""
+                print(f"{rank:3d}. {hit['score']:.4f}  {hit[id_column]}  {snippet}{found}")
     except Exception as exc:  # noqa: BLE001
         return fail(exc)
     return 0

@@ -491,6 +491,23 @@ class IndexConfig(_PipelineSection):
         description="append/upsert: rebuild the index when unindexed rows exceed this fraction "
         "of indexed rows; below it, optimize() adds them to the existing lists.",
     )
+    fts: bool = Field(
+        True,
+        description="Build a full-text (inverted, BM25) index on the text column (chunk text for chunked "
+        "tables) in the index step, whatever the table's size: Lance answers no text or hybrid query "
+        "without one. Incremental runs keep it current. false: vector queries only.",
+    )
+    fts_base_tokenizer: Literal["simple", "whitespace", "raw", "ngram"] = Field(
+        "simple", description="Full-text index: how text is split into words (Lance's base_tokenizer)."
+    )
+    fts_language: str = Field("English", description="Full-text index: the language for stemming and stop words.")
+    fts_stem: bool = Field(True, description="Full-text index: index word stems (runs, running -> run).")
+    fts_remove_stop_words: bool = Field(True, description="Full-text index: leave the language's stop words out.")
+    fts_lower_case: bool = Field(True, description="Full-text index: match regardless of case.")
+    fts_ascii_folding: bool = Field(True, description="Full-text index: fold accents (cafe matches café).")
+    fts_with_position: bool = Field(
+        False, description="Full-text index: store word positions (phrase queries; a larger index)."
+    )
 
     @field_validator("num_partitions", "num_sub_vectors", "nprobes", "refine_factor", "workers", "min_rows")
     @classmethod
@@ -511,7 +528,15 @@ class IndexConfig(_PipelineSection):
         for option, applies_to in (("num_sub_vectors", "ivf_pq"), ("num_bits", "ivf_rq")):
             if getattr(self, option) != "auto" and self.type != applies_to:
                 raise ValueError(f"index.{option} applies to index.type={applies_to} only, not {self.type}")
+        if not self.fts:
+            given = sorted(name for name in self.model_fields_set if name.startswith("fts_"))
+            if given:
+                raise ValueError(f"index.{given[0]} applies to a full-text index only, and index.fts is false")
         return self
+
+    def fts_options(self) -> dict:
+        """The ``fts_*`` settings as Lance's inverted-index options (``fts_stem`` -> ``stem``)."""
+        return {name[len("fts_") :]: getattr(self, name) for name in type(self).model_fields if name.startswith("fts_")}
 
 
 class RunConfig(_PipelineSection):

@@ -28,6 +28,7 @@ from connectors.lance.dedup import duplicate_ids
 from connectors.lance.housekeeping import Housekeeping, compact_and_prune
 from connectors.lance.lineage import Lineage
 from connectors.lance.table import LanceTable, SinkError
+from connectors.lance.text_index import keep_text_index
 from connectors.storage import Storage, is_s3
 from pipelines.config import PipelineConfig, parse_duration
 from pipelines.vector_index.params import settle_metric
@@ -52,6 +53,7 @@ class MaintenanceReport:
     after: dict = field(default_factory=dict)
     action: str = ""  # optimized | rebuilt | built | none
     reason: str = ""
+    text_index: dict = field(default_factory=dict)  # the full-text index (index.fts): column, how, seconds, rows
     duplicate_ids: Optional[int] = None  # rows beyond the first of each id; None: not checked
     duplicate_examples: list = field(default_factory=list)
     keep_versions: Optional[str] = None  # sink.keep_versions (None: versions are never pruned)
@@ -91,6 +93,11 @@ class MaintenanceReport:
                 f"index before {idx(self.before)}",
                 f"upkeep       {self.action}" + (f" ({self.reason})" if self.reason else ""),
                 f"index after  {idx(self.after)}",
+                *(
+                    [f"full-text    {t['how']} on {t['column']} ({t['rows']} rows indexed, {t['seconds']}s)"]
+                    if (t := self.text_index)
+                    else []
+                ),
                 f"duplicate ids {dups}",
                 f"housekeeping compacted; versions older than {self.keep_versions} pruned"
                 if self.keep_versions is not None
@@ -164,6 +171,13 @@ def run_maintenance(config: PipelineConfig, check_ids: bool = True) -> Maintenan
     return report
 
 
+def _keep_text_index(table: LanceTable, handle, lineage: Lineage, index) -> tuple[dict, Lineage]:
+    """The full-text index brought up to date (built when missing), and recorded in the lineage."""
+    column = lineage.source.text_column if lineage.source else "text"
+    fts = keep_text_index(handle, column, index.fts_options(), incremental=True)
+    return fts, table.update_lineage(lineage, index={**(lineage.index or {}), "fts": fts})
+
+
 def _maintain(config: PipelineConfig, table: LanceTable, lineage: Lineage, check_ids: bool) -> MaintenanceReport:
     sink = config.sink
     handle = table.open()
@@ -185,6 +199,8 @@ def _maintain(config: PipelineConfig, table: LanceTable, lineage: Lineage, check
         # Queries take their defaults from the lineage: keep it in step with the new index.
         query_defaults = {"nprobes": params.nprobes, "refine_factor": params.refine_factor}
         lineage = table.update_lineage(lineage, index=params.to_dict(), query_defaults=query_defaults)
+    if index.fts:
+        report.text_index, lineage = _keep_text_index(table, handle, lineage, index)
     report.after = index_stats(handle)
     report.keep_versions = sink.keep_versions
     report.housekeeping = housekeep(config, table)

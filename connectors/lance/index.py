@@ -58,6 +58,7 @@ class IndexParams:
     build_seconds: float = 0.0
     sample_rate: Optional[int] = None  # IVF training vectors per list
     workers: int = 1  # build tasks, one index segment each (lance-ray) when more than one
+    fts: Optional[dict] = None  # the full-text index on the text column (connectors.lance.text_index), if any
 
     def to_dict(self) -> dict:
         return asdict(self)

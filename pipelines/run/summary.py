@@ -139,6 +139,9 @@ class RunSummary:
                 + (f" by {idx['workers']} tasks" if (idx.get("workers") or 1) > 1 else "")
                 + f"; query defaults nprobes={idx.get('nprobes')} refine_factor={idx.get('refine_factor')}"
             )
+        fts = idx.get("fts")
+        if fts:
+            index_line += f"; full-text index on {fts['column']} {fts['how']} in {fts['seconds']}s"
         lines = [
             "=" * 72,
             f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.table_rows} rows)",

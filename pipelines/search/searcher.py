@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from connectors import columns as C
+from connectors.errors import UserError
 from connectors.lance.embedding_function import TableEmbedding
 from connectors.lance.metadata import lineage_in
 from connectors.lance.table import LanceTable, SinkError
@@ -31,8 +32,15 @@ from connectors.storage import Storage, is_s3
 from pipelines.embed.precision import query_dtype
 from pipelines.lineage import Lineage, LineageMismatchError, check_compatible, query_model_config
 from pipelines.search.filters import FilterError, build_filter
+from pipelines.search.fusion import DEFAULT_RRF_K, reciprocal_rank_fusion
 
-__all__ = ["FilterError", "LineageMismatchError", "Searcher", "build_filter"]
+__all__ = ["FilterError", "LineageMismatchError", "SEARCH_MODES", "SearchModeError", "Searcher", "build_filter"]
+
+SEARCH_MODES = ("vector", "text", "hybrid")
+
+
+class SearchModeError(UserError):
+    """A search mode this table or query cannot answer (an unknown mode, no full-text index, no words)."""
 
 
 class Searcher:
@@ -117,6 +125,7 @@ class Searcher:
         self.metric = lineage.metric
         self.defaults = lineage.query_defaults or {}
         self.has_index = lineage.index_type() != "none"
+        self.text_index = (lineage.index or {}).get("fts")  # the full-text index, when the table has one
 
     def refresh(self) -> bool:
         """Serve the table's latest version, if a newer one was committed; True when it changed.
@@ -165,19 +174,28 @@ class Searcher:
         query: Union[str, Sequence[float], np.ndarray],
         k: int = 10,
         *,
+        mode: str = "vector",
+        text: Optional[str] = None,
         filters: Optional[Mapping[str, Any]] = None,
         where: Optional[str] = None,
         nprobes: Optional[int] = None,
         refine_factor: Optional[int] = None,
         columns: Optional[Sequence[str]] = None,
         exact: bool = False,
+        rrf_k: int = DEFAULT_RRF_K,
     ) -> pa.Table:
         """Top-``k`` rows for a text or a vector, best first, with a ``score`` column.
 
-        ``score`` is the cosine similarity (or dot product) for cosine/dot tables, the negated L2
-        distance for l2 tables: higher is always better. ``filters`` (see :func:`build_filter`) and
-        ``where`` restrict the rows before the vector search; both given, both must hold. ``exact``
-        scans every vector instead of the index (the ground truth the index is measured against).
+        ``mode``: ``vector`` (the query's embedding against the vectors), ``text`` (its words against
+        the full-text index: BM25) or ``hybrid`` (both, fused by reciprocal rank with constant
+        ``rrf_k``; a ``found_by`` column says which search found each hit). ``score`` is the cosine
+        similarity (or dot product) for cosine/dot tables and the negated L2 distance for l2 tables
+        in vector mode, the BM25 score in text mode, the fused score in hybrid mode: higher is always
+        better. A vector ``query`` in hybrid mode takes its words from ``text``.
+
+        ``filters`` (see :func:`build_filter`) and ``where`` restrict the rows before the search (both
+        searches in hybrid mode); both given, both must hold. ``exact`` scans every vector instead of
+        the index (the ground truth the index is measured against).
 
         Args:
             filters: ``{column: condition}`` built into a typed, quoted filter: use this for any
@@ -185,6 +203,10 @@ class Searcher:
             where: a raw LanceDB SQL filter, passed as is: only for trusted, hand-written text,
                 never for strings that contain user input.
         """
+        words = self._words(query, mode, text)
+        restrict = dict(filters=filters, where=where, columns=columns)
+        if mode == "text":
+            return self._text_hits(words, k, **restrict)
         if isinstance(query, str):
             vector = self.embed_queries([query])[0]
         else:
@@ -193,9 +215,38 @@ class Searcher:
                 raise LineageMismatchError(
                     f"query vector has shape {vector.shape}, the table holds {self.dimension}-dimensional vectors"
                 )
-        hits = self._hits(vector, k, filters=filters, where=where, nprobes=nprobes, refine_factor=refine_factor,
-                          columns=columns, exact=exact)  # fmt: skip
-        return self._scored(hits)
+        tuning = dict(nprobes=nprobes, refine_factor=refine_factor, exact=exact)
+        hits = self._scored(self._hits(vector, k, with_row_id=mode == "hybrid", **tuning, **restrict))
+        if mode == "vector":
+            return hits
+        return reciprocal_rank_fusion(
+            {"vector": hits, "text": self._text_hits(words, k, with_row_id=True, **restrict)}, C.ROW_ID, k, rrf_k
+        ).drop_columns([C.ROW_ID])
+
+    def _words(self, query, mode: str, text: Optional[str]) -> Optional[str]:
+        """The words a text or hybrid search looks for; checks the mode and that the table can answer it."""
+        if mode not in SEARCH_MODES:
+            raise SearchModeError(f"search mode {mode!r}: one of {', '.join(SEARCH_MODES)}")
+        if mode == "vector":
+            return None
+        if not self.text_index:
+            raise SearchModeError(
+                f"a {mode} search needs the table's full-text index, and this table has none: "
+                "index it with index.fts=true (the default), e.g. an upsert run of the same source"
+            )
+        words = query if isinstance(query, str) else text
+        if not words or not words.strip():
+            raise SearchModeError(f"a {mode} search needs the query's text (a vector query: text=...)")
+        return words
+
+    def _text_hits(self, words: str, k: int, *, filters=None, where=None, columns=None, with_row_id=False) -> pa.Table:
+        """The top ``k`` rows for ``words`` by BM25 on the full-text index, with ``score``."""
+        options = {"columns": [*columns, "_score"]} if columns else {}
+        hits = self._dataset.to_table(
+            full_text_query=words, filter=self._filter(filters, where), prefilter=True, limit=k,
+            with_row_id=with_row_id, **options,
+        )  # fmt: skip
+        return hits.append_column(C.SCORE, hits.column("_score").cast(pa.float32())).drop_columns(["_score"])
 
     def search_many(self, vectors: np.ndarray, k: int = 10, **options: Any) -> list[pa.Table]:
         """:meth:`search` for each row of ``vectors`` in one index search (one table per vector, the
@@ -215,8 +266,9 @@ class Searcher:
         return [hits.slice(end - n, n) for end, n in zip(ends, np.diff(ends, prepend=0))]
 
     def _hits(
-        self, vector, k, *, filters=None, where=None, nprobes=None, refine_factor=None, columns=None, exact=False
-    ) -> pa.Table:
+        self, vector, k, *, filters=None, where=None, nprobes=None, refine_factor=None, columns=None, exact=False,
+        with_row_id=False,
+    ) -> pa.Table:  # fmt: skip
         """The top ``k`` rows (and ``_distance``) for a vector, or for each row of a 2-D array of them
         (then with ``query_index``)."""
         nearest = {"column": C.VECTOR, "q": vector, "k": k, "metric": self.metric}
@@ -227,13 +279,16 @@ class Searcher:
             refine = refine_factor or self.defaults.get("refine_factor")
             if refine:
                 nearest["refine_factor"] = refine
+        options = {"with_row_id": True} if with_row_id else {}
+        if columns:  # _distance named: Lance warns on every query whose columns leave it out
+            options["columns"] = [*columns, *(["_distance"] if "_distance" not in columns else [])]
+        return self._dataset.to_table(nearest=nearest, filter=self._filter(filters, where), prefilter=True, **options)
+
+    def _filter(self, filters, where) -> Optional[str]:
         clauses = [f"({where})"] if where else []
         if filters:
             clauses.append(build_filter(filters, self.schema))
-        options = {}
-        if columns:  # _distance named: Lance warns on every query whose columns leave it out
-            options = {"columns": [*columns, *(["_distance"] if "_distance" not in columns else [])]}
-        return self._dataset.to_table(nearest=nearest, filter=" AND ".join(clauses) or None, prefilter=True, **options)
+        return " AND ".join(clauses) or None
 
     def _scored(self, hits: pa.Table) -> pa.Table:
         distance = hits.column("_distance").to_numpy()

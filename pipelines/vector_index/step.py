@@ -1,5 +1,5 @@
-"""Index step: the vector index, its tuned query defaults and the id index, as one Ray task (which
-starts the build tasks of a distributed build, ``index.workers``).
+"""Index step: the vector index, its tuned query defaults, the full-text index and the id index, as one
+Ray task (which starts the build tasks of a distributed build, ``index.workers``).
 
 :func:`index_step` is the one entry point: the indexing run calls it after the write, the evaluation
 for each table and index type it measures. The task builds the index anew or, after an append or
@@ -28,6 +28,7 @@ import numpy as np
 from connectors import columns as C
 from connectors.lance.index import IndexParams, build_index, index_row_counts, optimize_index
 from connectors.lance.table import create_id_index, open_table
+from connectors.lance.text_index import keep_text_index
 from connectors.query_files import QueryFileError, read_queries
 from connectors.storage import Storage
 from pipelines.config import ConfigError, IndexConfig, PipelineConfig
@@ -136,7 +137,8 @@ def index_table(
     query_texts: Optional[list[str]] = None,
     cpus: Optional[float] = None,
 ) -> tuple[IndexParams, Optional[TuningResult]]:
-    """Build (or, after an append/upsert, maintain) the vector index, tune its query defaults, index ids.
+    """Build (or, after an append/upsert, maintain) the vector index, tune its query defaults, build or
+    update the full-text index (``index.fts``), index ids.
 
     ``query_texts``: real queries to tune on (the driver reads them with :func:`read_tuning_queries`,
     so a relative path means the same file wherever the task runs); None: documents stand in.
@@ -167,6 +169,9 @@ def index_table(
         vectors=vectors,
         source=f"queries from {config.tuning_queries_path}",
     )
+    if config.fts:  # after the tuning, which the full-text index does not touch
+        text_column = lineage.source.text_column if lineage.source else "text"
+        params.fts = keep_text_index(table, text_column, config.fts_options(), incremental=incremental)
     create_id_index(table, id_column)
     return params, tuning
 

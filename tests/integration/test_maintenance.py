@@ -75,6 +75,9 @@ def test_upkeep_builds_optimizes_rebuilds_and_reports(tmp_path):
     assert first.duplicate_ids == 0
     stored = read_lineage(str(db), "t")
     assert stored["index"]["type"] == "ivf_rq" and stored["query_defaults"]["nprobes"] >= 1
+    # A table another writer made gets its full-text index too, recorded where queries look for it.
+    assert first.text_index["how"] == "built" and first.text_index["rows"] == 600
+    assert stored["index"]["fts"] == first.text_index and "full-text    built on text" in first.format()
 
     _add(db, [f"d{i}" for i in range(600, 700)], seed=1)  # 100 new rows: 17% of the indexed ones
     second = run_maintenance(config)
@@ -87,6 +90,8 @@ def test_upkeep_builds_optimizes_rebuilds_and_reports(tmp_path):
     assert third.before["unindexed_rows"] == 300 and third.action == "rebuilt"
     assert (third.after["indexed_rows"], third.after["unindexed_rows"]) == (1000, 0)
     assert third.rows == 1000 and third.duplicate_ids == 0
+    # The rebuild rewrote the lineage's index: the full-text index's record is still in it, current.
+    assert third.text_index["how"] == "updated" and read_lineage(str(db), "t")["index"]["fts"]["rows"] == 1000
 
 
 def test_duplicate_ids_are_counted_named_and_fail_the_job(tmp_path):

@@ -2,8 +2,9 @@
 
 The code blocks are read from the README (so what it shows is what runs) and executed in a fresh
 interpreter whose working directory holds ``out/lancedb`` with table ``wiki``: 60 sample documents
-indexed with ``jobs/configs/demo.yaml``. Then plain LanceDB's text search in a fresh interpreter
-against ``Searcher``'s hits, and ``Searcher.search(filters=...)`` on the same table with hostile values.
+indexed with ``jobs/configs/demo.yaml``. Then plain LanceDB's searches in a fresh interpreter (by
+embedding, ``query_type="fts"`` and ``"hybrid"``) against ``Searcher``'s hits in each mode, and
+``Searcher.search(filters=...)`` on the same table with hostile values.
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ import pipelines.search.searcher  # noqa: F401
 
 table = lancedb.connect("out/lancedb").open_table("wiki")
 print(json.dumps(table.search("how do vaccines work").limit(5).to_pandas()["id"].tolist()))
+print(json.dumps(table.search("city", query_type="fts").limit(5).to_pandas()["id"].tolist()))
+hybrid = table.search("the largest city", query_type="hybrid").limit(5).to_arrow()
+print(json.dumps(dict(zip(hybrid["id"].to_pylist(), hybrid["_relevance_score"].to_pylist()))))
 """
 
 
@@ -83,10 +87,17 @@ def test_plain_lancedb_text_search_embeds_with_the_tables_model(demo_dir):
         [sys.executable, "-c", PLAIN_TEXT_SEARCH], cwd=demo_dir, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    plain = json.loads(done.stdout.strip().splitlines()[-1])
+    plain, fts, hybrid = (json.loads(line) for line in done.stdout.strip().splitlines()[-3:])
     searcher = Searcher.open(str(demo_dir / "out" / "lancedb"), "wiki")
     assert not searcher.has_index  # else LanceDB's default nprobes and Searcher's tuned ones would differ
     assert plain == searcher.search("how do vaccines work", k=5).column("id").to_pylist()
+    # The job's full-text index answers LanceDB's own text and hybrid queries (its RRF reranker):
+    # the same hits and fused scores as Searcher's modes.
+    assert fts and fts == searcher.search("city", k=5, mode="text").column("id").to_pylist()
+    ours = searcher.search("the largest city", k=5, mode="hybrid")
+    assert set(hybrid) == set(ours.column("id").to_pylist())
+    for doc_id, score in zip(ours.column("id").to_pylist(), ours.column("score").to_pylist()):
+        assert score == pytest.approx(hybrid[doc_id], rel=1e-6)
     # The same vector, not merely the same ranking: LanceDB's function against Searcher's embedding.
     function = searcher.table.embedding_functions["vector"].function
     np.testing.assert_allclose(
