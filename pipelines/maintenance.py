@@ -175,6 +175,9 @@ def _keep_text_index(table: LanceTable, handle, lineage: Lineage, index) -> tupl
     """The full-text index brought up to date (built when missing), and recorded in the lineage."""
     column = lineage.source.text_column if lineage.source else "text"
     fts = keep_text_index(handle, column, index.fts_options(), incremental=True)
+    stored = (lineage.index or {}).get("fts") or {}
+    if {k: stored.get(k) for k in ("column", "options", "rows")} == {k: fts[k] for k in ("column", "options", "rows")}:
+        return fts, lineage  # nothing new to record: no lineage commit
     return fts, table.update_lineage(lineage, index={**(lineage.index or {}), "fts": fts})
 
 

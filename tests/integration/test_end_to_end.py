@@ -124,7 +124,7 @@ def test_ivf_rq_index_with_derived_parameters(indexed):
     summary, _, table = indexed
     assert summary.index["type"] == "ivf_rq"
     indices = {i.columns[0]: i.index_type for i in table.list_indices()}
-    assert indices == {"vector": "IvfRq", "id": "BTree"}
+    assert indices == {"vector": "IvfRq", "id": "BTree", "text": "FTS"}  # index.fts: the text column too
     assert summary.index["num_partitions"] == 1 and summary.index["num_bits"] == 4
     assert "ivf_rq metric=cosine partitions=1 bits=4 built in" in summary.format()
 
