@@ -5,8 +5,10 @@
         --index-types ivf_pq,ivf_sq,ivf_rq --out out/eval/mine
 
 The corpus is indexed with the config (source and sink are set by the job: one table per dimension in
-OUT/lancedb); prints a Markdown table and writes OUT/results.md, OUT/results.json and
-OUT/quality_vs_bytes.png. Exit codes as jobs.index: 2 for a config or dataset error found before work.
+OUT/lancedb); prints the Markdown tables (each search by dimension and index, then text, vector and
+hybrid search side by side; --modes picks among those three) and writes OUT/results.md,
+OUT/results.json and OUT/quality_vs_bytes.png.
+Exit codes as jobs.index: 2 for a config or dataset error found before work.
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="",
         help=f"index types to evaluate besides the config's index.type, from {','.join(INDEX_TYPES)}",
     )
+    p.add_argument(
+        "--modes",
+        default="all",
+        help="search modes compared side by side on each table, from text,vector,hybrid (default: all)",
+    )
     p.add_argument("--out", help="output directory (default: out/eval/<dataset directory name>)")
     args = p.parse_args(argv)
     # The job sets the source (the dataset's corpus) and where the tables go (OUT/lancedb, one
@@ -63,10 +70,12 @@ def main(argv=None) -> int:
     try:
         from pipelines.config import load_config
         from pipelines.evaluation.evaluate import evaluate_dataset, model_dimensions, parse_dimensions
+        from pipelines.evaluation.modes import parse_modes
         from pipelines.evaluation.report import format_markdown, write_report
 
         config = load_config(args.config, args.overrides)
         dimensions = parse_dimensions(args.dimensions)
+        modes = parse_modes(args.modes)
         if args.dimensions is None and config.embed.dimension is None:
             dimensions = model_dimensions(config) or dimensions  # the Matryoshka dimensions it declares
         out = Path(args.out or Path("out/eval") / Path(args.dataset).resolve().name)
@@ -78,6 +87,7 @@ def main(argv=None) -> int:
             args.index_types,
             args.split,
             verbose=args.verbose,
+            modes=modes,
             on_run=lambda summary: print(summary.format(), file=sys.stderr, flush=True),
         )
         paths = write_report(report, out)

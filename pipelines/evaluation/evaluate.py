@@ -16,6 +16,8 @@ way; the table ends up with the last one.
 
 Each result row carries nDCG@10, Recall@10/100 and MRR@10 (:mod:`pipelines.evaluation.metrics`), the bytes per
 vector the search scans, and the overlap of the index's top 10 with the exact top 10 on these queries.
+Each table's text, vector and hybrid search are compared side by side in the report's ``modes``
+(:mod:`pipelines.evaluation.modes`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pipelines.config import ConfigError, PipelineConfig, load_config
 from pipelines.embed.postprocess import postprocess
 from pipelines.evaluation.matryoshka import cannot_derive, derive_table
 from pipelines.evaluation.metrics import evaluate_run
+from pipelines.evaluation.modes import MODES, check_modes, evaluate_modes
 from pipelines.lineage import Lineage
 from pipelines.vector_index.params import ROWS_PER_LIST, min_index_rows, settle_metric
 from pipelines.vector_index.step import index_step
@@ -252,6 +255,7 @@ def evaluate_dataset(
     split: str = "test",
     on_run: Optional[Callable] = None,
     verbose: bool = False,
+    modes: Sequence[str] = MODES,
 ) -> dict:
     """Embed the set once at the widest dimension, derive the others, measure exact and indexed search
     at each; returns the report dict.
@@ -262,7 +266,9 @@ def evaluate_dataset(
         index_types: index types to evaluate per dimension; the config's ``index.type`` is always first.
         on_run: called with the indexing run's :class:`~pipelines.run.summary.RunSummary` (progress
             output); once, or once per dimension when tables cannot be derived (:func:`cannot_derive`).
+        modes: the search modes compared side by side on each table (:mod:`pipelines.evaluation.modes`).
     """
+    check_modes(modes, config)
     dataset: BeirDataset = load_beir(dataset_dir, split)
     out = Path(out_dir)
     corpus = write_corpus_parquet(dataset, out / "corpus.parquet")
@@ -281,20 +287,22 @@ def evaluate_dataset(
     wide = _indexed(configs[dimensions.index(widest)], texts, on_run, verbose) if why is None else None
 
     results: list[EvalRow] = []
-    runs = []
+    runs, by_mode = [], []
     for dimension, cfg in zip(dimensions, configs):
         if why is not None:
             table = _indexed(cfg, texts, on_run, verbose)
         else:
             table = wide if dimension == widest else _derived(cfg, wide)
+        # The modes first, on the table as its run or derivation left it (the index builds below are new versions).
+        by_mode.extend(evaluate_modes(table.searcher, table.queries, texts, qids, dataset.qrels, modes, cfg.sink.table))
         results.extend(_evaluate_table(table, types, qids, dataset))
         runs.append(table.run)
         dtype = table.searcher.lineage.model.dtype  # model.dtype as resolved (auto) by the run
-    return _report(dataset_dir, dataset, split, config, dtype, results, runs)
+    return {**_report(dataset_dir, dataset, split, config, dtype, results, runs), "modes": by_mode}
 
 
 def _report(dataset_dir, dataset: BeirDataset, split: str, config, dtype: str, results: list, runs: list) -> dict:
-    """The report dict: the set, the model, every result row and every table's run."""
+    """The report dict: the set, the model, every result row and every table's run (the modes: the caller)."""
     return {
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "dataset": {

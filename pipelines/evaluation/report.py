@@ -1,4 +1,7 @@
-"""The evaluation report in three forms: a Markdown table, a JSON file, a PNG of quality against bytes.
+"""The evaluation report in three forms: Markdown tables, a JSON file, a PNG of quality against bytes.
+
+The Markdown has the searches by dimension and index (below), then the search modes side by side:
+text, vector and hybrid search's nDCG@10 and Recall@100 on each table (:mod:`pipelines.evaluation.modes`).
 
 The bytes on the x axis are what a search scans per vector: the float vector for exact search, the
 index's codes otherwise (PQ: one byte per sub-vector, int8: one byte per dimension, RaBitQ: num_bits per
@@ -53,7 +56,33 @@ def format_markdown(report: dict) -> str:
             + " | ".join(f"{m[c]:.3f}" for c in COLUMNS)
             + f" | {_num(row['nprobes'])} | {_num(row['refine_factor'])} | {_num(row['recall_at_10_vs_exact'])} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _modes_markdown(report.get("modes") or [])) + "\n"
+
+
+MODE_COLUMNS = (("ndcg@10", "nDCG@10"), ("recall@100", "Recall@100"))
+
+
+def _modes_markdown(rows: list[dict]) -> list[str]:
+    """The search modes side by side, one line per table: nDCG@10 of each mode, then Recall@100 of each."""
+    if not rows:
+        return []
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    tables: dict[str, dict] = {}
+    for r in rows:
+        tables.setdefault(r["table"], {"dimension": r["dimension"]})[r["mode"]] = r["metrics"]
+    header = [f"{mode} {label}" for _, label in MODE_COLUMNS for mode in modes]
+    lines = [
+        "",
+        "Search modes (pipelines/evaluation/modes.py): vector search exact, hybrid = reciprocal rank fusion "
+        "of the vector and the text (BM25) search",
+        "",
+        "| dim | " + " | ".join(header) + " |",
+        "|---:|" + "---:|" * len(header),
+    ]
+    for table in tables.values():
+        cells = [f"{table[mode][metric]:.3f}" for metric, _ in MODE_COLUMNS for mode in modes]
+        lines.append(f"| {table['dimension']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_json(report: dict, path: str | Path) -> Path:

@@ -10,13 +10,15 @@ import numpy as np
 
 @dataclass
 class Work:
-    """One checked query in a batch: a text to embed or a vector, and what to search with."""
+    """One checked query in a batch: a text (embedded unless ``mode`` is text) or a vector, and what
+    to search with."""
 
     text: Optional[str]
     vector: Optional[np.ndarray]
     k: int
     where: Optional[str]  # built by build_filter: typed, quoted
     columns: list[str]
+    mode: str = "vector"  # pipelines.search.searcher.SEARCH_MODES
 
 
 class Batcher:

@@ -14,9 +14,12 @@ from fastapi import Request
 from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from pipelines.search.searcher import SEARCH_MODES
+
 
 class SearchRequest(BaseModel):
-    """One query: a text (embedded with the table's query prompt) or a vector, never both."""
+    """One query: a text (embedded with the table's query prompt) or a vector, never both; ``mode``
+    says how it is searched (:data:`~pipelines.search.searcher.SEARCH_MODES`), text and hybrid by text."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -25,6 +28,7 @@ class SearchRequest(BaseModel):
     k: int = 10
     filters: Optional[dict[str, Any]] = None
     columns: Optional[list[str]] = None
+    mode: str = "vector"
 
 
 class BadRequest(Exception):
@@ -104,6 +108,10 @@ def parse_request(body: bytes, max_k: int) -> SearchRequest:
         raise BadRequest(422, 'give exactly one of "query" (text) and "vector"')
     if req.query is not None and not req.query.strip():
         raise BadRequest(422, '"query" is empty')
+    if req.mode not in SEARCH_MODES:
+        raise BadRequest(400, f'"mode" must be one of {", ".join(SEARCH_MODES)}, got {req.mode!r}')
+    if req.mode != "vector" and req.query is None:
+        raise BadRequest(422, f'a {req.mode} search looks for words: give "query" (text), not "vector"')
     if not 1 <= req.k <= max_k:
         raise BadRequest(422, f'"k" must be between 1 and {max_k}, got {req.k}')
     return req

@@ -10,7 +10,10 @@ defaults; it answers JSON:
     GET  /ready    the model is loaded and the table open (503 with the reason otherwise)
     GET  /stats    this replica's counts and times so far: queries embedded, forward passes, searches
 
-``{"vector": [...]}`` instead of ``"query"`` searches by vector. ``filters`` goes through the same
+``{"vector": [...]}`` instead of ``"query"`` searches by vector. ``"mode": "text"`` searches the
+query's words in the table's full-text index (BM25), ``"hybrid"`` both ways fused by reciprocal rank
+(each hit with ``found_by``); their queries join the batch (a hybrid's vector is embedded with the
+others) and are then searched one by one through ``Searcher.search``. ``filters`` goes through the same
 injection-safe builder as ``Searcher.search`` (:func:`pipelines.search.filters.filters_from_json`).
 A request the service cannot answer as asked (unknown column, wrong vector dimension, k out of
 range, malformed JSON, an oversized body, a value the model or Lance cannot take) gets a 4xx with
@@ -50,7 +53,7 @@ from pipelines.search.auth import bearer_token, unauthorised
 from pipelines.search.batcher import Batcher, Work
 from pipelines.search.filters import build_filter, filters_from_json
 from pipelines.search.requests import BadRequest, SearchRequest, jsonable, parse_request, read_body
-from pipelines.search.searcher import Searcher
+from pipelines.search.searcher import SEARCH_MODES, Searcher
 
 __all__ = ["SearchRequest", "TableSearch"]
 
@@ -92,33 +95,43 @@ class TableSearch:
         self.embed_seconds = 0.0
         self.searches = 0  # answered, their index searches taking self.search_seconds
         self.search_seconds = 0.0
+        self.modes = dict.fromkeys(SEARCH_MODES, 0)  # searches answered, by mode
         self.stale: Optional[str] = None  # why the latest table version is not served
         self._checked = time.monotonic()
         self._refreshing: Optional[asyncio.Task] = None
 
     # ---- batching: concurrent queries share one forward pass and one index search -----------------
     def _answer_now(self, work: list[Work]) -> list[pa.Table]:
-        """Embed the batch's texts in one pass, then search each group of queries that share k,
-        filter and columns (nearly always one group) in one index search."""
-        texts = [w.text for w in work if w.text is not None]
+        """Embed the batch's texts in one pass (not those of text searches), then search each group of
+        vector queries that share k, filter and columns (nearly always one group) in one index search,
+        and each text or hybrid query on its own (:meth:`Searcher.search`)."""
+        texts = [w.text for w in work if w.vector is None and w.mode != "text"]
         if texts:
             started = time.perf_counter()
             embedded = iter(self.searcher.embed_queries(texts))
             self.embed_seconds += time.perf_counter() - started
             self.queries += len(texts)
             self.batches += 1
-        vectors = [w.vector if w.vector is not None else next(embedded) for w in work]
+        vectors = [w.vector if w.vector is not None or w.mode == "text" else next(embedded) for w in work]
         groups: dict[tuple, list[int]] = {}
-        for i, w in enumerate(work):
-            groups.setdefault((w.k, w.where, tuple(w.columns)), []).append(i)
         answers: list = [None] * len(work)
         started = time.perf_counter()
+        for i, w in enumerate(work):
+            if w.mode == "vector":
+                groups.setdefault((w.k, w.where, tuple(w.columns)), []).append(i)
+            else:  # the hybrid's vector embedded with the batch above, its words searched here
+                query = w.text if w.mode == "text" else vectors[i]
+                answers[i] = self.searcher.search(
+                    query, w.k, mode=w.mode, text=w.text, where=w.where, columns=w.columns
+                )
         for (k, where, columns), members in groups.items():
             found = self.searcher.search_many(np.stack([vectors[i] for i in members]), k, where=where, columns=columns)
             for i, hits in zip(members, found):
                 answers[i] = hits
         self.search_seconds += time.perf_counter() - started
         self.searches += len(work)
+        for w in work:
+            self.modes[w.mode] += 1
         return answers
 
     # ---- table versions -----------------------------------------------------------------------------
@@ -180,6 +193,7 @@ class TableSearch:
                 "embed_seconds": round(self.embed_seconds, 4),
                 "searches": self.searches,
                 "search_seconds": round(self.search_seconds, 4),
+                "searches_by_mode": self.modes,
             }
         )
 
@@ -223,7 +237,14 @@ class TableSearch:
                 raise BadRequest(400, f'"vector" has {vector.size} values, the table holds {dim}-dimensional vectors')
             if not np.isfinite(vector).all():
                 raise BadRequest(400, '"vector" holds a value beyond the float32 range')
-        work = Work(req.query if vector is None else None, vector, req.k, where, columns)
+        if req.mode != "vector" and not self.searcher.text_index:
+            raise BadRequest(
+                400,
+                f'"mode": a {req.mode} search needs the table\'s full-text index, and table '
+                f"{self.config.table!r} has none (made with index.fts=false or before it): "
+                'use "mode": "vector", or index the table with index.fts=true',
+            )
+        work = Work(req.query if vector is None else None, vector, req.k, where, columns, req.mode)
         try:
             hits = await self._batcher.submit(work)
         except UserError:
@@ -231,4 +252,4 @@ class TableSearch:
         except (ValueError, TypeError, ArithmeticError) as exc:  # refused alone (Lance, the tokenizer)
             log.warning("query refused: %s", exc, exc_info=True)
             raise BadRequest(400, f"this query could not be answered: {exc}") from None
-        return jsonable(hits.select([*columns, C.SCORE]))
+        return jsonable(hits.select([*columns, C.SCORE, *([C.FOUND_BY] if req.mode == "hybrid" else [])]))

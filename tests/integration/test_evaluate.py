@@ -1,9 +1,10 @@
 """jobs.evaluate on the shipped BEIR-layout set, checked against numpy and sentence-transformers.
 
 One run of the command line (two Matryoshka dimensions, IVF-PQ from the config plus the 4-bit IVF-RQ
-index), in this process, feeds every test; the checks recompute its numbers independently from the tables it leaves. The
-corpus is embedded once, at 384 dimensions; the 128 table is derived from it (its equality with a
-separate run at 128 is tests/integration/test_matryoshka_derive.py's).
+index, text, vector and hybrid search), in this process, feeds every test; the checks recompute its
+numbers independently from the tables it leaves. The corpus is embedded once, at 384 dimensions; the
+128 table is derived from it (its equality with a separate run at 128 is
+tests/integration/test_matryoshka_derive.py's).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jobs.query import main as query_main
 ROOT = Path(__file__).resolve().parents[2]
 DATASET = ROOT / "data" / "eval" / "wiki_desc"
 DIMS = (384, 128)
+MODES = ("text", "vector", "hybrid")  # --modes' default: all three
 
 
 def _run(args):
@@ -86,9 +88,11 @@ def _table(out: Path, dim: int):
 
 
 def _numpy_metrics(order: np.ndarray, doc_ids: list, qids: list, qrels: dict) -> dict:
-    """nDCG@10, Recall@10/100, MRR@10 from a (queries x docs) ranking, vectorised, straight from the definitions."""
+    """nDCG@10, Recall@10/100, MRR@10 from a (queries x docs) ranking, vectorised, straight from the definitions.
+
+    ``order`` may name column ``len(doc_ids)``: no document (a ranking shorter than the others)."""
     column = {d: i for i, d in enumerate(doc_ids)}
-    rel = np.zeros((len(qids), len(doc_ids)))
+    rel = np.zeros((len(qids), len(doc_ids) + 1))
     for qi, q in enumerate(qids):
         for d, r in qrels[q].items():
             rel[qi, column[d]] = r
@@ -127,9 +131,17 @@ def test_cli_prints_the_table_and_writes_json_and_plot(evaluated):
     ]
     table = (out / "results.md").read_text()
     assert table in result.stdout
-    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    searches, modes = table.split("\nSearch modes")  # the searches by index, then the modes side by side
+    rows = [line for line in searches.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 6 and rows[0].startswith("| dim | search | bytes/vector | nDCG@10")
     assert "| 128 | IVF-RQ 4-bit | 64 |" in table
+    rows = [line for line in modes.splitlines() if line.startswith("| ")]
+    assert rows[0] == (
+        "| dim | text nDCG@10 | vector nDCG@10 | hybrid nDCG@10 | text Recall@100 | vector Recall@100 | "
+        "hybrid Recall@100 |"
+    )
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| 384", "| 128"]
+    assert [(r["dimension"], r["mode"]) for r in report["modes"]] == [(d, m) for d in DIMS for m in MODES]
     png = (out / "quality_vs_bytes.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert report["dataset"] == {
@@ -168,6 +180,52 @@ def test_exact_metrics_equal_a_numpy_computation(evaluated, dataset, dim):
     got = _rows(report, dim, "exact")[0]["metrics"]
     assert got == pytest.approx(expected, abs=1e-9)
     assert 0.5 < got["ndcg@10"] <= 1.0  # real text: the described article is usually near the top
+
+
+def _padded(ranked: list[list], doc_ids: list) -> np.ndarray:
+    """Rankings of ids (of any lengths) as rows of column numbers, padded to 100 with "no document"."""
+    column = {d: i for i, d in enumerate(doc_ids)}
+    return np.array([[column[d] for d in r] + [len(doc_ids)] * (100 - len(r)) for r in ranked])
+
+
+def _rrf(legs: list[list], limit: int, k: int = 60) -> list:
+    """Reciprocal rank fusion from its definition: sum of 1 / (k + rank) over the rankings that hold a
+    document; ties in the order the documents were first seen (vector leg first)."""
+    scores: dict = {}
+    for ranked in legs:
+        for rank, doc in enumerate(ranked, 1):
+            scores[doc] = scores.get(doc, 0.0) + 1 / (k + rank)
+    return sorted(scores, key=lambda d: -scores[d])[:limit]
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_text_vector_and_hybrid_metrics_equal_a_recomputation(evaluated, dataset, dim):
+    """Vector: numpy's exact ranking; text: the BM25 hits Searcher returns (the full-text index the run
+    built); hybrid: both fused here by the definition of reciprocal rank fusion; metrics by numpy."""
+    from pipelines.search.searcher import Searcher
+
+    _, out, report = evaluated
+    data = _table(out, dim).to_arrow()
+    doc_ids = data.column("id").to_pylist()
+    docs = np.asarray(data.column("vector").to_pylist(), dtype=np.float32)
+    qids = list(dataset.queries)
+    texts = [dataset.queries[q] for q in qids]
+    searcher = Searcher.open(str(out / "lancedb"), f"wiki_desc_d{dim}")
+    assert searcher.text_index["column"] == "text" and searcher.text_index["rows"] == 400
+    queries = searcher.embed_queries(texts)
+    vector = [[doc_ids[i] for i in row] for row in np.argsort(-(queries @ docs.T), axis=1, kind="stable")[:, :100]]
+    text = [searcher.search(t, k=100, mode="text", columns=["id"]).column("id").to_pylist() for t in texts]
+    assert all(len(t) <= 100 for t in text) and np.mean([len(t) > 0 for t in text]) > 0.9
+    hybrid = [_rrf([v, t], 100) for v, t in zip(vector, text)]
+    got = {r["mode"]: r for r in report["modes"] if r["dimension"] == dim}
+    assert {r["table"] for r in got.values()} == {f"wiki_desc_d{dim}"}
+    for mode, ranked in (("vector", vector), ("text", text), ("hybrid", hybrid)):
+        expected = _numpy_metrics(_padded(ranked, doc_ids), doc_ids, qids, dataset.qrels)
+        assert got[mode]["metrics"] == pytest.approx(expected, abs=1e-9), mode
+        assert 0.3 < got[mode]["metrics"]["ndcg@10"] <= got[mode]["metrics"]["recall@100"] <= 1.0, mode
+    assert got["vector"]["metrics"] == _rows(report, dim, "exact")[0]["metrics"]  # both exact search
+    # The words do not depend on the dimension: the same text metrics on every table.
+    assert got["text"]["metrics"] == next(r["metrics"] for r in report["modes"] if r["mode"] == "text")
 
 
 @pytest.mark.parametrize("dim", DIMS)

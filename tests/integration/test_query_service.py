@@ -1,6 +1,7 @@
 """The query service (infra/serve/search.yaml) on its own Ray head, over HTTP: the same hits as
-``jobs.query``, concurrent queries batched, 4xx for bad requests (alone, never their batch), only the
-served columns, a bearer token, and a new table version served without a restart."""
+``jobs.query`` (text and hybrid modes: as ``Searcher.search``), concurrent queries batched, 4xx for
+bad requests (alone, never their batch), only the served columns, a bearer token, and a new table
+version served without a restart."""
 
 from __future__ import annotations
 
@@ -170,6 +171,41 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
             assert abs(hit["score"] - want["score"]) < 1e-4
             assert set(hit) == {"id", "text", "score"}
 
+    # Text and hybrid modes: the same hits as Searcher.search on the same table (hybrid ones with found_by),
+    # also with filters and columns, also when they arrive together with vector queries.
+    from pipelines.search.searcher import Searcher
+
+    searcher = Searcher.open(str(db), "docs")
+    wanted = {
+        (m, q): searcher.search(q, 5, mode=m, columns=["id", "text"]) for m in ("text", "hybrid") for q in QUERIES
+    }
+    for (mode, q), want in wanted.items():
+        status, body = _call(f"{url}/search", {"query": q, "k": 5, "mode": mode})
+        assert status == 200, body
+        assert [h["id"] for h in body["hits"]] == want.column("id").to_pylist(), (mode, q, body)
+        assert [h["score"] for h in body["hits"]] == pytest.approx(want.column("score").to_pylist(), abs=1e-4)
+        fields = {"id", "text", "score", *(["found_by"] if mode == "hybrid" else [])}
+        assert all(set(h) == fields for h in body["hits"]), body
+        if mode == "hybrid":
+            assert [h["found_by"] for h in body["hits"]] == want.column("found_by").to_pylist()
+    assert all(wanted["text", q].num_rows for q in QUERIES)  # the words are in the table: a real test
+    assert any("vector,text" in wanted["hybrid", q].column("found_by").to_pylist() for q in QUERIES)
+    gt = {"length_chars": {"op": ">", "value": 600}}
+    request = {"query": QUERIES[1], "k": 10, "mode": "hybrid", "filters": gt, "columns": ["length_chars"]}
+    want = searcher.search(QUERIES[1], 10, mode="hybrid", filters={"length_chars": (">", 600)}, columns=["id"])
+    status, body = _call(f"{url}/search", request)
+    assert status == 200 and [h["id"] for h in body["hits"]] == want.column("id").to_pylist(), body
+    assert all(h["length_chars"] > 600 and set(h) == {"id", "length_chars", "score", "found_by"} for h in body["hits"])
+    before = _call(f"{url}/stats")[1]["searches_by_mode"]
+    mixed_modes = [(m, q) for m in ("vector", "text", "hybrid") for q in QUERIES] * 3
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda r: _call(f"{url}/search", {"query": r[1], "k": 5, "mode": r[0]}), mixed_modes))
+    for (mode, q), (status, body) in zip(mixed_modes, answers):
+        ids = [h["id"] for h in expected[q]] if mode == "vector" else wanted[mode, q].column("id").to_pylist()
+        assert status == 200 and [h["id"] for h in body["hits"]] == ids, (mode, q, body)
+    after = _call(f"{url}/stats")[1]["searches_by_mode"]
+    assert {m: after[m] - before[m] for m in after} == {"vector": 9, "text": 9, "hybrid": 9}
+
     # Concurrent queries share forward passes and each still gets its own hits.
     before = _call(f"{url}/stats")[1]
     with ThreadPoolExecutor(16) as pool:
@@ -183,7 +219,6 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
     assert queries == 48 and passes < queries / 2, after
 
     # Filters through the safe builder, by text and by vector; selected columns.
-    gt = {"length_chars": {"op": ">", "value": 600}}
     status, body = _call(f"{url}/search", {"query": QUERIES[0], "k": 10, "filters": gt, "columns": ["length_chars"]})
     assert status == 200 and body["hits"], body
     assert all(h["length_chars"] > 600 and set(h) == {"id", "length_chars", "score"} for h in body["hits"])
@@ -208,6 +243,9 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
         ({"query": "  "}, 422, "empty"),
         ({"query": "q", "limit": 3}, 422, "limit"),
         ({"query": "x" * 5000}, 413, "4096"),
+        ({"query": "q", "mode": "keyword"}, 400, '"mode" must be one of vector, text, hybrid'),
+        ({"query": "q", "mode": 2}, 422, "mode"),
+        ({"vector": vector, "mode": "hybrid"}, 422, "hybrid search looks for words"),
     ]
     for request, code, word in bad:
         status, body = _call(f"{url}/search", request)
@@ -272,11 +310,28 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
     else:
         pytest.fail(f"the upserted version was not served within 30 s (refresh_seconds=2): {body}")
 
-    # A version that records another model is never served with the loaded one: 503 with the reason.
+    # A version whose lineage records no full-text index (a table of before index.fts): text and hybrid
+    # requests get 400 with the reason once it is served, vector ones their hits as before.
     from connectors.lance.metadata import read_lineage, write_lineage
     from pipelines.lineage import LineageMismatchError
-    from pipelines.search.searcher import Searcher
 
+    lineage = read_lineage(str(db), "docs")
+    write_lineage(str(db), "docs", {**lineage, "index": {k: v for k, v in lineage["index"].items() if k != "fts"}})
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        status, body = _call(f"{url}/search", {"query": QUERIES[0], "mode": "hybrid"})
+        if status != 200:
+            break
+        time.sleep(0.25)
+    # The first refusal may come from Searcher.search itself (the version changed while the request
+    # waited in the batch, after the service's check); once the version is served, the check answers.
+    assert status == 400 and "needs the table's full-text index" in body["error"], body
+    status, body = _call(f"{url}/search", {"query": QUERIES[0], "mode": "text"})
+    assert status == 400 and body["error"].startswith('"mode": a text search needs'), body
+    assert "table 'docs' has none" in body["error"] and "index.fts=true" in body["error"], body
+    assert _call(f"{url}/search", {"query": QUERIES[0], "k": 3})[0] == 200
+
+    # A version that records another model is never served with the loaded one: 503 with the reason.
     searcher = Searcher.open(str(db), "docs")
     lineage = read_lineage(str(db), "docs")
     fingerprint = lineage["model"]["fingerprint"]

@@ -84,6 +84,21 @@ def test_bodies_json_itself_cannot_read_are_400_not_500():
     assert "not JSON" in digits.reason and "not JSON" in deep.reason
 
 
+def test_the_search_mode_defaults_to_vector_and_a_bad_one_is_refused_naming_the_allowed_modes():
+    assert parse_request(b'{"query": "q"}', 10).mode == "vector"
+    assert parse_request(b'{"query": "q", "mode": "hybrid"}', 10).mode == "hybrid"
+    assert parse_request(b'{"query": "q", "mode": "text"}', 10).mode == "text"
+    assert parse_request(b'{"vector": [0.5], "mode": "vector"}', 10).mode == "vector"
+    bad = _refused(b'{"query": "q", "mode": "keyword"}')
+    assert bad.status == 400 and bad.reason == "\"mode\" must be one of vector, text, hybrid, got 'keyword'"
+    assert _refused(b'{"query": "q", "mode": "Hybrid"}').status == 400  # modes are lower case, as in jobs.query
+    not_text = _refused(b'{"query": "q", "mode": 3}')
+    assert not_text.status == 422 and not_text.reason.startswith("mode:")  # the wrong shape, like "k": "ten"
+    for mode in ("text", "hybrid"):  # they look for words: a vector alone has none
+        words = _refused(b'{"vector": [0.5], "mode": "%s"}' % mode.encode())
+        assert words.status == 422 and f"a {mode} search looks for words" in words.reason
+
+
 def test_nan_and_infinity_in_a_float_column_are_null_in_the_answer():
     """Before: a NaN in a float metadata column made the JSON reply fail (500, "Out of range float
     values are not JSON compliant")."""
