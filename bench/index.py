@@ -44,16 +44,21 @@ sys.path.insert(0, str(ROOT))
 DIM = 256
 
 
+def sample_sentences(limit: int) -> list[str]:
+    """The bundled Wikipedia sample's sentences (over 20 characters), in order: ``real_vectors``' texts."""
+    sentences = []
+    for text in pq.read_table(ROOT / "data/sample/wiki_vital.parquet", columns=["text"]).column("text").to_pylist():
+        sentences += [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.strip()) > 20]
+    return sentences[:limit]
+
+
 def real_vectors(limit: int) -> np.ndarray:
     from pipelines.config import ModelConfig
     from pipelines.embed.hf_encoder import HFEncoder
     from pipelines.embed.postprocess import postprocess
     from pipelines.embed.tokenizer import load_tokenizer, tokenize_texts
 
-    sentences = []
-    for text in pq.read_table(ROOT / "data/sample/wiki_vital.parquet", columns=["text"]).column("text").to_pylist():
-        sentences += [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if len(s.strip()) > 20]
-    sentences = sentences[:limit]
+    sentences = sample_sentences(limit)
     model = ModelConfig()
     tok = load_tokenizer(model.path, None, "right")
     ids, _ = tokenize_texts(tok, sentences, 256)
@@ -62,8 +67,15 @@ def real_vectors(limit: int) -> np.ndarray:
 
 
 def derive(real: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
+    return derive_with_sources(real, rows, seed)[0]
+
+
+def derive_with_sources(real: np.ndarray, rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The derived vectors and, per row, the two real vectors it was mixed from (``(rows, 2)``; a real
+    row's own index twice)."""
     rng = np.random.default_rng(seed)
     out = np.empty((rows, DIM), np.float32)
+    sources = np.empty((rows, 2), np.int64)
     n = len(real)
     for start in range(0, rows, 100_000):
         m = min(100_000, rows - start)
@@ -71,8 +83,10 @@ def derive(real: np.ndarray, rows: int, seed: int = 0) -> np.ndarray:
         a = rng.uniform(0.6, 1.0, (m, 1)).astype(np.float32)
         v = a * real[i] + (1 - a) * real[j] + 0.15 * rng.normal(0, 1 / np.sqrt(DIM), (m, DIM)).astype(np.float32)
         out[start : start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        sources[start : start + m, 0], sources[start : start + m, 1] = i, j
     out[: min(n, rows)] = real[: min(n, rows)]
-    return out
+    sources[: min(n, rows)] = np.arange(min(n, rows))[:, None]
+    return out, sources
 
 
 def exact_topk(base: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:

@@ -47,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="all",
         help="search modes compared side by side on each table, from text,vector,hybrid (default: all)",
     )
+    p.add_argument("--rrf-k", type=int, help="the hybrid mode's rank constant (default 60)")
+    p.add_argument("--text-weight", type=float, help="the hybrid mode's text share, 0 to 1 (default 0.5)")
     p.add_argument("--out", help="output directory (default: out/eval/<dataset directory name>)")
     args = p.parse_args(argv)
     # The job sets the source (the dataset's corpus) and where the tables go (OUT/lancedb, one
@@ -57,6 +59,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"--set {ignored[0]}: the evaluation sets source.*, sink.uri, sink.table and sink.mode "
             f"itself (the dataset's corpus, one table per dimension in --out); use --dataset and --out"
         )
+    if args.rrf_k is not None and args.rrf_k < 1:
+        p.error("--rrf-k must be >= 1")
+    if args.text_weight is not None and not 0.0 <= args.text_weight <= 1.0:
+        p.error("--text-weight must be between 0 and 1")
+    args.fusion = {n: v for n, v in (("rrf_k", args.rrf_k), ("text_weight", args.text_weight)) if v is not None}
+    if args.fusion and args.modes.strip() != "all" and "hybrid" not in args.modes:
+        flag = "--" + next(iter(args.fusion)).replace("_", "-")
+        p.error(f"{flag} sets the hybrid mode's fusion, and --modes {args.modes} has no hybrid")
     args.index_types = [t.strip() for t in args.index_types.split(",") if t.strip()]
     bad = [t for t in args.index_types if t not in INDEX_TYPES]
     if bad:
@@ -88,6 +98,7 @@ def main(argv=None) -> int:
             args.split,
             verbose=args.verbose,
             modes=modes,
+            fusion=args.fusion or None,
             on_run=lambda summary: print(summary.format(), file=sys.stderr, flush=True),
         )
         paths = write_report(report, out)

@@ -256,6 +256,7 @@ def evaluate_dataset(
     on_run: Optional[Callable] = None,
     verbose: bool = False,
     modes: Sequence[str] = MODES,
+    fusion: Optional[dict] = None,
 ) -> dict:
     """Embed the set once at the widest dimension, derive the others, measure exact and indexed search
     at each; returns the report dict.
@@ -267,6 +268,7 @@ def evaluate_dataset(
         on_run: called with the indexing run's :class:`~pipelines.run.summary.RunSummary` (progress
             output); once, or once per dimension when tables cannot be derived (:func:`cannot_derive`).
         modes: the search modes compared side by side on each table (:mod:`pipelines.evaluation.modes`).
+        fusion: the hybrid mode's ``rrf_k`` and ``text_weight`` (default: the search's defaults).
     """
     check_modes(modes, config)
     dataset: BeirDataset = load_beir(dataset_dir, split)
@@ -294,7 +296,9 @@ def evaluate_dataset(
         else:
             table = wide if dimension == widest else _derived(cfg, wide)
         # The modes first, on the table as its run or derivation left it (the index builds below are new versions).
-        by_mode.extend(evaluate_modes(table.searcher, table.queries, texts, qids, dataset.qrels, modes, cfg.sink.table))
+        by_mode.extend(
+            evaluate_modes(table.searcher, table.queries, texts, qids, dataset.qrels, modes, cfg.sink.table, fusion)
+        )
         results.extend(_evaluate_table(table, types, qids, dataset))
         runs.append(table.run)
         dtype = table.searcher.lineage.model.dtype  # model.dtype as resolved (auto) by the run

@@ -53,17 +53,20 @@ def evaluate_modes(
     qrels: Mapping[str, Mapping],
     modes: Sequence[str],
     table: str,
+    fusion: Optional[Mapping] = None,
 ) -> list[dict]:
     """One report row per mode for ``searcher``'s table: the mode, the metrics of its top
     :data:`MODE_K` (nDCG@10, Recall@10/100, MRR@10) and its milliseconds per query.
 
     ``vectors`` are the queries' vectors at the table's dimension (for a derived table, the wide ones
-    re-cut), ``texts`` their words, in ``qids`` order.
+    re-cut), ``texts`` their words, in ``qids`` order. ``fusion``: the hybrid search's ``rrf_k`` and
+    ``text_weight`` (:meth:`~pipelines.search.searcher.Searcher.search`; default: its defaults).
     """
     rows = []
     for mode in modes:
         started = time.perf_counter()
-        run = {qid: _ranked(searcher, mode, vector, text) for qid, vector, text in zip(qids, vectors, texts)}
+        options = dict(fusion or {}) if mode == "hybrid" else {}
+        run = {qid: _ranked(searcher, mode, v, text, options) for qid, v, text in zip(qids, vectors, texts)}
         ms = (time.perf_counter() - started) * 1000 / max(len(qids), 1)
         rows.append(
             {
@@ -72,13 +75,14 @@ def evaluate_modes(
                 "mode": mode,
                 "metrics": evaluate_run(run, qrels),
                 "search_ms_per_query": round(ms, 2),
+                **({"fusion": options} if options else {}),
             }
         )
     return rows
 
 
-def _ranked(searcher, mode: str, vector: np.ndarray, text: str) -> list:
+def _ranked(searcher, mode: str, vector: np.ndarray, text: str, options: Mapping) -> list:
     """The ids of the top :data:`MODE_K` hits of one query in ``mode``, best first."""
     query = text if mode == "text" else vector
-    hits = searcher.search(query, MODE_K, mode=mode, text=text, exact=mode != "text", columns=["id"])
+    hits = searcher.search(query, MODE_K, mode=mode, text=text, exact=mode != "text", columns=["id"], **options)
     return hits.column("id").to_pylist()

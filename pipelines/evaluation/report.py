@@ -71,10 +71,12 @@ def _modes_markdown(rows: list[dict]) -> list[str]:
     for r in rows:
         tables.setdefault(r["table"], {"dimension": r["dimension"]})[r["mode"]] = r["metrics"]
     header = [f"{mode} {label}" for _, label in MODE_COLUMNS for mode in modes]
+    fusion = next((r["fusion"] for r in rows if r.get("fusion")), None)
+    settings = f" ({', '.join(f'{name} {value}' for name, value in fusion.items())})" if fusion else ""
     lines = [
         "",
         "Search modes (pipelines/evaluation/modes.py): vector search exact, hybrid = reciprocal rank fusion "
-        "of the vector and the text (BM25) search",
+        f"of the vector and the text (BM25) search{settings}",
         "",
         "| dim | " + " | ".join(header) + " |",
         "|---:|" + "---:|" * len(header),

@@ -19,6 +19,7 @@ class Work:
     where: Optional[str]  # built by build_filter: typed, quoted
     columns: list[str]
     mode: str = "vector"  # pipelines.search.searcher.SEARCH_MODES
+    fusion: Optional[dict] = None  # hybrid only: rrf_k, text_weight (Searcher.search's)
 
 
 class Batcher:

@@ -32,7 +32,7 @@ from connectors.storage import Storage, is_s3
 from pipelines.embed.precision import query_dtype
 from pipelines.lineage import Lineage, LineageMismatchError, check_compatible, query_model_config
 from pipelines.search.filters import FilterError, build_filter
-from pipelines.search.fusion import DEFAULT_RRF_K, reciprocal_rank_fusion
+from pipelines.search.fusion import DEFAULT_RRF_K, DEFAULT_TEXT_WEIGHT, leg_weights, reciprocal_rank_fusion
 
 __all__ = ["FilterError", "LineageMismatchError", "SEARCH_MODES", "SearchModeError", "Searcher", "build_filter"]
 
@@ -182,13 +182,15 @@ class Searcher:
         refine_factor: Optional[int] = None,
         columns: Optional[Sequence[str]] = None,
         exact: bool = False,
-        rrf_k: int = DEFAULT_RRF_K,
+        rrf_k: Optional[int] = None,
+        text_weight: Optional[float] = None,
     ) -> pa.Table:
         """Top-``k`` rows for a text or a vector, best first, with a ``score`` column.
 
         ``mode``: ``vector`` (the query's embedding against the vectors), ``text`` (its words against
         the full-text index: BM25) or ``hybrid`` (both, fused by reciprocal rank with constant
-        ``rrf_k``; a ``found_by`` column says which search found each hit). ``score`` is the cosine
+        ``rrf_k``, default 60, the text search's ranks weighing ``text_weight`` of the sum, default
+        0.5: alike; a ``found_by`` column says which search found each hit). ``score`` is the cosine
         similarity (or dot product) for cosine/dot tables and the negated L2 distance for l2 tables
         in vector mode, the BM25 score in text mode, the fused score in hybrid mode: higher is always
         better. A vector ``query`` in hybrid mode takes its words from ``text``.
@@ -204,6 +206,8 @@ class Searcher:
                 never for strings that contain user input.
         """
         words = self._words(query, mode, text)
+        fusion = _fusion(mode, rrf_k, text_weight)
+        _refuse_vector_options(mode, nprobes=nprobes, refine_factor=refine_factor, exact=exact)
         restrict = dict(filters=filters, where=where, columns=columns)
         if mode == "text":
             return self._text_hits(words, k, **restrict)
@@ -220,7 +224,7 @@ class Searcher:
         if mode == "vector":
             return hits
         return reciprocal_rank_fusion(
-            {"vector": hits, "text": self._text_hits(words, k, with_row_id=True, **restrict)}, C.ROW_ID, k, rrf_k
+            {"vector": hits, "text": self._text_hits(words, k, with_row_id=True, **restrict)}, C.ROW_ID, k, **fusion
         ).drop_columns([C.ROW_ID])
 
     def _words(self, query, mode: str, text: Optional[str]) -> Optional[str]:
@@ -294,6 +298,28 @@ class Searcher:
         distance = hits.column("_distance").to_numpy()
         score = 1.0 - distance if self.metric == "cosine" else -distance
         return hits.append_column(C.SCORE, pa.array(score.astype(np.float32)))
+
+
+def _refuse_vector_options(mode: str, **options) -> None:
+    """A text search has no vector search to tune: a setting for one is an error, not ignored."""
+    given = [name for name, value in options.items() if value]
+    if mode == "text" and given:
+        raise SearchModeError(f"{' and '.join(given)} set the vector search, not a text search")
+
+
+def _fusion(mode: str, rrf_k: Optional[int], text_weight: Optional[float]) -> dict:
+    """The hybrid search's fusion settings; refused for a mode that fuses nothing, or out of range."""
+    given = [name for name, value in (("rrf_k", rrf_k), ("text_weight", text_weight)) if value is not None]
+    if given and mode != "hybrid":
+        raise SearchModeError(f"{' and '.join(given)} set the hybrid search's fusion, not a {mode} search")
+    if rrf_k is not None and (isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1):
+        raise SearchModeError(f"rrf_k must be a whole number >= 1, got {rrf_k!r}")
+    if text_weight is not None and not 0.0 <= text_weight <= 1.0:
+        raise SearchModeError(f"text_weight must be between 0 and 1, got {text_weight!r}")
+    return {
+        "k": DEFAULT_RRF_K if rrf_k is None else rrf_k,
+        "weights": leg_weights(DEFAULT_TEXT_WEIGHT if text_weight is None else text_weight),
+    }
 
 
 def _embedder(lineage: dict, device: str) -> Searcher:

@@ -122,7 +122,7 @@ class TableSearch:
             else:  # the hybrid's vector embedded with the batch above, its words searched here
                 query = w.text if w.mode == "text" else vectors[i]
                 answers[i] = self.searcher.search(
-                    query, w.k, mode=w.mode, text=w.text, where=w.where, columns=w.columns
+                    query, w.k, mode=w.mode, text=w.text, where=w.where, columns=w.columns, **(w.fusion or {})
                 )
         for (k, where, columns), members in groups.items():
             found = self.searcher.search_many(np.stack([vectors[i] for i in members]), k, where=where, columns=columns)
@@ -244,7 +244,8 @@ class TableSearch:
                 f"{self.config.table!r} has none (made with index.fts=false or before it): "
                 'use "mode": "vector", or index the table with index.fts=true',
             )
-        work = Work(req.query if vector is None else None, vector, req.k, where, columns, req.mode)
+        fusion = {name: getattr(req, name) for name in ("rrf_k", "text_weight") if getattr(req, name) is not None}
+        work = Work(req.query if vector is None else None, vector, req.k, where, columns, req.mode, fusion)
         try:
             hits = await self._batcher.submit(work)
         except UserError:

@@ -100,6 +100,39 @@ def test_hybrid_fuses_both_searches_with_filters_on_both(table):
     assert same.column("id").to_pylist() == hits.column("id").to_pylist()
 
 
+def test_the_fusions_rank_constant_and_text_weight(table):
+    db, _, _, _, _ = table
+    searcher = Searcher.open(str(db), "docs")
+    query = f"{NEW} limbs regrow"
+    vector_ids = searcher.search(query, k=10).column("id").to_pylist()
+    text_ids = searcher.search(query, k=10, mode="text").column("id").to_pylist()
+    # All weight on one search: its ranking first, then the other's rows it did not find, in their order.
+    only_text = searcher.search(query, k=10, mode="hybrid", text_weight=1.0).column("id").to_pylist()
+    assert only_text == (text_ids + [i for i in vector_ids if i not in text_ids])[:10]
+    only_vector = searcher.search(query, k=10, mode="hybrid", text_weight=0.0).column("id").to_pylist()
+    assert only_vector == (vector_ids + [i for i in text_ids if i not in vector_ids])[:10]
+    # The scores follow the definition: the weight times 1 / (k + rank) summed over the searches.
+    hits = searcher.search(query, k=10, mode="hybrid", rrf_k=5, text_weight=0.7).to_pylist()
+    for hit in hits:
+        expected = sum(
+            weight / (5 + ids.index(hit["id"]) + 1)
+            for weight, ids in ((0.6, vector_ids), (1.4, text_ids))
+            if hit["id"] in ids
+        )
+        assert hit["score"] == pytest.approx(expected, rel=1e-5)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+    # Settings that do not apply, or out of range, are errors rather than ignored.
+    for options, message in (
+        (dict(mode="vector", rrf_k=10), "rrf_k set the hybrid search's fusion, not a vector search"),
+        (dict(mode="text", text_weight=0.3), "text_weight set the hybrid search's fusion, not a text search"),
+        (dict(mode="hybrid", text_weight=1.5), "text_weight must be between 0 and 1, got 1.5"),
+        (dict(mode="hybrid", rrf_k=0), "rrf_k must be a whole number >= 1, got 0"),
+        (dict(mode="text", nprobes=5, exact=True), "nprobes and exact set the vector search, not a text search"),
+    ):
+        with pytest.raises(SearchModeError, match=message):
+            searcher.search(query, **options)
+
+
 def test_bad_modes_and_tables_without_a_text_index_are_clear_errors(table):
     db, _, _, _, _ = table
     searcher = Searcher.open(str(db), "docs")
@@ -124,7 +157,17 @@ def test_query_job_modes(table, capsys):
     text = run_job_main(query_main, [*base, "--mode", "text", NEW])
     assert [json.loads(line)["id"] for line in text.stdout.splitlines()] == ["new-1"]
     assert "found_by" not in text.stdout
-    for bad, message in ((["--mode", "bm25"], "invalid choice: 'bm25'"), (["--mode", "text", "--exact"], "--exact")):
+    fused = run_job_main(query_main, [*base, "--mode", "hybrid", "--text-weight", "1", "--rrf-k", "5", f"{NEW} limbs"])
+    assert [json.loads(line)["id"] for line in fused.stdout.splitlines()][0] == "new-1", fused.stderr
+    refused = (
+        (["--mode", "bm25"], "invalid choice: 'bm25'"),
+        (["--mode", "text", "--exact"], "--exact"),
+        (["--rrf-k", "10"], "--rrf-k sets the hybrid search's fusion, not --mode vector"),
+        (["--mode", "text", "--text-weight", "0.5"], "--text-weight sets the hybrid search's fusion, not --mode text"),
+        (["--mode", "hybrid", "--text-weight", "2"], "--text-weight must be between 0 and 1"),
+        (["--mode", "hybrid", "--rrf-k", "0"], "--rrf-k must be >= 1"),
+    )
+    for bad, message in refused:
         with pytest.raises(SystemExit) as exc:
             query_main([*base, *bad, NEW])
         assert exc.value.code == 2 and message in capsys.readouterr().err

@@ -196,6 +196,11 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
     status, body = _call(f"{url}/search", request)
     assert status == 200 and [h["id"] for h in body["hits"]] == want.column("id").to_pylist(), body
     assert all(h["length_chars"] > 600 and set(h) == {"id", "length_chars", "score", "found_by"} for h in body["hits"])
+    fused = {"query": QUERIES[0], "k": 5, "mode": "hybrid", "rrf_k": 5, "text_weight": 0.8}
+    want = searcher.search(QUERIES[0], 5, mode="hybrid", rrf_k=5, text_weight=0.8, columns=["id"])
+    status, body = _call(f"{url}/search", fused)
+    assert status == 200 and [h["id"] for h in body["hits"]] == want.column("id").to_pylist(), body
+    assert [h["score"] for h in body["hits"]] == pytest.approx(want.column("score").to_pylist(), abs=1e-4)
     before = _call(f"{url}/stats")[1]["searches_by_mode"]
     mixed_modes = [(m, q) for m in ("vector", "text", "hybrid") for q in QUERIES] * 3
     with ThreadPoolExecutor(16) as pool:
@@ -246,6 +251,8 @@ def test_query_service_answers_like_the_query_job_batches_and_refuses_bad_reques
         ({"query": "q", "mode": "keyword"}, 400, '"mode" must be one of vector, text, hybrid'),
         ({"query": "q", "mode": 2}, 422, "mode"),
         ({"vector": vector, "mode": "hybrid"}, 422, "hybrid search looks for words"),
+        ({"query": "q", "rrf_k": 10}, 422, '"rrf_k" set the hybrid search\'s fusion, not a vector search'),
+        ({"query": "q", "mode": "hybrid", "text_weight": 1.5}, 422, '"text_weight" must be between 0 and 1'),
     ]
     for request, code, word in bad:
         status, body = _call(f"{url}/search", request)

@@ -75,3 +75,32 @@ def test_shipped_set_is_what_the_build_script_makes(tmp_path):
     sample = {r["id"]: r for r in pq.read_table(ROOT / "data" / "sample" / "wiki_vital.parquet").to_pylist()}
     for qid, rels in ds.qrels.items():  # each query is its article's own short description
         assert ds.queries[qid] == sample[next(iter(rels))]["description"]
+
+
+def test_title_set_asks_for_each_article_by_its_title_against_the_lead_alone(tmp_path):
+    out = tmp_path / "titles"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_eval_set.py"), "--kind", "title", "--docs", "300"]
+        + ["--queries", "120", "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    ds = load_beir(out)
+    assert (len(ds.corpus), len(ds.queries)) == (300, 120)
+    sample = {r["id"]: r for r in pq.read_table(ROOT / "data" / "sample" / "wiki_vital.parquet").to_pylist()}
+    for doc in ds.corpus:  # the lead as it is, no title field for the query's words to sit in
+        assert (doc["title"], doc["text"]) == ("", sample[doc["id"]]["text"])
+    titles = {r["title"].lower() for r in sample.values()}
+    assert len(titles) == len(sample)  # every title names one article only
+    for qid, rels in ds.qrels.items():
+        assert list(rels.values()) == [1]
+        assert ds.queries[qid] == sample[next(iter(rels))]["title"]
+    # the same selection as the description set: the corpus is the same articles
+    desc = tmp_path / "desc"
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "build_eval_set.py"), "--docs", "300", "--queries", "5"]
+        + ["--out", str(desc)],
+        check=True,
+        capture_output=True,
+    )
+    assert [d["id"] for d in load_beir(desc).corpus] == [d["id"] for d in ds.corpus]

@@ -65,3 +65,23 @@ def test_the_markdown_puts_the_modes_side_by_side_one_line_per_table():
     only = format_markdown(_report([_mode("set_d8", 8, "hybrid", 0.65, 0.9)]))
     assert "| dim | hybrid nDCG@10 | hybrid Recall@100 |" in only and "| 8 | 0.650 | 0.900 |" in only
     assert "Search modes" not in format_markdown(_report([]))  # a report of before the modes
+
+
+def test_the_hybrid_fusion_settings_are_named_above_the_modes_table_and_checked_against_the_modes():
+    from jobs.evaluate import parse_args
+
+    row = _mode("set_d8", 8, "hybrid", 0.65, 0.9) | {"fusion": {"rrf_k": 10, "text_weight": 0.7}}
+    assert "of the vector and the text (BM25) search (rrf_k 10, text_weight 0.7)" in format_markdown(_report([row]))
+    assert parse_args(["--dataset", "d", "--rrf-k", "10", "--text-weight", "0.7"]).fusion == {
+        "rrf_k": 10,
+        "text_weight": 0.7,
+    }
+    assert parse_args(["--dataset", "d"]).fusion == {}
+    for bad, message in (
+        (["--modes", "text,vector", "--rrf-k", "10"], "--rrf-k sets the hybrid mode's fusion, and --modes"),
+        (["--text-weight", "1.2"], "--text-weight must be between 0 and 1"),
+        (["--rrf-k", "0"], "--rrf-k must be >= 1"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            parse_args(["--dataset", "d", *bad])
+        assert exc.value.code == 2, bad

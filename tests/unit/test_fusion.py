@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from lancedb.rerankers import RRFReranker
 
-from pipelines.search.fusion import reciprocal_rank_fusion
+from pipelines.search.fusion import leg_weights, reciprocal_rank_fusion
 
 WORDS = ["river", "stone", "cloud", "maple", "harbor", "lantern", "violet", "copper"]
 
@@ -75,3 +75,32 @@ def test_empty_legs_give_an_empty_table_with_the_columns():
     empty = pa.table({"key": pa.array([], pa.int64()), "v": pa.array([], pa.string())})
     got = reciprocal_rank_fusion({"vector": empty, "text": empty}, "key", 5)
     assert got.num_rows == 0 and got.column_names == ["key", "v", "score", "found_by"]
+
+
+def test_weighted_fusion_multiplies_each_legs_contributions():
+    a = pa.table({"key": [1, 2, 3], "v": ["a", "b", "c"]})
+    b = pa.table({"key": [3, 4, 1], "v": ["c", "d", "a"]})
+    legs = {"vector": a, "text": b}
+    weights = leg_weights(0.8)
+    assert weights == pytest.approx({"vector": 0.4, "text": 1.6})
+    got = reciprocal_rank_fusion(legs, "key", 10, k=10, weights=weights)
+    expected = {  # by hand: weight / (k + rank) summed over the legs that found the row
+        1: 0.4 / 11 + 1.6 / 13,
+        2: 0.4 / 12,
+        3: 0.4 / 13 + 1.6 / 11,
+        4: 1.6 / 12,
+    }
+    order = sorted(expected, key=lambda key: -expected[key])
+    assert got["key"].to_pylist() == order == [3, 1, 4, 2]
+    assert got["score"].to_pylist() == pytest.approx([expected[key] for key in order])
+    # 0.5 is plain RRF, scores and all; the weights as given
+    plain = reciprocal_rank_fusion(legs, "key", 10, k=10)
+    assert reciprocal_rank_fusion(legs, "key", 10, k=10, weights=leg_weights(0.5)).equals(plain)
+    # a leg of weight 0 decides nothing: the other leg's order, then its rows (score 0) as they came
+    only_text = reciprocal_rank_fusion(legs, "key", 10, k=10, weights=leg_weights(1.0))
+    assert only_text["key"].to_pylist() == [3, 4, 1, 2]
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="between 0 and 1"):
+            leg_weights(bad)
+    with pytest.raises(ValueError, match="must not be negative"):
+        reciprocal_rank_fusion(legs, "key", 10, weights={"text": -1.0})

@@ -99,6 +99,21 @@ def test_the_search_mode_defaults_to_vector_and_a_bad_one_is_refused_naming_the_
         assert words.status == 422 and f"a {mode} search looks for words" in words.reason
 
 
+def test_the_fusion_settings_belong_to_hybrid_requests_and_are_checked():
+    req = parse_request(b'{"query": "q", "mode": "hybrid", "rrf_k": 5, "text_weight": 0.25}', 10)
+    assert (req.rrf_k, req.text_weight) == (5, 0.25)
+    assert (parse_request(b'{"query": "q"}', 10).rrf_k, parse_request(b'{"query": "q"}', 10).text_weight) == (None,) * 2
+    for body, reason in (
+        (b'{"query": "q", "rrf_k": 5}', '"rrf_k" set the hybrid search\'s fusion, not a vector search'),
+        (b'{"query": "q", "mode": "text", "rrf_k": 5, "text_weight": 0.5}', '"rrf_k" and "text_weight" set'),
+        (b'{"query": "q", "mode": "hybrid", "rrf_k": 0}', '"rrf_k" must be >= 1, got 0'),
+        (b'{"query": "q", "mode": "hybrid", "text_weight": -0.5}', '"text_weight" must be between 0 and 1, got -0.5'),
+        (b'{"query": "q", "mode": "hybrid", "text_weight": "a lot"}', "text_weight:"),
+    ):
+        refused = _refused(body)
+        assert refused.status == 422 and refused.reason.startswith(reason), (body, refused.reason)
+
+
 def test_nan_and_infinity_in_a_float_column_are_null_in_the_answer():
     """Before: a NaN in a float metadata column made the JSON reply fail (500, "Out of range float
     values are not JSON compliant")."""
