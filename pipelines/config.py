@@ -483,7 +483,8 @@ class IndexConfig(_PipelineSection):
         description="Ray tasks that build the vector index, each over its share of the table's "
         "fragments, after centroids and codebooks are trained once on a sample (lance-ray), giving an "
         "index of that many segments, which a query searches one by one; 1: one task through LanceDB. "
-        "auto: one per million rows, at most one per CPU of the cluster.",
+        "auto: one per million rows, at most one per CPU of the cluster. The full-text index (index.fts) "
+        "is built by the same tasks, one segment each.",
     )
     reindex_fraction: float = Field(
         0.25,

@@ -141,7 +141,9 @@ class RunSummary:
             )
         fts = idx.get("fts")
         if fts:
-            index_line += f"; full-text index on {fts['column']} {fts['how']} in {fts['seconds']}s"
+            index_line += f"; full-text index on {fts['column']} {fts['how']} in {fts['seconds']}s" + (
+                f" by {fts['workers']} tasks" if (fts.get("workers") or 1) > 1 else ""
+            )
         lines = [
             "=" * 72,
             f"table        {self.table} @ {self.table_uri} (version {self.version}, {self.table_rows} rows)",

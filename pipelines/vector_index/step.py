@@ -171,7 +171,14 @@ def index_table(
     )
     if config.fts:  # after the tuning, which the full-text index does not touch
         text_column = lineage.source.text_column if lineage.source else "text"
-        params.fts = keep_text_index(table, text_column, config.fts_options(), incremental=incremental)
+        params.fts = keep_text_index(
+            table,
+            text_column,
+            config.fts_options(),
+            incremental=incremental,
+            workers=params.workers,  # the vector index's tasks, when it has any (index.workers)
+            storage_options=options,
+        )
     create_id_index(table, id_column)
     return params, tuning
 
