@@ -5,7 +5,8 @@
 Rows: bench/index.py's 1M x 256 vectors (sentences of the bundled Wikipedia sample embedded with the
 packaged MiniLM, the rest derived from two of them: ``a*x_i + (1-a)*x_j + noise``), each with text: a
 real row its sentence, a derived row the two sentences its vector was mixed from, so that words and
-vectors tell the same story (about 40 words a row, a vocabulary of the sample's ~20k sentences).
+vectors tell the same story (about 40 words a row, from the sample's 11,123 sentences; the last
+``--queries`` of them are held out as queries).
 
 The table is indexed as the indexing job indexes it: the vector index (`build_index` with the derived
 parameters, query defaults tuned on documents: `tune_query_defaults`) and the full-text index
@@ -40,6 +41,7 @@ from index import DIM, derive_with_sources, real_vectors, sample_sentences  # no
 def corpus(rows: int, queries: int, workdir, real_rows: int = 20_000) -> tuple[np.ndarray, list, np.ndarray, list]:
     """(base vectors, base texts, query vectors, query texts); vectors kept in ``workdir`` when given."""
     sentences = sample_sentences(real_rows + queries)
+    real_rows = len(sentences) - queries  # the sample has about 20k sentences: the queries are its last ones
     work = Path(workdir) if workdir else None
     if work and (work / "real.npy").exists() and len(np.load(work / "real.npy", mmap_mode="r")) == len(sentences):
         real = np.load(work / "real.npy")
@@ -90,7 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--real", type=int, default=20_000, help="real sentence vectors the rest are derived from")
+    ap.add_argument("--real", type=int, default=20_000, help="real vectors to derive from (at most the sample's)")
     ap.add_argument("--workdir", default=None, help="keep the real vectors here for the next run")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "hybrid.json"))
     args = ap.parse_args()
