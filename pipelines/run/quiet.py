@@ -1,4 +1,4 @@
-"""The job's own local Ray starts without two notices its user can do nothing about; real warnings stay.
+"""The job's own local Ray starts without notices its user can do nothing about; real warnings stay.
 
 Both are filtered exactly (logger or warning category, and message) and only while the job's own
 ``ray.init()`` runs:
@@ -9,9 +9,11 @@ Both are filtered exactly (logger or warning category, and message) and only whi
   authentication stays on: only the notice that it is on goes. The notice Ray logs when it joins an
   existing cluster, and its warning that authentication is *disabled*, still show.
 - Lance's "lance is not fork-safe" (a ``UserWarning`` that ``lance/__init__.py`` raises from an
-  ``os.register_at_fork`` hook): ``ray.init()`` starts Ray's own programs (GCS, raylet, ...) with
-  ``subprocess.Popen`` and a ``preexec_fn``, a fork that runs no Lance code before it execs. A real
-  fork elsewhere in the job still warns.
+  ``os.register_at_fork`` hook) and LanceDB's "lancedb fork support is experimental" (a
+  ``RuntimeWarning`` its ``background_loop`` raises in the forked child, once per child: five times
+  when a process that has used LanceDB, such as ``jobs.evaluate``, starts Ray): ``ray.init()`` starts
+  Ray's own programs (GCS, raylet, ...) with ``subprocess.Popen`` and a ``preexec_fn``, a fork that
+  runs no Lance code before it execs. A real fork elsewhere in the job still warns.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
 RAY_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster."
 RAY_NEW_CLUSTER_FUNCTION = "enable_token_auth_by_default"  # Ray's path for a cluster ray.init() starts
 LANCE_FORK_NOTICE = "lance is not fork-safe"
+LANCEDB_FORK_NOTICE = "lancedb fork support is experimental"
 
 
 class _NewClusterTokenNotice(logging.Filter):
@@ -51,13 +54,15 @@ def quiet_ray_start() -> Iterator[None]:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=LANCE_FORK_NOTICE, category=UserWarning, module="lance")
+            # Raised in the child, which inherits this filter; its location is subprocess.py (stacklevel 2).
+            warnings.filterwarnings("ignore", message=LANCEDB_FORK_NOTICE, category=RuntimeWarning)
             yield
     finally:
         token_logger.removeFilter(token_filter)
 
 
 def init_own_ray(**ray_init_kwargs) -> None:
-    """``ray.init(**ray_init_kwargs)`` for the job's own Ray, without the two notices."""
+    """``ray.init(**ray_init_kwargs)`` for the job's own Ray, without the notices above."""
     import ray
 
     with quiet_ray_start():

@@ -309,8 +309,9 @@ def test_cli_index_then_query_json(ray_cluster, sample_table, tmp_path):
     assert any(line.startswith("[embedpipe] checkpoint 1: 40 / 40 rows (100%), ") for line in log), log
     assert "logging_progress" not in result.stderr and "Tasks: " not in result.stderr
     # Nor a notice the user can do nothing about (pipelines/run/quiet.py): Ray's token authentication
-    # being on, Lance's fork warning for Ray's own fork+exec.
+    # being on, Lance's and LanceDB's fork warnings for Ray's own fork+exec.
     assert "Token authentication is enabled" not in result.stderr and "not fork-safe" not in result.stderr
+    assert "lancedb fork support" not in result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["rows_written"] == 40 and summary["index"]["type"] == "none"
 

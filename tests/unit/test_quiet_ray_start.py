@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import lance  # noqa: F401 - registers the fork hook that warns
 import pytest
 
-from pipelines.run.quiet import LANCE_FORK_NOTICE, RAY_TOKEN_LOGGER, quiet_ray_start
+from pipelines.run.quiet import LANCE_FORK_NOTICE, LANCEDB_FORK_NOTICE, RAY_TOKEN_LOGGER, quiet_ray_start
 
+ROOT = Path(__file__).resolve().parents[2]
 NOTICE = "Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out."
 
 
@@ -68,3 +71,25 @@ def test_the_lance_fork_notice_is_dropped_only_inside():
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2 and messages[0] == "another warning", messages
     assert messages[1].startswith(LANCE_FORK_NOTICE), messages
+
+
+LANCEDB_CHILD = """
+import subprocess, sys, warnings
+import lancedb.background_loop  # noqa: F401 - registers the hook that warns in a forked child
+from pipelines.run.quiet import quiet_ray_start
+with quiet_ray_start():
+    subprocess.run(["true"], preexec_fn=lambda: None, check=True)  # as ray.init starts its programs
+    warnings.warn("another warning", UserWarning)
+print("outside", file=sys.stderr, flush=True)
+subprocess.run(["true"], preexec_fn=lambda: None, check=True)  # a fork outside the job's ray.init
+"""
+
+
+def test_the_lancedb_fork_notice_of_a_forked_child_is_dropped_only_inside():
+    # The notice is raised in the child after the fork and printed there, to the stderr it shares with
+    # the parent: only a separate process shows what a user would see.
+    done = subprocess.run([sys.executable, "-c", LANCEDB_CHILD], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    inside, outside = done.stderr.split("outside")
+    assert LANCEDB_FORK_NOTICE not in inside and "another warning" in inside, done.stderr
+    assert outside.count(LANCEDB_FORK_NOTICE) == 1, done.stderr
