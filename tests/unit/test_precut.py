@@ -178,3 +178,24 @@ def test_cut_point():
     assert cut_point("abc  def   ghi", 12) == (8, 4)  # space runs are dropped from the prefix's end
     assert cut_point("a" * 100, 50) is None  # no space
     assert cut_point("abcdef ghi", 9) is None  # only one word before the cut: no space inside the prefix
+
+
+def test_minilm_vectors_of_long_documents_match_sentence_transformers(minilm_dir):
+    """What the encoder gets from the pre-cut embeds like sentence-transformers' own truncation: long
+    documents (20,000 and 2,000 characters, and a 5,000-character word, one [UNK]) with MiniLM at its 256 tokens."""
+    import numpy as np
+    from sentence_transformers import SentenceTransformer
+
+    from pipelines.embed.hf_encoder import HFEncoder
+
+    wiki = _wiki()
+    texts = ["\n\n".join(wiki[k : k + 40])[:20_000] for k in range(0, 160, 40)]
+    texts += ["\n\n".join(wiki[k : k + 8])[:2_000] for k in range(200, 240, 8)] + ["a" * 5_000]
+    tokenizer = load_tokenizer(str(minilm_dir), None, "right")
+    ids, truncated = tokenize_texts(tokenizer, texts, 256)
+    assert all(truncated[:-1]) and sum(x is not None for x in precut_tokenize(tokenizer, texts, 256, 1_500)[0]) >= 8
+    encoder = HFEncoder(ModelConfig(path=str(minilm_dir), dtype="float32", device="cpu"), threads=1)
+    got = np.asarray(encoder.embed(ids), dtype=np.float64)
+    expected = SentenceTransformer(str(minilm_dir), device="cpu").encode(texts, convert_to_numpy=True)
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() >= 0.99999, cosine
