@@ -16,9 +16,10 @@ they cannot differ from the full text's:
   prefix's last space. The kept tokens (and the one after, so the text was truncated) are then the
   full text's first ones, special tokens added the same way.
 
-Anything else (a tokenizer of another kind, such as a SentencePiece BPE without a pre-split; a text
-without a space near the bound; a prefix too short) falls back to tokenizing the whole text, so the
-result is always exactly what tokenizing the full text and truncating gives (tests/unit/test_precut.py).
+Anything else (a tokenizer that truncates on the left, or of another kind, such as a SentencePiece
+BPE without a pre-split; a text without a space near the bound; a prefix too short) falls back to
+tokenizing the whole text, so the result is always exactly what tokenizing the full text and
+truncating gives (tests/unit/test_precut.py).
 """
 
 from __future__ import annotations
@@ -127,8 +128,8 @@ def precut_tokenize(
     ids: list[Optional[list[int]]] = [None] * len(texts)
     pending = [i for i, text in enumerate(texts) if len(text) > bound]
     rest = [i for i, text in enumerate(texts) if len(text) <= bound]
-    if not word_local(tokenizer):
-        return ids, sorted(rest + pending)
+    if not word_local(tokenizer) or getattr(tokenizer, "truncation_side", "right") != "right":
+        return ids, sorted(rest + pending)  # a tokenizer that keeps a text's end needs all of it
     for scale in _RETRIES:
         cuts = {i: cut_point(texts[i], bound * scale) for i in pending if len(texts[i]) > bound * scale}
         rest += [i for i in pending if cuts.get(i) is None]

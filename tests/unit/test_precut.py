@@ -173,6 +173,15 @@ def test_a_bound_too_small_is_rejected(tokenizer, bound):
     _check(tok, texts, length)
 
 
+def test_a_tokenizer_that_truncates_on_the_left_is_not_cut(minilm_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_dir), truncation_side="left")
+    texts = [" ".join(_wiki()[k : k + 20]) for k in range(0, 100, 20)]
+    assert precut_tokenize(tok, texts, 64, char_bound(tok, 64))[1] == list(range(len(texts)))
+    _check(tok, texts, 64)
+
+
 def test_cut_point():
     assert cut_point("abc def ghi", 9) == (7, 3)  # cut before the space at 7; its last space at 3
     assert cut_point("abc  def   ghi", 12) == (8, 4)  # space runs are dropped from the prefix's end
