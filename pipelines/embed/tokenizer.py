@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from connectors.model_store import resolve_model_dir
 from pipelines.config import ConfigError
+from pipelines.embed.precut import char_bound, precut_tokenize
 
 __all__ = [
     "chunk_texts",
@@ -128,20 +129,23 @@ def tokenize_texts(
 ) -> tuple[list[list[int]], list[bool]]:
     """Token ids of each text (special tokens included) cut at ``max_tokens``, and which were cut.
 
-    The tokenizer reports overflow windows; a text with more than one window was truncated, and
-    only its first window is kept. With ``eos_id`` (see :func:`eos_to_append`) each text is cut one
+    A long text whose kept tokens a prefix of it provably gives is tokenized on that prefix
+    (:mod:`pipelines.embed.precut`); the others whole, all in one batched call, where the tokenizer
+    reports overflow windows: a text with more than one window was truncated, and only its first
+    window is kept. With ``eos_id`` (see :func:`eos_to_append`) each text is cut one
     token shorter and ends with that id, so the pooled last token is EOS even for a truncated text.
     """
     if not texts:
         return [], []
-    encoded = _windows(tokenizer, texts, max(1, max_tokens - (eos_id is not None)), 0, offsets=False)
-    ids: list[Optional[list[int]]] = [None] * len(texts)
-    truncated = [False] * len(texts)
-    for window, sample in zip(encoded["input_ids"], encoded["overflow_to_sample_mapping"]):
-        if ids[sample] is None:
-            ids[sample] = window
+    length = max(1, max_tokens - (eos_id is not None))
+    ids, whole = precut_tokenize(tokenizer, texts, length, char_bound(tokenizer, length))
+    truncated = [x is not None for x in ids]
+    encoded = _windows(tokenizer, [texts[i] for i in whole], length, 0, offsets=False) if whole else {}
+    for window, sample in zip(encoded.get("input_ids", []), encoded.get("overflow_to_sample_mapping", [])):
+        if ids[whole[sample]] is None:
+            ids[whole[sample]] = window
         else:
-            truncated[sample] = True
+            truncated[whole[sample]] = True
     out = [x if x is not None else [] for x in ids]
     if eos_id is not None:
         out = [x + [eos_id] if x else x for x in out]
