@@ -12,8 +12,11 @@ anisotropy) instead of uniform noise. Queries are real sentence vectors held out
 Contenders (recall@10 against exact search on 500 held-out real queries, build time, single-query
 p50/p99 latency through the Lance dataset path that ``Searcher`` takes, QPS one query at a time and
 with batches of 100 queries in one search):
-  ours, docs     the job's default index (IVF-RQ, 4 bits a dimension, derived lists) built as the job
-                 builds it, queried with the nprobes/refine_factor the job's tuning picks from documents
+  ours, pseudo   the job's default index (IVF-RQ, 4 bits a dimension, derived lists) built as the job
+                 builds it, queried with the nprobes/refine_factor the job's tuning picks without
+                 tuning queries: from pseudo-queries (pipelines/vector_index/pseudo_queries.py)
+  ours, docs     the same index tuned on sampled documents as queries, each left out of its own
+                 results (the job's way before 2026-12-07, for comparison)
   ours, queries  the same index, tuned as the job does with index.tuning_queries_path: on real queries
                  (a tuning split of held-out sentences, apart from the measured ones)
   IVF-PQ         the default until 2026-12-02 (dimension / 8 sub-vectors), built and tuned on real
@@ -22,7 +25,8 @@ with batches of 100 queries in one search):
   faiss-ivfpq    FAISS IndexIVFPQ, IVF-PQ's lists and code size and its query-tuned nprobes, and
                  IndexRefineFlat with the same refine factor (needs faiss-cpu)
 
-``--workdir DIR`` keeps the vectors (bench/ann_paths.py's layout) for a second run.
+``--workdir DIR`` keeps the vectors (bench/ann_paths.py's layout) for a second run; ``--only-ours``
+measures the IVF-RQ rows only (the 1M IVF-PQ build and tuning take about 13 minutes on 2 cores).
 """
 
 from __future__ import annotations
@@ -158,6 +162,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--tuning-queries", type=int, default=200)
     ap.add_argument("--workdir", default=None, help="keep the vectors here for the next run")
+    ap.add_argument("--only-ours", action="store_true", help="only the IVF-RQ rows (no IVF-PQ, LanceDB, FAISS)")
     ap.add_argument("--out", default=str(ROOT / "out" / "bench" / "index.json"))
     args = ap.parse_args()
 
@@ -165,7 +170,7 @@ def main() -> None:
     from lancedb.index import IvfPq
 
     from bench._machine import cpu
-    from connectors.lance.index import build_index
+    from connectors.lance.index import build_index, sample_vectors
     from pipelines.config import IndexConfig
     from pipelines.vector_index.params import derive_index_params
     from pipelines.vector_index.tuning import tune_query_defaults
@@ -191,8 +196,13 @@ def main() -> None:
         settings = f"nprobes={nprobes or 'default'}, refine={refine or 'none'}"
         rows.append((name, build, recall(found, truth), lat, batch, settings))
 
-    def tune(name, table, params, config, on_queries):
-        given = dict(vectors=tuning_queries, source="held-out") if on_queries else {}
+    def tune(name, table, params, config, kind):
+        """Tune as the job does on ``kind`` of queries: "real" (index.tuning_queries_path), "pseudo" (the job's
+        default without them) or "documents" (sampled, each left out of its own results)."""
+        given = {"real": dict(vectors=tuning_queries, source="held-out"), "pseudo": {}}.get(kind)
+        if given is None:
+            ids, docs = sample_vectors(table, config.tuning_queries, "id")
+            given = dict(vectors=docs, exclude=ids, source="documents")
         result = tune_query_defaults(table, params, config, id_column="id", rows=args.rows, dimension=DIM, **given)
         tuned[name] = result
         print(f"{name}: tuning in {result.seconds:.0f}s picked nprobes={result.nprobes}, refine_factor="
@@ -201,27 +211,34 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         db = lancedb.connect(tmp)
-        for label, params, config in (("IVF-RQ", ours, IndexConfig()), ("IVF-PQ", pq, IndexConfig(type="ivf_pq"))):
+        setups = (("IVF-RQ", ours, IndexConfig()), ("IVF-PQ", pq, IndexConfig(type="ivf_pq")))
+        for label, params, config in setups[:1] if args.only_ours else setups:
             table = db.create_table(label, data)
             t = time.perf_counter()
             build_index(table, params)  # exactly what the indexing job does after its write
             build = time.perf_counter() - t
             print(f"{label}: built in {build:.0f}s", flush=True)
             if label == "IVF-RQ":
-                docs = tune("ours, tuned on documents", table, params, config, on_queries=False)
-                measure(f"ours ({params.num_bits}-bit IVF-RQ), tuned on documents", table, build, docs.nprobes,
-                        docs.refine_factor)  # fmt: skip
-            real = tune(f"{label}, tuned on real queries", table, params, config, on_queries=True)
+                for kind, name in (("documents", "tuned on documents"), ("pseudo", "pseudo-queries (default)")):
+                    done = tune(f"ours, {name}", table, params, config, kind)
+                    title = f"ours ({params.num_bits}-bit IVF-RQ), {name}" if kind == "pseudo" else f"ours, {name}"
+                    measure(title, table, build, done.nprobes, done.refine_factor)
+            real = tune(f"{label}, tuned on real queries", table, params, config, "real")
             name = "ours, tuned on real queries" if label == "IVF-RQ" else "IVF-PQ (default until s13), real queries"
             measure(name, table, build, real.nprobes, real.refine_factor)
             db.drop_table(label)
-        table = db.create_table("lancedb", data)
-        t = time.perf_counter()
-        table.create_index("vector", config=IvfPq(distance_type="cosine"))
-        measure("lancedb defaults IvfPq()", table, time.perf_counter() - t, None, None)
-    try:
-        import faiss
-
+        if not args.only_ours:
+            table = db.create_table("lancedb", data)
+            t = time.perf_counter()
+            table.create_index("vector", config=IvfPq(distance_type="cosine"))
+            measure("lancedb defaults IvfPq()", table, time.perf_counter() - t, None, None)
+    faiss = None
+    if not args.only_ours:
+        try:
+            import faiss
+        except ImportError:
+            print("faiss-cpu not installed: pip install faiss-cpu to add FAISS IVF-PQ")
+    if faiss is not None:
         pq_tuned = tuned["IVF-PQ, tuned on real queries"]
         faiss.omp_set_num_threads(2)
         quant = faiss.IndexFlatIP(DIM)
@@ -245,8 +262,6 @@ def main() -> None:
         settings = f"nprobe={pq_tuned.nprobes}, k_factor={pq_tuned.refine_factor}"
         rows.append(("FAISS IVF-PQ + refine (IVF-PQ's lists, codes)", build, recall(found, truth), lat,
                      batch_qps(faiss_search, queries), settings))  # fmt: skip
-    except ImportError:
-        print("faiss-cpu not installed: pip install faiss-cpu to add FAISS IVF-PQ")
 
     print(
         f"\n{cpu()}; {args.rows} x {DIM} vectors, {args.queries} measured queries ({args.tuning_queries} more to "

@@ -469,14 +469,16 @@ class IndexConfig(_PipelineSection):
     tuning_queries: int = Field(
         100,
         ge=1,
-        description="Tuning queries: this many are sampled from tuning_queries_path, else "
-        "documents are sampled from the table (each left out of its own results).",
+        description="Tuning queries: this many are sampled from tuning_queries_path, else this many "
+        "pseudo-queries are made from documents sampled from the table (each left out of its own results).",
     )
     tuning_queries_path: Optional[str] = Field(
         None,
         description="Parquet or JSON Lines file (local or s3://) of real queries in a 'text' column, embedded "
-        "with the table's model and query prompt to tune on. Without it documents stand in for queries; "
-        "they find their near-copies easily and overstate the recall real queries get.",
+        "with the table's model and query prompt to tune on. Without it the index is tuned on pseudo-queries: "
+        "sampled documents turned 48 degrees along the data's own spread, each document left out of its "
+        "results (no model needed; documents themselves find their near-copies and overstate the recall "
+        "real queries get). Real queries remain the truer measure.",
     )
     workers: Union[int, Literal["auto"]] = Field(
         1,

@@ -69,7 +69,7 @@ class EvalRow:
     index_bytes_per_row: Optional[float] = None  # the index on disk / rows (codes, row ids, codebooks)
     nprobes: Optional[int] = None
     refine_factor: Optional[int] = None
-    tuned_recall_at_10: Optional[float] = None  # measured by the tuning, on sampled documents
+    tuned_recall_at_10: Optional[float] = None  # measured by the tuning, on pseudo-queries
     recall_at_10_vs_exact: Optional[float] = None  # the index's top 10 against the exact top 10, these queries
     index_seconds: Optional[float] = None
     search_ms_per_query: float = 0.0

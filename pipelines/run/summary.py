@@ -206,12 +206,12 @@ def _placement_line(p: dict) -> str:
 
 def _tuning_line(t: dict) -> str:
     verdict = "reached" if t["reached"] else "NOT reached, highest setting tried"
-    what = (
-        "sampled documents, each left out of its own results (index.tuning_queries_path: real queries "
-        "are a truer measure)"
-        if t["query_source"] == "documents"
-        else t["query_source"]
-    )
+    what = {
+        "pseudo-queries": "pseudo-queries, sampled documents turned along the data's spread, each document "
+        "left out (index.tuning_queries_path: real queries are a truer measure)",
+        "documents": "sampled documents, each left out of its own results (index.tuning_queries_path: real "
+        "queries are a truer measure)",  # lineage written before 2026-12-07
+    }.get(t["query_source"], t["query_source"])
     low = f", 95% lower bound {t['recall_low']:.3f}" if t.get("recall_low") is not None else ""
     return (
         f"recall@{t['k']} {t['recall']:.3f}{low} vs exact search (target {t['target_recall']:g}, {verdict}) "

@@ -13,9 +13,10 @@ from the sink like any reader; nothing passes through the driver but the paramet
 
 Tuning queries: real queries, when ``index.tuning_queries_path`` names a Parquet or JSON Lines
 file with a ``text`` column (a BEIR ``queries.jsonl`` works as it is), are embedded here with the
-table's model and query prompt (the same code the query job uses). Without them, documents from
-the table stand in for queries; they overstate the recall of real queries when documents have
-near-copies (chunks of one page, boilerplate), because the copies share a list with the query.
+table's model and query prompt (the same code the query job uses). Without them the tuning makes
+pseudo-queries from sampled documents (:mod:`pipelines.vector_index.pseudo_queries`), needing no
+model: documents themselves overstate the recall of real queries when they have near-copies
+(chunks of one page, boilerplate), because the copies share a list with the query.
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from connectors.lance.index import IndexParams, code_bytes, exact_search, sample_vectors, search_batch
+from connectors.lance.index import IndexParams, code_bytes, exact_search, search_batch
 from pipelines.config import IndexConfig
+from pipelines.vector_index.pseudo_queries import sample_pseudo_queries
 
 __all__ = [
     "INDEX_LINEAGE_KEYS",
@@ -48,7 +49,9 @@ class TuningResult:
     refine_factor: Optional[int]
     reached: bool
     queries: int
-    query_source: str  # "documents" (left out of their own results) or where the given queries came from
+    # "pseudo-queries" (sampled documents turned along the data's spread, each document left out of its
+    # own results: pipelines/vector_index/pseudo_queries.py) or where the given queries came from
+    query_source: str
     k: int = 10
     seconds: float = 0.0
     tried: list = field(default_factory=list)  # [{"nprobes", "refine_factor", "recall", "recall_low"}, ...]
@@ -145,12 +148,15 @@ def _choose(tried: list, best: Optional[dict], probes: list, refines: list, k: i
     return chosen, False
 
 
-def _queries(table, config: IndexConfig, id_column: str, vectors, source: str, seed: int):
-    """The query vectors, the id each must leave out of its results (a sampled document: itself), the
-    extra hit to ask for, and what the queries are: ``vectors`` as given, else documents sampled."""
+def _queries(table, config: IndexConfig, id_column: str, vectors, exclude, source: str, seed: int):
+    """The query vectors, the id each must leave out of its results (a pseudo-query: its document), the
+    extra hit to ask for, and what the queries are: ``vectors`` as given, else pseudo-queries made from
+    ``config.tuning_queries`` documents sampled with :data:`DIRECTION_POOL` more (whose spread they follow)."""
     if vectors is None:
-        exclude, vectors = sample_vectors(table, config.tuning_queries, id_column, seed=seed)
-        return vectors, exclude, 1, "documents"  # one more hit: the document itself, dropped
+        documents, queries = sample_pseudo_queries(table, config.tuning_queries, id_column, seed=seed)
+        return queries, documents, 1, "pseudo-queries"  # one more hit: the document, dropped
+    if exclude is not None:
+        return vectors, list(exclude), 1, source
     return vectors, [None] * len(vectors), 0, source
 
 
@@ -163,6 +169,7 @@ def tune_query_defaults(
     rows: int,
     dimension: int,
     vectors: Optional[np.ndarray] = None,
+    exclude: Optional[Sequence] = None,
     k: int = 10,
     seed: int = 0,
     source: str = "given",
@@ -171,18 +178,16 @@ def tune_query_defaults(
     """Measure recall@k of the built index and pick ``nprobes``/``refine_factor`` for ``config.target_recall``.
 
     Only the knobs left at ``auto`` are searched; one given as a number (or ``refine_factor: null``) is
-    kept as it is and only measured.
-
-    Args:
-        vectors: query vectors to tune on; by default ``config.tuning_queries`` documents are sampled
-            from the table and each is dropped from its own results.
+    kept as it is and only measured. Args:
+        vectors: query vectors to tune on; by default ``config.tuning_queries`` pseudo-queries, each
+            dropping its document from its results (``exclude``: the ids given ``vectors`` drop).
         source: what ``vectors`` are, for the result's ``query_source``.
         confidence_z: standard errors below the mean recall that must still reach the target (0: the
             mean itself, the rule before; bench/tuning.py compares the two).
     """
     started = time.perf_counter()
     target = float(config.target_recall)
-    vectors, exclude, extra, source = _queries(table, config, id_column, vectors, source, seed)
+    vectors, exclude, extra, source = _queries(table, config, id_column, vectors, exclude, source, seed)
     search = dict(metric=params.metric, id_column=id_column)
     truth = [_drop(ids, x, k) for ids, x in zip(exact_search(table, vectors, k + extra, **search), exclude)]
 

@@ -146,9 +146,10 @@ def test_lineage_is_stored_with_the_table(indexed):
     )
     assert lineage["counts"]["written"] == 300 and lineage["counts"]["rejected"] == {"null_text": 1, "empty_text": 2}
     assert lineage["index"]["num_partitions"] == 1
-    tuning = lineage["tuning"]  # recall-targeted defaults, measured on sampled documents
+    tuning = lineage["tuning"]  # recall-targeted defaults, measured on pseudo-queries
     assert lineage["query_defaults"] == {"nprobes": 1, "refine_factor": tuning["refine_factor"]}
     assert tuning["reached"] and tuning["recall"] >= tuning["target_recall"] == 0.95
+    assert tuning["query_source"] == "pseudo-queries"
     assert summary.tuning["recall"] == tuning["recall"]
     assert tuning["recall"] >= tuning["recall_low"] >= 0.95
     assert (

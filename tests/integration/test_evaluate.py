@@ -280,7 +280,7 @@ def test_configured_index_was_tuned_by_the_index_step(evaluated):
     assert narrow["table_rows"] == 400 and narrow["index_seconds"] > 0 and narrow["derive_seconds"] > 0
     for run in report["runs"]:
         tuning = run["summary"]["tuning"] if "summary" in run else run["tuning"]
-        assert tuning["reached"] and tuning["recall"] >= 0.95 and tuning["query_source"] == "documents"
+        assert tuning["reached"] and tuning["recall"] >= 0.95 and tuning["query_source"] == "pseudo-queries"
         row = _rows(report, run["dimension"], "ivf_pq")[0]
         assert (row["nprobes"], row["refine_factor"]) == (tuning["nprobes"], tuning["refine_factor"])
         assert row["tuned_recall_at_10"] == tuning["recall"]

@@ -6,10 +6,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from connectors.lance.index import build_index, code_bytes, index_size_bytes, sample_vectors, search_batch
+from connectors.lance.index import build_index, code_bytes, index_size_bytes, search_batch
 from pipelines.config import IndexConfig
 from pipelines.run.summary import RunSummary
 from pipelines.vector_index.params import derive_index_params
+from pipelines.vector_index.pseudo_queries import sample_pseudo_queries
 from pipelines.vector_index.step import tune_index
 from pipelines.vector_index.tuning import index_lineage, knn_recall, nprobes_grid, recall_lower_bound
 
@@ -48,11 +49,11 @@ def table(tmp_path, vectors):
     return lancedb.connect(str(tmp_path)).create_table("t", data)
 
 
-def _numpy_leave_one_out_recall(table, vectors, ids, nprobes, refine) -> float:
-    """recall@10 of the index at (nprobes, refine) against a numpy exact search, each query's own row dropped."""
-    index = {f"v{i}": i for i in range(ROWS)}
-    queries = vectors[[index[i] for i in ids]]
-    order = np.argsort(-(queries @ vectors.T), axis=1)
+def _numpy_leave_one_out_recall(table, vectors, queries, ids, nprobes, refine) -> float:
+    """recall@10 of the index at (nprobes, refine) against a numpy exact search, each query's document
+    (``ids``) dropped."""
+    unit = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    order = np.argsort(-(unit @ vectors.T), axis=1)
     truth = [[f"v{j}" for j in row if f"v{j}" != own][:10] for row, own in zip(order, ids)]
     found = search_batch(table, queries, 11, metric="cosine", id_column="id", nprobes=nprobes, refine_factor=refine)
     found = [[h for h in hits if h != own][:10] for hits, own in zip(found, ids)]
@@ -150,10 +151,11 @@ def test_tuned_defaults_reach_the_target_and_cheaper_settings_do_not(table, vect
     config = _config(num_partitions=8, tuning_queries=60)
     params, tuning = build_tuned_index(table, ROWS, DIM, config, id_column="id")
     assert tuning.reached and tuning.recall >= tuning.recall_low >= 0.95 and tuning.queries == 60
+    assert tuning.query_source == "pseudo-queries"
     assert (params.nprobes, params.refine_factor) == (tuning.nprobes, tuning.refine_factor)
 
-    ids, _ = sample_vectors(table, 60, "id", seed=0)  # the documents the tuning used
-    measured = _numpy_leave_one_out_recall(table, vectors, ids, tuning.nprobes, tuning.refine_factor)
+    ids, queries = sample_pseudo_queries(table, 60, "id", seed=0)  # what the tuning used
+    measured = _numpy_leave_one_out_recall(table, vectors, queries, ids, tuning.nprobes, tuning.refine_factor)
     assert measured == pytest.approx(tuning.recall, abs=1e-4)
 
     # For the chosen refine factor, every smaller nprobes on the grid had its lower bound below the target.
@@ -177,7 +179,7 @@ def test_unreachable_target_keeps_the_best_measured_setting_and_says_so(table):
         {"nprobes": 1, "refine_factor": None, "recall": tuning.recall, "recall_low": tuning.recall_low}
     ]
     summary = RunSummary(index=params.to_dict(), tuning=tuning.to_dict())
-    assert "NOT reached" in summary.format() and "on 40 sampled documents" in summary.format()
+    assert "NOT reached" in summary.format() and "on 40 pseudo-queries" in summary.format()
 
 
 def test_a_refine_factor_that_misses_with_every_list_rules_out_the_smaller_ones(table):
