@@ -162,7 +162,9 @@ def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
 ):
     """The overwrite's staged files are older than Lance's 7 days for unreferenced files when
     jobs.maintain prunes: they are removed, and the resume must embed those files again instead of
-    committing a version whose data files do not exist. The table overwritten is a copy of
+    committing a version whose data files do not exist. One of those files was also removed from the
+    source meanwhile: it cannot be redone and must not be published (every resume failed with
+    MissingFilesError, publishing its old record again). The table overwritten is a copy of
     ``made_meanwhile`` (12 other documents), not a job run of its own."""
     from pipelines.maintenance import run_maintenance
 
@@ -175,13 +177,11 @@ def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
             break
     else:
         pytest.fail("in three tries the overwrite finished before a kill landed mid-run")
-    staged = [
-        f.path
-        for d in _runlog(db).done_files("killed", with_fragments=True).values()
-        for x in d.fragments
-        for f in x.files
-    ]
-    assert staged
+    done = _runlog(db).done_files("killed", with_fragments=True)
+    staged = [f.path for d in done.values() for x in d.fragments for f in x.files]
+    assert staged and len(done) >= 2
+    removed = Path(sorted(done)[0])
+    removed.unlink()  # gone from the source as well as (below) its staged data
     # Eight days later: every file of the tables is older than the retention and Lance's 7 days.
     _age(
         [p for t in ("docs", "docs_rejects", "docs_runs") for p in (db / f"{t}.lance").rglob("*") if p.is_file()],
@@ -191,7 +191,8 @@ def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
     assert not any((db / "docs.lance" / "data" / p).exists() for p in staged)  # the premise: pruned
 
     resumed = run_index(_cfg(new, db, tiny_bert_dir, "run.id=killed"))
-    want = sorted(pq.read_table(new).column("id").to_pylist())
+    want = sorted(pq.read_table(new).column("id").to_pylist())  # the files left in the source
+    assert len(want) == 7 * 8 and str(removed) not in {r["source_file"] for r in _rows(db)}
     rows = _rows(db)
     assert sorted(r["id"] for r in rows) == want, resumed.format()
     assert lance.dataset(str(db / "docs.lance")).to_table().num_rows == len(want)  # every data file is there
