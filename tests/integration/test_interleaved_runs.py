@@ -249,9 +249,10 @@ def test_a_commit_never_references_a_data_file_that_is_gone(tmp_path):
 def test_an_upsert_that_changed_only_metadata_rewrites_those_rows_without_embedding_them(
     chunked, ray_cluster, sample_table, tiny_bert_dir, tmp_path
 ):
+    # ``scores``: a list-valued column holding NaN, which every upsert used to rewrite ([nan] != [nan]).
     docs = [
-        {"id": r["id"], "text": r["text"][:400], "title": r["title"]}
-        for r in sample_table.slice(2600, 12).select(["id", "text", "title"]).to_pylist()
+        {"id": r["id"], "text": r["text"][:400], "title": r["title"], "scores": [float("nan"), float(k)]}
+        for k, r in enumerate(sample_table.slice(2600, 12).select(["id", "text", "title"]).to_pylist())
     ]
     _write(tmp_path / "day1", "a.parquet", docs)
     withdrawn = {d["id"] for d in docs[::2]}
@@ -259,7 +260,7 @@ def test_an_upsert_that_changed_only_metadata_rewrites_those_rows_without_embedd
     day2[1] = {**day2[1], "text": "changed " + day2[1]["text"], "title": "changed too"}  # both: embedded again
     _write(tmp_path / "day2", "a.parquet", day2)
     db = tmp_path / "db"
-    opts = ["source.metadata_columns=[title]"]
+    opts = ["source.metadata_columns=[title,scores]"]
     if chunked:
         opts += ["embed.long_text=chunk", "embed.chunk_overlap=4", "model.max_tokens=32"]
     run_index(_cfg(tmp_path / "day1", db, tiny_bert_dir, *opts))
