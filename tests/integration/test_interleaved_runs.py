@@ -285,6 +285,44 @@ def test_an_upsert_that_changed_only_metadata_rewrites_those_rows_without_embedd
     assert (again.updated, again.skipped, again.rows_written) == (0, len(docs), 0)
 
 
+def test_counts_add_up_when_an_upsert_reads_an_id_twice_once_for_its_metadata_only(
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
+    """One file of a chunked upsert holds x twice (a new title, then a new text) and y twice (two new
+    titles): every copy replaces the id's rows, and the duplicate check keeps the first written. It
+    subtracted every removed row from ``embedded``, also the rows of a metadata-only copy, which the
+    run counted as ``updated``: ``embedded -10``. Whichever copy was written first, the counts say
+    what the table holds."""
+    long = [r["text"][:600] for r in sample_table.slice(2700, 3).to_pylist()]
+    x, y = [{"id": f"dup-{k}", "text": long[k], "title": "t0"} for k in range(2)]
+    _write(tmp_path / "day1", "a.parquet", [x, y])
+    day2 = [{**x, "title": "t1"}, {**y, "title": "y1"}, {**x, "text": long[2], "title": "t2"}, {**y, "title": "y2"}]
+    _write(tmp_path / "day2", "a.parquet", day2)
+    db = tmp_path / "db"
+    opts = ["source.metadata_columns=[title]", "embed.long_text=chunk", "embed.chunk_overlap=4", "model.max_tokens=32"]
+    run_index(_cfg(tmp_path / "day1", db, tiny_bert_dir, *opts))
+    old_hash = {r["doc_id"]: r["content_hash"] for r in _rows(db)}
+    up = run_index(
+        _cfg(
+            tmp_path / "day2",
+            db,
+            tiny_bert_dir,
+            *opts,
+            "sink.mode=upsert",
+            "sink.rows_per_fragment=1",
+            "compute.block_rows=1",
+        )
+    )
+    rows = [r for r in _rows(db) if r["run_id"] == up.run_id]
+    embedded = [r for r in rows if r["content_hash"] != old_hash[r["doc_id"]]]
+    updated = {r["doc_id"] for r in rows if r["content_hash"] == old_hash[r["doc_id"]]}
+    assert {r["doc_id"] for r in rows} == {"dup-0", "dup-1"}  # one copy of each stayed, whole
+    assert (up.rows_written, up.updated) == (len(embedded), len(updated)), up.format()
+    assert up.rows_read == 4 and up.skipped == 0
+    removed = [r for r in _rows(db, "docs_rejects") if r["run_id"] == up.run_id]
+    assert dict(up.rejected) == {"duplicate_id": len(removed)} and len(removed) > 2  # rows of 2 chunked copies
+
+
 # -- found by the model-based test: a chunked document's windows in two batches ------------------------
 
 

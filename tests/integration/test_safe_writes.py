@@ -512,6 +512,8 @@ def test_a_revision_tie_across_two_checkpoints_keeps_the_first_written_row(
     run_index(_cfg(tmp_path / "d1", db, tiny_bert_dir, *opts))  # x alone in its fragment
     up = run_index(_cfg(tmp_path / "d2", db, tiny_bert_dir, *opts, "sink.mode=upsert", "sink.checkpoint_rows=1"))
     assert up.checkpoints == 2
+    # Both copies were counted as updated (metadata only); the one removed is rejected instead.
+    assert (up.rows_read, up.rows_written, up.updated, dict(up.rejected)) == (2, 0, 1, {"duplicate_id": 1})
     rows = {r["id"]: r for r in _rows(db)}
     assert sorted(rows) == sorted([x, y]) and rows[y]["title"] == "y"
     kept = rows[x]
