@@ -93,7 +93,7 @@ def _variant(args) -> dict:
     return {
         "seconds": round(seconds, 1),
         "peak_rss_growth_mib": round((peak[0] - before) / 2**20, 1),
-        "removed": dict(removed),
+        "removed": dict(removed.rows),
     }
 
 

@@ -90,6 +90,7 @@ def commit_checkpoint(
     expected_version: Optional[int],
     storage_options: Optional[dict] = None,
     what: str = "the table",
+    emptied: Optional[set] = None,
 ) -> Optional[int]:
     """Add ``fragments`` and delete the rows at ``replaced_rowids`` in ONE commit; the new version.
 
@@ -99,6 +100,11 @@ def commit_checkpoint(
     version this run last saw): another writer's commit, e.g. a compaction that moved rows to new
     addresses, stops the run (:class:`ConcurrentWriteError`) instead of deleting the wrong rows. Lance's
     own conflict check (``read_version``) covers the moment between that check and the commit.
+
+    ``emptied``: the fragments this run's earlier commits removed (every row deleted), updated with
+    this commit's. An address there was replaced already (two rows of one id in one revision, in two
+    checkpoints, both replace the row the id had): nothing is left to delete, where a fragment gone
+    otherwise means another writer.
     """
     import lance
 
@@ -117,6 +123,8 @@ def commit_checkpoint(
             by_fragment.setdefault(int(r) >> 32, []).append(int(r))
         for fid, rows in sorted(by_fragment.items()):
             fragment = ds.get_fragment(fid)
+            if fragment is None and emptied is not None and fid in emptied:
+                continue
             if fragment is None:
                 raise ConcurrentWriteError(
                     f"{what}: fragment {fid}, which holds rows this upsert replaces, is gone (the table "
@@ -127,9 +135,12 @@ def commit_checkpoint(
         op = lance.LanceOperation.Update(
             removed_fragment_ids=removed, updated_fragments=updated, new_fragments=list(fragments)
         )
-    return lance.LanceDataset.commit(
+    version = lance.LanceDataset.commit(
         uri, op, read_version=expected_version, storage_options=storage_options, max_retries=0
     ).version
+    if emptied is not None and len(replaced_rowids):
+        emptied.update(removed)
+    return version
 
 
 def delete_rows(uri: str, rowids: np.ndarray, storage_options: Optional[dict] = None, chunk: int = 10_000) -> None:

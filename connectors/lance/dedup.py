@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -16,7 +17,17 @@ import pyarrow as pa
 from connectors import columns as C
 from connectors.sql import sql_list, sql_value
 
-__all__ = ["drop_duplicate_ids", "duplicate_ids", "id_hashes"]
+__all__ = ["Removed", "drop_duplicate_ids", "duplicate_ids", "id_hashes"]
+
+
+@dataclass
+class Removed:
+    """The rows the duplicate check removed: by reason, and how many of them (and of their documents)
+    were metadata-only rewrites (an upsert's ``updated``, not embedded by the run)."""
+
+    rows: Counter = field(default_factory=Counter)
+    rewritten_rows: int = 0
+    rewritten_docs: int = 0
 
 
 def id_hashes(ids: pa.Array) -> np.ndarray:
@@ -74,23 +85,26 @@ def drop_duplicate_ids(
     storage_options: Optional[dict] = None,
     rows_per_pass: int = 2_000_000,
     lookup_rows: int = 4096,
-) -> Counter:
-    """Resolve this run's duplicate ids (see the module docstring); returns rows removed by reason.
+    rewritten_since: Optional[int] = None,
+) -> Removed:
+    """Resolve this run's duplicate ids (see the module docstring); returns the rows removed.
 
     ``key_column`` is the document id (``doc_id`` in a chunked table, else ``id_column``);
     ``older_rows`` False says no earlier run's rows can be in the table (first run, overwrite).
+    ``rewritten_since``: an upsert's version of the table when it began; a removed row whose document
+    had its content hash there was a metadata-only rewrite, counted apart (the run did not embed it).
     """
     import lance
 
+    removed = Removed()
     try:
         ds = lance.dataset(uri, storage_options=storage_options)
     except (ValueError, OSError):
-        return Counter()
+        return removed
 
     this_run = f"run_id = {sql_value(run_id)}"
     n = ds.count_rows(filter=this_run)
     passes = max(1, math.ceil(n / rows_per_pass))
-    removed: Counter = Counter()
     for part in range(passes):
         hashes, rowids, keys = _this_runs_hashes(ds, key_column, this_run, part, passes, older_rows)
         _add_older_rows_with_these_ids(ds, key_column, this_run, keys, lookup_rows, hashes, rowids)
@@ -99,9 +113,11 @@ def drop_duplicate_ids(
         candidates, candidate_hashes = _rows_sharing_a_hash(hashes, rowids)
         if len(candidates) == 0:
             continue
-        drop, reject_rows = _losing_rows(
-            ds, candidates, candidate_hashes, key_column, id_column, text_column, revision_column, run_id, removed
+        drop, reject_rows, losers = _losing_rows(
+            ds, candidates, candidate_hashes, key_column, id_column, text_column, revision_column, run_id, removed.rows
         )
+        if rewritten_since is not None and losers:
+            _count_rewrites(ds, rewritten_since, key_column, losers, lookup_rows, removed)
         if drop:
             _reject_and_delete(uri, rejects_uri, drop, reject_rows, storage_options)
             ds = lance.dataset(uri, storage_options=storage_options)
@@ -161,11 +177,16 @@ def _losing_rows(
     run_id: str,
     removed: Counter,
 ) -> tuple[list, list[dict]]:
-    """The row ids to delete among ``candidates`` and their reject rows; counts each reason in ``removed``."""
+    """The row ids to delete among ``candidates``, their reject rows and ``{(document id, content hash):
+    [rows, documents]}`` of this run's losers; counts each reason in ``removed``."""
+    chunked = key_column != id_column  # a document is several rows, the first of them chunk 0
     columns = list(
-        dict.fromkeys([key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, C.RUN_ID, revision_column])
+        dict.fromkeys(
+            [key_column, id_column, text_column, C.SOURCE_FILE, C.HASH, C.RUN_ID, revision_column]
+            + ([C.CHUNK] if chunked else [])
+        )
     )
-    drop, reject_rows = [], []
+    drop, reject_rows, losers = [], [], {}
     for piece in _groups_of_hashes(candidate_hashes, 10_000):  # all rows of an id in one piece
         rows = ds.to_table(
             columns=columns, with_row_id=True, filter=f"_rowid IN {sql_list(int(x) for x in candidates[piece])}"
@@ -177,6 +198,10 @@ def _losing_rows(
             for row, reason in _losers(group, key_column, id_column, revision_column, run_id):
                 drop.append(row["_rowid"])
                 removed[reason] += 1
+                if row[C.RUN_ID] == run_id:
+                    counts = losers.setdefault((row[key_column], row[C.HASH]), [0, 0])
+                    counts[0] += 1
+                    counts[1] += int(not chunked or row[C.CHUNK] == 0)
                 reject_rows.append(
                     {
                         "id": str(row[id_column]),
@@ -186,7 +211,26 @@ def _losing_rows(
                         "run_id": run_id,
                     }
                 )
-    return drop, reject_rows
+    return drop, reject_rows, losers
+
+
+def _count_rewrites(ds, version: int, key_column: str, losers: dict, lookup_rows: int, removed: Removed) -> None:
+    """Count in ``removed`` the ``losers`` (``{(document id, hash): [rows, documents]}``) that were metadata-only
+    rewrites: every row of their document at ``version`` (when the upsert began) had their content
+    hash, which is what made the run rewrite them instead of embedding them."""
+    keys = list(dict.fromkeys(k for k, _ in losers))
+    before: dict = {}
+    old = ds.checkout_version(version)
+    for start in range(0, len(keys), lookup_rows):
+        rows = old.to_table(
+            columns=[key_column, C.HASH], filter=f"{key_column} IN {sql_list(keys[start : start + lookup_rows])}"
+        )
+        for k, h in zip(rows.column(key_column).to_pylist(), rows.column(C.HASH).to_pylist()):
+            before.setdefault(k, set()).add(h)
+    for (k, h), (rows, docs) in losers.items():
+        if before.get(k) == {h}:
+            removed.rewritten_rows += rows
+            removed.rewritten_docs += docs
 
 
 def _reject_and_delete(

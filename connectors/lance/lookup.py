@@ -19,11 +19,17 @@ MIXED = object()  # the metadata of a document whose rows (chunks) disagree: equ
 
 
 def same_values(a: Any, b: Any) -> bool:
-    """Whether two metadata values read from Arrow are the same (NaN is the same as NaN)."""
+    """Whether two metadata values read from Arrow are the same (NaN is the same as NaN, also inside a
+    list, struct or map value: ``[nan] == [nan]`` is False in Python, and such a row was rewritten by
+    every upsert)."""
     if a is None or b is None:
         return a is b
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_values(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
     return a == b
 
 

@@ -20,7 +20,7 @@ __all__ = ["DoneFile", "RunLog", "RUNS_SCHEMA"]
 RUNS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
-        ("kind", pa.string()),  # started | file | committing | committed | finished
+        ("kind", pa.string()),  # started | file | committing | dropped | committed | finished
         ("file", pa.string()),
         ("rows", pa.int64()),  # source rows of the file
         ("identity", pa.string()),  # size + ETag/mtime of the file when it was read
@@ -135,10 +135,13 @@ class RunLog:
         return next((r["mode"] for r in rows if r["kind"] == "started" and r["mode"]), None)
 
     def done_files(self, run_id: str, with_fragments: bool = False) -> dict[str, DoneFile]:
-        """Files the run finished: the latest record of each (a file redone later has a newer one)."""
+        """Files the run finished: the latest record of each (a file redone later has a newer one; one
+        ``dropped`` since is not done)."""
         out: dict[str, DoneFile] = {}
         for r in self._rows(run_id).to_pylist():
-            if r["kind"] == "file":
+            if r["kind"] == "dropped":
+                out.pop(r["file"], None)
+            elif r["kind"] == "file":
                 out[r["file"]] = DoneFile(
                     r["file"],
                     r["rows"] or 0,

@@ -81,6 +81,7 @@ class Checkpointer:
         self.options = storage_options
         self.storage = storage  # connectors.storage.Storage: where to look for the files a commit references
         self.pending: dict[str, _Pending] = {}
+        self.emptied: set[int] = set()  # fragments whose every row this run's commits replaced
         self.progress = progress
         self.rows_seen = 0  # source rows of every batch the sink sent back
         self.done: set[str] = set()  # files this run committed or staged
@@ -183,6 +184,7 @@ class Checkpointer:
             np.concatenate(replaced) if replaced else np.zeros(0, np.uint64),
             self.table_version,
             self.options,
+            emptied=self.emptied,
         )
         self.rejects_version = commit_checkpoint(
             self.rejects_uri,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from connectors.lance.dedup import drop_duplicate_ids
+from connectors.lance.dedup import Removed, drop_duplicate_ids
 from pipelines.run.checkpoints import Checkpointer
 from pipelines.run.preflight import RunPlan
 from pipelines.run.stream import revision_column
@@ -13,11 +13,13 @@ from pipelines.run.tasks import task_result
 __all__ = ["resolve_duplicates"]
 
 
-def resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer) -> tuple[dict, float]:
+def resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer) -> tuple[Removed, float]:
     """One row per id (``sink.duplicate_ids=reject``): the run's duplicates go to the rejects table.
-    Returns the rows removed per reason and the seconds the check took (``{}, 0.0``: no check)."""
+    Returns the rows removed (per reason, and which were metadata-only rewrites: an upsert counted
+    those as ``updated``, not embedded) and the seconds the check took (nothing removed, 0.0: no check)."""
     staged = plan.staged
-    removed, seconds = {}, 0.0
+    removed, seconds = Removed(), 0.0
+    upsert = plan.config.sink.mode == "upsert" and not staged
     if plan.config.sink.duplicate_ids == "reject":
         import ray
 
@@ -37,6 +39,7 @@ def resolve_duplicates(plan: RunPlan, checkpointer: Checkpointer) -> tuple[dict,
                 revision_column=revision_column(plan.config),
                 older_rows=not staged and checkpointer.start_version is not None,
                 storage_options=plan.sink_options,
+                rewritten_since=checkpointer.start_version if upsert else None,
             )
         )
         seconds = round(time.perf_counter() - dedup_started, 3)

@@ -143,8 +143,10 @@ def _run(plan: RunPlan, lease: TableLease) -> RunSummary:
     summary.add_embedding(counts)
     lease.check()
     removed, summary.dedup_seconds = resolve_duplicates(plan, checkpointer)
-    summary.rows_written -= sum(removed.values())
-    summary.rejected.update(removed)
+    # A removed row moves from what the run counted it as (embedded, or updated) to rejected.
+    summary.rows_written -= sum(removed.rows.values()) - removed.rewritten_rows
+    summary.updated -= removed.rewritten_docs
+    summary.rejected.update(removed.rows)
     if plan.config.sink.delete_missing:
         lease.check()
         # Opened after the duplicate check: a handle opened before it would read the older version.

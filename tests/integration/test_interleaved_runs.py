@@ -162,7 +162,9 @@ def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
 ):
     """The overwrite's staged files are older than Lance's 7 days for unreferenced files when
     jobs.maintain prunes: they are removed, and the resume must embed those files again instead of
-    committing a version whose data files do not exist. The table overwritten is a copy of
+    committing a version whose data files do not exist. One of those files was also removed from the
+    source meanwhile: it cannot be redone and must not be published (every resume failed with
+    MissingFilesError, publishing its old record again). The table overwritten is a copy of
     ``made_meanwhile`` (12 other documents), not a job run of its own."""
     from pipelines.maintenance import run_maintenance
 
@@ -175,13 +177,11 @@ def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
             break
     else:
         pytest.fail("in three tries the overwrite finished before a kill landed mid-run")
-    staged = [
-        f.path
-        for d in _runlog(db).done_files("killed", with_fragments=True).values()
-        for x in d.fragments
-        for f in x.files
-    ]
-    assert staged
+    done = _runlog(db).done_files("killed", with_fragments=True)
+    staged = [f.path for d in done.values() for x in d.fragments for f in x.files]
+    assert staged and len(done) >= 2
+    removed = Path(sorted(done)[0])
+    removed.unlink()  # gone from the source as well as (below) its staged data
     # Eight days later: every file of the tables is older than the retention and Lance's 7 days.
     _age(
         [p for t in ("docs", "docs_rejects", "docs_runs") for p in (db / f"{t}.lance").rglob("*") if p.is_file()],
@@ -191,7 +191,8 @@ def test_housekeeping_between_a_killed_overwrite_and_its_resume_loses_nothing(
     assert not any((db / "docs.lance" / "data" / p).exists() for p in staged)  # the premise: pruned
 
     resumed = run_index(_cfg(new, db, tiny_bert_dir, "run.id=killed"))
-    want = sorted(pq.read_table(new).column("id").to_pylist())
+    want = sorted(pq.read_table(new).column("id").to_pylist())  # the files left in the source
+    assert len(want) == 7 * 8 and str(removed) not in {r["source_file"] for r in _rows(db)}
     rows = _rows(db)
     assert sorted(r["id"] for r in rows) == want, resumed.format()
     assert lance.dataset(str(db / "docs.lance")).to_table().num_rows == len(want)  # every data file is there
@@ -248,9 +249,10 @@ def test_a_commit_never_references_a_data_file_that_is_gone(tmp_path):
 def test_an_upsert_that_changed_only_metadata_rewrites_those_rows_without_embedding_them(
     chunked, ray_cluster, sample_table, tiny_bert_dir, tmp_path
 ):
+    # ``scores``: a list-valued column holding NaN, which every upsert used to rewrite ([nan] != [nan]).
     docs = [
-        {"id": r["id"], "text": r["text"][:400], "title": r["title"]}
-        for r in sample_table.slice(2600, 12).select(["id", "text", "title"]).to_pylist()
+        {"id": r["id"], "text": r["text"][:400], "title": r["title"], "scores": [float("nan"), float(k)]}
+        for k, r in enumerate(sample_table.slice(2600, 12).select(["id", "text", "title"]).to_pylist())
     ]
     _write(tmp_path / "day1", "a.parquet", docs)
     withdrawn = {d["id"] for d in docs[::2]}
@@ -258,7 +260,7 @@ def test_an_upsert_that_changed_only_metadata_rewrites_those_rows_without_embedd
     day2[1] = {**day2[1], "text": "changed " + day2[1]["text"], "title": "changed too"}  # both: embedded again
     _write(tmp_path / "day2", "a.parquet", day2)
     db = tmp_path / "db"
-    opts = ["source.metadata_columns=[title]"]
+    opts = ["source.metadata_columns=[title,scores]"]
     if chunked:
         opts += ["embed.long_text=chunk", "embed.chunk_overlap=4", "model.max_tokens=32"]
     run_index(_cfg(tmp_path / "day1", db, tiny_bert_dir, *opts))
@@ -281,6 +283,44 @@ def test_an_upsert_that_changed_only_metadata_rewrites_those_rows_without_embedd
         assert max(r["chunk"] for r in after) >= 1  # documents of several chunks were rewritten whole
     again = run_index(_cfg(tmp_path / "day2", db, tiny_bert_dir, *opts, "sink.mode=upsert"))
     assert (again.updated, again.skipped, again.rows_written) == (0, len(docs), 0)
+
+
+def test_counts_add_up_when_an_upsert_reads_an_id_twice_once_for_its_metadata_only(
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
+    """One file of a chunked upsert holds x twice (a new title, then a new text) and y twice (two new
+    titles): every copy replaces the id's rows, and the duplicate check keeps the first written. It
+    subtracted every removed row from ``embedded``, also the rows of a metadata-only copy, which the
+    run counted as ``updated``: ``embedded -10``. Whichever copy was written first, the counts say
+    what the table holds."""
+    long = [r["text"][:600] for r in sample_table.slice(2700, 3).to_pylist()]
+    x, y = [{"id": f"dup-{k}", "text": long[k], "title": "t0"} for k in range(2)]
+    _write(tmp_path / "day1", "a.parquet", [x, y])
+    day2 = [{**x, "title": "t1"}, {**y, "title": "y1"}, {**x, "text": long[2], "title": "t2"}, {**y, "title": "y2"}]
+    _write(tmp_path / "day2", "a.parquet", day2)
+    db = tmp_path / "db"
+    opts = ["source.metadata_columns=[title]", "embed.long_text=chunk", "embed.chunk_overlap=4", "model.max_tokens=32"]
+    run_index(_cfg(tmp_path / "day1", db, tiny_bert_dir, *opts))
+    old_hash = {r["doc_id"]: r["content_hash"] for r in _rows(db)}
+    up = run_index(
+        _cfg(
+            tmp_path / "day2",
+            db,
+            tiny_bert_dir,
+            *opts,
+            "sink.mode=upsert",
+            "sink.rows_per_fragment=1",
+            "compute.block_rows=1",
+        )
+    )
+    rows = [r for r in _rows(db) if r["run_id"] == up.run_id]
+    embedded = [r for r in rows if r["content_hash"] != old_hash[r["doc_id"]]]
+    updated = {r["doc_id"] for r in rows if r["content_hash"] == old_hash[r["doc_id"]]}
+    assert {r["doc_id"] for r in rows} == {"dup-0", "dup-1"}  # one copy of each stayed, whole
+    assert (up.rows_written, up.updated) == (len(embedded), len(updated)), up.format()
+    assert up.rows_read == 4 and up.skipped == 0
+    removed = [r for r in _rows(db, "docs_rejects") if r["run_id"] == up.run_id]
+    assert dict(up.rejected) == {"duplicate_id": len(removed)} and len(removed) > 2  # rows of 2 chunked copies
 
 
 # -- found by the model-based test: a chunked document's windows in two batches ------------------------

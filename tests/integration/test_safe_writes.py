@@ -485,6 +485,45 @@ def test_revision_column_decides_which_row_wins(ray_cluster, sample_table, tiny_
         _cfg(src, db, tiny_bert_dir, "sink.revision_by=updated_at")
 
 
+def test_a_revision_tie_across_two_checkpoints_keeps_the_first_written_row(
+    ray_cluster, sample_table, tiny_bert_dir, tmp_path
+):
+    """One id in two files of one upsert run, the same revision in both, each only a metadata change:
+    both rows replace the row the id had, in two checkpoints. The first checkpoint's commit removed
+    that row's fragment, and the second failed the run ('fragment 0 ... is gone'). A tie is two rows
+    in one revision: the first written stays, the other is a ``duplicate_id``."""
+    (x, text), (y, other) = [(d["id"], d["text"]) for d in _docs(sample_table, 1950, 2)]
+    schema = pa.schema([("id", pa.string()), ("text", pa.string()), ("title", pa.string()), ("rev", pa.int64())])
+    _write(
+        tmp_path / "d1",
+        "a.parquet",
+        [{"id": x, "text": text, "title": "t0", "rev": 1}, {"id": y, "text": other, "title": "y", "rev": 1}],
+        schema,
+    )
+    for name in ("a", "b"):
+        _write(tmp_path / "d2", f"{name}.parquet", [{"id": x, "text": text, "title": f"t{name}", "rev": 2}], schema)
+    db = tmp_path / "db"
+    opts = [
+        "source.metadata_columns=[title,rev]",
+        "sink.revision_by=rev",
+        "sink.rows_per_fragment=1",
+        "compute.block_rows=1",
+    ]
+    run_index(_cfg(tmp_path / "d1", db, tiny_bert_dir, *opts))  # x alone in its fragment
+    up = run_index(_cfg(tmp_path / "d2", db, tiny_bert_dir, *opts, "sink.mode=upsert", "sink.checkpoint_rows=1"))
+    assert up.checkpoints == 2
+    # Both copies were counted as updated (metadata only); the one removed is rejected instead.
+    assert (up.rows_read, up.rows_written, up.updated, dict(up.rejected)) == (2, 0, 1, {"duplicate_id": 1})
+    rows = {r["id"]: r for r in _rows(db)}
+    assert sorted(rows) == sorted([x, y]) and rows[y]["title"] == "y"
+    kept = rows[x]
+    assert kept["title"] in ("ta", "tb") and kept["rev"] == 2
+    lost = [r for r in _rows(db, "docs_rejects") if r["id"] == x]
+    assert [(r["reason"], r["file"]) for r in lost] == [
+        ("duplicate_id", str(tmp_path / "d2" / ("b.parquet" if kept["title"] == "ta" else "a.parquet")))
+    ]
+
+
 class StagingRunLog:
     """A staged run's log as the Checkpointer uses it: a checkpoint only records the files it stages
     (their names, and how many fragments each)."""
