@@ -9,7 +9,8 @@ vectors tell the same story (about 40 words a row, from the sample's 11,123 sent
 ``--queries`` of them are held out as queries).
 
 The table is indexed as the indexing job indexes it: the vector index (`build_index` with the derived
-parameters, query defaults tuned on documents: `tune_query_defaults`) and the full-text index
+parameters, query defaults tuned as the job tunes them without a query file, `tune_query_defaults` on
+pseudo-queries) and the full-text index
 (`keep_text_index` with `index.fts`' default options). Searches go through `Searcher.search` (the query
 job's, the service's and the Python API's path) with a query vector and its text, one query at a time:
 held-out real sentences (20 words on average) and their first three words longer than three letters
@@ -145,7 +146,7 @@ def main() -> None:
     print(
         f"\n{cpu()}; {args.rows:,} rows x {DIM} dims, {words.mean():.0f} words a row; {args.queries} queries one at a "
         f"time through Searcher.search, k=10; vector index {params.type} ({params.num_partitions} lists, "
-        f"nprobes={tuned.nprobes}, refine={tuned.refine_factor}, tuned on documents)"
+        f"nprobes={tuned.nprobes}, refine={tuned.refine_factor}, tuned on {tuned.query_source})"
     )
     print(
         f"full-text index (Lance inverted, {fts['options']}): built in {fts['seconds']:.1f}s, "
