@@ -41,6 +41,27 @@ def add_config_arguments(parser, config_help: str, set_example: str, summary_hel
     )
 
 
+def add_fusion_arguments(parser) -> None:
+    """The hybrid search's fusion settings, for the jobs that search (``jobs.query``, ``jobs.evaluate``)."""
+    parser.add_argument("--rrf-k", type=int, help="hybrid: the fusion's rank constant (default 60)")
+    parser.add_argument(
+        "--text-weight",
+        type=float,
+        help="hybrid: the text search's share of the fused score, 0 to 1 (default 0.5: both alike)",
+    )
+
+
+def fusion_arguments(parser, args) -> dict:
+    """The fusion settings given (``{}`` when none, keyed as ``Searcher.search`` takes them); one out of
+    range is argparse's error (exit 2). Whether they apply (a hybrid search) is the job's to check."""
+    if args.rrf_k is not None and args.rrf_k < 1:
+        parser.error("--rrf-k must be >= 1")
+    if args.text_weight is not None and not 0.0 <= args.text_weight <= 1.0:
+        parser.error("--text-weight must be between 0 and 1")
+    given = (("rrf_k", args.rrf_k), ("text_weight", args.text_weight))
+    return {name: value for name, value in given if value is not None}
+
+
 def report(result, summary_json) -> None:
     """Print a job's result (its ``format()``), and its JSON to stdout (``-``) or a file when asked."""
     print(result.format())

@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jobs.args import add_config_arguments, fail, setup_logging
+from jobs.args import add_config_arguments, add_fusion_arguments, fail, fusion_arguments, setup_logging
 
 INDEX_TYPES = ("ivf_pq", "ivf_sq", "ivf_rq", "ivf_hnsw_sq")
 SET_BY_THE_JOB = ("source.", "sink.uri", "sink.table", "sink.mode")
@@ -47,8 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="all",
         help="search modes compared side by side on each table, from text,vector,hybrid (default: all)",
     )
-    p.add_argument("--rrf-k", type=int, help="the hybrid mode's rank constant (default 60)")
-    p.add_argument("--text-weight", type=float, help="the hybrid mode's text share, 0 to 1 (default 0.5)")
+    add_fusion_arguments(p)
     p.add_argument("--out", help="output directory (default: out/eval/<dataset directory name>)")
     args = p.parse_args(argv)
     # The job sets the source (the dataset's corpus) and where the tables go (OUT/lancedb, one
@@ -59,11 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             f"--set {ignored[0]}: the evaluation sets source.*, sink.uri, sink.table and sink.mode "
             f"itself (the dataset's corpus, one table per dimension in --out); use --dataset and --out"
         )
-    if args.rrf_k is not None and args.rrf_k < 1:
-        p.error("--rrf-k must be >= 1")
-    if args.text_weight is not None and not 0.0 <= args.text_weight <= 1.0:
-        p.error("--text-weight must be between 0 and 1")
-    args.fusion = {n: v for n, v in (("rrf_k", args.rrf_k), ("text_weight", args.text_weight)) if v is not None}
+    args.fusion = fusion_arguments(p, args)
     if args.fusion and args.modes.strip() != "all" and "hybrid" not in args.modes:
         flag = "--" + next(iter(args.fusion)).replace("_", "-")
         p.error(f"{flag} sets the hybrid mode's fusion, and --modes {args.modes} has no hybrid")

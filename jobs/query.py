@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from jobs.args import fail
+from jobs.args import add_fusion_arguments, fail, fusion_arguments
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -33,12 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="vector: the query's embedding; text: its words (BM25, the table's full-text index); "
         "hybrid: both, fused by reciprocal rank",
     )
-    p.add_argument("--rrf-k", type=int, help="hybrid: the fusion's rank constant (default 60)")
-    p.add_argument(
-        "--text-weight",
-        type=float,
-        help="hybrid: the text search's share of the fused score, 0 to 1 (default 0.5: both alike)",
-    )
+    add_fusion_arguments(p)
     p.add_argument("--queries", help="queries file: JSON Lines or Parquet with 'text' and 'id' (or BEIR's '_id')")
     p.add_argument("--where", help='SQL filter on metadata columns, e.g. "length_chars > 500"')
     p.add_argument("--nprobes", type=int, help="IVF lists to probe (default: stored with the table)")
@@ -56,13 +51,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                       ("--exact", args.exact)) if v]  # fmt: skip
         if vector_only:
             p.error(f"{vector_only[0]} applies to the vector search, not --mode text")
-    fusion = [f for f, v in (("--rrf-k", args.rrf_k), ("--text-weight", args.text_weight)) if v is not None]
-    if fusion and args.mode != "hybrid":
-        p.error(f"{fusion[0]} sets the hybrid search's fusion, not --mode {args.mode}")
-    if args.rrf_k is not None and args.rrf_k < 1:
-        p.error("--rrf-k must be >= 1")
-    if args.text_weight is not None and not 0.0 <= args.text_weight <= 1.0:
-        p.error("--text-weight must be between 0 and 1")
+    args.fusion = fusion_arguments(p, args)
+    if args.fusion and args.mode != "hybrid":
+        flag = "--" + next(iter(args.fusion)).replace("_", "-")
+        p.error(f"{flag} sets the hybrid search's fusion, not --mode {args.mode}")
     return args
 
 
@@ -95,8 +87,7 @@ def main(argv=None) -> int:
                 nprobes=args.nprobes,
                 refine_factor=args.refine_factor,
                 exact=args.exact,
-                rrf_k=args.rrf_k,
-                text_weight=args.text_weight,
+                **args.fusion,
             ).to_pylist()
             if args.json:
                 for rank, hit in enumerate(hits, 1):

@@ -32,6 +32,11 @@ class SearchRequest(BaseModel):
     rrf_k: Optional[int] = None  # hybrid only: the fusion's rank constant (default 60)
     text_weight: Optional[float] = None  # hybrid only: the text search's share, 0 to 1 (default 0.5)
 
+    @property
+    def fusion(self) -> dict[str, Any]:
+        """The fusion settings given, as ``Searcher.search`` takes them (``{}`` when none)."""
+        return {name: getattr(self, name) for name in ("rrf_k", "text_weight") if getattr(self, name) is not None}
+
 
 class BadRequest(Exception):
     def __init__(self, status: int, reason: str):
@@ -114,9 +119,9 @@ def parse_request(body: bytes, max_k: int) -> SearchRequest:
         raise BadRequest(400, f'"mode" must be one of {", ".join(SEARCH_MODES)}, got {req.mode!r}')
     if req.mode != "vector" and req.query is None:
         raise BadRequest(422, f'a {req.mode} search looks for words: give "query" (text), not "vector"')
-    fusion = [f'"{name}"' for name in ("rrf_k", "text_weight") if getattr(req, name) is not None]
-    if fusion and req.mode != "hybrid":
-        raise BadRequest(422, f"{' and '.join(fusion)} set the hybrid search's fusion, not a {req.mode} search")
+    if req.fusion and req.mode != "hybrid":
+        given = " and ".join(f'"{name}"' for name in req.fusion)
+        raise BadRequest(422, f"{given} set the hybrid search's fusion, not a {req.mode} search")
     if req.rrf_k is not None and req.rrf_k < 1:
         raise BadRequest(422, f'"rrf_k" must be >= 1, got {req.rrf_k}')
     if req.text_weight is not None and not 0.0 <= req.text_weight <= 1.0:

@@ -244,8 +244,7 @@ class TableSearch:
                 f"{self.config.table!r} has none (made with index.fts=false or before it): "
                 'use "mode": "vector", or index the table with index.fts=true',
             )
-        fusion = {name: getattr(req, name) for name in ("rrf_k", "text_weight") if getattr(req, name) is not None}
-        work = Work(req.query if vector is None else None, vector, req.k, where, columns, req.mode, fusion)
+        work = Work(req.query if vector is None else None, vector, req.k, where, columns, req.mode, req.fusion)
         try:
             hits = await self._batcher.submit(work)
         except UserError:
