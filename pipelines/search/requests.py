@@ -7,14 +7,21 @@ reason, never a 500 (docs/serving.md).
 
 import json
 import math
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import pyarrow as pa
 from fastapi import Request
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, StrictInt, ValidationError
 
 from pipelines.search.searcher import SEARCH_MODES
+
+
+def _a_number(value: Any) -> Any:
+    """A JSON number, not ``true`` or ``"0.5"`` (which pydantic's lax float would take)."""
+    if isinstance(value, (bool, str)):
+        raise ValueError("must be a JSON number")
+    return value
 
 
 class SearchRequest(BaseModel):
@@ -29,8 +36,9 @@ class SearchRequest(BaseModel):
     filters: Optional[dict[str, Any]] = None
     columns: Optional[list[str]] = None
     mode: str = "vector"
-    rrf_k: Optional[int] = None  # hybrid only: the fusion's rank constant (default 60)
-    text_weight: Optional[float] = None  # hybrid only: the text search's share, 0 to 1 (default 0.5)
+    # Strict, as Searcher.search takes them: JSON true is not the rank constant 1, nor "5" or 5.0 a whole number.
+    rrf_k: Optional[StrictInt] = None  # hybrid only: the fusion's rank constant (default 60)
+    text_weight: Optional[Annotated[float, BeforeValidator(_a_number)]] = None  # hybrid only: the text share, 0 to 1
 
     @property
     def fusion(self) -> dict[str, Any]:

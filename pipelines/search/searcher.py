@@ -314,7 +314,7 @@ def _fusion(mode: str, rrf_k: Optional[int], text_weight: Optional[float]) -> di
         raise SearchModeError(f"{' and '.join(given)} set the hybrid search's fusion, not a {mode} search")
     if rrf_k is not None and (isinstance(rrf_k, bool) or not isinstance(rrf_k, int) or rrf_k < 1):
         raise SearchModeError(f"rrf_k must be a whole number >= 1, got {rrf_k!r}")
-    if text_weight is not None and not 0.0 <= text_weight <= 1.0:
+    if text_weight is not None and (isinstance(text_weight, bool) or not 0.0 <= text_weight <= 1.0):
         raise SearchModeError(f"text_weight must be between 0 and 1, got {text_weight!r}")
     return {
         "k": DEFAULT_RRF_K if rrf_k is None else rrf_k,

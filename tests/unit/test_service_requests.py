@@ -214,3 +214,14 @@ def test_the_served_columns_default_to_id_text_and_the_sources_metadata_never_th
     assert service._served_columns(lineage, schema, ["doc_id", "gone"]) == ["id", "doc_id"]  # named others
     with pytest.raises(ConfigError, match="vector"):
         ServiceConfig.load({"columns": ["title", "vector"]})
+
+
+def test_a_boolean_rrf_k_is_refused_as_searcher_search_refuses_it():
+    """``Searcher.search(rrf_k=True)`` is a SearchModeError ('a whole number'); the service's pydantic
+    model (lax) reads ``"rrf_k": true`` as rrf_k=1 (the sharpest fusion there is) and searches with it:
+    the same setting means different things through the two doors."""
+    assert _refused(b'{"query": "q", "mode": "hybrid", "rrf_k": true}').status == 422
+    for body in (b'"rrf_k": 5.0', b'"rrf_k": "5"', b'"text_weight": true', b'"text_weight": "0.5"'):
+        assert _refused(b'{"query": "q", "mode": "hybrid", ' + body + b"}").status == 422, body
+    req = parse_request(b'{"query": "q", "mode": "hybrid", "rrf_k": 5, "text_weight": 1}', 10)
+    assert req.fusion == {"rrf_k": 5, "text_weight": 1}  # JSON numbers as they are meant
